@@ -1,0 +1,1 @@
+"""dpproxy: accounting package."""
