@@ -1,0 +1,139 @@
+"""The dpproxy configuration file: one YAML file, validated with pydantic.
+
+Every field is documented in the README's configuration reference; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rewriter.metadata import Identifier, Metadata, load_metadata
+
+
+class ListenConfig(BaseModel):
+    """Where dpproxy accepts client connections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=6432, ge=0, le=65535)
+    max_message_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+
+
+class BackendConfig(BaseModel):
+    """The real PostgreSQL: the data database, the ledger and the catalog mirror."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dsn: str = Field(description="libpq URI of the data database (a role with SELECT only).")
+    ledger_dsn: str = Field(description="libpq URI of the ledger database (never exposed).")
+    catalog_dsn: str | None = Field(
+        default=None, description="libpq URI of the schema-only catalog mirror database."
+    )
+    pool_size: int = Field(default=8, ge=1, le=1000)
+    statement_timeout_ms: int = Field(default=30_000, ge=0)
+
+
+class AnalystConfig(BaseModel):
+    """One analyst: a SCRAM verifier (never a clear-text password) and a budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Identifier
+    password: str = Field(description="A SCRAM-SHA-256 verifier, as made by `dpproxy passwd`.")
+    budget_epsilon: Decimal = Field(gt=0, description="Total epsilon over the analyst's lifetime.")
+    max_epsilon_per_query: Decimal | None = Field(default=None, gt=0)
+    enabled: bool = True
+
+    @field_validator("password")
+    @classmethod
+    def _verifier_only(cls, v: str) -> str:
+        if not v.startswith("SCRAM-SHA-256$"):
+            raise ValueError(
+                "must be a SCRAM-SHA-256 verifier (run `dpproxy passwd` to make one); "
+                "clear-text passwords are not accepted"
+            )
+        return v
+
+
+class PrivacyConfig(BaseModel):
+    """Defaults for the DP path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_epsilon: Decimal = Field(default=Decimal("1.0"), gt=0)
+    default_delta: Decimal = Field(default=Decimal("1e-7"), ge=0, lt=1)
+
+
+class Config(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: ListenConfig = ListenConfig()
+    backend: BackendConfig
+    privacy: PrivacyConfig = PrivacyConfig()
+    metadata_file: Path = Field(description="Path to the metadata YAML (relative to this file).")
+    analysts: list[AnalystConfig] = Field(default_factory=list)
+    metadata: Metadata | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_analysts(self) -> Config:
+        names = [a.name for a in self.analysts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"analyst listed twice: {', '.join(dupes)}")
+        for a in self.analysts:
+            if a.max_epsilon_per_query is not None and a.max_epsilon_per_query > a.budget_epsilon:
+                raise ValueError(f"analyst {a.name}: max_epsilon_per_query exceeds budget_epsilon")
+        return self
+
+    def analyst(self, name: str) -> AnalystConfig | None:
+        """The analyst of that name, if declared."""
+        for a in self.analysts:
+            if a.name == name:
+                return a
+        return None
+
+
+class ConfigError(Exception):
+    """A configuration file is unreadable or invalid; the message names file, field, problem."""
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and resolve a config file and its metadata file, or raise ConfigError."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the configuration must be a YAML mapping")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(path, e)) from e
+    meta_path = cfg.metadata_file
+    if not meta_path.is_absolute():
+        meta_path = (path.parent / meta_path).resolve()
+    try:
+        meta = load_metadata(meta_path)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(meta_path, e)) from e
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return cfg.model_copy(update={"metadata": meta, "metadata_file": meta_path})

@@ -1,0 +1,171 @@
+"""The metadata model: which tables are private, what a privacy unit is, column bounds.
+
+Everything here is declared by the data owner and validated with pydantic; nothing is
+ever inferred from the data (bounds computed from the data would themselves leak).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ColumnType(StrEnum):
+    """The logical types the rewriter reasons about (PostgreSQL names map onto these)."""
+
+    INTEGER = "integer"
+    BIGINT = "bigint"
+    SMALLINT = "smallint"
+    NUMERIC = "numeric"
+    FLOAT = "float"
+    TEXT = "text"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    TIMESTAMPTZ = "timestamptz"
+    BOOLEAN = "boolean"
+
+    @property
+    def is_numeric(self) -> bool:
+        """True for types that can be summed."""
+        return self in _NUMERIC_TYPES
+
+    @property
+    def is_integer(self) -> bool:
+        """True for exact integer types (their sums need no fixed-point scaling)."""
+        return self in (ColumnType.INTEGER, ColumnType.BIGINT, ColumnType.SMALLINT)
+
+
+_NUMERIC_TYPES = {
+    ColumnType.INTEGER,
+    ColumnType.BIGINT,
+    ColumnType.SMALLINT,
+    ColumnType.NUMERIC,
+    ColumnType.FLOAT,
+}
+
+DomainValue = str | int | bool | None
+
+
+class ColumnMeta(BaseModel):
+    """One declared column: its type, bounds for numeric columns, a public domain for keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ColumnType
+    lower: Decimal | None = None
+    upper: Decimal | None = None
+    precision: Decimal | None = Field(
+        default=None,
+        description="Fixed-point step used to sum decimals and floats exactly as integers.",
+    )
+    domain: list[DomainValue] | None = Field(
+        default=None, description="The public list of every value this column may take."
+    )
+    nullable: bool = True
+    comment: str | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ColumnMeta:
+        if (self.lower is None) != (self.upper is None):
+            raise ValueError("give both 'lower' and 'upper', or neither")
+        if self.lower is not None:
+            if not self.type.is_numeric:
+                raise ValueError(f"bounds are only allowed on numeric columns, not {self.type}")
+            if not (self.lower.is_finite() and self.upper is not None and self.upper.is_finite()):
+                raise ValueError("bounds must be finite numbers")
+            if self.lower > self.upper:  # type: ignore[operator]
+                raise ValueError(f"lower ({self.lower}) is above upper ({self.upper})")
+        if self.precision is not None and not (self.precision.is_finite() and self.precision > 0):
+            raise ValueError("precision must be a positive number")
+        if self.domain is not None and len(self.domain) == 0:
+            raise ValueError("a public domain must list at least one value")
+        if self.domain is not None and len(set(map(repr, self.domain))) != len(self.domain):
+            raise ValueError("the public domain lists a value twice")
+        return self
+
+    @property
+    def bounded(self) -> bool:
+        """True when the column declares finite bounds."""
+        return self.lower is not None
+
+    @property
+    def step(self) -> Decimal:
+        """The fixed-point step: integers are exact, decimals default to 0.01."""
+        if self.type.is_integer:
+            return Decimal(1)
+        return self.precision if self.precision is not None else Decimal("0.01")
+
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$", max_length=63)]
+
+
+class TableMeta(BaseModel):
+    """One declared table. Private unless `public: true`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_: Identifier = Field(default="public", alias="schema")
+    public: bool = False
+    privacy_unit: Identifier | None = Field(
+        default=None,
+        description="Column that identifies the privacy unit; none means each row is a unit.",
+    )
+    max_rows: int = Field(default=1, ge=1, le=100_000, description="Rows kept per unit.")
+    max_groups: int = Field(default=1, ge=1, le=100_000, description="Groups a unit may touch.")
+    columns: dict[Identifier, ColumnMeta]
+    comment: str | None = None
+
+    @model_validator(mode="after")
+    def _check_unit(self) -> TableMeta:
+        if self.privacy_unit is not None and self.privacy_unit not in self.columns:
+            raise ValueError(f"privacy_unit '{self.privacy_unit}' is not a declared column")
+        if not self.columns:
+            raise ValueError("declare at least one column")
+        return self
+
+    @property
+    def row_level(self) -> bool:
+        """True when each row is its own privacy unit."""
+        return self.privacy_unit is None
+
+
+class Metadata(BaseModel):
+    """A dataset: its name and declared tables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: Identifier
+    tables: dict[Identifier, TableMeta]
+
+    @field_validator("tables")
+    @classmethod
+    def _nonempty(cls, v: dict[str, TableMeta]) -> dict[str, TableMeta]:
+        if not v:
+            raise ValueError("declare at least one table")
+        return v
+
+    def find(self, name: str, schema: str | None = None) -> tuple[str, TableMeta] | None:
+        """Look a table up by (case-insensitive) name and optional schema."""
+        lname = name.lower()
+        for tname, table in self.tables.items():
+            if tname.lower() == lname and (schema is None or table.schema_.lower() == schema.lower()):
+                return tname, table
+        return None
+
+    def private_tables(self) -> dict[str, TableMeta]:
+        """The tables whose rows may only leave as DP aggregates."""
+        return {k: v for k, v in self.tables.items() if not v.public}
+
+
+def load_metadata(path: Path) -> Metadata:
+    """Read and validate a metadata YAML file (raises ValueError naming the file)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read metadata: {e}") from e
+    return Metadata.model_validate(raw)
