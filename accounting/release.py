@@ -1,0 +1,118 @@
+"""Turning exact per-group primitives into the noisy, post-processed answer.
+
+The database returns one row per non-empty group with exact integer primitives. Every
+group of the public domain is materialized (empty groups get zeros, so emptiness is not
+revealed), each primitive vector is noised once, and everything after that is
+post-processing of noisy values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cmp_to_key
+from typing import Any
+
+from accounting.mechanisms import Mechanisms, NoiseSpec
+from rewriter.plan import AggFunc, AggregateSpec, DPPlan, PrimitiveKind
+from rewriter.postprocess import evaluate
+
+AGG_PREFIX = "__a"
+KEY_PREFIX = "__k"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The released rows, with the noise that went into them (for NOTICEs)."""
+
+    columns: list[tuple[str, str]]  # (name, pg type name)
+    rows: list[tuple[Any, ...]]
+    noise: list[NoiseSpec]
+
+
+def release(
+    plan: DPPlan,
+    exact_rows: Iterable[Sequence[Any]],
+    noise: list[NoiseSpec],
+    mechanisms: Mechanisms,
+) -> Answer:
+    """Noise the exact primitives of `exact_rows` and post-process them into the answer."""
+    sizes = [len(k.domain) for k in plan.keys]
+    n_groups = plan.group_count
+    nkeys = len(plan.keys)
+    vectors = {p.name: [0] * n_groups for p in plan.primitives}
+    names = [p.name for p in plan.primitives]
+    for row in exact_rows:
+        idx = 0
+        for i in range(nkeys):
+            idx = idx * sizes[i] + int(row[i])
+        for j, name in enumerate(names):
+            vectors[name][idx] = int(row[nkeys + j])
+
+    noisy = {s.primitive: mechanisms.sample(s, vectors[s.primitive]) for s in noise}
+    kinds = {p.name: p.kind for p in plan.primitives}
+
+    out_rows: list[tuple[Any, ...]] = []
+    envs: list[dict[str, Any]] = []
+    for g, key_idx in enumerate(itertools.product(*(range(s) for s in sizes))):
+        env: dict[str, Any] = {}
+        for i, ki in enumerate(key_idx):
+            env[f"{KEY_PREFIX}{i}"] = plan.keys[i].domain[ki]
+        for a, spec in enumerate(plan.aggregates):
+            env[f"{AGG_PREFIX}{a}"] = _aggregate_value(spec, noisy, kinds, g)
+        if plan.having is not None and evaluate(plan.having, env) is not True:
+            continue
+        envs.append(env)
+    if plan.order_by:
+        envs.sort(key=cmp_to_key(lambda x, y: _order_cmp(plan, x, y)))
+    end = None if plan.limit is None else plan.offset + plan.limit
+    for env in envs[plan.offset : end]:
+        out_rows.append(tuple(evaluate(o.expr, env) for o in plan.outputs))
+    return Answer(columns=[(o.name, o.type_name) for o in plan.outputs], rows=out_rows, noise=noise)
+
+
+def _aggregate_value(
+    spec: AggregateSpec, noisy: dict[str, list[int]], kinds: dict[str, PrimitiveKind], g: int
+) -> Any:
+    count = noisy[spec.count][g] if spec.count is not None else None
+    if spec.func == AggFunc.COUNT:
+        assert count is not None
+        return max(0, count)  # a count below zero is impossible; clamping is post-processing
+    assert spec.sum is not None
+    s = noisy[spec.sum][g]
+    if kinds[spec.sum] == PrimitiveKind.NORMALIZED_SUM:
+        assert count is not None
+        total_steps = s + spec.midpoint * max(0, count)
+        if spec.func == AggFunc.AVG:
+            mean_steps = Decimal(s) / max(1, count) + spec.midpoint
+            mean_steps = min(max(mean_steps, Decimal(spec.lower)), Decimal(spec.upper))
+            return _typed(mean_steps * spec.step, spec.result_type, digits=6)
+    else:
+        total_steps = s
+    return _typed(Decimal(total_steps) * spec.step, spec.result_type)
+
+
+def _typed(value: Decimal, type_name: str, digits: int = 0) -> Any:
+    if type_name in ("int8", "int4", "int2"):
+        return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
+    if type_name in ("float8", "float4"):
+        return float(value)
+    if digits:
+        return value.quantize(Decimal(1).scaleb(-digits))
+    return value
+
+
+def _order_cmp(plan: DPPlan, x: dict[str, Any], y: dict[str, Any]) -> int:
+    for item in plan.order_by:
+        a, b = evaluate(item.expr, x), evaluate(item.expr, y)
+        if a == b:
+            continue
+        if a is None or b is None:
+            # PostgreSQL: NULLS LAST by default for ASC, NULLS FIRST for DESC.
+            first = item.nulls_first
+            return (-1 if first else 1) if a is None else (1 if first else -1)
+        c = -1 if a < b else 1
+        return -c if item.descending else c
+    return 0

@@ -1,0 +1,181 @@
+"""Session commands answered by the proxy: SET, SHOW, RESET, transactions, DISCARD..."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from proxy.errors import (
+    IN_FAILED_TRANSACTION,
+    INVALID_PARAMETER_VALUE,
+    UNDEFINED_OBJECT,
+    ProxyError,
+)
+from proxy.session import Session
+
+
+@dataclass
+class Result:
+    """What one statement produced: rows (if any), a command tag, and extras."""
+
+    tag: str
+    columns: list[tuple[str, str]] | None = None  # (name, pg type name)
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    reported: list[tuple[str, str]] = field(default_factory=list)  # ParameterStatus to send
+
+
+_SET_RE = re.compile(
+    r"^SET\s+(?:(SESSION|LOCAL)\s+)?(?P<name>[A-Za-z_][\w.]*|\"[^\"]+\")\s*(?:=|\s+TO\s+|\s)\s*(?P<value>.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_TIMEZONE_RE = re.compile(r"^SET\s+(?:(SESSION|LOCAL)\s+)?TIME\s+ZONE\s+(?P<value>.*)$", re.I | re.S)
+DP_SETTINGS = ("dp.epsilon",)
+
+
+def _unquote(value: str) -> str:
+    v = value.strip().rstrip(";").strip()
+    if len(v) >= 2 and v[0] == v[-1] == "'":
+        return v[1:-1].replace("''", "'")
+    if len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    return v
+
+
+def _value_list(value: str) -> str:
+    # SET search_path = a, 'b' -> "a, b" (PostgreSQL joins list values with ", ").
+    parts = [p for p in re.split(r",(?=(?:[^']*'[^']*')*[^']*$)", value) if p.strip()]
+    return ", ".join(_unquote(p) for p in parts)
+
+
+def parse_epsilon(text: str, cap: Decimal | None) -> Decimal:
+    """Validate a per-query epsilon: a finite positive number within the analyst's cap."""
+    try:
+        eps = Decimal(text.strip())
+    except InvalidOperation as e:
+        raise ProxyError(INVALID_PARAMETER_VALUE, f'invalid value for dp.epsilon: "{text}"',
+                         hint="dp.epsilon takes a positive number such as 0.5") from e  # fmt: skip
+    if not eps.is_finite() or eps <= 0 or math.isnan(float(eps)):
+        raise ProxyError(
+            INVALID_PARAMETER_VALUE,
+            f"dp.epsilon must be a finite number above 0, not {text}",
+            hint="for example SET dp.epsilon = 0.5",
+        )
+    if cap is not None and eps > cap:
+        raise ProxyError(
+            INVALID_PARAMETER_VALUE,
+            f"dp.epsilon {eps} is above your per-query limit of {cap}",
+            hint=f"choose a value up to {cap}",
+        )
+    return eps
+
+
+def run_session_command(
+    sql: str, keyword: str, session: Session, epsilon_cap: Decimal | None
+) -> Result:
+    """Execute one session command against the session state."""
+    if session.tx_status == "E" and keyword not in ("ROLLBACK", "ABORT", "COMMIT", "END"):
+        raise ProxyError(
+            IN_FAILED_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+        )
+    words = sql.split()
+    up = [w.upper().rstrip(";") for w in words]
+    if keyword in ("BEGIN", "START"):
+        session.tx_status = "T"
+        return Result("BEGIN" if keyword == "BEGIN" else "START TRANSACTION")
+    if keyword in ("COMMIT", "END"):
+        failed = session.tx_status == "E"
+        session.tx_status = "I"
+        return Result("ROLLBACK" if failed else "COMMIT")
+    if keyword in ("ROLLBACK", "ABORT"):
+        if len(up) > 1 and up[1] == "TO":
+            session.tx_status = "T" if session.tx_status != "I" else "I"
+            return Result("ROLLBACK")
+        session.tx_status = "I"
+        return Result("ROLLBACK")
+    if keyword == "SAVEPOINT":
+        return Result("SAVEPOINT")
+    if keyword == "RELEASE":
+        return Result("RELEASE")
+    if keyword == "DISCARD":
+        session.settings.clear()
+        return Result("DISCARD " + (up[1] if len(up) > 1 else "ALL"))
+    if keyword == "DEALLOCATE":
+        return Result("DEALLOCATE ALL" if "ALL" in up else "DEALLOCATE")
+    if keyword == "UNLISTEN":
+        return Result("UNLISTEN")
+    if keyword == "CLOSE":
+        return Result("CLOSE CURSOR ALL" if "ALL" in up else "CLOSE CURSOR")
+    if keyword == "SHOW":
+        return _show(words, session)
+    if keyword == "RESET":
+        return _reset(up, words, session)
+    if keyword == "SET":
+        return _set(sql, up, session, epsilon_cap)
+    raise ProxyError("0A000", f"{keyword} is not supported")
+
+
+def _show(words: list[str], session: Session) -> Result:
+    if len(words) < 2:
+        raise ProxyError("42601", "syntax error at end of input")
+    name = _unquote(" ".join(words[1:]))
+    if name.upper() == "ALL":
+        rows = [(k, v, "") for k, v in sorted({**session.defaults, **session.settings}.items())]
+        return Result("SHOW", [("name", "text"), ("setting", "text"), ("description", "text")], rows)
+    if name.lower() == "dp.epsilon":
+        return Result("SHOW", [("dp.epsilon", "text")], [(str(session.epsilon),)])
+    if name.lower().replace(" ", "") in ("timezone", "time zone"):
+        name = "TimeZone"
+    value = session.get(name)
+    if value is None:
+        raise ProxyError(UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"')
+    return Result("SHOW", [(name.lower() if name != "TimeZone" else "TimeZone", "text")], [(value,)])
+
+
+def _reset(up: list[str], words: list[str], session: Session) -> Result:
+    if len(up) < 2:
+        raise ProxyError("42601", "syntax error at end of input")
+    if up[1] == "ALL":
+        changed = [k for k in list(session.settings)]
+        session.settings.clear()
+        reported = [(k, v) for k in changed if (v := session.get(k)) is not None and k in dict(session.reported())]
+        return Result("RESET", reported=reported)
+    name = _unquote(words[1])
+    if name.lower() == "dp.epsilon":
+        return Result("RESET")
+    canon = session.reset(name)
+    reported = [(canon, session.get(canon) or "")] if canon else []
+    return Result("RESET", reported=reported)
+
+
+def _set(sql: str, up: list[str], session: Session, epsilon_cap: Decimal | None) -> Result:
+    body = sql.strip().rstrip(";")
+    if len(up) > 1 and up[1] in ("TRANSACTION", "CONSTRAINTS") or up[1:3] == ["SESSION", "CHARACTERISTICS"]:
+        # Transactions through dpproxy are read-only snapshots of nothing; accept the
+        # modes clients set (Metabase sets READ UNCOMMITTED) without effect.
+        return Result("SET")
+    tz = _TIMEZONE_RE.match(body)
+    if tz:
+        value = _unquote(tz.group("value"))
+        canon = session.set("TimeZone", "UTC" if value.upper() in ("LOCAL", "DEFAULT") else value)
+        return Result("SET", reported=[(canon, session.get(canon) or "")] if canon else [])
+    m = _SET_RE.match(body)
+    if not m:
+        raise ProxyError("42601", "syntax error in SET")
+    name = _unquote(m.group("name"))
+    raw = m.group("value").strip()
+    if name.lower() in DP_SETTINGS:
+        session.epsilon = parse_epsilon(_unquote(raw), epsilon_cap)
+        return Result("SET")
+    if name.lower().startswith("dp."):
+        raise ProxyError(UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"',
+                         hint="dpproxy settings: dp.epsilon")  # fmt: skip
+    if raw.upper() == "DEFAULT":
+        canon = session.reset(name)
+    else:
+        canon = session.set(name, _value_list(raw))
+    return Result("SET", reported=[(canon, session.get(canon) or "")] if canon else [])

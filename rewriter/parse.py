@@ -1,0 +1,114 @@
+"""Parsing: SQL text to exactly one checked sqlglot tree, and statement splitting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
+
+from rewriter.errors import SYNTAX_ERROR, RewriteError, not_allowed, unsupported
+
+DIALECT = "postgres"
+MAX_SQL_LENGTH = 1 << 20
+MAX_TREE_DEPTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One statement of a simple-query string: its text and first keyword (upper case)."""
+
+    text: str
+    keyword: str
+
+
+def split_statements(sql: str) -> list[Statement]:
+    """Split a query string on top-level semicolons (quotes, comments and $$ respected).
+
+    Empty statements are dropped; a string of only whitespace/comments yields [].
+    """
+    if len(sql) > MAX_SQL_LENGTH:
+        raise RewriteError("54000", f"query text is longer than {MAX_SQL_LENGTH} bytes")
+    try:
+        tokens = sqlglot.Dialect.get_or_raise(DIALECT).tokenize(sql)
+    except TokenError as e:
+        raise RewriteError(SYNTAX_ERROR, f"syntax error: {_first_line(e)}") from e
+    out: list[Statement] = []
+    start_tok = None
+    start_pos = 0
+    for tok in tokens:
+        if tok.token_type == TokenType.SEMICOLON:
+            if start_tok is not None:
+                out.append(Statement(sql[start_pos : tok.start].strip(), start_tok.text.upper()))
+            start_tok = None
+            continue
+        if start_tok is None:
+            start_tok = tok
+            start_pos = _token_start(sql, tok)
+    if start_tok is not None:
+        out.append(Statement(sql[start_pos:].strip(), start_tok.text.upper()))
+    return out
+
+
+def _token_start(sql: str, tok: object) -> int:
+    # sqlglot reports the start of quoted tokens after the quote; step back over it so
+    # that a statement beginning with a quoted identifier keeps its quote.
+    start: int = tok.start  # type: ignore[attr-defined]
+    while start > 0 and sql[start - 1] in "\"'$":
+        start -= 1
+    return start
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def parse_one(sql: str) -> exp.Expression:
+    """Parse exactly one statement; refuse anything sqlglot cannot represent precisely."""
+    try:
+        trees = sqlglot.parse(sql, read=DIALECT)
+    except (ParseError, TokenError) as e:
+        raise RewriteError(SYNTAX_ERROR, f"syntax error: {_first_line(e)}") from e
+    except RecursionError as e:
+        raise unsupported("the query is nested too deeply") from e
+    trees = [t for t in trees if t is not None]
+    if len(trees) != 1:
+        raise not_allowed(
+            "only one statement per query is allowed here",
+            "send each statement separately",
+        )
+    tree = trees[0]
+    if isinstance(tree, exp.Command):
+        raise unsupported(
+            f"the statement '{str(tree.this).upper()}' is not supported",
+            "write a SELECT with aggregates over the private tables",
+        )
+    if _depth(tree) > MAX_TREE_DEPTH:
+        raise unsupported("the query is nested too deeply")
+    return tree
+
+
+def _depth(tree: exp.Expression) -> int:
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        for child in node.iter_expressions():
+            stack.append((child, d + 1))
+    return deepest
+
+
+def table_refs(tree: exp.Expression) -> list[exp.Table]:
+    """Every table reference in the tree, CTE names excluded."""
+    cte_names = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
+    out = []
+    for t in tree.find_all(exp.Table):
+        if not t.name:
+            continue
+        if not t.db and t.name.lower() in cte_names:
+            continue
+        out.append(t)
+    return out

@@ -1,0 +1,119 @@
+"""The DP plan: what the rewriter hands to accounting and the proxy.
+
+A plan is pure data. It holds the bounded SQL to run, the noisy primitives that SQL
+computes (exact integers per group), how each analyst-visible aggregate is derived from
+them, and the post-processing (expressions, HAVING, ORDER BY, LIMIT) over noisy values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlglot import exp
+
+
+class PrimitiveKind(StrEnum):
+    """What a noisy primitive measures, per group, as an exact integer."""
+
+    COUNT = "count"  # rows (or non-NULL values) after contribution bounding
+    SUM = "sum"  # sum of clamped fixed-point values
+    NORMALIZED_SUM = "normalized_sum"  # sum of (value - midpoint), for AVG and friends
+
+
+@dataclass(frozen=True, slots=True)
+class NoisyPrimitive:
+    """One integer quantity per group, computed exactly by the database, noised by us.
+
+    `sensitivity` is the L1 distance between its group vectors on neighbouring
+    datasets (one privacy unit added or removed), in integer units.
+    """
+
+    name: str
+    kind: PrimitiveKind
+    sensitivity: int
+    label: str
+
+
+class AggFunc(StrEnum):
+    """The aggregate functions analysts may write."""
+
+    COUNT = "count"
+    SUM = "sum"
+    AVG = "avg"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateSpec:
+    """An aggregate as written by the analyst, derived from noisy primitives.
+
+    Values are in fixed-point steps: the released value is `steps * step`.
+    `lower`/`upper`/`midpoint` are in steps too.
+    """
+
+    func: AggFunc
+    label: str
+    count: str | None
+    sum: str | None
+    step: Decimal = Decimal(1)
+    lower: int = 0
+    upper: int = 0
+    midpoint: int = 0
+    result_type: str = "int8"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    """A GROUP BY key with a declared public domain: every value is released."""
+
+    label: str
+    column: str
+    type_name: str
+    domain: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputColumn:
+    """One column of the answer: a post-processing expression over keys and aggregates."""
+
+    name: str
+    type_name: str
+    expr: exp.Expression
+
+
+@dataclass(frozen=True, slots=True)
+class OrderItem:
+    """An ORDER BY item over the post-processed values."""
+
+    expr: exp.Expression
+    descending: bool
+    nulls_first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DPPlan:
+    """Everything needed to answer one DP query, independent of epsilon and of the data."""
+
+    dataset: str
+    tables: tuple[str, ...]
+    sql: str
+    keys: tuple[GroupKey, ...]
+    primitives: tuple[NoisyPrimitive, ...]
+    aggregates: tuple[AggregateSpec, ...]
+    outputs: tuple[OutputColumn, ...]
+    having: exp.Expression | None = None
+    order_by: tuple[OrderItem, ...] = ()
+    limit: int | None = None
+    offset: int = 0
+    fingerprint: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def group_count(self) -> int:
+        """How many groups the answer has before HAVING/LIMIT (product of domain sizes)."""
+        n = 1
+        for k in self.keys:
+            n *= len(k.domain)
+        return n

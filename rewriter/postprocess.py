@@ -1,0 +1,295 @@
+"""Post-processing: evaluate expressions over noisy aggregates and public group keys.
+
+These expressions only ever see values that have already been noised (or public key
+values), so anything computed here is post-processing and costs no privacy. The
+semantics follow PostgreSQL's where an analyst could notice (integer division truncates,
+NULL propagates, three-valued logic).
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from sqlglot import exp
+
+from rewriter.errors import RewriteError
+
+Value = Any
+DIVISION_BY_ZERO = "22012"
+
+
+class PostProcessError(RewriteError):
+    """An error computing a post-processed value (it depends on noisy values only)."""
+
+
+def evaluate(node: exp.Expression, env: dict[str, Value]) -> Value:
+    """Evaluate a post-processing expression; placeholders are looked up in `env`."""
+    return _eval(node, env)
+
+
+def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a dispatcher
+    if isinstance(n, exp.Column):
+        return env[n.name]
+    if isinstance(n, exp.Literal):
+        if n.is_string:
+            return n.this
+        text = n.this
+        return int(text) if text.lstrip("-").isdigit() else Decimal(text)
+    if isinstance(n, exp.Null):
+        return None
+    if isinstance(n, exp.Boolean):
+        return bool(n.this)
+    if isinstance(n, exp.Paren):
+        return _eval(n.this, env)
+    if isinstance(n, exp.Neg):
+        v = _eval(n.this, env)
+        return None if v is None else -v
+    if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
+        return _arith(n, _eval(n.this, env), _eval(n.expression, env))
+    if isinstance(n, (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)):
+        return _compare(n, _eval(n.this, env), _eval(n.expression, env))
+    if isinstance(n, exp.And):
+        a, b = _eval(n.this, env), _eval(n.expression, env)
+        if a is False or b is False:
+            return False
+        return None if a is None or b is None else True
+    if isinstance(n, exp.Or):
+        a, b = _eval(n.this, env), _eval(n.expression, env)
+        if a is True or b is True:
+            return True
+        return None if a is None or b is None else False
+    if isinstance(n, exp.Not):
+        v = _eval(n.this, env)
+        return None if v is None else not v
+    if isinstance(n, exp.Is):
+        v = _eval(n.this, env)
+        target = n.expression
+        if isinstance(target, exp.Null):
+            return v is None
+        return v is bool(_eval(target, env))
+    if isinstance(n, exp.Between):
+        v, lo, hi = _eval(n.this, env), _eval(n.args["low"], env), _eval(n.args["high"], env)
+        if v is None or lo is None or hi is None:
+            return None
+        return _num(lo) <= _num(v) <= _num(hi)
+    if isinstance(n, exp.In):
+        v = _eval(n.this, env)
+        if v is None:
+            return None
+        opts = [_eval(e, env) for e in n.expressions]
+        return any(o is not None and _eq(v, o) for o in opts) or (None if None in opts else False)
+    if isinstance(n, exp.Coalesce):
+        for e in [n.this, *n.expressions]:
+            v = _eval(e, env)
+            if v is not None:
+                return v
+        return None
+    if isinstance(n, (exp.Greatest, exp.Least)):
+        vals = [v for v in (_eval(e, env) for e in [n.this, *n.expressions]) if v is not None]
+        if not vals:
+            return None
+        return max(vals, key=_num) if isinstance(n, exp.Greatest) else min(vals, key=_num)
+    if isinstance(n, exp.Case):
+        for cond in n.args.get("ifs") or []:
+            if _eval(cond.this, env) is True:
+                return _eval(cond.args["true"], env)
+        default = n.args.get("default")
+        return _eval(default, env) if default is not None else None
+    if isinstance(n, exp.If):
+        if _eval(n.this, env) is True:
+            return _eval(n.args["true"], env)
+        false = n.args.get("false")
+        return _eval(false, env) if false is not None else None
+    if isinstance(n, exp.Round):
+        return _round(_eval(n.this, env), n.args.get("decimals"), env)
+    if isinstance(n, exp.Abs):
+        v = _eval(n.this, env)
+        return None if v is None else abs(v)
+    if isinstance(n, (exp.Ceil, exp.Floor)):
+        v = _eval(n.this, env)
+        if v is None:
+            return None
+        if isinstance(v, float):
+            return float(math.ceil(v) if isinstance(n, exp.Ceil) else math.floor(v))
+        rounding = ROUND_CEILING if isinstance(n, exp.Ceil) else ROUND_FLOOR
+        return Decimal(v).to_integral_value(rounding=rounding)
+    if isinstance(n, exp.Sqrt):
+        v = _eval(n.this, env)
+        if v is None:
+            return None
+        if v < 0:
+            raise PostProcessError("2201F", "cannot take square root of a negative number")
+        return math.sqrt(float(v))
+    if isinstance(n, exp.Cast):
+        return _cast(_eval(n.this, env), n.to)
+    raise PostProcessError("0A000", f"cannot evaluate {type(n).__name__} after noise")
+
+
+def _num(v: Value) -> Value:
+    # Compare ints, Decimals and floats by value, the way PostgreSQL would after casts.
+    if isinstance(v, float) or isinstance(v, (int, Decimal)):
+        return v
+    return v
+
+
+def _eq(a: Value, b: Value) -> bool:
+    try:
+        return bool(a == b)
+    except TypeError:
+        return False
+
+
+def _promote(a: Value, b: Value) -> tuple[Value, Value]:
+    if isinstance(a, float) or isinstance(b, float):
+        return float(a), float(b)
+    if isinstance(a, Decimal) or isinstance(b, Decimal):
+        return Decimal(a), Decimal(b)
+    return a, b
+
+
+def _arith(n: exp.Expression, a: Value, b: Value) -> Value:
+    if a is None or b is None:
+        return None
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str):
+        raise PostProcessError("42883", f"operator does not exist for {type(a).__name__}")
+    a, b = _promote(a, b)
+    if isinstance(n, exp.Add):
+        return a + b
+    if isinstance(n, exp.Sub):
+        return a - b
+    if isinstance(n, exp.Mul):
+        return a * b
+    if b == 0:
+        raise PostProcessError(DIVISION_BY_ZERO, "division by zero")
+    if isinstance(n, exp.Mod):
+        return math.fmod(a, b) if isinstance(a, float) else a - b * _trunc_div(a, b)
+    if isinstance(a, int):
+        return _trunc_div(a, b)
+    if isinstance(a, Decimal):
+        return _decimal_div(a, b)
+    return a / b
+
+
+def _trunc_div(a: Value, b: Value) -> Value:
+    # PostgreSQL integer division truncates toward zero (Python's // floors).
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def _decimal_div(a: Decimal, b: Decimal) -> Decimal:
+    try:
+        q = a / b
+    except InvalidOperation as e:
+        raise PostProcessError("22003", "numeric value out of range") from e
+    # Like PostgreSQL's numeric division: a sensible number of significant digits.
+    return q.quantize(Decimal(1).scaleb(-16), rounding=ROUND_HALF_UP) if abs(q) < 10**20 else q
+
+
+def _compare(n: exp.Expression, a: Value, b: Value) -> Value:
+    if a is None or b is None:
+        return None
+    if isinstance(a, (int, float, Decimal)) and isinstance(b, (int, float, Decimal)):
+        a, b = _promote(a, b)
+    try:
+        if isinstance(n, exp.EQ):
+            return a == b
+        if isinstance(n, exp.NEQ):
+            return a != b
+        if isinstance(n, exp.GT):
+            return a > b
+        if isinstance(n, exp.GTE):
+            return a >= b
+        if isinstance(n, exp.LT):
+            return a < b
+        return a <= b
+    except TypeError as e:
+        raise PostProcessError("42883", "cannot compare values of different types") from e
+
+
+def _round(v: Value, decimals: exp.Expression | None, env: dict[str, Value]) -> Value:
+    if v is None:
+        return None
+    places = 0 if decimals is None else _eval(decimals, env)
+    if places is None:
+        return None
+    if isinstance(v, float):
+        return float(round(v, int(places))) if decimals is not None else float(round(v))
+    return Decimal(v).quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_HALF_UP)
+
+
+def _cast(v: Value, to: exp.Expression) -> Value:
+    if v is None:
+        return None
+    t = to.this if isinstance(to, exp.DataType) else None
+    name = t.name if t is not None else ""
+    try:
+        if name in ("INT", "BIGINT", "SMALLINT"):
+            return int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
+        if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
+            return Decimal(str(v)) if isinstance(v, float) else Decimal(v)
+        if name in ("DOUBLE", "FLOAT"):
+            return float(v)
+        if name in ("TEXT", "VARCHAR"):
+            return str(v)
+    except (InvalidOperation, ValueError) as e:
+        raise PostProcessError("22P02", f"invalid value for type {name.lower()}") from e
+    raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")
+
+
+# --- static types --------------------------------------------------------------------------
+
+_NUMERIC_RANK = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 4, "float8": 5}
+
+
+def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
+    """The PostgreSQL type name of a post-processing expression (for RowDescription)."""
+    if isinstance(n, exp.Column):
+        return env.get(n.name, "text")
+    if isinstance(n, exp.Literal):
+        if n.is_string:
+            return "text"
+        return "int4" if n.this.lstrip("-").isdigit() else "numeric"
+    if isinstance(n, exp.Null):
+        return "text"
+    if isinstance(n, (exp.Boolean, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And,
+                      exp.Or, exp.Not, exp.Is, exp.Between, exp.In)):  # fmt: skip
+        return "bool"
+    if isinstance(n, (exp.Paren, exp.Neg, exp.Abs)):
+        return infer_type(n.this, env)
+    if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
+        return _wider(infer_type(n.this, env), infer_type(n.expression, env))
+    if isinstance(n, exp.Round):
+        return "float8" if infer_type(n.this, env) in ("float4", "float8") else "numeric"
+    if isinstance(n, (exp.Ceil, exp.Floor)):
+        return "float8" if infer_type(n.this, env) in ("float4", "float8") else "numeric"
+    if isinstance(n, exp.Sqrt):
+        return "float8"
+    if isinstance(n, (exp.Coalesce, exp.Greatest, exp.Least)):
+        types = [infer_type(e, env) for e in [n.this, *n.expressions]]
+        out = types[0]
+        for t in types[1:]:
+            out = _wider(out, t)
+        return out
+    if isinstance(n, exp.Case):
+        branches = [c.args["true"] for c in n.args.get("ifs") or []]
+        if n.args.get("default") is not None:
+            branches.append(n.args["default"])
+        out = infer_type(branches[0], env) if branches else "text"
+        for br in branches[1:]:
+            out = _wider(out, infer_type(br, env))
+        return out
+    if isinstance(n, exp.Cast):
+        name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
+        return {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8",
+                "FLOAT": "float8", "TEXT": "text", "VARCHAR": "text"}.get(name, "numeric")  # fmt: skip
+    return "text"
+
+
+def _wider(a: str, b: str) -> str:
+    if a in _NUMERIC_RANK and b in _NUMERIC_RANK:
+        wa = max(_NUMERIC_RANK[a], _NUMERIC_RANK[b])
+        out = next(k for k, v in _NUMERIC_RANK.items() if v == wa)
+        return "int8" if out in ("int2", "int4") and "int8" in (a, b) else out
+    return a if a != "text" else b
