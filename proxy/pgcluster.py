@@ -318,7 +318,14 @@ class PgCluster:
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise PgClusterError(f"initdb failed:\n{result.stdout.decode(errors='replace')}")
+            output = result.stdout.decode(errors="replace")
+            hint = ""
+            if run_as.user is not None and "Permission denied" in output:
+                hint = (
+                    f"\nThe server runs as OS user '{run_as.user}': every directory above "
+                    f"{self._base_dir} must be traversable by it (chmod o+x), or pass another base_dir."
+                )
+            raise PgClusterError(f"initdb failed:\n{output}{hint}")
 
         use_socket = len(str(sockdir)) <= _MAX_SOCKET_DIR_LEN
         settings = {
