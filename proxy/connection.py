@@ -422,22 +422,22 @@ class Connection:
             if prepared is None:
                 raise ProxyError("26000", f'prepared statement "{msg.name}" does not exist')
             self._send(codec.parameter_description(self._param_oids(prepared)))
-            self._describe_result(prepared, None, ())
+            await self._describe_result(prepared, None, ())
         else:
             portal = self.ext.portals.get(msg.name)
             if portal is None:
                 raise ProxyError("34000", f'portal "{msg.name}" does not exist')
             portal.described = True
-            self._describe_result(portal.prepared, portal.params, portal.formats)
+            await self._describe_result(portal.prepared, portal.params, portal.formats)
 
-    def _describe_result(self, prepared: _Prepared, params: list[Any] | None, formats: tuple[int, ...]) -> None:
-        columns = self._columns_of(prepared, params)
+    async def _describe_result(self, prepared: _Prepared, params: list[Any] | None, formats: tuple[int, ...]) -> None:
+        columns = await self._columns_of(prepared, params)
         if columns is None:
             self._send(codec.no_data())
         else:
             self._send(describe_columns(columns, formats))
 
-    def _columns_of(self, prepared: _Prepared, params: list[Any] | None) -> list[tuple[str, str]] | None:
+    async def _columns_of(self, prepared: _Prepared, params: list[Any] | None) -> list[tuple[str, str]] | None:
         routed = prepared.routed
         if routed is None:
             return None
@@ -453,7 +453,7 @@ class Connection:
                         ("spent_epsilon", "numeric"), ("remaining_epsilon", "numeric")]  # fmt: skip
             return [(name, "text")]
         if routed.route == Route.CATALOG and routed.tree is not None:
-            return self.ctx.catalog.describe_sync(routed.statement.text)
+            return await self.ctx.catalog.describe(routed.statement.text)
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:

@@ -1,0 +1,167 @@
+"""The `dpproxy` command line: serve, demo, passwd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import secrets
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy.config import Config, ConfigError, load_config
+
+
+def _progress(msg: str) -> None:
+    print(f"dpproxy: {msg}", flush=True)
+
+
+async def _serve(config: Config, ready: str | None = None) -> None:
+    from proxy.server import Server
+
+    server = await Server.create(config)
+    host, port = await server.start()
+    _progress(f"listening on {host}:{port} (dataset {config.metadata.dataset if config.metadata else '?'})")
+    if ready:
+        print(ready, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        _progress("shutting down")
+        await server.close()
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the proxy with a config file."""
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as e:
+        print(f"dpproxy: {e}", file=sys.stderr)
+        return 2
+    if args.port is not None:
+        config.listen.port = args.port
+    _run(_serve(config))
+    return 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Print a SCRAM-SHA-256 verifier for a password (read from the terminal or stdin)."""
+    from proxy.auth.scram import make_verifier
+
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != pw:
+            print("dpproxy: passwords differ", file=sys.stderr)
+            return 2
+    else:
+        pw = sys.stdin.readline().rstrip("\n")
+    if not pw:
+        print("dpproxy: empty password", file=sys.stderr)
+        return 2
+    print(make_verifier(pw))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a throwaway PostgreSQL with TPC-H data behind dpproxy."""
+    from proxy.pgcluster import PgCluster, PgClusterError
+    from proxy.provision import AnalystSpec, provision
+
+    password = secrets.token_urlsafe(12)
+    analyst = AnalystSpec(name="analyst", password=password)
+    _progress("starting a throwaway PostgreSQL")
+    try:
+        cluster = PgCluster.start(log=_progress)
+    except PgClusterError as e:
+        print(f"dpproxy: {e}", file=sys.stderr)
+        return 1
+    workdir = Path(tempfile.mkdtemp(prefix="dpproxy-demo-"))
+    try:
+        _progress(f"PostgreSQL is up on port {cluster.port}; loading TPC-H at scale {args.scale}")
+        cfg_path = provision(
+            cluster.dsn, workdir, args.scale, [analyst], args.port, _progress
+        )
+        config = load_config(cfg_path)
+        dsn = f"host=127.0.0.1 port={args.port} dbname=tpch user=analyst password={password}"
+        banner = "\n".join(
+            [
+                "",
+                "dpproxy demo is ready. Connect with:",
+                "",
+                f'    psql "{dsn}"',
+                "",
+                "and try, for example:",
+                "    SELECT COUNT(*) FROM orders;",
+                "    SELECT o_orderpriority, COUNT(*), SUM(o_totalprice), AVG(o_totalprice)",
+                "      FROM orders WHERE o_orderdate >= '1995-01-01' GROUP BY o_orderpriority;",
+                "    SHOW dp.budget;",
+                "",
+                f"The analyst's budget is epsilon {analyst.budget_epsilon} "
+                f"(at most {analyst.max_epsilon_per_query} per query). Press Ctrl-C to stop.",
+                "",
+            ]
+        )
+        _run(_serve(config, ready=banner))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _progress("stopping PostgreSQL and removing the demo data")
+        cluster.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `dpproxy` command."""
+    p = argparse.ArgumentParser(prog="dpproxy", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the proxy with a configuration file")
+    s.add_argument("--config", required=True, help="path to dpproxy.yaml")
+    s.add_argument("--port", type=int, default=None, help="override listen.port")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="PostgreSQL + TPC-H sample data behind dpproxy")
+    d.add_argument("--port", type=int, default=6432, help="port for dpproxy (default 6432)")
+    d.add_argument("--scale", type=float, default=0.1, help="TPC-H scale factor (default 0.1)")
+    d.set_defaults(func=cmd_demo)
+
+    pw = sub.add_parser("passwd", help="print a SCRAM verifier for an analyst's password")
+    pw.set_defaults(func=cmd_passwd)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `dpproxy` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

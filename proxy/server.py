@@ -1,0 +1,125 @@
+"""The asyncio server: shared resources for all connections, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from accounting.ledger import Ledger
+from accounting.mechanisms import Mechanisms
+from proxy.catalog import Catalog
+from proxy.config import Config
+from proxy.dp import DPEngine
+from rewriter.metadata import Metadata
+
+if TYPE_CHECKING:
+    from proxy.connection import Connection
+
+log = logging.getLogger("dpproxy.server")
+
+
+@dataclass
+class ServerContext:
+    """What every connection of one proxy process shares."""
+
+    config: Config
+    meta: Metadata
+    engine: DPEngine
+    catalog: Catalog
+    server_version: str
+    mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
+
+    def register(self, conn: Connection) -> tuple[int, bytes]:
+        """Give a connection a (pid, secret) pair for BackendKeyData and cancels."""
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self.connections:
+                break
+        secret = secrets.token_bytes(4)
+        self.connections[pid] = (secret, conn)
+        return pid, secret
+
+    def unregister(self, pid: int) -> None:
+        """Forget a closed connection."""
+        self.connections.pop(pid, None)
+
+    def cancel(self, pid: int, secret: bytes) -> None:
+        """Handle a CancelRequest: a wrong key is ignored silently, as in PostgreSQL."""
+        entry = self.connections.get(pid)
+        if entry is not None and secrets.compare_digest(entry[0], secret):
+            entry[1].cancel_running()
+
+
+class Server:
+    """A running dpproxy: listening socket plus backend pools."""
+
+    def __init__(self, ctx: ServerContext, data_pool: asyncpg.Pool, ledger: Ledger) -> None:
+        self.ctx = ctx
+        self._data = data_pool
+        self._ledger = ledger
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def create(cls, config: Config) -> Server:
+        """Connect to the backends, prepare the ledger and the catalog mirror."""
+        assert config.metadata is not None
+        timeout = str(config.backend.statement_timeout_ms)
+        data = await asyncpg.create_pool(
+            config.backend.dsn,
+            min_size=1,
+            max_size=config.backend.pool_size,
+            server_settings={"statement_timeout": timeout, "default_transaction_read_only": "on"},
+        )
+        assert data is not None
+        version = await data.fetchval("SHOW server_version")
+        ledger = await Ledger.connect(config.backend.ledger_dsn)
+        catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata)
+        engine = DPEngine(config.metadata, Mechanisms(), ledger, data)
+        ctx = ServerContext(
+            config=config,
+            meta=config.metadata,
+            engine=engine,
+            catalog=catalog,
+            server_version=str(version),
+        )
+        return cls(ctx, data, ledger)
+
+    async def start(self) -> tuple[str, int]:
+        """Start listening; returns the bound (host, port)."""
+        listen = self.ctx.config.listen
+        self._server = await asyncio.start_server(self._handle, listen.host, listen.port)
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from proxy.connection import Connection
+
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await Connection(self.ctx, reader, writer).serve()
+        finally:
+            if task is not None:
+                self._tasks.discard(task)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        """Stop listening, end client connections, close backend pools."""
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.ctx.catalog.close()
+        await self._ledger.close()
+        await self._data.close()

@@ -1,0 +1,53 @@
+"""Inferring the types of $n parameters from the columns they are compared with.
+
+Drivers that send no parameter types (asyncpg, node-postgres) encode parameters from
+the types dpproxy reports in ParameterDescription, so those types must be right.
+"""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from rewriter.metadata import ColumnMeta, Metadata
+from rewriter.parse import table_refs
+from rewriter.sqltypes import pg_type_name
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
+                exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Like, exp.ILike)  # fmt: skip
+
+
+def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str]:
+    """Map parameter number -> PostgreSQL type name, where it can be inferred."""
+    columns = _visible_columns(tree, meta)
+    out: dict[int, str] = {}
+    for param in tree.find_all(exp.Parameter):
+        inner = param.this
+        text = str(inner.this if isinstance(inner, exp.Literal) else inner)
+        if not text.isdigit():
+            continue
+        n = int(text)
+        parent = param.parent
+        if isinstance(parent, (exp.Limit, exp.Offset)):
+            out[n] = "int8"
+            continue
+        if isinstance(parent, exp.Cast):
+            out[n] = parent.to.sql(dialect="postgres").lower()
+            continue
+        if isinstance(parent, _COMPARISONS):
+            for sibling in parent.iter_expressions():
+                if isinstance(sibling, exp.Column):
+                    cmeta = columns.get(sibling.name.lower())
+                    if cmeta is not None:
+                        out[n] = pg_type_name(cmeta.type)
+                        break
+    return out
+
+
+def _visible_columns(tree: exp.Expression, meta: Metadata) -> dict[str, ColumnMeta]:
+    cols: dict[str, ColumnMeta] = {}
+    for t in table_refs(tree):
+        found = meta.find(t.name, t.db or None)
+        if found is not None:
+            for cname, cmeta in found[1].columns.items():
+                cols.setdefault(cname.lower(), cmeta)
+    return cols

@@ -1,0 +1,62 @@
+"""End-to-end fixtures: a provisioned cluster and a running dpproxy subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from proxy.pgcluster import PgCluster
+from proxy.provision import AnalystSpec, provision
+from tests.support.proxy_process import ProxyProcess, free_port
+
+# Each test that spends budget uses its own analyst so tests stay independent.
+ANALYSTS = {
+    "alice": AnalystSpec("alice", "alice-pw", Decimal(100000), Decimal(10000)),
+    "bob": AnalystSpec("bob", "bob-pw", Decimal(3), Decimal(1)),
+    "carol": AnalystSpec("carol", "carol-pw", Decimal(1000), Decimal(100)),
+    "dave": AnalystSpec("dave", "dave-pw", Decimal(1000), Decimal(100)),
+    "erin": AnalystSpec("erin", "erin-pw", Decimal(2), Decimal(1)),
+}
+
+
+@dataclass
+class Env:
+    """A provisioned backend and its config file."""
+
+    config: Path
+    tpch_dsn: str
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def env(pg_cluster: PgCluster, tpch_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Env:
+    """Roles, ledger and catalog databases, and a config with the test analysts."""
+    dbname = psycopg.conninfo.conninfo_to_dict(tpch_dsn)["dbname"]
+    workdir = tmp_path_factory.mktemp("dpproxy")
+
+    def dsn_for(db: str, user: str | None = None, password: str | None = None) -> str:
+        return pg_cluster.dsn(db, user=user, password=password)
+
+    cfg = provision(dsn_for, workdir, 0.01, list(ANALYSTS.values()), free_port(),
+                    lambda _m: None, dataset_db=str(dbname), load=False)  # fmt: skip
+    return Env(config=cfg, tpch_dsn=tpch_dsn, workdir=workdir)
+
+
+@pytest.fixture(scope="session")
+def proxy(env: Env) -> Iterator[ProxyProcess]:
+    """One dpproxy process shared by the end-to-end tests."""
+    p = ProxyProcess(env.config).start()
+    yield p
+    p.stop()
+
+
+def truth(tpch_dsn: str, query: str) -> list[tuple[object, ...]]:
+    """The exact answer, straight from PostgreSQL (for accuracy checks)."""
+    with psycopg.connect(tpch_dsn) as conn:
+        return conn.execute(sql.SQL(query)).fetchall()  # type: ignore[arg-type]
