@@ -1,0 +1,1 @@
+"""PostgreSQL wire protocol: messages, codec and value codecs (pure, no sockets)."""
