@@ -34,7 +34,7 @@ from proxy.wire import messages as m
 from proxy.wire.types import decode_param
 from rewriter.errors import SYNTAX_ERROR, RewriteError
 from rewriter.params import bind_parameters, count_parameters
-from rewriter.parse import Statement, parse_one, split_statements
+from rewriter.parse import parse_one, split_statements
 from rewriter.typing import infer_parameter_types
 
 if TYPE_CHECKING:

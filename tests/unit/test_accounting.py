@@ -1,0 +1,76 @@
+"""Unit tests of mechanisms, release and composition (no database)."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from accounting.mechanisms import Mechanisms, discrete_laplace_quantile, total_epsilon
+from accounting.release import release
+from rewriter.metadata import load_metadata
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+
+META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
+
+
+@pytest.fixture(scope="module")
+def mech() -> Mechanisms:
+    return Mechanisms()
+
+
+@pytest.mark.parametrize("eps", ["1", "0.1", "0.3", "2.5", "0.001"])
+def test_cost_from_privacy_map_never_exceeds_request(mech: Mechanisms, eps: str) -> None:
+    p = rewrite(parse_one("SELECT COUNT(*), AVG(o_totalprice) FROM orders"), META)
+    specs = mech.plan_noise(p, Decimal(eps))
+    assert len(specs) == 2
+    total = total_epsilon(specs)
+    assert total <= Decimal(eps)
+    assert total >= Decimal(eps) * (1 - Decimal("1e-12"))
+    for s in specs:
+        # the scale is sensitivity / share, up to float rounding
+        assert math.isclose(s.scale, s.sensitivity / (float(eps) / 2), rel_tol=1e-12)
+
+
+def test_error95_matches_closed_form() -> None:
+    for scale in (0.5, 1.0, 8.0, 1000.0):
+        k = discrete_laplace_quantile(scale, 0.95)
+        p = math.exp(-1 / scale)
+        tail = lambda j: 2 * p ** (j + 1) / (1 + p)  # noqa: E731  P(|X| > j)
+        assert tail(k) <= 0.05 + 1e-12
+        assert k == 0 or tail(k - 1) > 0.05
+
+
+def test_release_fills_every_public_key_and_post_processes(mech: Mechanisms) -> None:
+    p = rewrite(
+        parse_one(
+            "SELECT o_orderstatus AS s, COUNT(*) AS n FROM orders GROUP BY 1 "
+            "HAVING COUNT(*) >= 0 ORDER BY s DESC LIMIT 2"
+        ),
+        META,
+    )
+    specs = mech.plan_noise(p, Decimal(10_000_000))
+    # Only group 1 ('O') has rows: the others must still be released (as ~0).
+    ans = release(p, [(1, 42)], specs, mech)
+    assert [r[0] for r in ans.rows] == ["P", "O"]
+    assert dict(ans.rows)["O"] == 42 and dict(ans.rows)["P"] == 0
+    assert ans.columns == [("s", "text"), ("n", "int8")]
+
+
+def test_sampler_clamps_out_of_range_values(mech: Mechanisms) -> None:
+    p = rewrite(parse_one("SELECT COUNT(*) FROM orders"), META)
+    (spec,) = mech.plan_noise(p, Decimal(1_000_000))
+    out = mech.sample(spec, [2**70])
+    assert out[0] <= 2**62 + 100
+
+
+def test_two_mechanism_instances_draw_different_noise() -> None:
+    p = rewrite(parse_one("SELECT COUNT(*) FROM orders"), META)
+    a, b = Mechanisms(), Mechanisms()
+    (sa,) = a.plan_noise(p, Decimal("0.01"))
+    (sb,) = b.plan_noise(p, Decimal("0.01"))
+    # scale 800, 50 draws each: identical vectors have probability < 1e-100.
+    assert a.sample(sa, [0] * 50) != b.sample(sb, [0] * 50)

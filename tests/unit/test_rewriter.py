@@ -1,0 +1,107 @@
+"""Unit tests of the rewriter: plans, sensitivities, refusals, golden SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rewriter.errors import RewriteError
+from rewriter.metadata import Metadata, load_metadata
+from rewriter.parse import parse_one, split_statements
+from rewriter.plan import PrimitiveKind
+from rewriter.rewrite import rewrite
+
+META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
+
+
+def plan(sql: str, meta: Metadata = META):  # type: ignore[no-untyped-def]
+    return rewrite(parse_one(sql), meta)
+
+
+def test_count_star_sensitivity_is_max_rows() -> None:
+    p = plan("SELECT COUNT(*) FROM orders")
+    assert [(x.kind, x.sensitivity) for x in p.primitives] == [(PrimitiveKind.COUNT, 8)]
+    assert "row_number() OVER (PARTITION BY t.\"o_custkey\"" in p.sql
+    assert "WHERE b.rn <= 8" in p.sql
+
+
+def test_sum_alone_uses_plain_sum_with_max_abs_bound() -> None:
+    p = plan("SELECT SUM(o_totalprice) FROM orders")
+    (prim,) = p.primitives
+    assert prim.kind == PrimitiveKind.SUM
+    assert prim.sensitivity == 8 * 60_000_000  # 600000 in steps of 0.01, 8 rows per unit
+
+
+def test_avg_shares_count_and_uses_normalized_sum() -> None:
+    p = plan("SELECT COUNT(*), SUM(o_totalprice), AVG(o_totalprice) FROM orders")
+    kinds = {x.name: (x.kind, x.sensitivity) for x in p.primitives}
+    # COUNT(*), SUM and AVG are derived from two primitives, not three or four.
+    assert kinds == {
+        "n_rows": (PrimitiveKind.COUNT, 8),
+        "s_o_totalprice": (PrimitiveKind.NORMALIZED_SUM, 8 * 30_000_000),
+    }
+
+
+def test_public_domain_group_keys_and_golden_sql() -> None:
+    p = plan("SELECT o_orderstatus, COUNT(*) FROM orders WHERE o_totalprice > 10 GROUP BY 1")
+    assert p.keys[0].domain == ("F", "O", "P")
+    assert p.group_count == 3
+    assert p.sql == (
+        "SELECT b.k0, count(*) AS n_rows FROM (SELECT d0.i AS k0, row_number() OVER "
+        '(PARTITION BY t."o_custkey" ORDER BY random()) AS rn FROM "public"."orders" AS t '
+        "JOIN (VALUES (0, CAST('F' AS TEXT)), (1, CAST('O' AS TEXT)), (2, CAST('P' AS TEXT))) "
+        'AS d0(i, v) ON t."o_orderstatus" = d0.v WHERE ("t"."o_totalprice" > 10)) AS b '
+        "WHERE b.rn <= 8 GROUP BY b.k0"
+    )
+
+
+def test_clamp_keeps_null_and_never_uses_greatest() -> None:
+    p = plan("SELECT SUM(c_acctbal) FROM customer")
+    assert "CASE WHEN" in p.sql and "greatest" not in p.sql.lower()
+
+
+def test_row_expression_comments_are_not_emitted() -> None:
+    p = plan("SELECT COUNT(*) FROM orders /* hi */ WHERE o_totalprice > 1 -- x")
+    assert "/*" not in p.sql and "--" not in p.sql
+
+
+@pytest.mark.parametrize(
+    ("sql", "state"),
+    [
+        ("SELECT * FROM orders", "42501"),
+        ("SELECT o_totalprice FROM orders", "42803"),
+        ("SELECT o_custkey, COUNT(*) FROM orders GROUP BY o_custkey", "42501"),
+        ("SELECT o_orderdate, COUNT(*) FROM orders GROUP BY o_orderdate", "0A000"),
+        ("SELECT SUM(o_orderstatus) FROM orders", "42883"),
+        ("SELECT COUNT(*) FROM orders WHERE o_totalprice / o_custkey > 1", "42501"),
+        ("SELECT COUNT(*) FROM orders WHERE pg_sleep(1) IS NULL", "0A000"),
+        ("SELECT COUNT(*) FROM orders WHERE o_comment::int > 1", "0A000"),
+        ("SELECT COUNT(*) FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey", "0A000"),
+        ("SELECT COUNT(*) FROM nation", "0A000"),
+        ("SELECT COUNT(*) FROM missing", "42P01"),
+        ("SELECT COUNT(*) FROM orders WHERE nosuch = 1", "42703"),
+        ("SELECT MAX(o_totalprice) FROM orders", "0A000"),
+        ("SELECT COUNT(*) FROM orders; SELECT 1", "42501"),
+        ("SELECT COUNT(*) FROM orders FOR UPDATE", "0A000"),
+        ("SELECT COUNT(*) OVER () FROM orders", "42501"),
+    ],
+)
+def test_refusals(sql: str, state: str) -> None:
+    with pytest.raises(RewriteError) as info:
+        plan(sql)
+    assert info.value.sqlstate == state
+    assert info.value.message
+
+
+def test_split_statements_respects_quotes_and_comments() -> None:
+    parts = split_statements("select 'a;b'; select $$x;y$$ /* ; */; -- c;\n select 3;;")
+    assert [p.keyword for p in parts] == ["SELECT", "SELECT", "SELECT"]
+    assert parts[0].text == "select 'a;b'"
+    assert split_statements("  -- only a comment\n") == []
+
+
+def test_fingerprint_ignores_whitespace_and_comments() -> None:
+    a = plan("SELECT COUNT(*) FROM orders WHERE o_totalprice > 1")
+    b = plan("select   count(*)  from orders -- c\n where o_totalprice > 1")
+    assert a.fingerprint == b.fingerprint
