@@ -81,21 +81,23 @@ def _quote(text: str) -> str:
 class Catalog:
     """Runs statements that read no private table on the catalog mirror database."""
 
-    def __init__(self, pool: asyncpg.Pool | None) -> None:
+    def __init__(self, pool: asyncpg.Pool | None, tables: list[str] | None = None) -> None:
         self.pool = pool
+        self.tables = tables or []
 
     @classmethod
     async def open(cls, dsn: str | None, meta: Metadata) -> Catalog:
         """Connect to the mirror and (re)create the declared tables in it."""
+        tables = sorted(meta.tables)
         if dsn is None:
-            return cls(None)
+            return cls(None, tables)
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
         assert pool is not None
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(724012)")
             for stmt in mirror_ddl(meta):
                 await conn.execute(stmt)
-        return cls(pool)
+        return cls(pool, tables)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -119,7 +121,7 @@ class Catalog:
                 stmt = await conn.prepare(sql)
                 attrs = stmt.get_attributes()
         except asyncpg.PostgresError as e:
-            raise _catalog_error(e) from e
+            raise self._error(e) from e
         return [(a.name, _OID_NAMES.get(a.type.oid, "text")) for a in attrs] or None
 
     async def run(self, tree: exp.Expression) -> Result:
@@ -133,12 +135,19 @@ class Catalog:
                 attrs = stmt.get_attributes()
                 records = await stmt.fetch()
         except asyncpg.PostgresError as e:
-            raise _catalog_error(e) from e
+            raise self._error(e) from e
         columns = [(a.name, _OID_NAMES.get(a.type.oid, "text")) for a in attrs]
         rows = [tuple(_plain(v, t) for v, (_, t) in zip(r, columns, strict=True)) for r in records]
         if not attrs:
             return Result(tag=stmt.get_statusmsg() or "SELECT 0")
         return Result(tag=f"SELECT {len(rows)}", columns=columns, rows=rows)
+
+
+    def _error(self, e: asyncpg.PostgresError) -> ProxyError:
+        # The mirror holds no private rows, so its messages are safe to pass on.
+        state = getattr(e, "sqlstate", None) or QUERY_FAILED
+        hint = "declared tables: " + ", ".join(self.tables) if state == "42P01" else None
+        return ProxyError(state, str(e).splitlines()[0] if str(e) else "query failed", hint)
 
 
 def _plain(v: Any, type_name: str) -> Any:
@@ -149,9 +158,3 @@ def _plain(v: Any, type_name: str) -> Any:
     if isinstance(v, bool):
         return "t" if v else "f"
     return str(v)
-
-
-def _catalog_error(e: asyncpg.PostgresError) -> ProxyError:
-    # The mirror holds no private rows, so its messages are safe to pass on.
-    state = getattr(e, "sqlstate", None) or QUERY_FAILED
-    return ProxyError(state, str(e).splitlines()[0] if str(e) else "query failed")

@@ -53,7 +53,11 @@ class _Scope:
     def column(self, col: exp.Column) -> tuple[str, ColumnMeta]:
         qual = col.table
         if qual and qual.lower() not in self.names:
-            raise RewriteError(UNDEFINED_TABLE, f'missing FROM-clause entry for table "{qual}"')
+            raise RewriteError(
+                UNDEFINED_TABLE,
+                f'missing FROM-clause entry for table "{qual}"',
+                hint="qualify columns with the name or alias of the table in FROM",
+            )
         name = col.name
         for cname, cmeta in self.table.columns.items():
             if cname.lower() == name.lower() if not _quoted(col) else cname == name:
@@ -62,6 +66,7 @@ class _Scope:
             UNDEFINED_COLUMN,
             f'column "{name}" does not exist or is not declared in the metadata of '
             f'"{self.table_name}"',
+            hint="declared columns: " + ", ".join(self.table.columns),
         )
 
 
@@ -169,7 +174,11 @@ def _resolve_from(select: exp.Select, meta: Metadata) -> _Scope:
         raise not_allowed("cross-database references are not allowed")
     found = meta.find(source.name, source.db or None)
     if found is None:
-        raise RewriteError(UNDEFINED_TABLE, f'relation "{source.name}" is not declared')
+        raise RewriteError(
+            UNDEFINED_TABLE,
+            f'relation "{source.name}" does not exist or is not declared',
+            hint="declared tables: " + ", ".join(sorted(meta.tables)),
+        )
     tname, table = found
     if table.public:
         raise unsupported(f'"{tname}" is a public table; DP queries must read a private table')
