@@ -157,4 +157,6 @@ def _plain(v: Any, type_name: str) -> Any:
         return "{" + ",".join("NULL" if x is None else str(x) for x in v) + "}"
     if isinstance(v, bool):
         return "t" if v else "f"
+    if isinstance(v, bytes):
+        return v.decode("latin-1")  # the one-byte "char" type
     return str(v)
