@@ -1,0 +1,1 @@
+"""Client authentication for dpproxy (SCRAM-SHA-256, SASLprep)."""
