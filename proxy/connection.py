@@ -168,6 +168,8 @@ class Connection:
             if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
                 self.writer.write(codec.ssl_no())
                 await self.writer.drain()
+                # The decoder pauses after these so that we answer first; resume it.
+                self.pending.extend(self.decoder.feed(b""))
                 continue
             if isinstance(msg, m.CancelRequest):
                 self.ctx.cancel(msg.pid, msg.secret)
