@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -88,26 +89,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     password = secrets.token_urlsafe(12)
     analyst = AnalystSpec(name="analyst", password=password)
-    _progress("starting a throwaway PostgreSQL")
+    dsn = args.dsn or os.environ.get("DPPROXY_DEMO_DSN")
     try:
-        cluster = PgCluster.start(log=_progress)
+        if dsn:
+            _progress("using the existing PostgreSQL server given by --dsn")
+            cluster = PgCluster.existing(dsn)
+        else:
+            _progress("starting a throwaway PostgreSQL")
+            cluster = PgCluster.start(log=_progress)
     except PgClusterError as e:
         print(f"dpproxy: {e}", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="dpproxy-demo-"))
     try:
         _progress(f"PostgreSQL is up on port {cluster.port}; loading TPC-H at scale {args.scale}")
+        # With --dsn, the server is someone else's: the demo only adds its databases.
         cfg_path = provision(
             cluster.dsn, workdir, args.scale, [analyst], args.port, _progress
         )
         config = load_config(cfg_path)
-        dsn = f"host=127.0.0.1 port={args.port} dbname=tpch user=analyst password={password}"
+        conninfo = f"host=127.0.0.1 port={args.port} dbname=tpch user=analyst password={password}"
         banner = "\n".join(
             [
                 "",
                 "dpproxy demo is ready. Connect with:",
                 "",
-                f'    psql "{dsn}"',
+                f'    psql "{conninfo}"',
                 "",
                 "and try, for example:",
                 "    SELECT COUNT(*) FROM orders;",
@@ -146,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="PostgreSQL + TPC-H sample data behind dpproxy")
     d.add_argument("--port", type=int, default=6432, help="port for dpproxy (default 6432)")
     d.add_argument("--scale", type=float, default=0.1, help="TPC-H scale factor (default 0.1)")
+    d.add_argument(
+        "--dsn",
+        default=None,
+        help="superuser URI of an existing PostgreSQL to use instead of a throwaway one "
+        "(also DPPROXY_DEMO_DSN)",
+    )
     d.set_defaults(func=cmd_demo)
 
     pw = sub.add_parser("passwd", help="print a SCRAM verifier for an analyst's password")
