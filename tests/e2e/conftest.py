@@ -22,6 +22,7 @@ ANALYSTS = {
     "carol": AnalystSpec("carol", "carol-pw", Decimal(1000), Decimal(100)),
     "dave": AnalystSpec("dave", "dave-pw", Decimal(1000), Decimal(100)),
     "erin": AnalystSpec("erin", "erin-pw", Decimal(2), Decimal(1)),
+    "mallory": AnalystSpec("mallory", "mallory-pw", Decimal(1000), Decimal(100)),
 }
 
 
