@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.set_defaults(func=cmd_demo)
 
+    from proxy.metadata_tools import add_metadata_commands
+
+    add_metadata_commands(sub)
+
     pw = sub.add_parser("passwd", help="print a SCRAM verifier for an analyst's password")
     pw.set_defaults(func=cmd_passwd)
     return p
