@@ -1,22 +1,62 @@
 """The durable privacy ledger, in PostgreSQL (a database analysts cannot reach).
 
-A charge is one committed transaction that both checks and debits the budget, so any
-number of proxy replicas sharing the ledger can never overspend: the conditional UPDATE
-takes the row lock, and a concurrent charge waits for it and re-checks the condition.
-Nothing is ever deleted; the charge log is append-only and never holds results.
+Reserve-before-run: a query's whole cost is committed here before it executes. A
+charge locks the dataset's row and the analyst's budget row (`SELECT ... FOR UPDATE`,
+always in the same order), checks the per-query cap, the analyst's budget and the
+dataset's global budget with the dataset's accountant, then updates the running sums
+and appends to the charge log, all in one transaction. Any number of proxy replicas
+sharing the ledger therefore never overspend.
+
+Group commit: concurrent charges of one process are collected for a short window and
+checked one after the other inside ONE transaction, so N concurrent queries pay one
+commit instead of N (each charge still gets its own budget check).
+
+Nothing is ever deleted: the charge log is append-only and never holds results or
+private values (only analyst, dataset, query fingerprint, mechanism costs, time).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
 
+from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
+
+log = logging.getLogger("dpproxy.ledger")
+
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS dpproxy;
+CREATE TABLE IF NOT EXISTS dpproxy.analysts (
+    name text PRIMARY KEY,
+    password text NOT NULL,
+    enabled boolean NOT NULL DEFAULT true,
+    managed_by text NOT NULL DEFAULT 'config' CHECK (managed_by IN ('config', 'admin')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS dpproxy.datasets (
+    dataset text PRIMARY KEY,
+    accountant text NOT NULL,
+    accounting_delta numeric NOT NULL,
+    budget_epsilon numeric CHECK (budget_epsilon >= 0),
+    budget_delta numeric CHECK (budget_delta >= 0),
+    cache_epoch bigint NOT NULL DEFAULT 0,
+    epsilon numeric NOT NULL DEFAULT 0 CHECK (epsilon >= 0),
+    delta numeric NOT NULL DEFAULT 0 CHECK (delta >= 0),
+    rho numeric NOT NULL DEFAULT 0 CHECK (rho >= 0),
+    epsilon_sq numeric NOT NULL DEFAULT 0,
+    epsilon_tanh numeric NOT NULL DEFAULT 0,
+    releases bigint NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS dpproxy.budget_spent (
     analyst text NOT NULL,
     dataset text NOT NULL,
@@ -24,6 +64,16 @@ CREATE TABLE IF NOT EXISTS dpproxy.budget_spent (
     delta numeric NOT NULL DEFAULT 0 CHECK (delta >= 0),
     PRIMARY KEY (analyst, dataset)
 );
+ALTER TABLE dpproxy.budget_spent
+    ADD COLUMN IF NOT EXISTS budget_epsilon numeric NOT NULL DEFAULT 0 CHECK (budget_epsilon >= 0),
+    ADD COLUMN IF NOT EXISTS budget_delta numeric NOT NULL DEFAULT 0 CHECK (budget_delta >= 0),
+    ADD COLUMN IF NOT EXISTS max_epsilon_per_query numeric,
+    ADD COLUMN IF NOT EXISTS renewal_period interval,
+    ADD COLUMN IF NOT EXISTS period_start timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS rho numeric NOT NULL DEFAULT 0 CHECK (rho >= 0),
+    ADD COLUMN IF NOT EXISTS epsilon_sq numeric NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS epsilon_tanh numeric NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS releases bigint NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS dpproxy.charges (
     id bigserial PRIMARY KEY,
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -34,122 +84,364 @@ CREATE TABLE IF NOT EXISTS dpproxy.charges (
     delta numeric NOT NULL,
     mechanisms jsonb NOT NULL
 );
+ALTER TABLE dpproxy.charges ADD COLUMN IF NOT EXISTS rho numeric NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS charges_analyst_at ON dpproxy.charges (analyst, at);
+CREATE TABLE IF NOT EXISTS dpproxy.admin_log (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    action text NOT NULL,
+    analyst text,
+    detail jsonb NOT NULL DEFAULT '{}'
+);
+CREATE OR REPLACE FUNCTION dpproxy.append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'dpproxy.% is append-only', TG_TABLE_NAME;
+END $$;
+DROP TRIGGER IF EXISTS charges_append_only ON dpproxy.charges;
+CREATE TRIGGER charges_append_only BEFORE UPDATE OR DELETE ON dpproxy.charges
+    FOR EACH ROW EXECUTE FUNCTION dpproxy.append_only();
+DROP TRIGGER IF EXISTS admin_log_append_only ON dpproxy.admin_log;
+CREATE TRIGGER admin_log_append_only BEFORE UPDATE OR DELETE ON dpproxy.admin_log
+    FOR EACH ROW EXECUTE FUNCTION dpproxy.append_only();
 """
 
-_CHARGE_SQL = """
-UPDATE dpproxy.budget_spent
-   SET epsilon = epsilon + $3, delta = delta + $4
- WHERE analyst = $1 AND dataset = $2 AND epsilon + $3 <= $5 AND delta + $4 <= $6
-RETURNING epsilon, delta
-"""
+_SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
+
+
+def to_decimal(f: Fraction) -> Decimal:
+    """A Fraction as an exact Decimal (it must have a finite decimal expansion)."""
+    n, d = f.numerator, f.denominator
+    k = 0
+    while d % 10 == 0:
+        d //= 10
+        k += 1
+    twos = fives = 0
+    while d % 2 == 0:
+        d //= 2
+        twos += 1
+    while d % 5 == 0:
+        d //= 5
+        fives += 1
+    if d != 1:
+        raise ValueError(f"{f} has no finite decimal expansion")
+    extra = max(twos, fives)
+    n *= (10**extra) // (2**twos * 5**fives)
+    # The string constructor is exact whatever the decimal context's precision.
+    return Decimal(f"{n}E-{k + extra}")
+
+
+def spend_of(row: Any) -> Spend:
+    """The running sums of a ledger row as an exact Spend."""
+    return Cost(
+        *(Fraction(Decimal(row[c])) for c in _SUMS),
+        releases=int(row["releases"]),
+    )
 
 
 class BudgetExhausted(Exception):
-    """The charge would exceed the analyst's budget; nothing was charged."""
+    """A charge was refused (budget, cap, or disabled analyst); nothing was charged."""
 
-    def __init__(self, spent: Decimal, limit: Decimal, cost: Decimal) -> None:
-        super().__init__(f"cost {cost} exceeds remaining {limit - spent}")
-        self.spent = spent
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        remaining: Fraction | None = None,
+        limit: Fraction | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason  # "analyst", "dataset", "per_query", "disabled", "no_budget"
+        self.message = message
+        self.remaining_epsilon = remaining
         self.limit = limit
-        self.cost = cost
-
-    @property
-    def remaining(self) -> Decimal:
-        """What is left of the budget."""
-        return max(Decimal(0), self.limit - self.spent)
 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
     """One committed charge and what remains after it."""
 
-    epsilon: Decimal
-    delta: Decimal
-    spent_epsilon: Decimal
-    remaining_epsilon: Decimal
+    cost: Cost
+    epsilon: Fraction  # the query's own epsilon under the dataset's accountant
+    spent_epsilon: Fraction
+    remaining_epsilon: Fraction
+    budget_epsilon: Fraction
+    charge_id: int
+
+
+@dataclass
+class _Request:
+    analyst: str
+    dataset: str
+    fingerprint: str
+    cost: Cost
+    mechanisms: list[dict[str, Any]]
+    future: asyncio.Future[Charge] = field(repr=False)
+
+
+@dataclass
+class GroupCommit:
+    """Group-commit settings: collect charges for `window_us`, at most `max_batch`."""
+
+    enabled: bool = True
+    window_us: int = 300
+    max_batch: int = 128
 
 
 class Ledger:
-    """Budget checks and charges against the ledger database."""
+    """Charges against the ledger database, with group commit."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(
+        self, pool: asyncpg.Pool, accountant: Accountant | None = None,
+        group: GroupCommit | None = None,
+    ) -> None:  # fmt: skip
+        self.pool = pool
+        self.accountant = accountant or Accountant(AccountantKind.PURE)
+        self.group = group or GroupCommit()
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._worker: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, dsn: str, size: int = 4) -> Ledger:
+    async def connect(
+        cls, dsn: str, size: int = 4, accountant: Accountant | None = None,
+        group: GroupCommit | None = None,
+    ) -> Ledger:  # fmt: skip
         """Open a pool to the ledger database and create its schema if missing."""
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
         assert pool is not None
-        ledger = cls(pool)
+        ledger = cls(pool, accountant, group)
         await ledger.ensure_schema()
         return ledger
 
     async def ensure_schema(self) -> None:
         """Create the ledger's tables (idempotent; serialized across replicas)."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(724011)")
             await conn.execute(SCHEMA_SQL)
 
     async def close(self) -> None:
-        """Close the pool."""
-        await self._pool.close()
+        """Stop the group-commit worker and close the pool."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await self.pool.close()
 
     async def spent(self, analyst: str, dataset: str) -> Decimal:
-        """Epsilon spent so far by an analyst on a dataset."""
-        v = await self._pool.fetchval(
-            "SELECT epsilon FROM dpproxy.budget_spent WHERE analyst = $1 AND dataset = $2",
+        """Epsilon spent so far by an analyst on a dataset (under the accountant)."""
+        row = await self.pool.fetchrow(
+            "SELECT * FROM dpproxy.budget_spent WHERE analyst = $1 AND dataset = $2",
             analyst,
             dataset,
         )
-        return Decimal(v) if v is not None else Decimal(0)
+        if row is None:
+            return Decimal(0)
+        return Decimal(float(self.accountant.guarantee(spend_of(row)).epsilon))
+
+    # --- charging -----------------------------------------------------------------------
 
     async def charge(
         self,
         analyst: str,
         dataset: str,
         fingerprint: str,
-        epsilon: Decimal,
-        delta: Decimal,
-        limit: Decimal,
-        delta_limit: Decimal = Decimal(1),
+        cost: Cost,
         mechanisms: list[dict[str, Any]] | None = None,
     ) -> Charge:
-        """Debit the budget and log the charge in one committed transaction.
+        """Check and debit every budget the query is under, durably, before it runs.
 
-        Raises BudgetExhausted (and charges nothing) if the budget does not cover it.
+        Raises BudgetExhausted (and charges nothing) if a budget does not cover it. If
+        the ledger itself fails, the error propagates and the query must not run.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO dpproxy.budget_spent (analyst, dataset) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING",
-                analyst,
-                dataset,
+        loop = asyncio.get_running_loop()
+        req = _Request(analyst, dataset, fingerprint, cost, mechanisms or [], loop.create_future())
+        if not self.group.enabled:
+            await self._run_batch([req])
+        else:
+            if self._worker is None or self._worker.done():
+                self._queue = asyncio.Queue()
+                self._worker = asyncio.create_task(self._batcher())
+            assert self._queue is not None
+            self._queue.put_nowait(req)
+        return await req.future
+
+    async def _batcher(self) -> None:
+        assert self._queue is not None
+        q = self._queue
+        while True:
+            batch = [await q.get()]
+            if self.group.window_us > 0:
+                await asyncio.sleep(self.group.window_us / 1e6)
+            while len(batch) < self.group.max_batch and not q.empty():
+                batch.append(q.get_nowait())
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        try:
+            outcomes = await self._commit(batch)
+        except Exception as e:  # the ledger failed: no query of this batch may run
+            log.error("ledger transaction failed: %s", type(e).__name__)
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        for r, out in zip(batch, outcomes, strict=True):
+            if r.future.done():
+                continue
+            if isinstance(out, BudgetExhausted):
+                r.future.set_exception(out)
+            else:
+                r.future.set_result(out)
+
+    async def _commit(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
+        datasets = sorted({r.dataset for r in batch})
+        pairs = sorted({(r.dataset, r.analyst) for r in batch})
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Lock order (datasets, then budget rows by dataset, analyst) is the same in
+            # every replica, so concurrent batches cannot deadlock.
+            drows = await conn.fetch(
+                "SELECT * FROM dpproxy.datasets WHERE dataset = ANY($1::text[]) "
+                "ORDER BY dataset FOR UPDATE",
+                datasets,
             )
-            row = await conn.fetchrow(
-                _CHARGE_SQL, analyst, dataset, epsilon, delta, limit, delta_limit
+            brows = await conn.fetch(
+                "SELECT b.*, a.enabled, now() AS now FROM dpproxy.budget_spent b "
+                "JOIN dpproxy.analysts a ON a.name = b.analyst "
+                "WHERE (b.dataset, b.analyst) IN "
+                "(SELECT * FROM unnest($1::text[], $2::text[])) "
+                "ORDER BY b.dataset, b.analyst FOR UPDATE OF b",
+                [p[0] for p in pairs],
+                [p[1] for p in pairs],
             )
-            if row is None:
-                spent = await conn.fetchval(
-                    "SELECT epsilon FROM dpproxy.budget_spent WHERE analyst = $1 AND dataset = $2",
-                    analyst,
-                    dataset,
-                )
-                raise BudgetExhausted(Decimal(spent), limit, epsilon)
-            await conn.execute(
+            dstate = {r["dataset"]: [r, spend_of(r)] for r in drows}
+            bstate: dict[tuple[str, str], list[Any]] = {}
+            for r in brows:
+                spend = spend_of(r)
+                start = r["period_start"]
+                period: timedelta | None = r["renewal_period"]
+                now: datetime = r["now"]
+                if period is not None and period.total_seconds() > 0 and now >= start + period:
+                    # A new renewal period: the analyst's sums restart from zero (the
+                    # charge log keeps everything; the global budget never renews).
+                    k = (now - start) // period
+                    start = start + k * period
+                    spend = ZERO
+                bstate[(r["dataset"], r["analyst"])] = [r, spend, start]
+
+            outcomes: list[Charge | BudgetExhausted] = []
+            accepted: list[_Request] = []
+            for req in batch:
+                out = self._check(req, dstate.get(req.dataset), bstate.get((req.dataset, req.analyst)))
+                if isinstance(out, BudgetExhausted):
+                    outcomes.append(out)
+                    continue
+                d, b = dstate[req.dataset], bstate[(req.dataset, req.analyst)]
+                d[1] = d[1] + req.cost
+                b[1] = b[1] + req.cost
+                accepted.append(req)
+                outcomes.append(out)
+            if not accepted:
+                return outcomes
+
+            def sums(s: Spend) -> list[Decimal]:
+                return [to_decimal(getattr(s, c)) for c in _SUMS]
+
+            touched_b = {(r.dataset, r.analyst) for r in accepted}
+            for key in sorted(touched_b):
+                row, spend, start = bstate[key]
+                await conn.execute(
+                    "UPDATE dpproxy.budget_spent SET epsilon = $3, delta = $4, rho = $5, "
+                    "epsilon_sq = $6, epsilon_tanh = $7, releases = $8, period_start = $9 "
+                    "WHERE dataset = $1 AND analyst = $2",
+                    *key, *sums(spend), spend.releases, start,
+                )  # fmt: skip
+            for ds in sorted({r.dataset for r in accepted}):
+                spend = dstate[ds][1]
+                await conn.execute(
+                    "UPDATE dpproxy.datasets SET epsilon = $2, delta = $3, rho = $4, "
+                    "epsilon_sq = $5, epsilon_tanh = $6, releases = $7 WHERE dataset = $1",
+                    ds, *sums(spend), spend.releases,
+                )  # fmt: skip
+            ids = await conn.fetch(
                 "INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, "
-                "mechanisms) VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
-                analyst,
-                dataset,
-                fingerprint,
-                epsilon,
-                delta,
-                json.dumps(mechanisms or []),
+                "rho, mechanisms) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+                "$4::numeric[], $5::numeric[], $6::numeric[], $7::jsonb[]) RETURNING id",
+                [r.analyst for r in accepted],
+                [r.dataset for r in accepted],
+                [r.fingerprint for r in accepted],
+                [to_decimal(r.cost.epsilon) for r in accepted],
+                [to_decimal(r.cost.delta) for r in accepted],
+                [to_decimal(r.cost.rho) for r in accepted],
+                [json.dumps(r.mechanisms) for r in accepted],
             )
-        spent_eps = Decimal(row["epsilon"])
-        return Charge(
-            epsilon=epsilon,
-            delta=delta,
-            spent_epsilon=spent_eps,
-            remaining_epsilon=max(Decimal(0), limit - spent_eps),
+        # Only after COMMIT: fill in the charge ids (unnest keeps order in INSERT ... SELECT).
+        it = iter(ids)
+        return [
+            o if isinstance(o, BudgetExhausted) else _with_id(o, int(next(it)["id"]))
+            for o in outcomes
+        ]
+
+    def _check(
+        self, req: _Request, d: list[Any] | None, b: list[Any] | None
+    ) -> Charge | BudgetExhausted:
+        acc = self.accountant
+        if d is None or b is None:
+            return BudgetExhausted(
+                "no_budget",
+                f'analyst "{req.analyst}" has no budget on dataset "{req.dataset}"',
+            )
+        brow, bspend, _ = b
+        if not brow["enabled"]:
+            return BudgetExhausted("disabled", f'analyst "{req.analyst}" is disabled')
+        drow, dspend = d
+        own = acc.guarantee(req.cost).epsilon
+        cap = brow["max_epsilon_per_query"]
+        if cap is not None and own > Fraction(Decimal(cap)):
+            return BudgetExhausted(
+                "per_query",
+                f"this query costs epsilon {_fmt(own)}, above your per-query limit of "
+                f"{_fmt(Fraction(Decimal(cap)))}",
+            )
+        limits = Limits(Fraction(Decimal(brow["budget_epsilon"])),
+                        Fraction(Decimal(brow["budget_delta"])) if acc.kind == AccountantKind.APPROX else None)  # fmt: skip
+        if not acc.fits(bspend, req.cost, limits):
+            rem = acc.remaining(bspend, limits)
+            return BudgetExhausted(
+                "analyst",
+                f"privacy budget exhausted: this query costs epsilon {_fmt(own)} but "
+                f"{_fmt(rem or Fraction(0))} of {_fmt(limits.epsilon or Fraction(0))} "
+                f'remains on dataset "{req.dataset}"',
+                rem,
+                limits.epsilon,
+            )
+        dlimits = Limits(
+            Fraction(Decimal(drow["budget_epsilon"])) if drow["budget_epsilon"] is not None else None,
+            Fraction(Decimal(drow["budget_delta"]))
+            if drow["budget_delta"] is not None and acc.kind == AccountantKind.APPROX
+            else None,
         )
+        if not acc.fits(dspend, req.cost, dlimits):
+            return BudgetExhausted(
+                "dataset",
+                f'the global privacy budget of dataset "{req.dataset}" (shared by all '
+                f"analysts) does not cover this query (epsilon {_fmt(own)})",
+            )
+        after = acc.guarantee(bspend + req.cost).epsilon
+        assert limits.epsilon is not None
+        return Charge(
+            cost=req.cost,
+            epsilon=own,
+            spent_epsilon=after,
+            remaining_epsilon=max(Fraction(0), limits.epsilon - after),
+            budget_epsilon=limits.epsilon,
+            charge_id=0,
+        )
+
+
+def _with_id(c: Charge, charge_id: int) -> Charge:
+    return Charge(c.cost, c.epsilon, c.spent_epsilon, c.remaining_epsilon, c.budget_epsilon,
+                  charge_id)  # fmt: skip
+
+
+def _fmt(f: Fraction, places: int = 6) -> str:
+    """A short human rendering of an exact amount (rounded to `places`, zeros dropped)."""
+    q = Decimal(f.numerator) / Decimal(f.denominator)
+    return format(q.quantize(Decimal(1).scaleb(-places)).normalize(), "f")

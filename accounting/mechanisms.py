@@ -41,6 +41,10 @@ class NoiseSpec:
     scale: float
     epsilon: Decimal  # read from the measurement's privacy map
     error95: int  # |noise| <= error95 with probability >= 95%, in integer units
+    # Added for zCDP (issue #5): which sampler, and the rho a Gaussian release costs
+    # (its `epsilon` is then 0: a discrete Gaussian has no pure-epsilon guarantee).
+    mechanism: str = "discrete_laplace"
+    rho: Decimal = Decimal(0)
 
 
 class Mechanisms:
@@ -91,7 +95,56 @@ class Mechanisms:
     def sample(self, spec: NoiseSpec, values: list[int]) -> list[int]:
         """Noise an exact integer vector (values are clamped into the i64-safe range)."""
         safe = [min(max(int(v), -I64_SAFE), I64_SAFE) for v in values]
+        if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
+            return list(self.gaussian(spec.scale)(safe))
         return list(self.laplace(spec.scale)(safe))
+
+    # --- discrete Gaussian (zCDP), added for issue #5 --------------------------------
+
+    def gaussian(self, scale: float) -> Any:
+        """A discrete Gaussian measurement on i64 vectors under the L2 distance (zCDP)."""
+        key = -scale  # negative keys keep Gaussian and Laplace entries apart in one cache
+        meas = self._cache.get(key)
+        if meas is None:
+            meas = dp.m.make_gaussian(
+                dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=scale
+            )
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = meas
+        return meas
+
+    def plan_noise_gaussian(self, plan: DPPlan, rho: Decimal) -> list[NoiseSpec]:
+        """Split `rho` over the plan's primitives and calibrate discrete Gaussian noise.
+
+        The L2 sensitivity of a primitive is at most its L1 sensitivity, so the L1 value
+        is a valid (conservative) d_in for the L2 privacy map.
+        """
+        if not plan.primitives:
+            return []
+        share = rho / len(plan.primitives)
+        return [self._calibrate_gaussian(p.label, p.name, p.sensitivity, share)
+                for p in plan.primitives]  # fmt: skip
+
+    def _calibrate_gaussian(self, label: str, name: str, sensitivity: int, share: Decimal) -> NoiseSpec:
+        # rho = d_in^2 / (2 scale^2)  =>  scale = d_in / sqrt(2 rho)
+        scale = float(Decimal(sensitivity) / (2 * share).sqrt())
+        meas = self.gaussian(scale)
+        cost = meas.map(sensitivity)
+        while Decimal(cost) > share:
+            scale = math.nextafter(scale, math.inf)
+            meas = self.gaussian(scale)
+            cost = meas.map(sensitivity)
+        return NoiseSpec(
+            primitive=name,
+            label=label,
+            sensitivity=sensitivity,
+            scale=scale,
+            epsilon=Decimal(0),
+            error95=discrete_gaussian_bound(scale, 0.95),
+            mechanism="discrete_gaussian",
+            rho=Decimal(cost),
+        )
 
 
 def discrete_laplace_quantile(scale: float, coverage: float) -> int:
@@ -107,6 +160,17 @@ def discrete_laplace_quantile(scale: float, coverage: float) -> int:
     tail = 1.0 - coverage
     k = math.log(tail * (1 + p) / 2) / math.log(p) - 1
     return max(0, math.ceil(k))
+
+
+def discrete_gaussian_bound(scale: float, coverage: float) -> int:
+    """A k with P(|X| <= k) >= coverage for the discrete Gaussian of parameter `scale`.
+
+    The discrete Gaussian is sub-Gaussian with variance proxy scale^2 (Canonne, Kamath &
+    Steinke 2020), so P(|X| > t) <= 2 exp(-t^2 / (2 scale^2)).
+    """
+    if scale <= 0:
+        return 0
+    return math.ceil(scale * math.sqrt(2 * math.log(2 / (1 - coverage))))
 
 
 def total_epsilon(specs: list[NoiseSpec]) -> Decimal:

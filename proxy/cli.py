@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pw = sub.add_parser("passwd", help="print a SCRAM verifier for an analyst's password")
     pw.set_defaults(func=cmd_passwd)
+
+    # Issue #5: analyst, ledger, dataset and cache admin commands.
+    from proxy.admin import add_admin_parsers
+
+    add_admin_parsers(sub)
     return p
 
 

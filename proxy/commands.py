@@ -33,7 +33,7 @@ _SET_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _TIMEZONE_RE = re.compile(r"^SET\s+(?:(SESSION|LOCAL)\s+)?TIME\s+ZONE\s+(?P<value>.*)$", re.I | re.S)
-DP_SETTINGS = ("dp.epsilon",)
+DP_SETTINGS = ("dp.epsilon", "dp.delta")
 
 
 def _unquote(value: str) -> str:
@@ -168,12 +168,17 @@ def _set(sql: str, up: list[str], session: Session, epsilon_cap: Decimal | None)
         raise ProxyError("42601", "syntax error in SET")
     name = _unquote(m.group("name"))
     raw = m.group("value").strip()
+    if name.lower() == "dp.delta":  # issue #5: validated in proxy/budget_sql.py
+        from proxy.budget_sql import parse_delta
+
+        session.settings["dp.delta"] = parse_delta(_unquote(raw))
+        return Result("SET")
     if name.lower() in DP_SETTINGS:
         session.epsilon = parse_epsilon(_unquote(raw), epsilon_cap)
         return Result("SET")
     if name.lower().startswith("dp."):
         raise ProxyError(UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"',
-                         hint="dpproxy settings: dp.epsilon")  # fmt: skip
+                         hint="dpproxy settings: dp.epsilon, dp.delta")  # fmt: skip
     if raw.upper() == "DEFAULT":
         canon = session.reset(name)
     else:

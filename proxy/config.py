@@ -5,8 +5,10 @@ Every field is documented in the README's configuration reference; keep the two 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,6 +50,11 @@ class AnalystConfig(BaseModel):
     budget_epsilon: Decimal = Field(gt=0, description="Total epsilon over the analyst's lifetime.")
     max_epsilon_per_query: Decimal | None = Field(default=None, gt=0)
     enabled: bool = True
+    # Issue #5 (budgets): delta budget (approx accountant) and optional renewal.
+    budget_delta: Decimal = Field(default=Decimal("1e-6"), ge=0, lt=1)
+    renewal_period: timedelta | None = Field(
+        default=None, description="Restart the analyst's budget every period (off by default)."
+    )
 
     @field_validator("password")
     @classmethod
@@ -67,6 +74,33 @@ class PrivacyConfig(BaseModel):
 
     default_epsilon: Decimal = Field(default=Decimal("1.0"), gt=0)
     default_delta: Decimal = Field(default=Decimal("1e-7"), ge=0, lt=1)
+    # Issue #5 (budgets): the dataset's accountant and global budget (all analysts).
+    accountant: Literal["pure", "approx", "zcdp"] = "pure"
+    accounting_delta: Decimal = Field(default=Decimal("1e-7"), gt=0, lt=1)
+    global_budget_epsilon: Decimal | None = Field(default=None, ge=0)
+    global_budget_delta: Decimal | None = Field(default=None, ge=0, lt=1)
+
+
+class CacheConfig(BaseModel):
+    """The answer cache (issue #5): repeats of a canonical query are free."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    ttl_seconds: float | None = Field(default=None, gt=0)
+    shared: bool = False
+    data_version: str = ""
+
+
+class LedgerConfig(BaseModel):
+    """The ledger connection and group commit (issue #5)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool_size: int = Field(default=4, ge=1, le=100)
+    group_commit: bool = True
+    group_commit_window_us: int = Field(default=300, ge=0, le=100_000)
+    group_commit_max_batch: int = Field(default=128, ge=1, le=10_000)
 
 
 class Config(BaseModel):
@@ -77,6 +111,8 @@ class Config(BaseModel):
     listen: ListenConfig = ListenConfig()
     backend: BackendConfig
     privacy: PrivacyConfig = PrivacyConfig()
+    cache: CacheConfig = CacheConfig()
+    ledger: LedgerConfig = LedgerConfig()
     metadata_file: Path = Field(description="Path to the metadata YAML (relative to this file).")
     analysts: list[AnalystConfig] = Field(default_factory=list)
     metadata: Metadata | None = Field(default=None, exclude=True)

@@ -13,6 +13,14 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from proxy.admin import lookup_analyst
+from proxy.budget_sql import (
+    BUDGET_COLUMNS,
+    budget_result,
+    budget_select_columns,
+    select_budget,
+    session_delta,
+)
 from proxy.commands import Result, run_session_command
 from proxy.config import AnalystConfig
 from proxy.dp import fmt_decimal
@@ -194,6 +202,7 @@ class Connection:
         self.session = Session.start(
             user, database, self.ctx.server_version, self._default_epsilon(), params
         )
+        self.session.defaults["dp.delta"] = str(self.ctx.engine.default_delta)  # issue #5
         self.pid, self.secret = self.ctx.register(self)
         self._send(codec.auth_ok())
         for name, value in self.session.reported():
@@ -216,7 +225,7 @@ class Connection:
             parse_verifier,
         )
 
-        analyst = self.ctx.config.analyst(user)
+        analyst = await lookup_analyst(self.ctx.engine.ledger, user, self.ctx.meta.dataset)  # issue #5
         usable = analyst is not None and analyst.enabled
         verifier = (
             parse_verifier(analyst.password) if usable and analyst else mock_verifier(user, self.ctx.mock_secret)
@@ -316,7 +325,7 @@ class Connection:
         st = routed.statement
         if routed.route == Route.SESSION:
             if st.keyword == "SHOW" and st.text.split()[-1].strip(";").lower() == "dp.budget":
-                return await self._show_budget()
+                return await budget_result(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset)
             return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
@@ -326,10 +335,13 @@ class Connection:
         if routed.route == Route.DP:
             key = st.text if not params else tree.sql(dialect="postgres")
             return await self._cancellable(
-                self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon)
+                self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon,
+                                       session_delta(self.session.get("dp.delta")))  # fmt: skip
             )
         if routed.route == Route.EXPLAIN:
             raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
+        if (picked := budget_select_columns(tree)) is not None:  # issue #5: SELECT FROM dp.budget
+            return await select_budget(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset, picked)
         return await self._cancellable(self.ctx.catalog.run(tree))
 
     async def _cancellable(self, coro: Any) -> Result:
@@ -347,17 +359,6 @@ class Connection:
         """Cancel the statement this connection is running (from a CancelRequest)."""
         if self.running is not None and not self.running.done():
             self.running.cancel()
-
-    async def _show_budget(self) -> Result:
-        assert self.analyst is not None
-        spent = await self.ctx.engine.ledger.spent(self.analyst.name, self.ctx.meta.dataset)
-        left = max(self.analyst.budget_epsilon - spent, 0)
-        return Result(
-            "SHOW",
-            [("dataset", "text"), ("budget_epsilon", "numeric"), ("spent_epsilon", "numeric"),
-             ("remaining_epsilon", "numeric")],  # fmt: skip
-            [(self.ctx.meta.dataset, self.analyst.budget_epsilon, _round6(spent), _round6(left))],
-        )
 
     # --- extended query -----------------------------------------------------------------
 
@@ -451,9 +452,10 @@ class Connection:
         if routed.route == Route.SESSION and routed.statement.keyword == "SHOW":
             name = routed.statement.text.split()[-1].strip(";").lower()
             if name == "dp.budget":
-                return [("dataset", "text"), ("budget_epsilon", "numeric"),
-                        ("spent_epsilon", "numeric"), ("remaining_epsilon", "numeric")]  # fmt: skip
+                return list(BUDGET_COLUMNS)  # issue #5
             return [(name, "text")]
+        if routed.route == Route.CATALOG and (picked := budget_select_columns(routed.tree)) is not None:
+            return [BUDGET_COLUMNS[i] for i in picked]  # issue #5
         if routed.route == Route.CATALOG and routed.tree is not None:
             return await self.ctx.catalog.describe(routed.statement.text)
         return None

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from decimal import Decimal
+from fractions import Fraction
 
 import asyncpg
 from sqlglot import exp
 
+from accounting.accountant import (
+    ZERO,
+    AccountantKind,
+    Cost,
+    epsilon_to_zcdp,
+    gaussian_release,
+    laplace_release,
+)
+from accounting.budget import budget_rows
+from accounting.cache import AnswerCache, CachedAnswer, cache_key
 from accounting.ledger import BudgetExhausted, Ledger
-from accounting.mechanisms import Mechanisms, NoiseSpec, total_epsilon
+from accounting.mechanisms import Mechanisms, NoiseSpec
 from accounting.release import release
 from proxy.commands import Result
 from proxy.config import AnalystConfig
-from proxy.errors import BUDGET_EXHAUSTED, QUERY_FAILED, ProxyError
+from proxy.errors import BUDGET_EXHAUSTED, INVALID_PARAMETER_VALUE, QUERY_FAILED, ProxyError
 from proxy.router import refusal_from
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
@@ -38,12 +49,25 @@ class DPEngine:
     """Answers DP queries for every session of one proxy process."""
 
     def __init__(
-        self, meta: Metadata, mechanisms: Mechanisms, ledger: Ledger, data: asyncpg.Pool
+        self,
+        meta: Metadata,
+        mechanisms: Mechanisms,
+        ledger: Ledger,
+        data: asyncpg.Pool,
+        cache: AnswerCache | None = None,
+        cache_shared: bool = False,
+        data_version: str = "",
+        default_delta: Decimal = Decimal("1e-7"),
     ) -> None:
         self.meta = meta
         self.mechanisms = mechanisms
         self.ledger = ledger
         self.data = data
+        # Issue #5: the answer cache (None: off) and the session-independent delta.
+        self.cache = cache
+        self.cache_shared = cache_shared
+        self.data_version = data_version
+        self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
 
     def plan(self, sql: str, tree: exp.Expression) -> DPPlan:
@@ -62,29 +86,38 @@ class DPEngine:
         return plan
 
     async def answer(
-        self, sql: str, tree: exp.Expression, analyst: AnalystConfig, epsilon: Decimal
+        self,
+        sql: str,
+        tree: exp.Expression,
+        analyst: AnalystConfig,
+        epsilon: Decimal,
+        delta: Decimal | None = None,
     ) -> Result:
-        """Charge, run and release one DP query."""
+        """Answer one DP query: from the cache for free, or charged, run and released."""
         plan = self.plan(sql, tree)
-        noise = self.mechanisms.plan_noise(plan, epsilon)
-        cost = total_epsilon(noise)
+        delta = self.default_delta if delta is None else delta
+        cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
+        if cache_key is not None:
+            assert self.cache is not None
+            hit = await self.cache.get(cache_key)
+            if hit is not None:
+                return await self._cached_result(hit, plan, analyst)
+        noise = self._noise(plan, epsilon, delta)
+        cost = price(noise)
         try:
             charge = await self.ledger.charge(
                 analyst.name,
                 plan.dataset,
                 plan.fingerprint,
                 cost,
-                Decimal(0),
-                analyst.budget_epsilon,
                 mechanisms=[_mech_record(n) for n in noise],
             )
         except BudgetExhausted as e:
             raise ProxyError(
                 BUDGET_EXHAUSTED,
-                f"privacy budget exhausted: this query costs epsilon {fmt_decimal(cost)} but "
-                f"{fmt_decimal(e.remaining)} of {fmt_decimal(e.limit)} remains on dataset "
-                f'"{plan.dataset}"',
-                hint="lower dp.epsilon (SET dp.epsilon = ...) or ask an admin for more budget",
+                e.message,
+                hint="lower dp.epsilon (SET dp.epsilon = ...), repeat an earlier query "
+                "(repeats are answered from the cache for free), or ask an admin for more budget",
             ) from e
         try:
             rows = await self.data.fetch(plan.sql)
@@ -96,35 +129,105 @@ class DPEngine:
                 "reveal private data); its privacy cost has been charged",
             ) from e
         answer = release(plan, rows, noise, self.mechanisms)
-        notice = _notice(noise, cost, charge.remaining_epsilon, analyst.budget_epsilon, plan)
-        return Result(
-            tag=f"SELECT {len(answer.rows)}",
-            columns=answer.columns,
-            rows=answer.rows,
-            notices=[notice],
+        bounds = _bounds(noise, plan)
+        columns, out_rows = answer.columns, answer.rows
+        if cache_key is not None:
+            assert self.cache is not None
+            # A concurrent identical query may have stored its answer first: everyone
+            # then gets that one (both were charged; the answer stays consistent).
+            stored = await self.cache.put(
+                cache_key, plan.dataset, None if self.cache_shared else analyst.name,
+                plan.fingerprint, CachedAnswer(columns, out_rows, bounds),
+            )  # fmt: skip
+            columns, out_rows = stored.columns, stored.rows
+        cost_text = _cost_text(charge.epsilon, cost, self.ledger.accountant.kind)
+        notice = (
+            f'dpproxy: {cost_text} spent on dataset "{plan.dataset}", '
+            f"{fmt_decimal(_dec(charge.remaining_epsilon))} of "
+            f"{fmt_decimal(_dec(charge.budget_epsilon))} remaining (new answer"
+            f"{', cached for repeats' if cache_key else ''}). 95% noise bounds: {bounds}"
         )
+        return Result(
+            tag=f"SELECT {len(out_rows)}", columns=columns, rows=out_rows, notices=[notice]
+        )
+
+    # --- budgets and the answer cache (issue #5) --------------------------------------
+
+    def _noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal) -> list[NoiseSpec]:
+        """Calibrate the plan's noise for the dataset's accountant."""
+        acc = self.ledger.accountant
+        if acc.kind == AccountantKind.ZCDP:
+            # The analyst asks for epsilon at delta; the query gets the largest rho whose
+            # (epsilon, delta) conversion stays within it, spent on discrete Gaussians.
+            if not 0 < delta < 1:
+                raise ProxyError(
+                    INVALID_PARAMETER_VALUE,
+                    f"dp.delta must be above 0 and below 1 on a zCDP dataset, not {delta}",
+                    hint="for example SET dp.delta = 1e-7",
+                )
+            rho = epsilon_to_zcdp(Fraction(epsilon), Fraction(delta))
+            return self.mechanisms.plan_noise_gaussian(plan, _dec(rho))
+        return self.mechanisms.plan_noise(plan, epsilon)
+
+    def _cache_key(self, plan: DPPlan, analyst: str, epsilon: Decimal, delta: Decimal) -> str | None:
+        if self.cache is None:
+            return None
+        return cache_key(
+            plan.dataset, None if self.cache_shared else analyst, plan.fingerprint, epsilon,
+            delta, self.ledger.accountant.kind.value, self.data_version,
+        )  # fmt: skip
+
+    async def _cached_result(self, hit: CachedAnswer, plan: DPPlan, analyst: AnalystConfig) -> Result:
+        rows = await budget_rows(self.ledger.pool, analyst.name, plan.dataset)
+        tail = ""
+        if rows:
+            r = rows[0]
+            tail = (f", {fmt_decimal(_dec(r.remaining_epsilon))} of "
+                    f"{fmt_decimal(_dec(r.budget_epsilon))} remaining")  # fmt: skip
+        notice = (
+            f'dpproxy: cache hit, epsilon 0 spent on dataset "{plan.dataset}"{tail} '
+            f"(this exact query was answered before; the same answer is returned). "
+            f"95% noise bounds: {hit.bounds}"
+        )
+        return Result(
+            tag=f"SELECT {len(hit.rows)}", columns=hit.columns, rows=hit.rows, notices=[notice]
+        )
+
+
+def price(noise: list[NoiseSpec]) -> Cost:
+    """A query's cost from its releases' own privacy maps (Laplace: epsilon, Gaussian: rho)."""
+    total = ZERO
+    for n in noise:
+        total = total + (
+            gaussian_release(n.rho) if n.mechanism == "discrete_gaussian" else laplace_release(n.epsilon)
+        )
+    return total
+
+
+def _dec(f: Fraction) -> Decimal:
+    return Decimal(f.numerator) / Decimal(f.denominator)
+
+
+def _cost_text(epsilon: Fraction, cost: Cost, kind: AccountantKind) -> str:
+    if kind == AccountantKind.ZCDP:
+        return f"epsilon {fmt_decimal(_dec(epsilon))} (rho {fmt_decimal(_dec(cost.rho), 9)})"
+    return f"epsilon {fmt_decimal(_dec(epsilon))}"
+
+
+def _bounds(noise: list[NoiseSpec], plan: DPPlan) -> str:
+    steps = {a.sum: a.step for a in plan.aggregates if a.sum}
+    return "; ".join(
+        f"{n.label} ±{fmt_decimal(n.error95 * steps.get(n.primitive, Decimal(1)), 2)}"
+        for n in noise
+    )
 
 
 def _mech_record(n: NoiseSpec) -> dict[str, object]:
     return {
         "primitive": n.label,
-        "mechanism": "discrete_laplace",
+        "mechanism": n.mechanism,
         "sensitivity": n.sensitivity,
         "scale": n.scale,
         "epsilon": str(n.epsilon),
+        "rho": str(n.rho),
     }
-
-
-def _notice(
-    noise: list[NoiseSpec], cost: Decimal, remaining: Decimal, budget: Decimal, plan: DPPlan
-) -> str:
-    bars = []
-    steps = {a.sum: a.step for a in plan.aggregates if a.sum}
-    for n in noise:
-        step = steps.get(n.primitive, Decimal(1))
-        bars.append(f"{n.label} ±{fmt_decimal(n.error95 * step, 2)}")
-    return (
-        f"dpproxy: epsilon {fmt_decimal(cost)} spent on dataset \"{plan.dataset}\", "
-        f"{fmt_decimal(remaining)} of {fmt_decimal(budget)} remaining. "
-        f"95% noise bounds: {'; '.join(bars)}"
-    )

@@ -12,6 +12,7 @@ import asyncpg
 
 from accounting.ledger import Ledger
 from accounting.mechanisms import Mechanisms
+from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
@@ -79,9 +80,13 @@ class Server:
         )
         assert data is not None
         version = await data.fetchval("SHOW server_version")
-        ledger = await Ledger.connect(config.backend.ledger_dsn)
+        # Issue #5: the ledger (accountant, group commit, analysts synced from the
+        # config) and the answer cache come from proxy/admin.py.
+        ledger, cache = await open_ledger(config)
         catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata)
-        engine = DPEngine(config.metadata, Mechanisms(), ledger, data)
+        engine = DPEngine(config.metadata, Mechanisms(), ledger, data, cache=cache,
+                          cache_shared=config.cache.shared, data_version=config.cache.data_version,
+                          default_delta=config.privacy.default_delta)  # fmt: skip
         ctx = ServerContext(
             config=config,
             meta=config.metadata,

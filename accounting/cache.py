@@ -1,0 +1,166 @@
+"""The answer cache: the same canonical query returns the same noisy answer, for free.
+
+Re-releasing an answer already released is post-processing, so it costs nothing; and
+because a repeat returns the identical noise, averaging repeats learns nothing new.
+Answers live in the ledger database (they survive restarts and are shared by every
+replica), keyed by a hash of the dataset, the analyst (or `*` when answers are shared
+across analysts), the plan fingerprint (normalized SQL with bound parameters), the
+requested epsilon and delta, the accountant and the configured data version.
+
+An entry is valid until its TTL passes, `dpproxy cache clear` bumps the dataset's
+cache epoch, or the configured `cache.data_version` changes. Queries that are
+equivalent but written differently have different fingerprints: they are new queries.
+Only released (noisy, post-processed) values are stored, never exact ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+CACHE_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS dpproxy.answers (
+    key text PRIMARY KEY,
+    dataset text NOT NULL,
+    analyst text NOT NULL,
+    fingerprint text NOT NULL,
+    epoch bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    columns jsonb NOT NULL,
+    rows jsonb NOT NULL,
+    bounds text NOT NULL DEFAULT ''
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A released answer as stored: column (name, type) pairs, rows, noise-bounds text."""
+
+    columns: list[tuple[str, str]]
+    rows: list[tuple[Any, ...]]
+    bounds: str
+
+
+def cache_key(
+    dataset: str, analyst: str | None, fingerprint: str, epsilon: Decimal,
+    delta: Decimal, accountant: str, data_version: str,
+) -> str:  # fmt: skip
+    """The cache key of one canonical query (analyst None: shared across analysts)."""
+    parts = [dataset, analyst or "*", fingerprint, str(Decimal(epsilon).normalize()),
+             str(Decimal(delta).normalize()), accountant, data_version]  # fmt: skip
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def encode_value(v: Any) -> list[str] | None:
+    """A released value as a tagged JSON pair that decodes to an identical value."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return ["b", "1" if v else "0"]
+    if isinstance(v, int):
+        return ["i", str(v)]
+    if isinstance(v, float):
+        return ["f", repr(v)]
+    if isinstance(v, Decimal):
+        return ["d", str(v)]
+    if isinstance(v, dt.datetime):
+        return ["ts", v.isoformat()]
+    if isinstance(v, dt.date):
+        return ["dt", v.isoformat()]
+    if isinstance(v, str):
+        return ["s", v]
+    raise TypeError(f"cannot cache a value of type {type(v).__name__}")
+
+
+def decode_value(e: list[str] | None) -> Any:
+    """The inverse of encode_value."""
+    if e is None:
+        return None
+    tag, s = e
+    return {
+        "b": lambda x: x == "1",
+        "i": int,
+        "f": float,
+        "d": Decimal,
+        "ts": dt.datetime.fromisoformat,
+        "dt": dt.date.fromisoformat,
+        "s": str,
+    }[tag](s)
+
+
+class AnswerCache:
+    """Durable answers in the ledger database."""
+
+    def __init__(self, pool: asyncpg.Pool, ttl_seconds: float | None) -> None:
+        self._pool = pool
+        self._ttl = ttl_seconds
+
+    async def ensure_schema(self) -> None:
+        """Create the answers table (idempotent)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(724011)")
+            await conn.execute(CACHE_SCHEMA_SQL)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The valid cached answer for `key`, if any."""
+        row = await self._pool.fetchrow(
+            "SELECT a.columns, a.rows, a.bounds FROM dpproxy.answers a "
+            "JOIN dpproxy.datasets d ON d.dataset = a.dataset "
+            "WHERE a.key = $1 AND a.epoch = d.cache_epoch "
+            "AND ($2::float8 IS NULL OR a.created_at > now() - make_interval(secs => $2))",
+            key,
+            self._ttl,
+        )
+        return _decode(row) if row is not None else None
+
+    async def put(
+        self, key: str, dataset: str, analyst: str | None, fingerprint: str,
+        answer: CachedAnswer,
+    ) -> CachedAnswer:  # fmt: skip
+        """Store an answer; if a valid one raced in first, return that one instead.
+
+        Returning the first stored answer keeps every client of a key on one answer.
+        """
+        cols = json.dumps([list(c) for c in answer.columns])
+        rows = json.dumps([[encode_value(v) for v in r] for r in answer.rows])
+        stored = await self._pool.fetchrow(
+            "INSERT INTO dpproxy.answers AS a (key, dataset, analyst, fingerprint, epoch, "
+            "columns, rows, bounds) SELECT $1, $2, $3, $4, d.cache_epoch, $5::jsonb, "
+            "$6::jsonb, $7 FROM dpproxy.datasets d WHERE d.dataset = $2 "
+            "ON CONFLICT (key) DO UPDATE SET epoch = EXCLUDED.epoch, created_at = now(), "
+            "columns = EXCLUDED.columns, rows = EXCLUDED.rows, bounds = EXCLUDED.bounds "
+            "WHERE a.epoch <> EXCLUDED.epoch OR ($8::float8 IS NOT NULL "
+            "AND a.created_at <= now() - make_interval(secs => $8)) "
+            "RETURNING a.columns, a.rows, a.bounds",
+            key, dataset, analyst or "*", fingerprint, cols, rows, answer.bounds, self._ttl,
+        )  # fmt: skip
+        if stored is not None:
+            return answer
+        raced = await self.get(key)
+        return raced if raced is not None else answer
+
+    async def clear(self, dataset: str) -> int:
+        """Invalidate every cached answer of a dataset (bumps its epoch; returns it)."""
+        v = await self._pool.fetchval(
+            "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1 WHERE dataset = $1 "
+            "RETURNING cache_epoch",
+            dataset,
+        )
+        return int(v) if v is not None else -1
+
+
+def _decode(row: Any) -> CachedAnswer:
+    cols = json.loads(row["columns"])
+    rows = json.loads(row["rows"])
+    return CachedAnswer(
+        columns=[(c[0], c[1]) for c in cols],
+        rows=[tuple(decode_value(v) for v in r) for r in rows],
+        bounds=row["bounds"],
+    )
