@@ -169,6 +169,7 @@ def _reset(up: list[str], words: list[str], session: Session) -> Result:
         return Result("RESET")
     name = _unquote(words[1])
     if name.lower() == "dp.epsilon":
+        session.epsilon = session.default_epsilon
         return Result("RESET")
     canon = session.reset(name)
     reported = [(canon, session.get(canon) or "")] if canon else []

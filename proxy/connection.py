@@ -379,6 +379,8 @@ class Connection:
         if isinstance(cmd, Declare):
             return await self._declare(cmd, params)
         if isinstance(cmd, Fetch):
+            if cmd.spec.name not in self.state.cursors and cmd.spec.name in self.state.portals:
+                return await self._fetch_portal(cmd)
             cursor = self.state.cursor(cmd.spec.name)
             rows = cursor.fetch(cmd.spec)
             if cmd.spec.move:
@@ -397,6 +399,21 @@ class Connection:
         assert isinstance(cmd, LocalSelect)
         row = run_local(cmd, self.session, params or [])
         return Result("SELECT 1", local_columns(cmd), [row])
+
+    async def _fetch_portal(self, cmd: Fetch) -> Result:
+        """FETCH/MOVE on a protocol portal: PostgreSQL shares one namespace (asyncpg MOVEs)."""
+        portal = self.state.portal(cmd.spec.name)
+        if portal.prepared.command is None:
+            raise ProxyError("55000", f'portal "{cmd.spec.name}" cannot be run')
+        if portal.result is None:
+            portal.result = await self._run(portal.prepared.command, portal.params)
+        result = portal.result
+        view = Cursor(cmd.spec.name, result.columns or [], result.rows, scroll=False, position=portal.sent)
+        rows = view.fetch(cmd.spec)
+        portal.sent = min(view.position, len(result.rows))
+        if cmd.spec.move:
+            return Result(f"MOVE {len(rows)}")
+        return Result(f"FETCH {len(rows)}", view.columns, rows)
 
     async def _declare(self, cmd: Declare, params: list[Any] | None) -> Result:
         assert self.session is not None

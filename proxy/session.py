@@ -59,6 +59,7 @@ class Session:
     epsilon: Decimal
     settings: dict[str, str] = field(default_factory=dict)
     defaults: dict[str, str] = field(default_factory=dict)
+    default_epsilon: Decimal = Decimal(0)  # what RESET dp.epsilon / RESET ALL restore
     tx_status: str = "I"  # 'I' idle, 'T' in a transaction block, 'E' failed transaction
     # SET LOCAL values: they shadow `settings` until the transaction ends.
     local: dict[str, str] = field(default_factory=dict)
@@ -100,7 +101,7 @@ class Session:
             **FIXED,
         }
         s = cls(user=user, database=database, server_version=server_version, epsilon=epsilon,
-                defaults=defaults)  # fmt: skip
+                defaults=defaults, default_epsilon=epsilon)  # fmt: skip
         for k, v in startup_params.items():
             if k in ("user", "database", "replication", "options") or k.startswith("_pq_."):
                 continue
@@ -154,9 +155,10 @@ class Session:
         return canon if canon in REPORTED else None
 
     def reset_all(self) -> None:
-        """RESET ALL / DISCARD ALL: every setting back to its default."""
+        """RESET ALL / DISCARD ALL: every setting back to its default, dp.epsilon included."""
         self.settings.clear()
         self.local.clear()
+        self.epsilon = self.default_epsilon
 
     # --- transactions ---------------------------------------------------------------
     #
