@@ -165,7 +165,7 @@ class Cursor:
             end = min(start + max(count, 0), n)
             out = self.rows[start:end] if start < n else []
             # Running out of rows leaves the cursor after the last one.
-            self.position = end if end - start == count else n + 1
+            self.position = end if spec.count != ALL and end - start == count else n + 1
             return out
         if self.scroll is False:
             raise self._no_backward()
