@@ -30,7 +30,7 @@ _FETCH_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CLOSE_RE = re.compile(rf"^CLOSE\s+(?P<name>{_NAME})\s*;?\s*$", re.IGNORECASE | re.DOTALL)
-ALL = -1  # a count meaning "every remaining row"
+ALL = 1 << 62  # a count meaning "every remaining row" (never a real count)
 
 
 def ident(text: str) -> str:

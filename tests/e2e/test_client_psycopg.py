@@ -13,9 +13,9 @@ from tests.support.proxy_process import ProxyProcess
 
 PRIORITIES = {"1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"}
 GROUPED = "SELECT o_orderpriority, COUNT(*) FROM orders GROUP BY o_orderpriority"
-# At epsilon 5000 a count's noise (scale 8/5000) is 0 with probability > 1 - 1e-200,
-# so a bounded count comes back exactly.
-EXACT_EPS = "SET dp.epsilon = 5000"
+# Epsilon 400, split over at most two primitives: each count has discrete Laplace noise
+# of scale 8/200, which is non-zero with probability 2e^-25/(1+e^-25) < 3e-11 (< 1e-6).
+EXACT_EPS = "SET dp.epsilon = 400"
 BOUNDED_ABOVE = """
     SELECT sum(least(n, 8)) FROM (SELECT count(*) AS n FROM orders WHERE o_totalprice > %s
     GROUP BY o_custkey) c"""
@@ -67,7 +67,7 @@ def test_pipeline_mode(proxy: ProxyProcess, env: Env) -> None:
             c3 = conn.execute("SHOW dp.epsilon")
         assert c1.fetchone()[0] == truth(env.tpch_dsn, BOUNDED_ABOVE.replace("%s", "200000"))[0][0]
         assert c2.fetchone()[0] == truth(env.tpch_dsn, BOUNDED_ABOVE.replace("%s", "300000"))[0][0]
-        assert c3.fetchone()[0] == "5000"
+        assert c3.fetchone()[0] == "400"
 
 
 def test_pipeline_error_skips_to_sync(proxy: ProxyProcess) -> None:
