@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.errors import (
     IN_FAILED_TRANSACTION,
@@ -14,7 +14,10 @@ from proxy.errors import (
     UNDEFINED_OBJECT,
     ProxyError,
 )
-from proxy.session import Session
+from proxy.session import ACTIVE_TRANSACTION, NO_ACTIVE_TRANSACTION, Session
+
+if TYPE_CHECKING:
+    from proxy.statements import CopyOut
 
 
 @dataclass
@@ -26,6 +29,9 @@ class Result:
     rows: list[tuple[Any, ...]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     reported: list[tuple[str, str]] = field(default_factory=list)  # ParameterStatus to send
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (SQLSTATE, text) WARNINGs
+    copy: CopyOut | None = None  # send the rows as COPY ... TO STDOUT instead of DataRows
+    binary: bool = False  # rows of a BINARY cursor: binary format even in the simple protocol
 
 
 _SET_RE = re.compile(
@@ -34,6 +40,14 @@ _SET_RE = re.compile(
 )
 _TIMEZONE_RE = re.compile(r"^SET\s+(?:(SESSION|LOCAL)\s+)?TIME\s+ZONE\s+(?P<value>.*)$", re.I | re.S)
 DP_SETTINGS = ("dp.epsilon", "dp.delta")
+
+
+def _ident(word: str) -> str:
+    """An SQL identifier as PostgreSQL folds it: quoted kept, unquoted lower-cased."""
+    w = word.strip().rstrip(";")
+    if len(w) >= 2 and w[0] == w[-1] == '"':
+        return w[1:-1].replace('""', '"')
+    return w.lower()
 
 
 def _unquote(value: str) -> str:
@@ -85,24 +99,35 @@ def run_session_command(
     words = sql.split()
     up = [w.upper().rstrip(";") for w in words]
     if keyword in ("BEGIN", "START"):
-        session.tx_status = "T"
-        return Result("BEGIN" if keyword == "BEGIN" else "START TRANSACTION")
+        # Isolation levels and READ WRITE are accepted: nothing dpproxy answers writes.
+        warning = session.begin()
+        res = Result("BEGIN" if keyword == "BEGIN" else "START TRANSACTION")
+        if warning:
+            res.warnings.append((ACTIVE_TRANSACTION, warning))
+        return res
     if keyword in ("COMMIT", "END"):
-        failed = session.tx_status == "E"
-        session.tx_status = "I"
-        return Result("ROLLBACK" if failed else "COMMIT")
+        tag, warning = session.commit()
+        return Result(tag, warnings=[(NO_ACTIVE_TRANSACTION, warning)] if warning else [])
     if keyword in ("ROLLBACK", "ABORT"):
-        if len(up) > 1 and up[1] == "TO":
-            session.tx_status = "T" if session.tx_status != "I" else "I"
+        if len(up) > 2 and up[1] == "TO":
+            name = words[3] if up[2] == "SAVEPOINT" and len(words) > 3 else words[2]
+            session.rollback_to(_ident(name))
             return Result("ROLLBACK")
-        session.tx_status = "I"
-        return Result("ROLLBACK")
+        warning = session.rollback()
+        return Result("ROLLBACK", warnings=[(NO_ACTIVE_TRANSACTION, warning)] if warning else [])
     if keyword == "SAVEPOINT":
+        if len(words) < 2:
+            raise ProxyError("42601", "syntax error at end of input")
+        session.savepoint(_ident(words[1]))
         return Result("SAVEPOINT")
     if keyword == "RELEASE":
+        if len(words) < 2:
+            raise ProxyError("42601", "syntax error at end of input")
+        name = words[2] if up[1] == "SAVEPOINT" and len(words) > 2 else words[1]
+        session.release(_ident(name))
         return Result("RELEASE")
     if keyword == "DISCARD":
-        session.settings.clear()
+        session.reset_all()
         return Result("DISCARD " + (up[1] if len(up) > 1 else "ALL"))
     if keyword == "DEALLOCATE":
         return Result("DEALLOCATE ALL" if "ALL" in up else "DEALLOCATE")
@@ -140,12 +165,11 @@ def _reset(up: list[str], words: list[str], session: Session) -> Result:
     if len(up) < 2:
         raise ProxyError("42601", "syntax error at end of input")
     if up[1] == "ALL":
-        changed = [k for k in list(session.settings)]
-        session.settings.clear()
-        reported = [(k, v) for k in changed if (v := session.get(k)) is not None and k in dict(session.reported())]
-        return Result("RESET", reported=reported)
+        session.reset_all()
+        return Result("RESET")
     name = _unquote(words[1])
     if name.lower() == "dp.epsilon":
+        session.epsilon = session.default_epsilon
         return Result("RESET")
     canon = session.reset(name)
     reported = [(canon, session.get(canon) or "")] if canon else []
@@ -173,12 +197,21 @@ def _set(sql: str, up: list[str], session: Session, epsilon_cap: Decimal | None)
 
         session.settings["dp.delta"] = parse_delta(_unquote(raw))
         return Result("SET")
+    is_local = (m.group(1) or "").upper() == "LOCAL"
     if name.lower() in DP_SETTINGS:
         session.epsilon = parse_epsilon(_unquote(raw), epsilon_cap)
         return Result("SET")
     if name.lower().startswith("dp."):
         raise ProxyError(UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"',
                          hint="dpproxy settings: dp.epsilon, dp.delta")  # fmt: skip
+    if is_local:
+        # Outside a transaction PostgreSQL warns and ignores SET LOCAL; so do we.
+        if not session.in_transaction:
+            return Result("SET", warnings=[(NO_ACTIVE_TRANSACTION,
+                                            "SET LOCAL can only be used in transaction blocks")])  # fmt: skip
+        default = session.defaults.get(session.canonical(name), "")
+        session.set_local(name, default if raw.upper() == "DEFAULT" else _value_list(raw))
+        return Result("SET")
     if raw.upper() == "DEFAULT":
         canon = session.reset(name)
     else:

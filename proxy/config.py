@@ -24,6 +24,17 @@ class ListenConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=6432, ge=0, le=65535)
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
+    tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
+    require_tls: bool = Field(default=False, description="Refuse clients that do not use TLS.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.require_tls and self.tls_cert is None:
+            raise ValueError("require_tls needs tls_cert and tls_key")
+        return self
 
 
 class BackendConfig(BaseModel):
@@ -166,6 +177,18 @@ def load_config(path: Path) -> Config:
     meta_path = cfg.metadata_file
     if not meta_path.is_absolute():
         meta_path = (path.parent / meta_path).resolve()
+    listen = cfg.listen
+    if listen.tls_cert is not None and listen.tls_key is not None:
+        # TLS files, like the metadata file, are relative to the config file.
+        cert = listen.tls_cert if listen.tls_cert.is_absolute() else (path.parent / listen.tls_cert).resolve()
+        key = listen.tls_key if listen.tls_key.is_absolute() else (path.parent / listen.tls_key).resolve()
+        cfg = cfg.model_copy(update={"listen": listen.model_copy(update={"tls_cert": cert, "tls_key": key})})
+        from proxy.tls import load_tls  # a bad certificate must stop start-up with one clear line
+
+        try:
+            load_tls(cert, key)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise ConfigError(f"{path}: listen.tls_cert/tls_key: cannot load the certificate: {e}") from e
     try:
         meta = load_metadata(meta_path)
     except ValidationError as e:

@@ -1,8 +1,9 @@
-"""One client connection: start-up, SCRAM authentication, and the message loop.
+"""One client connection: start-up (TLS, SCRAM), and the simple and extended protocols.
 
 Messages are decoded by the pure codec; this module decides what to answer. Every
 statement produces a `Result` that is encoded the same way for the simple and the
-extended protocol.
+extended protocol. Named objects and their lifetimes live in `proxy.extended`, cursor
+arithmetic in `proxy.cursors`, statement recognition in `proxy.statements`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from proxy.admin import lookup_analyst
@@ -23,20 +23,35 @@ from proxy.budget_sql import (
 )
 from proxy.commands import Result, run_session_command
 from proxy.config import AnalystConfig
+from proxy.cursors import Cursor
 from proxy.dp import fmt_decimal
 from proxy.errors import (
     FEATURE_NOT_SUPPORTED,
     IN_FAILED_TRANSACTION,
     INVALID_AUTHORIZATION,
     INVALID_CATALOG_NAME,
+    INVALID_PARAMETER_VALUE,
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
     ProxyError,
 )
-from proxy.results import describe_columns, encode_rows, type_oid
-from proxy.router import Route, Routed, classify
-from proxy.session import Session
+from proxy.extended import Portal, Prepared, ProtocolState
+from proxy.results import describe_columns, encode_copy_rows, encode_rows, type_oid
+from proxy.router import Route, Routed
+from proxy.session import NO_ACTIVE_TRANSACTION, Session
+from proxy.statements import (
+    CloseCursor,
+    Command,
+    CopyOut,
+    Deallocate,
+    Declare,
+    Fetch,
+    LocalSelect,
+    local_columns,
+    route,
+    run_local,
+)
 from proxy.wire import codec
 from proxy.wire import messages as m
 from proxy.wire.types import decode_param
@@ -46,38 +61,17 @@ from rewriter.parse import parse_one, split_statements
 from rewriter.typing import infer_parameter_types
 
 if TYPE_CHECKING:
+    from sqlglot import exp
+
     from proxy.server import ServerContext
 
 log = logging.getLogger("dpproxy.connection")
 PROTOCOL_3_0 = 196608
+_EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)
 
 
 class _Close(Exception):
     """The connection must end (after a FATAL error or Terminate)."""
-
-
-@dataclass
-class _Prepared:
-    sql: str
-    param_oids: tuple[int, ...]
-    routed: Routed | None
-
-
-@dataclass
-class _Portal:
-    prepared: _Prepared
-    params: list[Any]
-    formats: tuple[int, ...]
-    result: Result | None = None
-    sent: int = 0
-    described: bool = False
-
-
-@dataclass
-class _Extended:
-    statements: dict[str, _Prepared] = field(default_factory=dict)
-    portals: dict[str, _Portal] = field(default_factory=dict)
-    failed: bool = False  # after an error, discard messages until Sync
 
 
 class Connection:
@@ -94,7 +88,10 @@ class Connection:
         self.out: list[bytes] = []
         self.session: Session | None = None
         self.analyst: AnalystConfig | None = None
-        self.ext = _Extended()
+        self.state = ProtocolState()
+        self.failed = False  # extended protocol: after an error, discard messages until Sync
+        self.tls = False
+        self.reported: dict[str, str] = {}  # ParameterStatus values the client last saw
         self.pid = 0
         self.secret = b""
         self.running: asyncio.Task[Any] | None = None
@@ -173,6 +170,9 @@ class Connection:
     async def _startup(self) -> bool:
         while True:
             msg = await self._next()
+            if isinstance(msg, m.SSLRequest) and self.ctx.tls is not None and not self.tls:
+                await self._start_tls()
+                continue
             if isinstance(msg, (m.SSLRequest, m.GSSENCRequest)):
                 self.writer.write(codec.ssl_no())
                 await self.writer.drain()
@@ -188,6 +188,7 @@ class Connection:
         params = msg.params
         unsupported = sorted(k for k in params if k.startswith("_pq_."))
         if msg.version != PROTOCOL_3_0 or unsupported:
+            # We speak 3.0: tell a 3.2 client (or one with protocol options) so.
             self._send(codec.negotiate_protocol_version(0, unsupported))
         if params.get("replication", "false").lower() not in ("false", "off", "no", "0"):
             await self._fatal(FEATURE_NOT_SUPPORTED, "replication connections are not supported")
@@ -195,6 +196,13 @@ class Connection:
         if not user:
             await self._fatal(INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet")
         database = params.get("database") or user
+        if self.ctx.config.listen.require_tls and not self.tls:
+            # PostgreSQL's wording for a hostssl-only pg_hba.conf, which tools recognise.
+            peer = self.writer.get_extra_info("peername")
+            host = peer[0] if isinstance(peer, tuple) else "[local]"
+            await self._fatal(INVALID_AUTHORIZATION,
+                              f'no pg_hba.conf entry for host "{host}", user "{user}", '
+                              f'database "{database}", no encryption')  # fmt: skip
         await self._authenticate(user)
         assert self.analyst is not None
         if database != self.ctx.meta.dataset:
@@ -207,10 +215,24 @@ class Connection:
         self._send(codec.auth_ok())
         for name, value in self.session.reported():
             self._send(codec.parameter_status(name, value))
+        self.reported = dict(self.session.reported())
         self._send(codec.backend_key_data(self.pid, self.secret))
         self._send(codec.ready_for_query("I"))
         await self._flush()
         return True
+
+    async def _start_tls(self) -> None:
+        assert self.ctx.tls is not None
+        # Bytes sent after the SSLRequest but before our 'S' were sent in plaintext; they
+        # must never be read as if they came through TLS (CVE-2021-23222).
+        stream_buffered = len(getattr(self.reader, "_buffer", b""))
+        if self.decoder.buffered or self.pending or stream_buffered:
+            await self._fatal(PROTOCOL_VIOLATION, "received unencrypted data after SSL request")
+        self.writer.write(codec.ssl_yes())
+        await self.writer.drain()
+        await self.writer.start_tls(self.ctx.tls.context)
+        self.tls = True
+        self.decoder.reset_to_startup()
 
     def _default_epsilon(self) -> Any:
         eps = self.ctx.config.privacy.default_epsilon
@@ -230,8 +252,9 @@ class Connection:
         verifier = (
             parse_verifier(analyst.password) if usable and analyst else mock_verifier(user, self.ctx.mock_secret)
         )
-        exchange = ScramExchange(verifier)
-        self._send(codec.auth_sasl(exchange.mechanisms(False)))
+        binding = self.ctx.tls.end_point_hash if self.tls and self.ctx.tls is not None else None
+        exchange = ScramExchange(verifier, channel_binding=binding)
+        self._send(codec.auth_sasl(exchange.mechanisms(self.tls)))
         await self._flush()
         failed = f'password authentication failed for user "{user}"'
         try:
@@ -253,46 +276,66 @@ class Connection:
         self.analyst = analyst
 
     async def _loop(self) -> None:
+        assert self.session is not None
         while True:
             msg = await self._next()
             if isinstance(msg, m.Query):
                 await self._simple_query(msg.sql)
-            elif isinstance(msg, m.Terminate):
-                return
-            elif isinstance(msg, (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)):
-                if not self.ext.failed:
-                    try:
-                        await self._extended(msg)
-                    except (ProxyError, RewriteError) as e:
-                        self._error(e)
-                        self._fail_transaction()
-                        self.ext.failed = True
+            elif isinstance(msg, _EXTENDED):
+                if self.failed:
+                    continue
+                try:
+                    # An extended batch runs in an implicit transaction up to Sync.
+                    self.session.begin_implicit()
+                    await self._extended(msg)
+                except (ProxyError, RewriteError) as e:
+                    self._error(e)
+                    self.session.fail()
+                    self.failed = True
+                self._transaction_ended()
             elif isinstance(msg, m.Sync):
-                self.ext.failed = False
-                self._drop_unnamed_portal()
-                self._send(codec.ready_for_query(self._status()))
-                await self._flush()
+                self.failed = False
+                self.session.end_implicit()
+                self._transaction_ended()
+                await self._ready()
             elif isinstance(msg, m.Flush):
                 await self._flush()
+            elif isinstance(msg, m.Terminate):
+                return
             elif isinstance(msg, m.FunctionCall):
-                self._error(ProxyError(FEATURE_NOT_SUPPORTED, "the fast-path function call interface is not supported"))  # fmt: skip
-                self._send(codec.ready_for_query(self._status()))
-                await self._flush()
+                self._error(ProxyError(FEATURE_NOT_SUPPORTED, "the fast-path function call interface is not supported",
+                                       hint="call functions with SELECT"))  # fmt: skip
+                await self._ready()
             elif isinstance(msg, (m.CopyData, m.CopyDone, m.CopyFail)):
                 continue  # stray COPY messages outside a COPY are ignored, as PostgreSQL does
             else:
                 raise codec.ProtocolViolation(f"unexpected message {type(msg).__name__}")
 
-    def _status(self) -> str:
-        return self.session.tx_status if self.session else "I"
+    async def _ready(self) -> None:
+        """ParameterStatus for every reported setting that changed, then ReadyForQuery."""
+        assert self.session is not None
+        now = dict(self.session.reported())
+        for name, value in now.items():
+            if self.reported.get(name) != value:
+                self._send(codec.parameter_status(name, value))
+        self.reported = now
+        self._send(codec.ready_for_query(self.session.tx_status))
+        await self._flush()
 
-    def _fail_transaction(self) -> None:
-        if self.session and self.session.tx_status == "T":
-            self.session.tx_status = "E"
+    def _transaction_ended(self) -> None:
+        """Close portals and cursors whose transaction just ended."""
+        assert self.session is not None
+        if self.session.ended is not None:
+            self.state.end_transaction(self.session.ended == "commit")
+            self.session.ended = None
 
     # --- simple query -------------------------------------------------------------------
 
     async def _simple_query(self, sql: str) -> None:
+        assert self.session is not None
+        # A simple Query ends the unnamed statement and the unnamed portal.
+        self.state.statements.pop("", None)
+        self.state.portals.pop("", None)
         try:
             statements = split_statements(sql)
             if not statements:
@@ -300,32 +343,108 @@ class Connection:
             else:
                 # Every statement is checked before any runs: a string that contains
                 # one refused statement is refused as a whole.
-                routed = [classify(s, self.ctx.meta) for s in statements]
-                for r in routed:
-                    result = await self._execute(r)
-                    self._send_result(result, ())
+                commands = [route(s, self.ctx.meta) for s in statements]
+                if len(commands) > 1:
+                    # PostgreSQL runs a multi-statement string as one implicit transaction.
+                    self.session.begin_implicit()
+                for c in commands:
+                    result = await self._run(c)
+                    self._send_result(result, (1,) if result.binary else ())
+                    self._transaction_ended()
+                self.session.end_implicit()
         except (ProxyError, RewriteError) as e:
             self._error(e)
-            self._fail_transaction()
-        self._send(codec.ready_for_query(self._status()))
-        await self._flush()
+            self.session.fail()
+        self._transaction_ended()
+        await self._ready()
 
-    def _send_result(self, result: Result, formats: tuple[int, ...], max_rows: int = 0) -> None:
-        for name, value in result.reported:
-            self._send(codec.parameter_status(name, value))
-        if result.columns is not None:
+    def _send_result(self, result: Result, formats: tuple[int, ...]) -> None:
+        for sqlstate, text in result.warnings:
+            self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
+        if result.copy is not None and result.columns is not None:
+            spec = result.copy
+            self._send(codec.copy_out_response(len(result.columns)))
+            self._send(encode_copy_rows(result.columns, result.rows, spec.csv, spec.header,
+                                        spec.delimiter, spec.null))  # fmt: skip
+            self._send(codec.copy_done())
+        elif result.columns is not None:
             self._send(describe_columns(result.columns, formats))
             self._send(encode_rows(result.columns, result.rows, formats))
         for text in result.notices:
             self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
         self._send(codec.command_complete(result.tag))
 
+    # --- running one statement ------------------------------------------------------------
+
+    async def _run(self, cmd: Command, params: list[Any] | None = None) -> Result:
+        """Run one routed statement (simple or extended protocol) and return its result."""
+        assert self.session is not None
+        if isinstance(cmd, Routed):
+            return await self._execute(cmd, params)
+        if self.session.tx_status == "E":
+            raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
+        if isinstance(cmd, Declare):
+            return await self._declare(cmd, params)
+        if isinstance(cmd, Fetch):
+            if cmd.spec.name not in self.state.cursors and cmd.spec.name in self.state.portals:
+                return await self._fetch_portal(cmd)
+            cursor = self.state.cursor(cmd.spec.name)
+            rows = cursor.fetch(cmd.spec)
+            if cmd.spec.move:
+                return Result(f"MOVE {len(rows)}")
+            return Result(f"FETCH {len(rows)}", cursor.columns, rows, binary=cursor.binary)
+        if isinstance(cmd, CloseCursor):
+            self.state.close_cursor(cmd.name)
+            return Result("CLOSE CURSOR ALL" if cmd.name is None else "CLOSE CURSOR")
+        if isinstance(cmd, Deallocate):
+            self.state.deallocate(cmd.name)
+            return Result("DEALLOCATE ALL" if cmd.name is None else "DEALLOCATE")
+        if isinstance(cmd, CopyOut):
+            inner = await self._execute(cmd.query, params)
+            return Result(f"COPY {len(inner.rows)}", inner.columns or [], inner.rows,
+                          notices=inner.notices, copy=cmd)  # fmt: skip
+        assert isinstance(cmd, LocalSelect)
+        row = run_local(cmd, self.session, params or [])
+        return Result("SELECT 1", local_columns(cmd), [row])
+
+    async def _fetch_portal(self, cmd: Fetch) -> Result:
+        """FETCH/MOVE on a protocol portal: PostgreSQL shares one namespace (asyncpg MOVEs)."""
+        portal = self.state.portal(cmd.spec.name)
+        if portal.prepared.command is None:
+            raise ProxyError("55000", f'portal "{cmd.spec.name}" cannot be run')
+        if portal.result is None:
+            portal.result = await self._run(portal.prepared.command, portal.params)
+        result = portal.result
+        view = Cursor(cmd.spec.name, result.columns or [], result.rows, scroll=False, position=portal.sent)
+        rows = view.fetch(cmd.spec)
+        portal.sent = min(view.position, len(result.rows))
+        if cmd.spec.move:
+            return Result(f"MOVE {len(rows)}")
+        return Result(f"FETCH {len(rows)}", view.columns, rows)
+
+    async def _declare(self, cmd: Declare, params: list[Any] | None) -> Result:
+        assert self.session is not None
+        spec = cmd.spec
+        if not spec.hold and not self.session.in_transaction:
+            raise ProxyError(NO_ACTIVE_TRANSACTION, "DECLARE CURSOR can only be used in transaction blocks",
+                             hint="use BEGIN first, or DECLARE ... CURSOR WITH HOLD")  # fmt: skip
+        if spec.name in self.state.cursors or spec.name in self.state.portals:
+            self.state.add_cursor(Cursor(spec.name, [], []), False)  # raises 42P03
+        # The query is answered (and a DP query charged) now; FETCH serves from memory.
+        inner = await self._execute(cmd.query, params)
+        cursor = Cursor(spec.name, inner.columns or [], inner.rows, binary=spec.binary,
+                        scroll=spec.scroll, hold=spec.hold)  # fmt: skip
+        self.state.add_cursor(cursor, self.session.in_transaction)
+        return Result("DECLARE CURSOR", notices=inner.notices)
+
     async def _execute(self, routed: Routed, params: list[Any] | None = None) -> Result:
         assert self.session is not None and self.analyst is not None
         st = routed.statement
         if routed.route == Route.SESSION:
-            if st.keyword == "SHOW" and st.text.split()[-1].strip(";").lower() == "dp.budget":
+            if self.session.tx_status != "E" and st.keyword == "SHOW" and st.text.split()[-1].strip(";").lower() == "dp.budget":
                 return await budget_result(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset)
+            if st.keyword == "DISCARD":
+                self._discard(st.text)
             return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
@@ -343,6 +462,16 @@ class Connection:
         if (picked := budget_select_columns(tree)) is not None:  # issue #5: SELECT FROM dp.budget
             return await select_budget(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset, picked)
         return await self._cancellable(self.ctx.catalog.run(tree))
+
+    def _discard(self, text: str) -> None:
+        assert self.session is not None
+        what = text.split()[1].upper().rstrip(";") if len(text.split()) > 1 else ""
+        if what == "ALL" and self.session.tx_status != "I":
+            raise ProxyError("25001", "DISCARD ALL cannot run inside a transaction block")
+        if what == "ALL":
+            self.state.discard_all()
+        elif what == "PLANS":
+            self.state.statements.clear()
 
     async def _cancellable(self, coro: Any) -> Result:
         self.running = asyncio.ensure_future(coro)
@@ -372,78 +501,90 @@ class Connection:
         elif isinstance(msg, m.Execute):
             await self._execute_portal(msg)
         elif isinstance(msg, m.Close):
-            if msg.kind == "S":
-                self.ext.statements.pop(msg.name, None)
-            else:
-                self.ext.portals.pop(msg.name, None)
+            self.state.close(msg.kind, msg.name)
             self._send(codec.close_complete())
 
     def _parse(self, msg: m.Parse) -> None:
-        if msg.name and msg.name in self.ext.statements:
-            raise ProxyError("42P05", f'prepared statement "{msg.name}" already exists')
+        if msg.name and msg.name in self.state.statements:
+            self.state.add_statement(msg.name, self.state.statements[msg.name])  # raises 42P05
         statements = split_statements(msg.query)
         if len(statements) > 1:
             raise ProxyError(SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")
-        routed = classify(statements[0], self.ctx.meta) if statements else None
-        self.ext.statements[msg.name] = _Prepared(msg.query, msg.param_oids, routed)
+        command = route(statements[0], self.ctx.meta) if statements else None
+        oids = self._param_oids(command, msg.param_oids)
+        self.state.add_statement(msg.name, Prepared(msg.query, command, oids))
         self._send(codec.parse_complete())
 
+    def _param_oids(self, command: Command | None, given: tuple[int, ...]) -> tuple[int, ...]:
+        """Parameter types: the client's where given (non-zero), else inferred, else text."""
+        tree = _tree_of(command)
+        if tree is None:
+            return given
+        n = max(count_parameters(tree), len(given))
+        inferred = infer_parameter_types(tree, self.ctx.meta)
+        out = []
+        for i in range(n):
+            oid = given[i] if i < len(given) else 0
+            out.append(oid or type_oid(inferred.get(i + 1, "text")))
+        return tuple(out)
+
     def _bind(self, msg: m.Bind) -> None:
-        prepared = self.ext.statements.get(msg.statement)
-        if prepared is None:
-            raise ProxyError("26000", f'prepared statement "{msg.statement}" does not exist')
-        oids = self._param_oids(prepared)
+        prepared = self.state.statement(msg.statement)
+        oids = prepared.param_oids
+        if len(msg.params) != len(oids):
+            shown = msg.statement or "unnamed"
+            raise ProxyError(PROTOCOL_VIOLATION, f'bind message supplies {len(msg.params)} parameters, '
+                             f'but prepared statement "{shown}" requires {len(oids)}')  # fmt: skip
+        for code in (*msg.param_formats, *msg.result_formats):
+            if code not in (0, 1):
+                raise ProxyError(INVALID_PARAMETER_VALUE, f"unsupported format code: {code}")
         fmts = msg.param_formats
         params = []
         for i, raw in enumerate(msg.params):
             fmt = fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0)
-            oid = oids[i] if i < len(oids) else 0
             try:
-                params.append(None if raw is None else decode_param(raw, oid, fmt))
+                params.append(None if raw is None else decode_param(raw, oids[i], fmt))
             except ValueError as e:
                 raise ProxyError("22P02", f"invalid value for parameter ${i + 1}: {e}") from e
-        if msg.portal and msg.portal in self.ext.portals:
-            raise ProxyError("42P03", f'cursor "{msg.portal}" already exists')
-        self.ext.portals[msg.portal] = _Portal(prepared, params, msg.result_formats)
+        self.state.add_portal(msg.portal, Portal(prepared, params, msg.result_formats))
         self._send(codec.bind_complete())
-
-    def _param_oids(self, prepared: _Prepared) -> tuple[int, ...]:
-        routed = prepared.routed
-        if routed is None or routed.tree is None:
-            return prepared.param_oids
-        n = count_parameters(routed.tree)
-        inferred = infer_parameter_types(routed.tree, self.ctx.meta)
-        out = []
-        for i in range(n):
-            given = prepared.param_oids[i] if i < len(prepared.param_oids) else 0
-            out.append(given or type_oid(inferred.get(i + 1, "text")))
-        return tuple(out)
 
     async def _describe(self, msg: m.Describe) -> None:
         if msg.kind == "S":
-            prepared = self.ext.statements.get(msg.name)
-            if prepared is None:
-                raise ProxyError("26000", f'prepared statement "{msg.name}" does not exist')
-            self._send(codec.parameter_description(self._param_oids(prepared)))
-            await self._describe_result(prepared, None, ())
+            prepared = self.state.statement(msg.name)
+            self._send(codec.parameter_description(prepared.param_oids))
+            self._send_description(await self._columns_of(prepared.command, None), ())
+        elif msg.name in self.state.cursors:
+            # A SQL cursor is a portal too (psycopg describes its DECLAREd cursors).
+            cursor = self.state.cursor(msg.name)
+            self._send_description(cursor.columns, (1,) if cursor.binary else ())
         else:
-            portal = self.ext.portals.get(msg.name)
-            if portal is None:
-                raise ProxyError("34000", f'portal "{msg.name}" does not exist')
-            portal.described = True
-            await self._describe_result(portal.prepared, portal.params, portal.formats)
+            portal = self.state.portal(msg.name)
+            if portal.result is not None:
+                columns = portal.result.columns if portal.result.copy is None else None
+            else:
+                columns = await self._columns_of(portal.prepared.command, portal.params)
+            self._send_description(columns, portal.formats)
 
-    async def _describe_result(self, prepared: _Prepared, params: list[Any] | None, formats: tuple[int, ...]) -> None:
-        columns = await self._columns_of(prepared, params)
+    def _send_description(self, columns: list[tuple[str, str]] | None, formats: tuple[int, ...]) -> None:
         if columns is None:
             self._send(codec.no_data())
         else:
+            _check_result_formats(formats, len(columns))
             self._send(describe_columns(columns, formats))
 
-    async def _columns_of(self, prepared: _Prepared, params: list[Any] | None) -> list[tuple[str, str]] | None:
-        routed = prepared.routed
-        if routed is None:
+    async def _columns_of(self, command: Command | None, params: list[Any] | None) -> list[tuple[str, str]] | None:
+        if command is None:
             return None
+        if isinstance(command, LocalSelect):
+            return local_columns(command)
+        if isinstance(command, Fetch):
+            if command.spec.move or command.spec.name not in self.state.cursors:
+                return None
+            return self.state.cursor(command.spec.name).columns
+        if not isinstance(command, Routed):
+            return None  # DECLARE, CLOSE, DEALLOCATE and COPY return no rows
+        routed = command
         if routed.route == Route.DP and routed.tree is not None:
             n = count_parameters(routed.tree)
             tree = bind_parameters(routed.tree, params if params else [None] * n)
@@ -461,23 +602,26 @@ class Connection:
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:
-        portal = self.ext.portals.get(msg.portal)
-        if portal is None:
-            raise ProxyError("34000", f'portal "{msg.portal}" does not exist')
-        routed = portal.prepared.routed
-        if routed is None:
+        portal = self.state.portal(msg.portal)
+        command = portal.prepared.command
+        if command is None:
             self._send(codec.empty_query_response())
             return
         if portal.result is None:
-            portal.result = await self._execute(routed, portal.params)
-            for name, value in portal.result.reported:
-                self._send(codec.parameter_status(name, value))
+            portal.result = await self._run(command, portal.params)
+            for sqlstate, text in portal.result.warnings:
+                self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
         result = portal.result
-        if result.columns is None:
+        if result.columns is None or result.copy is not None:
+            if portal.sent == 0 and result.copy is not None:
+                portal.sent = len(result.rows)
+                self._send_result(Result(result.tag, result.columns, result.rows, copy=result.copy), ())
+                return
             for text in result.notices:
                 self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
             self._send(codec.command_complete(result.tag))
             return
+        _check_result_formats(portal.formats, len(result.columns))
         rows = result.rows[portal.sent :]
         if msg.max_rows > 0 and len(rows) > msg.max_rows:
             self._send(encode_rows(result.columns, rows[: msg.max_rows], portal.formats))
@@ -488,17 +632,27 @@ class Connection:
         portal.sent += len(rows)
         for text in result.notices:
             self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
-        tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
+        tag = result.tag
+        if tag.startswith("SELECT "):
+            tag = f"SELECT {portal.sent}"
+        elif tag.startswith("FETCH "):
+            tag = f"FETCH {portal.sent}"
         self._send(codec.command_complete(tag))
 
-    def _drop_unnamed_portal(self) -> None:
-        self.ext.portals.pop("", None)
+
+def _tree_of(command: Command | None) -> exp.Expression | None:
+    """The parsed query whose $n parameters a statement takes, if any."""
+    if isinstance(command, Routed):
+        return command.tree
+    if isinstance(command, (Declare, CopyOut)):
+        return command.query.tree
+    return None
 
 
-def _round6(d: Any) -> Any:
-    from decimal import Decimal
-
-    return Decimal(fmt_decimal(Decimal(d)))
+def _check_result_formats(formats: tuple[int, ...], ncols: int) -> None:
+    if len(formats) > 1 and len(formats) != ncols:
+        raise ProxyError(PROTOCOL_VIOLATION,
+                         f"bind message has {len(formats)} result formats but query has {ncols} columns")  # fmt: skip
 
 
 def new_secret() -> bytes:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from proxy.wire import oids
-from proxy.wire.codec import FieldDescription, data_row, row_description
+from proxy.wire.codec import FieldDescription, copy_data, data_row, row_description
 from proxy.wire.types import encode_binary, encode_text
 
 TYPE_OIDS = {
@@ -77,4 +77,38 @@ def encode_rows(
             else:
                 values.append(encode_text(v, type_oids[i]))
         out.append(data_row(values))
+    return b"".join(out)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _csv_field(text: str, delimiter: str, null: str) -> str:
+    if text == null or any(c in text for c in (delimiter, '"', "\n", "\r")) or text[:1].isspace():
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def encode_copy_rows(
+    columns: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Any]],
+    csv: bool = False,
+    header: bool = False,
+    delimiter: str = "\t",
+    null: str = "\\N",
+) -> bytes:
+    """CopyData messages, one per row, in COPY's text or CSV format."""
+    type_oids = [type_oid(t) for _, t in columns]
+    out = []
+    if header and csv:
+        out.append(copy_data((delimiter.join(_csv_field(n, delimiter, null) for n, _ in columns) + "\n").encode()))
+    for row in rows:
+        fields = []
+        for v, oid in zip(row, type_oids, strict=True):
+            if v is None:
+                fields.append(null)
+                continue
+            text = encode_text(v, oid).decode("utf-8")
+            fields.append(_csv_field(text, delimiter, null) if csv else text.translate(_COPY_ESCAPES))
+        out.append(copy_data((delimiter.join(fields) + "\n").encode("utf-8")))
     return b"".join(out)

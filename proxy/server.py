@@ -16,6 +16,7 @@ from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
+from proxy.tls import TLSSetup, load_tls
 from rewriter.metadata import Metadata
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class ServerContext:
     engine: DPEngine
     catalog: Catalog
     server_version: str
+    tls: TLSSetup | None = None  # set when listen.tls_cert/tls_key are configured
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
 
@@ -71,6 +73,9 @@ class Server:
     async def create(cls, config: Config) -> Server:
         """Connect to the backends, prepare the ledger and the catalog mirror."""
         assert config.metadata is not None
+        listen = config.listen
+        # Load the certificate first: a bad one should stop start-up before any pool opens.
+        tls = load_tls(listen.tls_cert, listen.tls_key) if listen.tls_cert and listen.tls_key else None
         timeout = str(config.backend.statement_timeout_ms)
         data = await asyncpg.create_pool(
             config.backend.dsn,
@@ -93,6 +98,7 @@ class Server:
             engine=engine,
             catalog=catalog,
             server_version=str(version),
+            tls=tls,
         )
         return cls(ctx, data, ledger)
 
