@@ -24,7 +24,6 @@ from proxy.budget_sql import (
 from proxy.commands import Result, run_session_command
 from proxy.config import AnalystConfig
 from proxy.cursors import Cursor
-from proxy.dp import fmt_decimal
 from proxy.errors import (
     FEATURE_NOT_SUPPORTED,
     IN_FAILED_TRANSACTION,
