@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from proxy.catalog import CatalogResult, describe_fields
 from proxy.commands import Result, run_session_command
 from proxy.config import AnalystConfig
 from proxy.dp import fmt_decimal
@@ -60,9 +61,12 @@ class _Portal:
     prepared: _Prepared
     params: list[Any]
     formats: tuple[int, ...]
-    result: Result | None = None
+    result: Result | CatalogResult | None = None
     sent: int = 0
     described: bool = False
+    # catalog: the client's raw parameters, passed to the mirror as they came.
+    raw_params: list[bytes | None] = field(default_factory=list)
+    raw_formats: tuple[int, ...] = ()
 
 
 @dataclass
@@ -301,17 +305,22 @@ class Connection:
         self._send(codec.ready_for_query(self._status()))
         await self._flush()
 
-    def _send_result(self, result: Result, formats: tuple[int, ...], max_rows: int = 0) -> None:
+    def _send_result(self, result: Result | CatalogResult, formats: tuple[int, ...], max_rows: int = 0) -> None:
         for name, value in result.reported:
             self._send(codec.parameter_status(name, value))
-        if result.columns is not None:
+        if isinstance(result, CatalogResult):  # the mirror's fields and raw rows
+            if result.fields is not None:
+                self._send(result.row_description(formats) + result.data_rows(formats))
+        elif result.columns is not None:
             self._send(describe_columns(result.columns, formats))
             self._send(encode_rows(result.columns, result.rows, formats))
         for text in result.notices:
             self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
         self._send(codec.command_complete(result.tag))
 
-    async def _execute(self, routed: Routed, params: list[Any] | None = None) -> Result:
+    async def _execute(
+        self, routed: Routed, params: list[Any] | None = None, portal: _Portal | None = None
+    ) -> Result | CatalogResult:
         assert self.session is not None and self.analyst is not None
         st = routed.statement
         if routed.route == Route.SESSION:
@@ -320,6 +329,10 @@ class Connection:
             return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
+        if routed.route == Route.CATALOG:  # the client's text and raw parameters, unchanged
+            p = portal or _Portal(_Prepared(st.text, (), routed), [], ())
+            return await self._cancellable(self.ctx.catalog.execute(
+                st.text, p.raw_params, p.prepared.param_oids, p.raw_formats, p.formats))  # fmt: skip
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         if params:
             tree = bind_parameters(tree, params)
@@ -330,7 +343,7 @@ class Connection:
             )
         if routed.route == Route.EXPLAIN:
             raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
-        return await self._cancellable(self.ctx.catalog.run(tree))
+        raise ProxyError(FEATURE_NOT_SUPPORTED, f"{st.keyword} statements are not supported")
 
     async def _cancellable(self, coro: Any) -> Result:
         self.running = asyncio.ensure_future(coro)
@@ -391,10 +404,11 @@ class Connection:
         prepared = self.ext.statements.get(msg.statement)
         if prepared is None:
             raise ProxyError("26000", f'prepared statement "{msg.statement}" does not exist')
-        oids = self._param_oids(prepared)
         fmts = msg.param_formats
-        params = []
-        for i, raw in enumerate(msg.params):
+        params: list[Any] = []
+        catalog = prepared.routed is not None and prepared.routed.route == Route.CATALOG
+        oids = () if catalog else self._param_oids(prepared)
+        for i, raw in enumerate(() if catalog else msg.params):
             fmt = fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0)
             oid = oids[i] if i < len(oids) else 0
             try:
@@ -403,7 +417,8 @@ class Connection:
                 raise ProxyError("22P02", f"invalid value for parameter ${i + 1}: {e}") from e
         if msg.portal and msg.portal in self.ext.portals:
             raise ProxyError("42P03", f'cursor "{msg.portal}" already exists')
-        self.ext.portals[msg.portal] = _Portal(prepared, params, msg.result_formats)
+        self.ext.portals[msg.portal] = _Portal(prepared, params, msg.result_formats,
+                                               raw_params=list(msg.params), raw_formats=fmts)
         self._send(codec.bind_complete())
 
     def _param_oids(self, prepared: _Prepared) -> tuple[int, ...]:
@@ -423,6 +438,12 @@ class Connection:
             prepared = self.ext.statements.get(msg.name)
             if prepared is None:
                 raise ProxyError("26000", f'prepared statement "{msg.name}" does not exist')
+            if prepared.routed is not None and prepared.routed.route == Route.CATALOG:
+                # catalog: parameter types and fields as the mirror describes them
+                param_oids, fields = await self.ctx.catalog.describe(prepared.sql, prepared.param_oids)
+                self._send(codec.parameter_description(param_oids))
+                self._send(codec.no_data() if fields is None else describe_fields(fields))
+                return
             self._send(codec.parameter_description(self._param_oids(prepared)))
             await self._describe_result(prepared, None, ())
         else:
@@ -430,6 +451,10 @@ class Connection:
             if portal is None:
                 raise ProxyError("34000", f'portal "{msg.name}" does not exist')
             portal.described = True
+            if portal.prepared.routed is not None and portal.prepared.routed.route == Route.CATALOG:
+                _, fields = await self.ctx.catalog.describe(portal.prepared.sql, portal.prepared.param_oids)
+                self._send(codec.no_data() if fields is None else describe_fields(fields, portal.formats))
+                return
             await self._describe_result(portal.prepared, portal.params, portal.formats)
 
     async def _describe_result(self, prepared: _Prepared, params: list[Any] | None, formats: tuple[int, ...]) -> None:
@@ -454,8 +479,6 @@ class Connection:
                 return [("dataset", "text"), ("budget_epsilon", "numeric"),
                         ("spent_epsilon", "numeric"), ("remaining_epsilon", "numeric")]  # fmt: skip
             return [(name, "text")]
-        if routed.route == Route.CATALOG and routed.tree is not None:
-            return await self.ctx.catalog.describe(routed.statement.text)
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:
@@ -467,10 +490,13 @@ class Connection:
             self._send(codec.empty_query_response())
             return
         if portal.result is None:
-            portal.result = await self._execute(routed, portal.params)
+            portal.result = await self._execute(routed, portal.params, portal)
             for name, value in portal.result.reported:
                 self._send(codec.parameter_status(name, value))
         result = portal.result
+        if isinstance(result, CatalogResult):
+            self._send_catalog_rows(result, portal, msg.max_rows)
+            return
         if result.columns is None:
             for text in result.notices:
                 self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
@@ -486,6 +512,20 @@ class Connection:
         portal.sent += len(rows)
         for text in result.notices:
             self._send(codec.notice_response(codec.ErrorFields("NOTICE", "00000", text)))
+        tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
+        self._send(codec.command_complete(tag))
+
+    def _send_catalog_rows(self, result: CatalogResult, portal: _Portal, max_rows: int) -> None:
+        # catalog: the mirror's raw rows, with the same row-limit rules as computed results
+        if result.fields is None:
+            self._send(codec.command_complete(result.tag))
+            return
+        stop = len(result.rows) if max_rows <= 0 else min(len(result.rows), portal.sent + max_rows)
+        self._send(result.data_rows(portal.formats, portal.sent, stop))
+        portal.sent = stop
+        if stop < len(result.rows):
+            self._send(codec.portal_suspended())
+            return
         tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
         self._send(codec.command_complete(tag))
 

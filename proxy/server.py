@@ -80,7 +80,9 @@ class Server:
         assert data is not None
         version = await data.fetchval("SHOW server_version")
         ledger = await Ledger.connect(config.backend.ledger_dsn)
-        catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata)
+        # The mirror is brought up to date from the data database's schema at start-up.
+        catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata, config.backend.dsn,
+                                     statement_timeout_ms=config.backend.statement_timeout_ms)
         engine = DPEngine(config.metadata, Mechanisms(), ledger, data)
         ctx = ServerContext(
             config=config,
