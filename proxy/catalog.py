@@ -156,8 +156,10 @@ def describe_fields(fields: Sequence[CatalogField], formats: Sequence[int] = ())
     """RowDescription with the mirror's attributes and the formats dpproxy will send."""
     fmts = output_formats(fields, formats)
     return row_description(
-        [FieldDescription(f.name, f.table_oid, f.column_attnum, f.type_oid, f.type_size,
-                          f.type_modifier, fmts[i]) for i, f in enumerate(fields)]  # fmt: skip
+        [FieldDescription(name=f.name, type_oid=f.type_oid, type_size=f.type_size,
+                          table_oid=f.table_oid, column_attnum=f.column_attnum,
+                          type_modifier=f.type_modifier, format=fmts[i])
+         for i, f in enumerate(fields)]  # fmt: skip
     )
 
 
