@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -82,6 +82,15 @@ _MIRROR_OPTIONS = (
 )
 
 
+# asyncpg turns JIT off around its type introspection with exactly these statements; on
+# a pooled mirror connection they only change the JIT setting, so they are let through.
+_ASYNCPG_JIT = re.compile(
+    r"^\s*SELECT\s+current_setting\('jit'\)\s+AS\s+cur\s*,\s*set_config\('jit',\s*'off',\s*false\)"
+    r"\s+AS\s+new\s*;?\s*$|^\s*SELECT\s+set_config\('jit',\s*\$1,\s*false\)\s*;?\s*$",
+    re.IGNORECASE,
+)
+
+
 def prepare_catalog_sql(sql: str) -> str:
     """Check a catalog statement and redirect neutralized statistics; return the SQL to run.
 
@@ -89,6 +98,8 @@ def prepare_catalog_sql(sql: str) -> str:
     PostgreSQL's lexer with standard_conforming_strings on), so every identifier is seen
     wherever it appears. Raises ProxyError 42501 naming the refused name.
     """
+    if _ASYNCPG_JIT.match(sql):
+        return sql
     tokens = Postgres().tokenize(sql)
     out: list[str] = []
     pos = 0
@@ -122,6 +133,16 @@ def prepare_catalog_sql(sql: str) -> str:
                          hint=_REFUSAL_HINT)  # fmt: skip
     out.append(sql[pos:])
     return "".join(out)
+
+
+def mentions_any(sql: str, names: Iterable[str]) -> bool:
+    """Whether any identifier of `sql` (outside strings and comments) is one of `names`."""
+    wanted = {n.lower() for n in names}
+    try:
+        tokens = Postgres().tokenize(sql)
+    except Exception:  # noqa: BLE001 - untokenizable SQL is treated as naming everything
+        return True
+    return any(t.token_type not in _STRING_TOKENS and t.text.lower() in wanted for t in tokens)
 
 
 # --- results --------------------------------------------------------------------------------

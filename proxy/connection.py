@@ -25,6 +25,7 @@ from proxy.errors import (
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
+    UNDEFINED_OBJECT,
     ProxyError,
 )
 from proxy.results import describe_columns, encode_rows, type_oid
@@ -326,7 +327,14 @@ class Connection:
         if routed.route == Route.SESSION:
             if st.keyword == "SHOW" and st.text.split()[-1].strip(";").lower() == "dp.budget":
                 return await self._show_budget()
-            return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
+            try:
+                return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
+            except ProxyError as e:
+                # catalog: server settings dpproxy does not track (SHOW transaction isolation
+                # level, SHOW max_identifier_length) are read from the mirror.
+                if st.keyword != "SHOW" or e.sqlstate != UNDEFINED_OBJECT or "dp." in st.text.lower():
+                    raise
+                return await self._cancellable(self.ctx.catalog.execute(st.text))
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
         if routed.route == Route.CATALOG:  # the client's text and raw parameters, unchanged
