@@ -76,7 +76,7 @@ BINARY_CONVERTIBLE = frozenset(
 # parse; clients cannot change them (SET is answered by dpproxy, set_config is refused).
 _MIRROR_OPTIONS = (
     "-c default_transaction_read_only=on -c DateStyle=ISO -c IntervalStyle=postgres "
-    "-c extra_float_digits=3 -c bytea_output=hex -c standard_conforming_strings=on "
+    "-c extra_float_digits=3 -c bytea_output=hex "
     "-c client_encoding=UTF8 -c TimeZone=UTC -c statement_timeout={timeout} "
     "-c idle_in_transaction_session_timeout=60000"
 )
@@ -261,9 +261,15 @@ class _Pool:
                 conn = self._idle.pop()
                 if not conn.closed:
                     return conn
-            return await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self._dsn, autocommit=True, options=self._options, application_name="dpproxy-catalog"
             )
+            # The refusal check lexes strings as PostgreSQL does with this setting on.
+            if conn.pgconn.parameter_status(b"standard_conforming_strings") != b"on":
+                await conn.close()
+                raise ProxyError(QUERY_FAILED, "the catalog mirror must run with "
+                                 "standard_conforming_strings = on")  # fmt: skip
+            return conn
         except BaseException:
             self._sem.release()
             raise
