@@ -1,110 +1,319 @@
-"""The catalog mirror: a schema-only copy of the declared tables, for introspection.
+"""The catalog mirror at query time: checking and faithfully running catalog statements.
 
-Statements that read no private table run here, so clients' catalog queries get real
-PostgreSQL answers from a database that holds no rows and no statistics. Cluster-wide
-views and functions that could describe the real data are refused even here.
+Statements that read no private table run on the mirror (see `proxy.mirror` for what it
+holds), so clients' catalog queries get real PostgreSQL answers from a database that
+holds no private rows and no statistics. The client's SQL text is sent unchanged (only
+neutralized statistics are redirected, see `prepare_catalog_sql`), parameters are passed
+through as the client sent them, and results come back as the mirror's own bytes with
+its RowDescription attributes (type OIDs, modifiers, table OIDs, column numbers), so
+clients that introspect (pgjdbc, asyncpg, psql's chained \\d queries) see a consistent
+catalog. Cluster-wide statistics, activity, size and file functions are refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-from sqlglot import exp
+import psycopg
+from psycopg import generators, pq
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.tokens import TokenType
 
-from proxy.commands import Result
 from proxy.errors import QUERY_FAILED, QUERY_NOT_ALLOWED, ProxyError
-from proxy.results import TYPE_OIDS
+from proxy.mirror import STUB_FUNCTIONS, STUB_SCHEMA, STUB_VIEWS, refresh_mirror
+from proxy.wire import oids
+from proxy.wire.codec import FieldDescription, data_row, row_description
+from proxy.wire.types import decode_param, encode_binary
 from rewriter.metadata import Metadata
-from rewriter.sqltypes import pg_type_name
 
-# Cluster-wide state that describes real data or other sessions: refused on every path.
+# Names refused wherever they appear as identifiers (table, view or function names):
+# (pg_statistic_ext holds extended-statistics *definitions*, which psql's \d reads; their
+# values live in pg_statistic_ext_data, refused like pg_statistic and pg_stats.)
+# cluster-wide statistics and activity, sizes, files, large objects, other databases,
+# sleeping, signalling, locks and session state shared through the mirror's pool.
 _FORBIDDEN_NAME = re.compile(
-    r"^(pg_stat.*|pg_statio.*|pg_statistic.*|pg_stats.*|pg_.*size|pg_ls_.*|pg_read_.*|"
-    r"pg_file.*|lo_.*|dblink.*|pg_sleep.*|pg_terminate_backend|pg_cancel_backend|"
+    r"^(pg_stat(?!istic_ext$).*|pg_.*_size|pg_size_.*|pg_ls_.*|pg_read_.*|"
+    r"pg_file.*|pg_stat_file|lo_.*|loread|lowrite|pg_largeobject.*|dblink.*|postgres_fdw.*|"
+    r"pg_sleep.*|pg_terminate_backend|pg_cancel_backend|pg_signal_backend|"
     r"pg_reload_conf|pg_rotate_logfile|set_config|pg_advisory.*|pg_try_advisory.*|"
-    r"pg_notify|nextval|setval|currval|lastval|query_to_xml.*|table_to_xml.*|"
-    r"pg_current_logfile|pg_backend_pid|pg_blocking_pids|pg_locks|pg_prepared_xacts|"
-    r"pg_shmem_allocations|pg_backend_memory_contexts|pg_replication.*|pg_hba_file_rules|"
-    r"pg_file_settings|pg_ident_file_mappings|pg_logical.*|pg_import_system_collations|"
-    r"pg_switch_wal|pg_create.*|pg_drop.*|pg_promote|pg_wal.*|pg_export_snapshot|"
-    r"txid_current.*|pg_current_xact.*|pg_xact.*|setseed|random)$",
+    r"pg_notify|nextval|setval|currval|lastval|query_to_xml.*|table_to_xml.*|cursor_to_xml.*|"
+    r"schema_to_xml.*|database_to_xml.*|query_to_xmlschema|"
+    r"pg_current_logfile|pg_backend_pid|pg_blocking_pids|pg_safe_snapshot_blocking_pids|pg_locks|"
+    r"pg_prepared_xacts|pg_shmem_allocations|pg_.*memory_contexts|pg_replication.*|"
+    r"pg_hba_file_rules|pg_file_settings|pg_ident_file_mappings|pg_logical.*|"
+    r"pg_import_system_collations|pg_switch_wal|pg_create.*|pg_drop.*|pg_promote|pg_wal.*|"
+    r"pg_current_wal.*|pg_last_wal.*|pg_last_xact_replay_timestamp|pg_export_snapshot|"
+    r"pg_control_.*|pg_current_snapshot|pg_snapshot_.*|txid_.*|pg_current_xact.*|pg_xact.*|"
+    r"pg_visible_in_snapshot|pg_log_backend_memory_contexts|pg_stat_reset.*|"
+    r"setseed|random|gen_random_uuid|pg_get_wal.*|pg_walfile_name.*|pg_backup.*|"
+    r"pg_start_backup|pg_stop_backup|pg_partition_tree|pg_identify_object.*|"
+    r"pg_event_trigger.*|pg_trigger_depth|pg_tablespace_location|pg_tablespace_databases)$",
     re.IGNORECASE,
 )
-_OID_NAMES = {v: k for k, v in TYPE_OIDS.items()}
+_STRING_TOKENS = frozenset(
+    {TokenType.STRING, TokenType.BYTE_STRING, TokenType.NATIONAL_STRING, TokenType.RAW_STRING,
+     TokenType.HEREDOC_STRING, TokenType.BIT_STRING, TokenType.HEX_STRING, TokenType.NUMBER}
+)  # fmt: skip
+_STUB_NAMES = frozenset(STUB_VIEWS) | frozenset(STUB_FUNCTIONS)
+_REFUSAL_HINT = (
+    "catalog queries may read pg_catalog and information_schema; statistics, activity, size "
+    "and file functions are withheld because they describe the real data or other sessions"
+)
+
+# Types whose text output dpproxy can re-encode in binary (proxy.wire.types); a client
+# asking binary for another type gets that column in text (format 0 in RowDescription).
+BINARY_CONVERTIBLE = frozenset(
+    {oids.INT2, oids.INT4, oids.INT8, oids.OID, oids.FLOAT4, oids.FLOAT8, oids.NUMERIC,
+     oids.BOOL, oids.BYTEA, oids.DATE, oids.TIME, oids.TIMESTAMP, oids.TIMESTAMPTZ,
+     oids.TEXT, oids.VARCHAR, oids.BPCHAR, oids.NAME, oids.CHAR, oids.JSON}
+)  # fmt: skip
+
+# Settings of every mirror connection: read-only, and the text formats the value codecs
+# parse; clients cannot change them (SET is answered by dpproxy, set_config is refused).
+_MIRROR_OPTIONS = (
+    "-c default_transaction_read_only=on -c DateStyle=ISO -c IntervalStyle=postgres "
+    "-c extra_float_digits=3 -c bytea_output=hex "
+    "-c client_encoding=UTF8 -c TimeZone=UTC -c statement_timeout={timeout} "
+    "-c idle_in_transaction_session_timeout=60000"
+)
 
 
-def check_catalog_query(tree: exp.Expression) -> None:
-    """Refuse references to cluster-wide statistics, activity, size and file functions."""
-    for node in tree.walk():
-        name = None
-        if isinstance(node, exp.Table):
-            name = node.name
-        elif isinstance(node, exp.Anonymous):
-            name = str(node.this)
-        elif isinstance(node, exp.Func):
-            name = node.sql_name()
-        if name and _FORBIDDEN_NAME.match(name):
-            raise ProxyError(
-                QUERY_NOT_ALLOWED,
-                f'"{name}" is not available through dpproxy',
-                hint="catalog queries may read pg_catalog and information_schema; statistics, "
-                "activity, size and file functions are withheld because they describe real data",
+# asyncpg turns JIT off around its type introspection with exactly these statements; on
+# a pooled mirror connection they only change the JIT setting, so they are let through.
+_ASYNCPG_JIT = re.compile(
+    r"^\s*SELECT\s+current_setting\('jit'\)\s+AS\s+cur\s*,\s*set_config\('jit',\s*'off',\s*false\)"
+    r"\s+AS\s+new\s*;?\s*$|^\s*SELECT\s+set_config\('jit',\s*\$1,\s*false\)\s*;?\s*$",
+    re.IGNORECASE,
+)
+
+
+def prepare_catalog_sql(sql: str) -> str:
+    """Check a catalog statement and redirect neutralized statistics; return the SQL to run.
+
+    Works on sqlglot's PostgreSQL tokens (strings, comments and dollar quotes follow
+    PostgreSQL's lexer with standard_conforming_strings on), so every identifier is seen
+    wherever it appears. Raises ProxyError 42501 naming the refused name.
+    """
+    if _ASYNCPG_JIT.match(sql):
+        return sql
+    tokens = Postgres().tokenize(sql)
+    out: list[str] = []
+    pos = 0
+    for i, tok in enumerate(tokens):
+        if tok.token_type in _STRING_TOKENS:
+            continue
+        if tok.token_type == TokenType.AMP and i > 0 and tokens[i - 1].text.upper() == "U" \
+                and tokens[i - 1].end + 1 == tok.start:  # fmt: skip
+            # U&"..." identifiers can spell any name with escapes: never needed by catalogs.
+            raise ProxyError(QUERY_NOT_ALLOWED, 'Unicode-escaped identifiers (U&"...") are not '
+                             "allowed in catalog queries", hint=_REFUSAL_HINT)  # fmt: skip
+        name = tok.text.lower()
+        if not (_FORBIDDEN_NAME.match(name) or name in _STUB_NAMES):
+            continue
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if nxt is not None and nxt.token_type == TokenType.DOT:
+            continue  # a qualifier such as pg_stat_user_tables.relname: its FROM is checked
+        qualifier = None
+        start = tok.start
+        if i >= 2 and tokens[i - 1].token_type == TokenType.DOT:
+            qualifier = tokens[i - 2].text.lower()
+            start = tokens[i - 2].start
+        if name in _STUB_NAMES and qualifier in (None, "pg_catalog"):
+            out.append(sql[pos:start])
+            out.append(f"{STUB_SCHEMA}.{name}")
+            pos = tok.end + 1
+            continue
+        if name in _STUB_NAMES and qualifier == STUB_SCHEMA:
+            continue
+        raise ProxyError(QUERY_NOT_ALLOWED, f'"{tok.text}" is not available through dpproxy',
+                         hint=_REFUSAL_HINT)  # fmt: skip
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def mentions_any(sql: str, names: Iterable[str]) -> bool:
+    """Whether any identifier of `sql` (outside strings and comments) is one of `names`."""
+    wanted = {n.lower() for n in names}
+    try:
+        tokens = Postgres().tokenize(sql)
+    except Exception:  # noqa: BLE001 - untokenizable SQL is treated as naming everything
+        return True
+    return any(t.token_type not in _STRING_TOKENS and t.text.lower() in wanted for t in tokens)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogField:
+    """One result column as the mirror described it."""
+
+    name: str
+    type_oid: int
+    type_size: int
+    type_modifier: int
+    table_oid: int
+    column_attnum: int
+
+
+def output_formats(fields: Sequence[CatalogField], requested: Sequence[int]) -> list[int]:
+    """The formats dpproxy will actually send for a Bind's requested result formats.
+
+    All-binary requests are served in binary by the mirror itself; otherwise a column
+    asked in binary is binary only if dpproxy can re-encode its type.
+    """
+    n = len(fields)
+    req = [0] * n if not requested else [requested[0]] * n if len(requested) == 1 else list(requested)
+    if n and all(f == 1 for f in req):
+        return req
+    return [1 if f == 1 and fd.type_oid in BINARY_CONVERTIBLE else 0 for f, fd in zip(req, fields, strict=True)]
+
+
+def describe_fields(fields: Sequence[CatalogField], formats: Sequence[int] = ()) -> bytes:
+    """RowDescription with the mirror's attributes and the formats dpproxy will send."""
+    fmts = output_formats(fields, formats)
+    return row_description(
+        [FieldDescription(name=f.name, type_oid=f.type_oid, type_size=f.type_size,
+                          table_oid=f.table_oid, column_attnum=f.column_attnum,
+                          type_modifier=f.type_modifier, format=fmts[i])
+         for i, f in enumerate(fields)]  # fmt: skip
+    )
+
+
+@dataclass
+class CatalogResult:
+    """What a catalog statement returned: the mirror's fields, raw rows and command tag.
+
+    `rows` hold the values exactly as the mirror sent them, in `row_format` (0 text,
+    1 binary: the mirror answers all-binary requests in binary itself).
+    """
+
+    tag: str
+    fields: list[CatalogField] | None
+    rows: list[list[bytes | None]] = field(default_factory=list)
+    row_format: int = 0
+    notices: list[str] = field(default_factory=list)
+    reported: list[tuple[str, str]] = field(default_factory=list)
+
+    def row_description(self, formats: Sequence[int] = ()) -> bytes:
+        """RowDescription for this result in the formats a Bind requested."""
+        assert self.fields is not None
+        return describe_fields(self.fields, formats)
+
+    def data_rows(self, formats: Sequence[int] = (), start: int = 0, stop: int | None = None) -> bytes:
+        """DataRow messages for rows[start:stop], each value in the format announced."""
+        assert self.fields is not None
+        fmts = output_formats(self.fields, formats)
+        out = []
+        for row in self.rows[start:stop]:
+            if self.row_format == 1 or not any(fmts):
+                out.append(data_row(row))
+                continue
+            out.append(data_row([
+                _to_binary(v, fd.type_oid) if f == 1 and v is not None else v
+                for v, f, fd in zip(row, fmts, self.fields, strict=True)
+            ]))  # fmt: skip
+        return b"".join(out)
+
+
+def _to_binary(text: bytes, oid: int) -> bytes:
+    try:
+        return encode_binary(decode_param(text, oid, 0), oid)
+    except (ValueError, TypeError) as e:
+        raise ProxyError(QUERY_FAILED, f"cannot send a value of type OID {oid} in binary",
+                         hint="request this column in text format") from e  # fmt: skip
+
+
+def _fields_of(res: pq.abc.PGresult) -> list[CatalogField] | None:
+    if res.nfields == 0:
+        return None
+    return [
+        CatalogField((res.fname(i) or b"").decode(), res.ftype(i), res.fsize(i), res.fmod(i),
+                     res.ftable(i), res.ftablecol(i))  # fmt: skip
+        for i in range(res.nfields)
+    ]
+
+
+# --- the pool and the catalog ------------------------------------------------------------
+
+
+class _Pool:
+    """A small pool of autocommit psycopg connections to the mirror.
+
+    A connection that saw an error or a cancellation is closed, never reused: its
+    protocol state is not worth reasoning about.
+    """
+
+    def __init__(self, dsn: str, size: int, timeout_ms: int) -> None:
+        self._dsn = dsn
+        self._options = _MIRROR_OPTIONS.format(timeout=timeout_ms)
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._sem = asyncio.Semaphore(size)
+
+    async def acquire(self) -> psycopg.AsyncConnection:
+        await self._sem.acquire()
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+            conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, options=self._options, application_name="dpproxy-catalog"
             )
+            # The refusal check lexes strings as PostgreSQL does with this setting on.
+            if conn.pgconn.parameter_status(b"standard_conforming_strings") != b"on":
+                await conn.close()
+                raise ProxyError(QUERY_FAILED, "the catalog mirror must run with "
+                                 "standard_conforming_strings = on")  # fmt: skip
+            return conn
+        except BaseException:
+            self._sem.release()
+            raise
 
+    def release(self, conn: psycopg.AsyncConnection, ok: bool) -> None:
+        if ok and not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            self._idle.append(conn)
+        else:
+            asyncio.ensure_future(conn.close())
+        self._sem.release()
 
-def mirror_ddl(meta: Metadata) -> list[str]:
-    """CREATE statements for the declared tables: declared columns only, no rows."""
-    out = []
-    for tname, table in meta.tables.items():
-        q = f'"{table.schema_}"."{tname}"'
-        out.append(f'CREATE SCHEMA IF NOT EXISTS "{table.schema_}"')
-        out.append(f"DROP TABLE IF EXISTS {q} CASCADE")
-        cols = []
-        for cname, c in table.columns.items():
-            null = "" if c.nullable else " NOT NULL"
-            cols.append(f'"{cname}" {pg_type_name(c.type)}{null}')
-        out.append(f"CREATE TABLE {q} ({', '.join(cols)})")
-        if table.comment:
-            out.append(f"COMMENT ON TABLE {q} IS {_quote(table.comment)}")
-        for cname, c in table.columns.items():
-            if c.comment:
-                out.append(f'COMMENT ON COLUMN {q}."{cname}" IS {_quote(c.comment)}')
-    return out
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
 
 
 class Catalog:
     """Runs statements that read no private table on the catalog mirror database."""
 
-    def __init__(self, pool: asyncpg.Pool | None, tables: list[str] | None = None) -> None:
+    def __init__(self, pool: _Pool | None, tables: list[str] | None = None) -> None:
         self.pool = pool
         self.tables = tables or []
+        self._prepared: OrderedDict[str, str] = OrderedDict()  # client SQL -> checked SQL
 
     @classmethod
-    async def open(cls, dsn: str | None, meta: Metadata) -> Catalog:
-        """Connect to the mirror and (re)create the declared tables in it."""
+    async def open(
+        cls, dsn: str | None, meta: Metadata, data_dsn: str | None = None,
+        pool_size: int = 4, statement_timeout_ms: int = 30_000,
+    ) -> Catalog:  # fmt: skip
+        """Bring the mirror up to date with the data database's schema, and connect to it."""
         tables = sorted(meta.tables)
         if dsn is None:
             return cls(None, tables)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        assert pool is not None
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(724012)")
-            for stmt in mirror_ddl(meta):
-                await conn.execute(stmt)
-        return cls(pool, tables)
+        if data_dsn is not None:
+            await asyncio.to_thread(refresh_mirror, data_dsn, dsn, meta, False)
+        return cls(_Pool(dsn, pool_size, statement_timeout_ms), tables)
 
     async def close(self) -> None:
         """Close the pool."""
         if self.pool is not None:
             await self.pool.close()
 
-    def _require(self) -> asyncpg.Pool:
+    def _require(self) -> _Pool:
         if self.pool is None:
             raise ProxyError(
                 "0A000",
@@ -113,50 +322,113 @@ class Catalog:
             )
         return self.pool
 
-    async def describe(self, sql: str) -> list[tuple[str, str]] | None:
-        """The result columns of a statement, without running it."""
+    def check(self, sql: str) -> str:
+        """The SQL to send for a client's catalog statement (refusals raise ProxyError)."""
+        checked = self._prepared.get(sql)
+        if checked is None:
+            checked = prepare_catalog_sql(sql)
+            self._prepared[sql] = checked
+            if len(self._prepared) > 512:
+                self._prepared.popitem(last=False)
+        return checked
+
+    async def _run(self, send: list[tuple[str, tuple[object, ...]]]) -> list[pq.abc.PGresult]:
+        """Send libpq requests in order on one pooled connection; the last one's results."""
         pool = self._require()
+        conn = await pool.acquire()
+        ok = False
         try:
-            async with pool.acquire() as conn:
-                stmt = await conn.prepare(sql)
-                attrs = stmt.get_attributes()
-        except asyncpg.PostgresError as e:
-            raise self._error(e) from e
-        return [(a.name, _OID_NAMES.get(a.type.oid, "text")) for a in attrs] or None
+            results: list[pq.abc.PGresult] = []
+            for method, args in send:
+                getattr(conn.pgconn, method)(*args)
+                results = await conn.wait(generators.execute(conn.pgconn))
+                self._raise_error(results)
+            ok = True
+            return results
+        except psycopg.OperationalError as e:
+            raise ProxyError("08006", "the catalog mirror connection failed") from e
+        finally:
+            pool.release(conn, ok)
 
-    async def run(self, tree: exp.Expression) -> Result:
-        """Run a statement on the mirror and return its rows."""
-        check_catalog_query(tree)
-        pool = self._require()
-        sql = tree.sql(dialect="postgres", comments=False)
-        try:
-            async with pool.acquire() as conn, conn.transaction(readonly=True):
-                stmt = await conn.prepare(sql)
-                attrs = stmt.get_attributes()
-                records = await stmt.fetch()
-        except asyncpg.PostgresError as e:
-            raise self._error(e) from e
-        columns = [(a.name, _OID_NAMES.get(a.type.oid, "text")) for a in attrs]
-        rows = [tuple(_plain(v, t) for v, (_, t) in zip(r, columns, strict=True)) for r in records]
-        if not attrs:
-            return Result(tag=stmt.get_statusmsg() or "SELECT 0")
-        return Result(tag=f"SELECT {len(rows)}", columns=columns, rows=rows)
+    async def execute(
+        self, sql: str, params: Sequence[bytes | None] = (), param_oids: Sequence[int] = (),
+        param_formats: Sequence[int] = (), result_formats: Sequence[int] = (),
+    ) -> CatalogResult:  # fmt: skip
+        """Run one catalog statement with the client's raw parameters.
+
+        Rows come back as the mirror's text output, or in binary straight from the mirror
+        when every column is requested in binary (`result_formats`, optional).
+        """
+        checked = self.check(sql)
+        n = len(params)
+        fmts = list(param_formats) if len(param_formats) != 1 else [param_formats[0]] * n
+        types = [param_oids[i] if i < len(param_oids) else 0 for i in range(n)]
+        want_binary = bool(result_formats) and all(f == 1 for f in result_formats)
+        results = await self._run([("send_query_params", (
+            checked.encode(), list(params), types or None, fmts or None, 1 if want_binary else 0))])  # fmt: skip
+        res = results[-1]
+        fields = _fields_of(res)
+        tag = (res.command_status or b"").decode() or "SELECT 0"
+        if fields is None:
+            return CatalogResult(tag, None)
+        if want_binary and len(result_formats) not in (1, len(fields)):
+            raise ProxyError("08P01", f"bind message has {len(result_formats)} result formats "
+                             f"but query has {len(fields)} columns")  # fmt: skip
+        rows = [[res.get_value(r, c) for c in range(res.nfields)] for r in range(res.ntuples)]
+        return CatalogResult(tag, fields, rows, 1 if want_binary else 0)
+
+    async def describe(
+        self, sql: str, param_oids: Sequence[int] = ()
+    ) -> tuple[list[int], list[CatalogField] | None]:
+        """Parameter type OIDs and result fields of a catalog statement, without running it."""
+        checked = self.check(sql)
+        results = await self._run([
+            ("send_prepare", (b"", checked.encode(), list(param_oids) or None)),
+            ("send_describe_prepared", (b"",)),
+        ])  # fmt: skip
+        res = results[-1]
+        return [res.param_type(i) for i in range(res.nparams)], _fields_of(res)
+
+    def _raise_error(self, results: list[pq.abc.PGresult]) -> None:
+        for res in results:
+            if res.status != pq.ExecStatus.FATAL_ERROR:
+                continue
+            # The mirror holds no private rows, so its messages are safe to pass on.
+            state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() or QUERY_FAILED
+            msg = (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"query failed").decode()
+            hint_b = res.error_field(pq.DiagnosticField.MESSAGE_HINT)
+            hint = hint_b.decode() if hint_b else None
+            if state == "42P01":
+                hint = "declared tables: " + ", ".join(self.tables)
+            if state == "42501" and "permission denied" in msg:
+                hint = _REFUSAL_HINT
+            raise ProxyError(state, msg, hint)
 
 
-    def _error(self, e: asyncpg.PostgresError) -> ProxyError:
-        # The mirror holds no private rows, so its messages are safe to pass on.
-        state = getattr(e, "sqlstate", None) or QUERY_FAILED
-        hint = "declared tables: " + ", ".join(self.tables) if state == "42P01" else None
-        return ProxyError(state, str(e).splitlines()[0] if str(e) else "query failed", hint)
+def catalog_to_result(result: Any) -> Any:
+    """A mirror result as decoded rows, for cursors and COPY (which re-encode values).
 
+    Values of types dpproxy encodes keep their type; anything else becomes text, as
+    PostgreSQL printed it. A `Result` (answered by dpproxy itself) passes unchanged.
+    """
+    if not isinstance(result, CatalogResult):
+        return result
+    from proxy.commands import Result
+    from proxy.results import TYPE_OIDS
 
-def _plain(v: Any, type_name: str) -> Any:
-    if type_name != "text" or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, list):
-        return "{" + ",".join("NULL" if x is None else str(x) for x in v) + "}"
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if isinstance(v, bytes):
-        return v.decode("latin-1")  # the one-byte "char" type
-    return str(v)
+    names = {oid: name for name, oid in TYPE_OIDS.items()}
+    if result.fields is None:
+        return Result(result.tag, notices=list(result.notices))
+    columns = [(f.name, names.get(f.type_oid, "text")) for f in result.fields]
+    rows = []
+    for raw_row in result.rows:
+        row = []
+        for (_, tname), f, raw in zip(columns, result.fields, raw_row, strict=True):
+            if raw is None:
+                row.append(None)
+            elif result.row_format == 0 and tname != "text":
+                row.append(decode_param(raw, f.type_oid, 0))
+            else:
+                row.append(raw.decode("utf-8", "replace") if result.row_format == 0 else raw)
+        rows.append(tuple(row))
+    return Result(result.tag, columns, rows, notices=list(result.notices))

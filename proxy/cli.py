@@ -1,4 +1,4 @@
-"""The `dpproxy` command line: serve, demo, passwd."""
+"""The `dpproxy` command line: serve, demo, mirror refresh, passwd."""
 
 from __future__ import annotations
 
@@ -61,6 +61,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         config.listen.port = args.port
     _run(_serve(config))
+    return 0
+
+
+def cmd_mirror_refresh(args: argparse.Namespace) -> int:
+    """Rebuild the catalog mirror from the data database's schema (see proxy/mirror.py)."""
+    from proxy.mirror import MirrorError, refresh_mirror
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as e:
+        print(f"dpproxy: {e}", file=sys.stderr)
+        return 2
+    if config.backend.catalog_dsn is None or config.metadata is None:
+        print("dpproxy: backend.catalog_dsn is not set: there is no mirror to refresh", file=sys.stderr)
+        return 2
+    try:
+        refresh_mirror(config.backend.dsn, config.backend.catalog_dsn, config.metadata,
+                       force=True, progress=_progress)  # fmt: skip
+    except (MirrorError, OSError, Exception) as e:  # noqa: BLE001 - one message, no traceback
+        print(f"dpproxy: mirror refresh failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -164,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.metadata_tools import add_metadata_commands
 
     add_metadata_commands(sub)
+    mi = sub.add_parser("mirror", help="manage the catalog mirror")
+    mi_sub = mi.add_subparsers(dest="mirror_command", required=True)
+    mr = mi_sub.add_parser("refresh", help="rebuild the catalog mirror from the data database's schema")
+    mr.add_argument("--config", required=True, help="path to dpproxy.yaml")
+    mr.set_defaults(func=cmd_mirror_refresh)
 
     pw = sub.add_parser("passwd", help="print a SCRAM verifier for an analyst's password")
     pw.set_defaults(func=cmd_passwd)
@@ -182,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # sqlglot reports its own parsing decisions at INFO; they are noise in our logs.
+    logging.getLogger("sqlglot").setLevel(logging.WARNING)
     return int(args.func(args))
 
 

@@ -21,6 +21,7 @@ from proxy.budget_sql import (
     select_budget,
     session_delta,
 )
+from proxy.catalog import CatalogResult, catalog_to_result, describe_fields
 from proxy.commands import Result, run_session_command
 from proxy.config import AnalystConfig
 from proxy.cursors import Cursor
@@ -33,6 +34,7 @@ from proxy.errors import (
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
+    UNDEFINED_OBJECT,
     ProxyError,
 )
 from proxy.extended import Portal, Prepared, ProtocolState
@@ -348,7 +350,8 @@ class Connection:
                     self.session.begin_implicit()
                 for c in commands:
                     result = await self._run(c)
-                    self._send_result(result, (1,) if result.binary else ())
+                    binary = isinstance(result, Result) and result.binary
+                    self._send_result(result, (1,) if binary else ())
                     self._transaction_ended()
                 self.session.end_implicit()
         except (ProxyError, RewriteError) as e:
@@ -357,7 +360,12 @@ class Connection:
         self._transaction_ended()
         await self._ready()
 
-    def _send_result(self, result: Result, formats: tuple[int, ...]) -> None:
+    def _send_result(self, result: Result | CatalogResult, formats: tuple[int, ...]) -> None:
+        if isinstance(result, CatalogResult):  # the mirror's fields and raw rows
+            if result.fields is not None:
+                self._send(result.row_description(formats) + result.data_rows(formats))
+            self._send(codec.command_complete(result.tag))
+            return
         for sqlstate, text in result.warnings:
             self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
         if result.copy is not None and result.columns is not None:
@@ -375,7 +383,7 @@ class Connection:
 
     # --- running one statement ------------------------------------------------------------
 
-    async def _run(self, cmd: Command, params: list[Any] | None = None) -> Result:
+    async def _run(self, cmd: Command, params: list[Any] | None = None) -> Result | CatalogResult:
         """Run one routed statement (simple or extended protocol) and return its result."""
         assert self.session is not None
         if isinstance(cmd, Routed):
@@ -399,7 +407,7 @@ class Connection:
             self.state.deallocate(cmd.name)
             return Result("DEALLOCATE ALL" if cmd.name is None else "DEALLOCATE")
         if isinstance(cmd, CopyOut):
-            inner = await self._execute(cmd.query, params)
+            inner = catalog_to_result(await self._execute(cmd.query, params))
             return Result(f"COPY {len(inner.rows)}", inner.columns or [], inner.rows,
                           notices=inner.notices, copy=cmd)  # fmt: skip
         assert isinstance(cmd, LocalSelect)
@@ -412,7 +420,7 @@ class Connection:
         if portal.prepared.command is None:
             raise ProxyError("55000", f'portal "{cmd.spec.name}" cannot be run')
         if portal.result is None:
-            portal.result = await self._run(portal.prepared.command, portal.params)
+            portal.result = catalog_to_result(await self._run(portal.prepared.command, portal.params))
         result = portal.result
         view = Cursor(cmd.spec.name, result.columns or [], result.rows, scroll=False, position=portal.sent)
         rows = view.fetch(cmd.spec)
@@ -430,13 +438,15 @@ class Connection:
         if spec.name in self.state.cursors or spec.name in self.state.portals:
             self.state.add_cursor(Cursor(spec.name, [], []), False)  # raises 42P03
         # The query is answered (and a DP query charged) now; FETCH serves from memory.
-        inner = await self._execute(cmd.query, params)
+        inner = catalog_to_result(await self._execute(cmd.query, params))
         cursor = Cursor(spec.name, inner.columns or [], inner.rows, binary=spec.binary,
                         scroll=spec.scroll, hold=spec.hold)  # fmt: skip
         self.state.add_cursor(cursor, self.session.in_transaction)
         return Result("DECLARE CURSOR", notices=inner.notices)
 
-    async def _execute(self, routed: Routed, params: list[Any] | None = None) -> Result:
+    async def _execute(
+        self, routed: Routed, params: list[Any] | None = None, portal: Portal | None = None
+    ) -> Result | CatalogResult:
         assert self.session is not None and self.analyst is not None
         st = routed.statement
         if routed.route == Route.SESSION:
@@ -444,9 +454,20 @@ class Connection:
                 return await budget_result(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset)
             if st.keyword == "DISCARD":
                 self._discard(st.text)
-            return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
+            try:
+                return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
+            except ProxyError as e:
+                # Server settings dpproxy does not track (SHOW transaction isolation level,
+                # SHOW max_identifier_length) are read from the mirror.
+                if st.keyword != "SHOW" or e.sqlstate != UNDEFINED_OBJECT or "dp." in st.text.lower():
+                    raise
+                return await self._cancellable(self.ctx.catalog.execute(st.text))
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
+        if routed.route == Route.CATALOG and routed.tree is None:
+            # Introspection sqlglot cannot parse (asyncpg's type query) that names no
+            # private table: the mirror answers it as it is.
+            return await self._on_mirror(st.text, portal)
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         if params:
             tree = bind_parameters(tree, params)
@@ -460,7 +481,16 @@ class Connection:
             raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
         if (picked := budget_select_columns(tree)) is not None:  # issue #5: SELECT FROM dp.budget
             return await select_budget(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset, picked)
-        return await self._cancellable(self.ctx.catalog.run(tree))
+        # The catalog mirror gets the client's text and raw parameters, unchanged.
+        return await self._on_mirror(st.text, portal)
+
+    async def _on_mirror(self, sql: str, portal: Portal | None) -> CatalogResult:
+        """Run a statement on the catalog mirror with the client's raw parameters."""
+        if portal is None:
+            return await self._cancellable(self.ctx.catalog.execute(sql))
+        return await self._cancellable(self.ctx.catalog.execute(
+            sql, portal.raw_params, portal.prepared.param_oids, portal.raw_formats, portal.formats
+        ))  # fmt: skip
 
     def _discard(self, text: str) -> None:
         assert self.session is not None
@@ -472,7 +502,7 @@ class Connection:
         elif what == "PLANS":
             self.state.statements.clear()
 
-    async def _cancellable(self, coro: Any) -> Result:
+    async def _cancellable(self, coro: Any) -> Any:
         self.running = asyncio.ensure_future(coro)
         try:
             return await self.running
@@ -517,8 +547,8 @@ class Connection:
     def _param_oids(self, command: Command | None, given: tuple[int, ...]) -> tuple[int, ...]:
         """Parameter types: the client's where given (non-zero), else inferred, else text."""
         tree = _tree_of(command)
-        if tree is None:
-            return given
+        if tree is None or _is_catalog(command):
+            return given  # the mirror infers catalog statements' parameter types itself
         n = max(count_parameters(tree), len(given))
         inferred = infer_parameter_types(tree, self.ctx.meta)
         out = []
@@ -530,6 +560,15 @@ class Connection:
     def _bind(self, msg: m.Bind) -> None:
         prepared = self.state.statement(msg.statement)
         oids = prepared.param_oids
+        if _is_catalog(prepared.command):
+            for code in (*msg.param_formats, *msg.result_formats):
+                if code not in (0, 1):
+                    raise ProxyError(INVALID_PARAMETER_VALUE, f"unsupported format code: {code}")
+            self.state.add_portal(msg.portal, Portal(prepared, [], msg.result_formats,
+                                                     raw_params=list(msg.params),
+                                                     raw_formats=msg.param_formats))  # fmt: skip
+            self._send(codec.bind_complete())
+            return
         if len(msg.params) != len(oids):
             shown = msg.statement or "unnamed"
             raise ProxyError(PROTOCOL_VIOLATION, f'bind message supplies {len(msg.params)} parameters, '
@@ -549,7 +588,13 @@ class Connection:
         self._send(codec.bind_complete())
 
     async def _describe(self, msg: m.Describe) -> None:
-        if msg.kind == "S":
+        if msg.kind == "S" and _is_catalog(self.state.statement(msg.name).command):
+            # Parameter types and fields as the mirror describes them.
+            prepared = self.state.statement(msg.name)
+            oids, fields = await self.ctx.catalog.describe(prepared.sql, prepared.param_oids)
+            self._send(codec.parameter_description(oids))
+            self._send(codec.no_data() if fields is None else describe_fields(fields))
+        elif msg.kind == "S":
             prepared = self.state.statement(msg.name)
             self._send(codec.parameter_description(prepared.param_oids))
             self._send_description(await self._columns_of(prepared.command, None), ())
@@ -557,6 +602,10 @@ class Connection:
             # A SQL cursor is a portal too (psycopg describes its DECLAREd cursors).
             cursor = self.state.cursor(msg.name)
             self._send_description(cursor.columns, (1,) if cursor.binary else ())
+        elif _is_catalog(self.state.portal(msg.name).prepared.command):
+            portal = self.state.portal(msg.name)
+            _, fields = await self.ctx.catalog.describe(portal.prepared.sql, portal.prepared.param_oids)
+            self._send(codec.no_data() if fields is None else describe_fields(fields, portal.formats))
         else:
             portal = self.state.portal(msg.name)
             if portal.result is not None:
@@ -596,8 +645,6 @@ class Connection:
             return [(name, "text")]
         if routed.route == Route.CATALOG and (picked := budget_select_columns(routed.tree)) is not None:
             return [BUDGET_COLUMNS[i] for i in picked]  # issue #5
-        if routed.route == Route.CATALOG and routed.tree is not None:
-            return await self.ctx.catalog.describe(routed.statement.text)
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:
@@ -606,8 +653,27 @@ class Connection:
         if command is None:
             self._send(codec.empty_query_response())
             return
+        if portal.catalog is not None:
+            self._send_catalog_rows(portal.catalog, portal, msg.max_rows)
+            return
+        if _is_catalog(command) and portal.result is None:
+            assert isinstance(command, Routed)
+            if portal.catalog is None:
+                ran = await self._execute(command, None, portal)
+                if isinstance(ran, Result):  # answered by dpproxy (e.g. dp.budget)
+                    portal.result = ran
+                else:
+                    portal.catalog = ran
+            if portal.catalog is not None:
+                self._send_catalog_rows(portal.catalog, portal, msg.max_rows)
+                return
         if portal.result is None:
-            portal.result = await self._run(command, portal.params)
+            ran = await self._run(command, portal.params)
+            if isinstance(ran, CatalogResult):  # e.g. SHOW of a setting the mirror knows
+                portal.catalog = ran
+                self._send_catalog_rows(ran, portal, msg.max_rows)
+                return
+            portal.result = ran
             for sqlstate, text in portal.result.warnings:
                 self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
         result = portal.result
@@ -637,6 +703,29 @@ class Connection:
         elif tag.startswith("FETCH "):
             tag = f"FETCH {portal.sent}"
         self._send(codec.command_complete(tag))
+
+    def _send_catalog_rows(self, result: CatalogResult, portal: Portal, max_rows: int) -> None:
+        """The mirror's raw rows, with the same row-limit rules as computed results."""
+        if result.fields is None:
+            self._send(codec.command_complete(result.tag))
+            return
+        stop = len(result.rows) if max_rows <= 0 else min(len(result.rows), portal.sent + max_rows)
+        self._send(result.data_rows(portal.formats, portal.sent, stop))
+        portal.sent = stop
+        if stop < len(result.rows):
+            self._send(codec.portal_suspended())
+            return
+        tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
+        self._send(codec.command_complete(tag))
+
+
+def _is_catalog(command: Command | None) -> bool:
+    """A statement answered by the catalog mirror (not dp.budget, which dpproxy answers)."""
+    return (
+        isinstance(command, Routed)
+        and command.route == Route.CATALOG
+        and budget_select_columns(command.tree) is None
+    )
 
 
 def _tree_of(command: Command | None) -> exp.Expression | None:

@@ -16,6 +16,7 @@ from proxy.cursors import DUPLICATE_CURSOR, Cursor
 from proxy.errors import ProxyError
 
 if TYPE_CHECKING:
+    from proxy.catalog import CatalogResult
     from proxy.commands import Result
     from proxy.statements import Command
 
@@ -42,6 +43,11 @@ class Portal:
     formats: tuple[int, ...]
     result: Result | None = None
     sent: int = 0
+    # Catalog statements: the client's raw parameters go to the mirror as they came,
+    # and the mirror's raw rows come back (see proxy/catalog.py).
+    raw_params: list[bytes | None] = field(default_factory=list)
+    raw_formats: tuple[int, ...] = ()
+    catalog: CatalogResult | None = None
 
 
 @dataclass

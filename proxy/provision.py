@@ -17,6 +17,7 @@ import yaml
 from psycopg import sql
 
 from proxy.auth.scram import make_verifier
+from proxy.mirror import harden_mirror_database
 from proxy.sampledata import create_reader_role, load_tpch
 from rewriter.metadata import Metadata
 
@@ -92,6 +93,9 @@ def provision(
     catalog_db = f"{dataset_db}_catalog"
     _create_login_role(dsn_for("postgres"), CATALOG_ROLE, catalog_pw)
     _create_database(dsn_for("postgres"), catalog_db, owner=CATALOG_ROLE)
+    # Second layer behind dpproxy's own refusals: inside the mirror, revoke what reaches
+    # other sessions, databases or files (advisory locks stay: the mirror build uses them); and no CONNECT to the data or ledger by default.
+    harden_mirror_database(dsn_for(catalog_db), [dataset_db, ledger_db])
     progress("created the reader role, the ledger database and the catalog mirror")
 
     config = {

@@ -88,7 +88,9 @@ class Server:
         # Issue #5: the ledger (accountant, group commit, analysts synced from the
         # config) and the answer cache come from proxy/admin.py.
         ledger, cache = await open_ledger(config)
-        catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata)
+        # The mirror is brought up to date from the data database's schema at start-up.
+        catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata, config.backend.dsn,
+                                     statement_timeout_ms=config.backend.statement_timeout_ms)
         engine = DPEngine(config.metadata, Mechanisms(), ledger, data, cache=cache,
                           cache_shared=config.cache.shared, data_version=config.cache.data_version,
                           default_delta=config.privacy.default_delta)  # fmt: skip

@@ -65,8 +65,10 @@ REFUSED = [
     # Catalog statistics that describe the real data.
     ("SELECT * FROM pg_stats", {"42501"}),
     ("SELECT * FROM pg_statistic", {"42501"}),
-    ("SELECT * FROM pg_stat_user_tables", {"42501"}),
-    ("SELECT pg_relation_size('orders')", {"42501"}),
+    # Per-table statistics and sizes are answered by NULL stand-ins (BI tools read them
+    # at sync): see test_table_statistics_are_null below.
+    ("SELECT * FROM pg_stat_user_tables", set()),
+    ("SELECT pg_relation_size('orders')", set()),
     ("SELECT pg_database_size(current_database())", {"42501"}),
     ("SELECT * FROM pg_stat_activity", {"42501"}),
     ("SELECT pg_ls_dir('.')", {"42501"}),
@@ -111,6 +113,15 @@ def test_hostile_query_refused_free_and_harmless(
         assert direct.execute("SELECT count(*) FROM orders").fetchone() == n_orders
     # The connection is still usable.
     assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_table_statistics_are_null(conn: psycopg.Connection) -> None:
+    row = conn.execute(
+        "SELECT n_live_tup, seq_scan, n_tup_ins FROM pg_stat_user_tables WHERE relname = 'orders'"
+    ).fetchone()
+    assert row is None or all(v is None for v in row)
+    assert conn.execute("SELECT pg_relation_size('orders')").fetchone() == (None,)
+    assert conn.execute("SELECT pg_total_relation_size('customer')").fetchone() == (None,)
 
 
 def test_mirror_has_no_rows_or_statistics(conn: psycopg.Connection) -> None:
