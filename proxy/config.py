@@ -61,6 +61,9 @@ class AnalystConfig(BaseModel):
     budget_epsilon: Decimal = Field(gt=0, description="Total epsilon over the analyst's lifetime.")
     max_epsilon_per_query: Decimal | None = Field(default=None, gt=0)
     enabled: bool = True
+    reply_quantum_ms: int | None = Field(
+        default=None, ge=0, le=600_000, description="Overrides limits.reply_quantum_ms."
+    )
     # Issue #5 (budgets): delta budget (approx accountant) and optional renewal.
     budget_delta: Decimal = Field(default=Decimal("1e-6"), ge=0, lt=1)
     renewal_period: timedelta | None = Field(
@@ -76,6 +79,23 @@ class AnalystConfig(BaseModel):
                 "clear-text passwords are not accepted"
             )
         return v
+
+
+class LimitsConfig(BaseModel):
+    """What one analyst (or everyone together) may make one proxy process do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_connections: int = Field(default=1000, ge=1, description="Client sessions per process.")
+    max_connections_per_analyst: int = Field(default=100, ge=1)
+    max_concurrent_queries_per_analyst: int = Field(
+        default=16, ge=1, description="DP queries of one analyst running at once; more wait."
+    )
+    idle_session_timeout_s: float = Field(default=0, ge=0, description="0 disables it.")
+    idle_in_transaction_timeout_s: float = Field(default=0, ge=0, description="0 disables it.")
+    reply_quantum_ms: int = Field(
+        default=0, ge=0, le=600_000, description="Pad DP replies to multiples of this (0: off)."
+    )
 
 
 class PrivacyConfig(BaseModel):
@@ -124,6 +144,7 @@ class Config(BaseModel):
     privacy: PrivacyConfig = PrivacyConfig()
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
+    limits: LimitsConfig = LimitsConfig()
     metadata_file: Path = Field(description="Path to the metadata YAML (relative to this file).")
     analysts: list[AnalystConfig] = Field(default_factory=list)
     metadata: Metadata | None = Field(default=None, exclude=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.admin import lookup_analyst
@@ -38,6 +39,7 @@ from proxy.errors import (
     ProxyError,
 )
 from proxy.extended import Portal, Prepared, ProtocolState
+from proxy.limits import pad_to_quantum
 from proxy.results import describe_columns, encode_copy_rows, encode_rows, type_oid
 from proxy.router import Route, Routed
 from proxy.session import NO_ACTIVE_TRANSACTION, Session
@@ -96,16 +98,34 @@ class Connection:
         self.pid = 0
         self.secret = b""
         self.running: asyncio.Task[Any] | None = None
+        self.admitted = ""  # the analyst counted in by the connection limits
 
     # --- plumbing -----------------------------------------------------------------------
 
     async def _next(self) -> Any:
         while not self.pending:
-            data = await self.reader.read(1 << 16)
+            timeout, state, text = self._idle_limit()
+            try:
+                data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
+            except TimeoutError:
+                await self._fatal(state, text)
             if not data:
                 raise _Close()
             self.pending.extend(self.decoder.feed(data))
         return self.pending.pop(0)
+
+    def _idle_limit(self) -> tuple[float | None, str, str]:
+        """How long the client may stay silent now, with PostgreSQL's error if it does."""
+        limits = self.ctx.config.limits
+        if self.session is None or self.out:
+            return None, "", ""
+        if self.session.tx_status in ("T", "E") and limits.idle_in_transaction_timeout_s > 0:
+            return (limits.idle_in_transaction_timeout_s, "25P03",
+                    "terminating connection due to idle-in-transaction timeout")  # fmt: skip
+        if limits.idle_session_timeout_s > 0:
+            return (limits.idle_session_timeout_s, "57P05",
+                    "terminating connection due to idle-session timeout")  # fmt: skip
+        return None, "", ""
 
     def _send(self, data: bytes) -> None:
         self.out.append(data)
@@ -161,6 +181,8 @@ class Connection:
             except (ConnectionError, OSError):
                 pass
         finally:
+            if self.admitted:
+                self.ctx.admission.release(self.admitted)
             self.ctx.unregister(self.pid)
             try:
                 self.writer.close()
@@ -206,6 +228,11 @@ class Connection:
                               f'database "{database}", no encryption')  # fmt: skip
         await self._authenticate(user)
         assert self.analyst is not None
+        try:
+            self.ctx.admission.admit(user)
+        except ProxyError as e:
+            await self._fatal(e.sqlstate, e.message)
+        self.admitted = user
         if database != self.ctx.meta.dataset:
             await self._fatal(INVALID_CATALOG_NAME, f'database "{database}" does not exist')
         self.session = Session.start(
@@ -473,10 +500,16 @@ class Connection:
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
             key = st.text if not params else tree.sql(dialect="postgres")
-            return await self._cancellable(
-                self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon,
-                                       session_delta(self.session.get("dp.delta")))  # fmt: skip
-            )
+            started = time.monotonic()
+            try:
+                async with self.ctx.admission.query_slot(self.analyst.name):
+                    return await self._cancellable(
+                        self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon,
+                                               session_delta(self.session.get("dp.delta")))  # fmt: skip
+                    )
+            finally:
+                # Success, refusal, error and timeout all reply on the quantum's grid.
+                await pad_to_quantum(started, self._reply_quantum())
         if routed.route == Route.EXPLAIN:
             raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
         if (picked := budget_select_columns(tree)) is not None:  # issue #5: SELECT FROM dp.budget
@@ -512,6 +545,12 @@ class Connection:
             raise
         finally:
             self.running = None
+
+    def _reply_quantum(self) -> float:
+        assert self.analyst is not None
+        own = self.ctx.config.analyst(self.analyst.name)
+        ms = own.reply_quantum_ms if own is not None and own.reply_quantum_ms is not None else None
+        return (ms if ms is not None else self.ctx.config.limits.reply_quantum_ms) / 1000
 
     def cancel_running(self) -> None:
         """Cancel the statement this connection is running (from a CancelRequest)."""

@@ -16,6 +16,7 @@ from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
+from proxy.limits import Admission
 from proxy.tls import TLSSetup, load_tls
 from rewriter.metadata import Metadata
 
@@ -35,6 +36,7 @@ class ServerContext:
     catalog: Catalog
     server_version: str
     tls: TLSSetup | None = None  # set when listen.tls_cert/tls_key are configured
+    admission: Admission = field(default_factory=lambda: Admission(1000, 100, 16))
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
 
@@ -101,6 +103,11 @@ class Server:
             catalog=catalog,
             server_version=str(version),
             tls=tls,
+            admission=Admission(
+                config.limits.max_connections,
+                config.limits.max_connections_per_analyst,
+                config.limits.max_concurrent_queries_per_analyst,
+            ),
         )
         return cls(ctx, data, ledger)
 
