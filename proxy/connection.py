@@ -52,7 +52,6 @@ from proxy.statements import (
     Fetch,
     LocalSelect,
     local_columns,
-    route,
     run_local,
 )
 from proxy.wire import codec
@@ -60,7 +59,7 @@ from proxy.wire import messages as m
 from proxy.wire.types import decode_param
 from rewriter.errors import SYNTAX_ERROR, RewriteError
 from rewriter.params import bind_parameters, count_parameters
-from rewriter.parse import parse_one, split_statements
+from rewriter.parse import parse_one
 from rewriter.typing import infer_parameter_types
 
 if TYPE_CHECKING:
@@ -365,13 +364,12 @@ class Connection:
         self.state.statements.pop("", None)
         self.state.portals.pop("", None)
         try:
-            statements = split_statements(sql)
-            if not statements:
+            # Every statement is checked before any runs: a string that contains one
+            # refused statement is refused as a whole.
+            commands = self.ctx.routes.commands(sql)
+            if not commands:
                 self._send(codec.empty_query_response())
             else:
-                # Every statement is checked before any runs: a string that contains
-                # one refused statement is refused as a whole.
-                commands = [route(s, self.ctx.meta) for s in statements]
                 if len(commands) > 1:
                     # PostgreSQL runs a multi-statement string as one implicit transaction.
                     self.session.begin_implicit()
@@ -575,10 +573,10 @@ class Connection:
     def _parse(self, msg: m.Parse) -> None:
         if msg.name and msg.name in self.state.statements:
             self.state.add_statement(msg.name, self.state.statements[msg.name])  # raises 42P05
-        statements = split_statements(msg.query)
-        if len(statements) > 1:
+        commands = self.ctx.routes.commands(msg.query)
+        if len(commands) > 1:
             raise ProxyError(SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")
-        command = route(statements[0], self.ctx.meta) if statements else None
+        command = commands[0] if commands else None
         oids = self._param_oids(command, msg.param_oids)
         self.state.add_statement(msg.name, Prepared(msg.query, command, oids))
         self._send(codec.parse_complete())

@@ -17,6 +17,7 @@ from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
 from proxy.limits import Admission
+from proxy.route_cache import RouteCache
 from proxy.tls import TLSSetup, load_tls
 from rewriter.metadata import Metadata
 
@@ -37,6 +38,10 @@ class ServerContext:
     server_version: str
     tls: TLSSetup | None = None  # set when listen.tls_cert/tls_key are configured
     admission: Admission = field(default_factory=lambda: Admission(1000, 100, 16))
+    routes: RouteCache = field(init=False)  # routing decisions, remembered by text
+
+    def __post_init__(self) -> None:
+        self.routes = RouteCache(self.meta)
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
 

@@ -1,0 +1,58 @@
+"""A per-process cache of routing decisions, keyed by the exact statement text.
+
+Splitting and routing are pure functions of the text and the metadata, and parsing is
+the largest cost of a small query, so a repeated statement (a BI tool's catalog probe,
+a dashboard's query, a driver's prepared statement) skips sqlglot entirely. Refusals
+are cached too, as their SQLSTATE and text, and raised anew each time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from proxy.errors import ProxyError
+from proxy.statements import Command, route
+from rewriter.errors import RewriteError
+from rewriter.metadata import Metadata
+from rewriter.parse import split_statements
+
+MAX_CACHED_TEXT = 64 * 1024  # longer statements are routed every time, not kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    sqlstate: str
+    message: str
+    hint: str | None
+    detail: str | None
+
+    def error(self) -> ProxyError:
+        return ProxyError(self.sqlstate, self.message, hint=self.hint, detail=self.detail)
+
+
+class RouteCache:
+    """`split_statements` + `route` for a whole query string, remembered by its text."""
+
+    def __init__(self, meta: Metadata, size: int = 4096) -> None:
+        self.meta = meta
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Command, ...] | _Refusal] = OrderedDict()
+
+    def commands(self, sql: str) -> tuple[Command, ...]:
+        """The routed commands of a query string, or the refusal it always gets."""
+        entry = self._entries.get(sql)
+        if entry is None:
+            try:
+                entry = tuple(route(s, self.meta) for s in split_statements(sql))
+            except (ProxyError, RewriteError) as e:
+                entry = _Refusal(e.sqlstate, e.message, e.hint, getattr(e, "detail", None))
+            if len(sql) <= MAX_CACHED_TEXT:
+                self._entries[sql] = entry
+                if len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        else:
+            self._entries.move_to_end(sql)
+        if isinstance(entry, _Refusal):
+            raise entry.error()
+        return entry
