@@ -28,6 +28,8 @@ REPORTED = (
     "TimeZone",
 )
 
+_REPORTED_CANONICAL = {k.lower(): k for k in REPORTED}
+
 FIXED = {
     # Clients refuse to work unless these hold, and dpproxy's encoders assume them.
     "client_encoding": "UTF8",
@@ -118,7 +120,10 @@ class Session:
     def canonical(self, name: str) -> str:
         """The canonical spelling of a setting name (DateStyle, TimeZone...)."""
         lname = name.lower()
-        for k in (*REPORTED, *self.defaults):
+        canon = _REPORTED_CANONICAL.get(lname)
+        if canon is not None:
+            return canon
+        for k in self.defaults:
             if k.lower() == lname:
                 return k
         return lname
@@ -266,4 +271,14 @@ class Session:
         Comparing this before and after a statement gives the ParameterStatus messages
         to send, whatever changed the setting (SET, RESET, ROLLBACK, DISCARD).
         """
-        return [(k, v) for k in REPORTED if (v := self.get(k)) is not None]
+        # REPORTED names are canonical already: look them up without canonical().
+        out = []
+        for k in REPORTED:
+            v = self.local.get(k)
+            if v is None:
+                v = self.settings.get(k)
+            if v is None:
+                v = self.defaults.get(k)
+            if v is not None:
+                out.append((k, v))
+        return out
