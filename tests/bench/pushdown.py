@@ -1,0 +1,83 @@
+"""Pushdown cost: database time of dpproxy's rewritten SQL over the plain query's.
+
+Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5]
+
+For each TPC-H DP query, the plain SQL (what an analyst would run without dpproxy) and
+the bounded SQL the rewriter emits both run directly on the same PostgreSQL, in the
+same run; the printed ratio is median(rewritten) / median(plain). Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from proxy.pgcluster import PgCluster
+from proxy.provision import example_metadata_path
+from proxy.sampledata import load_tpch
+from rewriter.metadata import load_metadata
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+
+QUERIES = {
+    "count": "SELECT COUNT(*) FROM orders",
+    "grouped_avg": "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders "
+    "WHERE o_orderdate >= '1995-01-01' GROUP BY o_orderpriority",
+    "sum_filter": "SELECT SUM(o_totalprice) FROM orders WHERE o_orderstatus = 'F'",
+    "customer_sum": "SELECT c_mktsegment, SUM(c_acctbal) FROM customer GROUP BY c_mktsegment",
+    "count_distinct_units": "SELECT COUNT(DISTINCT o_custkey) FROM orders",
+    "lineitem_join": "SELECT l_returnflag, COUNT(*), SUM(l_quantity) FROM lineitem "
+    "GROUP BY l_returnflag",
+}
+
+
+def timed(conn: psycopg.Connection, sql: str, runs: int) -> float:
+    """Median wall time of `runs` executions (after one warm-up), in milliseconds."""
+    conn.execute(sql).fetchall()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        conn.execute(sql).fetchall()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Load TPC-H, then time each plain/rewritten pair and print a table."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    meta = load_metadata(example_metadata_path())
+    with PgCluster.start(durable=False, base_dir=Path(tempfile.gettempdir())) as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE DATABASE tpch")
+        dsn = cluster.dsn("tpch")
+        load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
+        rows = []
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET max_parallel_workers_per_gather = 0")  # comparable, 2 cores
+            for name, sql in QUERIES.items():
+                try:
+                    bounded = rewrite(parse_one(sql), meta).sql
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    print(f"{name}: not rewritten ({e})")
+                    continue
+                plain = timed(conn, sql, args.runs)
+                dp = timed(conn, bounded, args.runs)
+                rows.append((name, plain, dp, dp / plain))
+                print(f"{name:22} plain {plain:8.1f} ms  rewritten {dp:8.1f} ms  ratio {dp / plain:5.2f}",
+                      flush=True)  # fmt: skip
+    print(f"\nTPC-H scale {args.scale}, median of {args.runs} runs\n")
+    print("| query | plain ms | rewritten ms | ratio |\n|---|---|---|---|")
+    for name, plain, dp, ratio in rows:
+        print(f"| {name} | {plain:.1f} | {dp:.1f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
