@@ -216,7 +216,7 @@ class Ops:
             if getattr(conn, "analyst", None) is None or raw is None:
                 return  # not a statement (a Sync, a Close...) or before login
             obs = self.begin(conn, None, raw, protocol)
-            obs.route = "refused_at_parse"
+            obs.route = "unrouted"
         await self.end(obs, error)
 
 
