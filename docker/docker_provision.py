@@ -26,6 +26,8 @@ def main() -> None:
                      [analyst], 6432, print)  # fmt: skip
     cfg = yaml.safe_load(path.read_text())
     cfg["listen"]["host"] = "0.0.0.0"
+    # /metrics for Prometheus and /health for the container healthcheck (issue #8).
+    cfg["observability"] = {"metrics_host": "0.0.0.0", "metrics_port": 9187, "log_format": "json"}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     path.chmod(0o644)
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import logging
 import os
 import secrets
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -22,24 +20,11 @@ def _progress(msg: str) -> None:
     print(f"dpproxy: {msg}", flush=True)
 
 
-async def _serve(config: Config, ready: str | None = None) -> None:
-    from proxy.server import Server
+async def _serve(config: Config, ready: str | None = None, config_path: Path | None = None) -> None:
+    # Issue #8: metrics/health, SIGHUP reload and graceful shutdown live in proxy/lifecycle.py.
+    from proxy.lifecycle import serve_until_stopped
 
-    server = await Server.create(config)
-    host, port = await server.start()
-    _progress(f"listening on {host}:{port} (dataset {config.metadata.dataset if config.metadata else '?'})")
-    if ready:
-        print(ready, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        _progress("shutting down")
-        await server.close()
+    await serve_until_stopped(config, config_path, ready, _progress)
 
 
 def _run(coro: object) -> None:
@@ -60,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.port is not None:
         config.listen.port = args.port
-    _run(_serve(config))
+    _run(_serve(config, config_path=Path(args.config)))
     return 0
 
 
@@ -198,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.admin import add_admin_parsers
 
     add_admin_parsers(sub)
+    # Issue #8: status, audit and explain.
+    from proxy.ops_cli import add_ops_parsers
+
+    add_ops_parsers(sub)
     return p
 
 

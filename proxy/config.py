@@ -134,6 +134,31 @@ class LedgerConfig(BaseModel):
     group_commit_max_batch: int = Field(default=128, ge=1, le=10_000)
 
 
+class ObservabilityConfig(BaseModel):
+    """Metrics, health, logs and the audit log (issue #8, proxy/observe.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="HTTP port of /metrics and /health (off when unset).")
+    log_format: Literal["text", "json"] = "text"
+    log_statements: bool = True
+    audit: bool = True
+    audit_sync: bool = False
+    audit_flush_ms: int = Field(default=100, ge=0, le=60_000)
+    instance: str | None = Field(default=None, description="Replica name in logs and audit (host:pid).")
+    health_timeout_ms: int = Field(default=1000, ge=10, le=60_000)
+
+
+class LifecycleConfig(BaseModel):
+    """Graceful shutdown (issue #8, proxy/lifecycle.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shutdown_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+
+
 class Config(BaseModel):
     """The whole configuration file."""
 
@@ -145,6 +170,8 @@ class Config(BaseModel):
     cache: CacheConfig = CacheConfig()
     ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()  # issue #8
+    lifecycle: LifecycleConfig = LifecycleConfig()  # issue #8
     metadata_file: Path = Field(description="Path to the metadata YAML (relative to this file).")
     analysts: list[AnalystConfig] = Field(default_factory=list)
     metadata: Metadata | None = Field(default=None, exclude=True)

@@ -40,6 +40,7 @@ from proxy.errors import (
 )
 from proxy.extended import Portal, Prepared, ProtocolState
 from proxy.limits import pad_to_quantum
+from proxy.observe import ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE, message_text, portal_command
 from proxy.results import describe_columns, encode_copy_rows, encode_rows, type_oid
 from proxy.router import Route, Routed
 from proxy.session import NO_ACTIVE_TRANSACTION, Session
@@ -98,16 +99,20 @@ class Connection:
         self.secret = b""
         self.running: asyncio.Task[Any] | None = None
         self.admitted = ""  # the analyst counted in by the connection limits
+        self.idle = False  # issue #8: blocked reading the next message (see proxy/lifecycle.py)
 
     # --- plumbing -----------------------------------------------------------------------
 
     async def _next(self) -> Any:
         while not self.pending:
             timeout, state, text = self._idle_limit()
+            self.idle = True  # issue #8: a graceful shutdown may end a session waiting here
             try:
                 data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
             except TimeoutError:
                 await self._fatal(state, text)
+            finally:
+                self.idle = False
             if not data:
                 raise _Close()
             self.pending.extend(self.decoder.feed(data))
@@ -306,6 +311,11 @@ class Connection:
         assert self.session is not None
         while True:
             msg = await self._next()
+            if self.ctx.ops.draining and not isinstance(msg, m.Terminate):  # issue #8: shutdown
+                await self.ctx.ops.failed(self, ProxyError(ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE),
+                                          msg.sql if isinstance(msg, m.Query) else message_text(self, msg),
+                                          "simple" if isinstance(msg, m.Query) else "extended")  # fmt: skip
+                await self._fatal(ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
             if isinstance(msg, m.Query):
                 await self._simple_query(msg.sql)
             elif isinstance(msg, _EXTENDED):
@@ -316,6 +326,7 @@ class Connection:
                     self.session.begin_implicit()
                     await self._extended(msg)
                 except (ProxyError, RewriteError) as e:
+                    await self.ctx.ops.failed(self, e, message_text(self, msg), "extended")  # issue #8
                     self._error(e)
                     self.session.fail()
                     self.failed = True
@@ -373,13 +384,16 @@ class Connection:
                 if len(commands) > 1:
                     # PostgreSQL runs a multi-statement string as one implicit transaction.
                     self.session.begin_implicit()
-                for c in commands:
+                for s, c in zip(statements, commands, strict=True):
+                    obs = self.ctx.ops.begin(self, c, s.text, "simple")  # issue #8
                     result = await self._run(c)
                     binary = isinstance(result, Result) and result.binary
                     self._send_result(result, (1,) if binary else ())
+                    await self.ctx.ops.end(obs)  # issue #8
                     self._transaction_ended()
                 self.session.end_implicit()
         except (ProxyError, RewriteError) as e:
+            await self.ctx.ops.failed(self, e, sql, "simple")  # issue #8
             self._error(e)
             self.session.fail()
         self._transaction_ended()
@@ -565,7 +579,10 @@ class Connection:
         elif isinstance(msg, m.Describe):
             await self._describe(msg)
         elif isinstance(msg, m.Execute):
+            started = portal_command(self, msg.portal)  # issue #8: None when a portal resumes
+            obs = self.ctx.ops.begin(self, *started, "extended") if started else None
             await self._execute_portal(msg)
+            await self.ctx.ops.end(obs)
         elif isinstance(msg, m.Close):
             self.state.close(msg.kind, msg.name)
             self._send(codec.close_complete())

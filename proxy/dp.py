@@ -30,6 +30,7 @@ from accounting.release import release
 from proxy.commands import Result
 from proxy.config import AnalystConfig
 from proxy.errors import BUDGET_EXHAUSTED, INVALID_PARAMETER_VALUE, QUERY_FAILED, ProxyError
+from proxy.observe import lap, note  # issue #8: per-stage timings and cost, see proxy/observe.py
 from proxy.router import refusal_from
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
@@ -95,11 +96,14 @@ class DPEngine:
     ) -> Result:
         """Answer one DP query: from the cache for free, or charged, run and released."""
         plan = self.plan(sql, tree)
+        lap("parse_rewrite")  # issue #8
         delta = self.default_delta if delta is None else delta
         cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
         if cache_key is not None:
             assert self.cache is not None
             hit = await self.cache.get(cache_key)
+            lap("cache_lookup")  # issue #8
+            note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
             if hit is not None:
                 return await self._cached_result(hit, plan, analyst)
         noise = self._noise(plan, epsilon, delta)
@@ -112,6 +116,8 @@ class DPEngine:
                 cost,
                 mechanisms=[_mech_record(n) for n in noise],
             )
+            lap("ledger_charge")  # issue #8
+            note(epsilon=charge.epsilon, delta=cost.delta)  # issue #8
         except BudgetExhausted as e:
             raise ProxyError(
                 BUDGET_EXHAUSTED,
@@ -121,6 +127,7 @@ class DPEngine:
             ) from e
         try:
             rows = await self.data.fetch(plan.sql)
+            lap("backend")  # issue #8
         except (asyncpg.PostgresError, OSError) as e:
             # The backend's text may quote private values: never forward it.
             raise ProxyError(
@@ -129,6 +136,7 @@ class DPEngine:
                 "reveal private data); its privacy cost has been charged",
             ) from e
         answer = release(plan, rows, noise, self.mechanisms)
+        lap("noise")  # issue #8
         bounds = _bounds(noise, plan)
         columns, out_rows = answer.columns, answer.rows
         if cache_key is not None:

@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.dp import DPEngine
 from proxy.limits import Admission
 from proxy.route_cache import RouteCache
+from proxy.observe import Ops
 from proxy.tls import TLSSetup, load_tls
 from rewriter.metadata import Metadata
 
@@ -39,11 +40,12 @@ class ServerContext:
     tls: TLSSetup | None = None  # set when listen.tls_cert/tls_key are configured
     admission: Admission = field(default_factory=lambda: Admission(1000, 100, 16))
     routes: RouteCache = field(init=False)  # routing decisions, remembered by text
+    mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
+    ops: Ops = field(default_factory=Ops)  # issue #8: metrics, statement log, audit, draining
 
     def __post_init__(self) -> None:
         self.routes = RouteCache(self.meta)
-    mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
-    connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
 
     def register(self, conn: Connection) -> tuple[int, bytes]:
         """Give a connection a (pid, secret) pair for BackendKeyData and cancels."""
@@ -101,7 +103,11 @@ class Server:
         engine = DPEngine(config.metadata, Mechanisms(), ledger, data, cache=cache,
                           cache_shared=config.cache.shared, data_version=config.cache.data_version,
                           default_delta=config.privacy.default_delta)  # fmt: skip
+        from proxy.lifecycle import open_ops  # issue #8
+
+        ops = await open_ops(config, ledger.pool)  # issue #8: audit table and writer, metrics
         ctx = ServerContext(
+            ops=ops,
             config=config,
             meta=config.metadata,
             engine=engine,
@@ -129,6 +135,7 @@ class Server:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)  # type: ignore[arg-type]
+        self.ctx.ops.metrics.connections_total.inc()  # issue #8
         try:
             await Connection(self.ctx, reader, writer).serve()
         finally:

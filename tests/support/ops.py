@@ -1,0 +1,63 @@
+"""Helpers for the operations tests (issue #8): configs with metrics, HTTP, polling."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+from proxy.metrics import parse_exposition
+from proxy.pgcluster import PgCluster
+from tests.support.ledgers import fresh_ledger_config, ledger_dsn
+from tests.support.proxy_process import free_port
+
+T = TypeVar("T")
+
+
+def ops_config(cluster: PgCluster, base: Path, name: str, unique: Any, **observability: Any) -> tuple[Path, int]:
+    """A config with its own fresh ledger and /metrics on a free port (JSON logs)."""
+    port = free_port()
+    obs = {"metrics_port": port, "log_format": "json", "audit_flush_ms": 20, **observability}
+    cfg = fresh_ledger_config(cluster, base, name, unique, observability=obs)
+    return cfg, port
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path -> (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+
+
+def metrics(port: int) -> dict[str, float]:
+    """The proxy's /metrics samples."""
+    code, body = http_get(port, "/metrics")
+    assert code == 200, body
+    return parse_exposition(body)
+
+
+def wait_for(fn: Callable[[], T | None], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `fn` until it returns a truthy value (a bounded wait for an asynchronous write)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = fn()
+        if out:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def audit_rows(config: Path, where: str = "true", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Rows of dpproxy.audit in the config's ledger, oldest first."""
+    with psycopg.connect(ledger_dsn(config)) as c:
+        cur = c.execute(f"SELECT * FROM dpproxy.audit WHERE {where} ORDER BY id", params)  # type: ignore[arg-type]
+        cols = [d.name for d in cur.description or []]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
