@@ -377,14 +377,14 @@ class Connection:
         try:
             # Every statement is checked before any runs: a string that contains one
             # refused statement is refused as a whole.
-            commands = self.ctx.routes.commands(sql)
-            if not commands:
+            routed = self.ctx.routes.commands(sql)
+            if not routed:
                 self._send(codec.empty_query_response())
             else:
-                if len(commands) > 1:
+                if len(routed) > 1:
                     # PostgreSQL runs a multi-statement string as one implicit transaction.
                     self.session.begin_implicit()
-                for s, c in zip(statements, commands, strict=True):
+                for s, c in routed:
                     obs = self.ctx.ops.begin(self, c, s.text, "simple")  # issue #8
                     result = await self._run(c)
                     binary = isinstance(result, Result) and result.binary
@@ -590,10 +590,10 @@ class Connection:
     def _parse(self, msg: m.Parse) -> None:
         if msg.name and msg.name in self.state.statements:
             self.state.add_statement(msg.name, self.state.statements[msg.name])  # raises 42P05
-        commands = self.ctx.routes.commands(msg.query)
-        if len(commands) > 1:
+        routed = self.ctx.routes.commands(msg.query)
+        if len(routed) > 1:
             raise ProxyError(SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")
-        command = commands[0] if commands else None
+        command = routed[0][1] if routed else None
         oids = self._param_oids(command, msg.param_oids)
         self.state.add_statement(msg.name, Prepared(msg.query, command, oids))
         self._send(codec.parse_complete())

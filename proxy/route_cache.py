@@ -15,7 +15,7 @@ from proxy.errors import ProxyError
 from proxy.statements import Command, route
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
-from rewriter.parse import split_statements
+from rewriter.parse import Statement, split_statements
 
 MAX_CACHED_TEXT = 64 * 1024  # longer statements are routed every time, not kept
 
@@ -37,14 +37,16 @@ class RouteCache:
     def __init__(self, meta: Metadata, size: int = 4096) -> None:
         self.meta = meta
         self.size = size
-        self._entries: OrderedDict[str, tuple[Command, ...] | _Refusal] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[tuple[Statement, Command], ...] | _Refusal] = (
+            OrderedDict()
+        )
 
-    def commands(self, sql: str) -> tuple[Command, ...]:
-        """The routed commands of a query string, or the refusal it always gets."""
+    def commands(self, sql: str) -> tuple[tuple[Statement, Command], ...]:
+        """Each statement of a query string with its routed command, or the refusal."""
         entry = self._entries.get(sql)
         if entry is None:
             try:
-                entry = tuple(route(s, self.meta) for s in split_statements(sql))
+                entry = tuple((s, route(s, self.meta)) for s in split_statements(sql))
             except (ProxyError, RewriteError) as e:
                 entry = _Refusal(e.sqlstate, e.message, e.hint, getattr(e, "detail", None))
             if len(sql) <= MAX_CACHED_TEXT:

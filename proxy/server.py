@@ -17,8 +17,8 @@ from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
 from proxy.limits import Admission
-from proxy.route_cache import RouteCache
 from proxy.observe import Ops
+from proxy.route_cache import RouteCache
 from proxy.tls import TLSSetup, load_tls
 from rewriter.metadata import Metadata
 
