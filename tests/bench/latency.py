@@ -1,0 +1,162 @@
+"""Latency benchmark: what dpproxy adds to one query, stage by stage; and scale.
+
+Run: .venv/bin/python -m tests.bench.latency [--runs 300]
+
+1. Through dpproxy (psycopg, extended protocol) vs directly: p50/p99 of a DP query whose
+   plan is cached but whose answer is not (epsilon changes every run), of the same
+   plain aggregate directly, and of the rewritten (bounded) SQL directly. The added
+   latency is dpproxy's p50 minus the rewritten SQL's p50 (the database work a DP
+   answer needs); the stage split comes from dpproxy's own /metrics.
+2. Parse+rewrite of new typical queries, and of a 100-line BI-generated query.
+3. Proxy time to release 10, 1,000 and 10,000 noisy groups.
+Figures only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import time
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import yaml
+
+from accounting.mechanisms import Mechanisms
+from accounting.release import release
+from proxy.pgcluster import PgCluster
+from proxy.provision import AnalystSpec, example_metadata_path, provision
+from rewriter.metadata import Metadata, load_metadata
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+from tests.support.proxy_process import ProxyProcess, free_port
+
+DP = "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders WHERE o_totalprice > 1000 GROUP BY o_orderpriority"
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The q-quantile of xs (nearest rank), in milliseconds."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+def timed_runs(conn: psycopg.Connection, sql: str, runs: int, before: str | None = None) -> list[float]:
+    """Wall times of `runs` executions of `sql` (plus `before` each time, untimed)."""
+    out = []
+    for i in range(runs):
+        if before:
+            conn.execute(before.format(i=i))
+        t0 = time.perf_counter()
+        conn.execute(sql).fetchall()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def stage_means(metrics_url: str) -> dict[str, float]:
+    """Mean milliseconds per DP stage, from dpproxy's Prometheus histograms."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r'dpproxy_stage_duration_seconds_(sum|count)\{.*stage="([^"]+)".*\} (\S+)', line)
+        if m:
+            (sums if m.group(1) == "sum" else counts)[m.group(2)] = float(m.group(3))
+    return {k: sums[k] / counts[k] * 1000 for k in sums if counts.get(k)}
+
+
+def bi_query(lines: int) -> str:
+    """A BI-tool-style query: many CASE-bucketed filters and aliased aggregates."""
+    conds = [f"(o_totalprice BETWEEN {i * 1000} AND {i * 1000 + 999} OR o_orderstatus = 'F')"
+             for i in range(lines - 6)]  # fmt: skip
+    return (
+        'SELECT "o_orderpriority" AS "Priority",\n  COUNT(*) AS "Count",\n'
+        '  SUM("o_totalprice") AS "Sum"\nFROM "public"."orders"\nWHERE '
+        + "\n  OR ".join(conds)
+        + '\nGROUP BY "o_orderpriority"\nORDER BY "Count" DESC'
+    )
+
+
+def grouped_release_ms(n_keys: int, mech: Mechanisms) -> float:
+    """Proxy time to noise and post-process a grouped answer with n_keys public keys."""
+    meta = Metadata.model_validate({"dataset": "s", "tables": {"events": {
+        "privacy_unit": "uid", "max_rows": 4,
+        "columns": {"uid": {"type": "integer"}, "k": {"type": "integer", "domain": list(range(n_keys))},
+                    "v": {"type": "numeric", "lower": 0, "upper": 100}}}}})  # fmt: skip
+    plan = rewrite(parse_one("SELECT k, COUNT(*), SUM(v) FROM events GROUP BY k"), meta)
+    noise = mech.plan_noise(plan, Decimal(1))
+    rows = [(i, 5, 1000) for i in range(0, n_keys, 2)]  # half the groups non-empty
+    t0 = time.perf_counter()
+    release(plan, rows, noise, mech)
+    return (time.perf_counter() - t0) * 1000
+
+
+def main() -> None:
+    """Run all three parts and print tables."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--scale", type=float, default=0.01)
+    args = ap.parse_args()
+    meta = load_metadata(example_metadata_path())
+    work = Path(tempfile.mkdtemp(prefix="dpproxy-lat-"))
+    with PgCluster.start(durable=False) as cluster:
+        analyst = AnalystSpec("bench", "bench-pw", Decimal(10**12), Decimal(10**6))
+        cfg_path = provision(cluster.dsn, work, args.scale, [analyst], free_port(), print)
+        cfg = yaml.safe_load(cfg_path.read_text())
+        metrics_port = free_port()
+        cfg["observability"] = {"metrics_port": metrics_port, "log_statements": False}
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        proxy = ProxyProcess(cfg_path).start()
+        try:
+            bounded = rewrite(parse_one(DP), meta).sql
+            with psycopg.connect(proxy.dsn("bench", "bench-pw"), autocommit=True) as via, \
+                 psycopg.connect(cluster.dsn("tpch"), autocommit=True) as direct:  # fmt: skip
+                via.execute(DP)  # warm: plan cache, pools
+                through = timed_runs(via, DP, args.runs, before="SET dp.epsilon = 1.{i:06d}1")
+                plain = timed_runs(direct, DP, args.runs)
+                rewritten = timed_runs(direct, bounded, args.runs)
+            stages = stage_means(f"http://127.0.0.1:{metrics_port}/metrics")
+        finally:
+            proxy.stop()
+    print(f"\n1. Latency, {args.runs} runs, TPC-H scale {args.scale} (ms)\n")
+    print("| path | p50 | p99 |\n|---|---|---|")
+    for name, xs in (("dpproxy, plan cached, answer new", through), ("direct, plain SQL", plain),
+                     ("direct, rewritten SQL", rewritten)):  # fmt: skip
+        print(f"| {name} | {pct(xs, 0.5):.2f} | {pct(xs, 0.99):.2f} |")
+    print(f"\nadded by dpproxy (p50 through - p50 rewritten direct): "
+          f"{pct(through, 0.5) - pct(rewritten, 0.5):.2f} ms; "
+          f"over the plain query: {pct(through, 0.5) - pct(plain, 0.5):.2f} ms")  # fmt: skip
+    print("\n| stage | mean ms |\n|---|---|")
+    for k, v in sorted(stages.items()):
+        print(f"| {k} | {v:.3f} |")
+
+    print("\n2. Parse + rewrite of new queries (ms, median of 20)\n")
+    typical = [
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate >= DATE '1996-01-01'",
+        DP,
+        "SELECT c_mktsegment, SUM(c_acctbal), AVG(c_acctbal) FROM customer GROUP BY 1",
+        bi_query(100),
+    ]
+    print("| query | ms |\n|---|---|")
+    for q in typical:
+        ts = []
+        for i in range(20):
+            text = q + f" LIMIT {1000 + i}" if "ORDER BY" not in q else q.replace("DESC", f"DESC LIMIT {1000 + i}")
+            t0 = time.perf_counter()
+            rewrite(parse_one(text), meta)
+            ts.append((time.perf_counter() - t0) * 1000)
+        label = "100-line BI query" if q.count("\n") > 50 else q[:60]
+        print(f"| {label} | {statistics.median(ts):.2f} |")
+
+    print("\n3. Releasing noisy groups (proxy time, ms)\n")
+    mech = Mechanisms()
+    print("| public keys | ms |\n|---|---|")
+    for n in (10, 1000, 10000):
+        print(f"| {n} | {statistics.median(grouped_release_ms(n, mech) for _ in range(5)):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
