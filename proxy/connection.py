@@ -320,16 +320,19 @@ class Connection:
             return run_session_command(st.text, st.keyword, self.session, self.analyst.max_epsilon_per_query)
         if self.session.tx_status == "E":
             raise ProxyError(IN_FAILED_TRANSACTION, "current transaction is aborted, commands ignored until end of transaction block")  # fmt: skip
+        if routed.route == Route.EXPLAIN:
+            # engine: EXPLAIN is answered from the plan alone (never sent to PostgreSQL).
+            return self.ctx.engine.explain(st.text, self.session.epsilon,
+                                           getattr(self.session, "delta", None))  # fmt: skip
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         if params:
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
             key = st.text if not params else tree.sql(dialect="postgres")
             return await self._cancellable(
-                self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon)
+                self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon,
+                                       getattr(self.session, "delta", None))  # fmt: skip
             )
-        if routed.route == Route.EXPLAIN:
-            raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
         return await self._cancellable(self.ctx.catalog.run(tree))
 
     async def _cancellable(self, coro: Any) -> Result:

@@ -81,7 +81,8 @@ class Server:
         version = await data.fetchval("SHOW server_version")
         ledger = await Ledger.connect(config.backend.ledger_dsn)
         catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata)
-        engine = DPEngine(config.metadata, Mechanisms(), ledger, data)
+        engine = DPEngine(config.metadata, Mechanisms(), ledger, data,
+                           default_delta=config.privacy.default_delta)  # fmt: skip
         ctx = ServerContext(
             config=config,
             meta=config.metadata,

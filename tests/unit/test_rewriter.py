@@ -22,7 +22,8 @@ def plan(sql: str, meta: Metadata = META):  # type: ignore[no-untyped-def]
 def test_count_star_sensitivity_is_max_rows() -> None:
     p = plan("SELECT COUNT(*) FROM orders")
     assert [(x.kind, x.sensitivity) for x in p.primitives] == [(PrimitiveKind.COUNT, 8)]
-    assert "row_number() OVER (PARTITION BY t.\"o_custkey\"" in p.sql
+    assert '"t0"."o_custkey" AS u' in p.sql
+    assert "row_number() OVER (PARTITION BY i.u ORDER BY random())" in p.sql
     assert "WHERE b.rn <= 8" in p.sql
 
 
@@ -38,8 +39,8 @@ def test_avg_shares_count_and_uses_normalized_sum() -> None:
     kinds = {x.name: (x.kind, x.sensitivity) for x in p.primitives}
     # COUNT(*), SUM and AVG are derived from two primitives, not three or four.
     assert kinds == {
-        "n_rows": (PrimitiveKind.COUNT, 8),
-        "s_o_totalprice": (PrimitiveKind.NORMALIZED_SUM, 8 * 30_000_000),
+        "p0": (PrimitiveKind.COUNT, 8),
+        "p1": (PrimitiveKind.NORMALIZED_SUM, 8 * 30_000_000),
     }
 
 
@@ -48,11 +49,11 @@ def test_public_domain_group_keys_and_golden_sql() -> None:
     assert p.keys[0].domain == ("F", "O", "P")
     assert p.group_count == 3
     assert p.sql == (
-        "SELECT b.k0, count(*) AS n_rows FROM (SELECT d0.i AS k0, row_number() OVER "
-        '(PARTITION BY t."o_custkey" ORDER BY random()) AS rn FROM "public"."orders" AS t '
+        'WITH i AS (SELECT d0.i AS k0, "t0"."o_custkey" AS u FROM "public"."orders" AS t0 '
         "JOIN (VALUES (0, CAST('F' AS TEXT)), (1, CAST('O' AS TEXT)), (2, CAST('P' AS TEXT))) "
-        'AS d0(i, v) ON t."o_orderstatus" = d0.v WHERE ("t"."o_totalprice" > 10)) AS b '
-        "WHERE b.rn <= 8 GROUP BY b.k0"
+        'AS d0(i, v) ON "t0"."o_orderstatus" = d0.v WHERE ("t0"."o_totalprice" > 10)), '
+        "r AS (SELECT i.*, row_number() OVER (PARTITION BY i.u ORDER BY random()) AS rn FROM i) "
+        "SELECT b.k0, count(*) AS p0 FROM r AS b WHERE b.rn <= 8 GROUP BY b.k0"
     )
 
 
@@ -72,12 +73,12 @@ def test_row_expression_comments_are_not_emitted() -> None:
         ("SELECT * FROM orders", "42501"),
         ("SELECT o_totalprice FROM orders", "42803"),
         ("SELECT o_custkey, COUNT(*) FROM orders GROUP BY o_custkey", "42501"),
-        ("SELECT o_orderdate, COUNT(*) FROM orders GROUP BY o_orderdate", "0A000"),
+        ("SELECT o_orderstatus, COUNT(*) FROM orders GROUP BY ROLLUP (o_orderstatus)", "0A000"),
         ("SELECT SUM(o_orderstatus) FROM orders", "42883"),
-        ("SELECT COUNT(*) FROM orders WHERE o_totalprice / o_custkey > 1", "42501"),
+        ("SELECT COUNT(*) FROM orders WHERE o_comment ~ 'x'", "0A000"),
         ("SELECT COUNT(*) FROM orders WHERE pg_sleep(1) IS NULL", "0A000"),
         ("SELECT COUNT(*) FROM orders WHERE o_comment::int > 1", "0A000"),
-        ("SELECT COUNT(*) FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey", "0A000"),
+        ("SELECT COUNT(*) FROM orders o JOIN customer c ON o.o_orderkey = c.c_custkey", "42501"),
         ("SELECT COUNT(*) FROM nation", "0A000"),
         ("SELECT COUNT(*) FROM missing", "42P01"),
         ("SELECT COUNT(*) FROM orders WHERE nosuch = 1", "42703"),
