@@ -437,6 +437,8 @@ def _prim(b: _Builder, kind: PrimitiveKind, value: str | None, filt: str | None,
 
 def _count(b: _Builder, value: Typed | None, filt: str | None, label: str) -> str:
     if value is None or not value.nullable:
+        # Rows of a non-NULL value are all rows: one shared count.
+        label = "COUNT(*)" if filt is None else f"COUNT(*) FILTER ({b.inner[filt]})"
         return _prim(b, PrimitiveKind.COUNT, None, filt, b.rows, label, "count(*)")
     col = b.column(value.sql.sql(dialect="postgres"), "v")
     return _prim(b, PrimitiveKind.COUNT, col, filt, b.rows, label, f"count(b.{col})")
@@ -634,7 +636,7 @@ def _emit_sql(b: _Builder) -> str:
         values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
         op = "IS NOT DISTINCT FROM" if None in key.domain else "="
         joins.append(
-            f"JOIN (VALUES {values}) AS d{i}(i, v) ON {t.sql.sql(dialect='postgres')} {op} d{i}.v"
+            f"JOIN (VALUES {values}) AS d{i}(i, v) ON ({t.sql.sql(dialect='postgres')}) {op} d{i}.v"
         )
         cols.append(f"d{i}.i AS k{i}")
     for name, sql in b.inner.items():
@@ -664,9 +666,15 @@ def _emit_sql(b: _Builder) -> str:
                 f"AS gn FROM (SELECT DISTINCT u, {klist} FROM i) AS x)"
             )
             on = " AND ".join(["g.u = i.u"] + [f"g.{k} IS NOT DISTINCT FROM i.{k}" for k in keys])
+            # Rows are then taken round-robin over the kept groups (every kept group keeps
+            # a row before any keeps two), so a unit is counted in each group it kept.
             ctes.append(
-                "r AS (SELECT i.*, row_number() OVER (PARTITION BY i.u ORDER BY random()) AS rn "
-                f"FROM i JOIN g ON {on} WHERE g.gn <= {rel.max_groups})"
+                f"q AS (SELECT i.*, row_number() OVER (PARTITION BY i.u, {', '.join('i.' + k for k in keys)} "
+                f"ORDER BY random()) AS gr FROM i JOIN g ON {on} WHERE g.gn <= {rel.max_groups})"
+            )
+            ctes.append(
+                "r AS (SELECT q.*, row_number() OVER (PARTITION BY q.u ORDER BY q.gr, random()) "
+                "AS rn FROM q)"
             )
         else:
             ctes.append(
