@@ -99,7 +99,9 @@ class Mechanisms:
         share = epsilon / len(plan.primitives)
         out = []
         for p in plan.primitives:
-            if p.kind == PrimitiveKind.UNIT_COUNT:
+            if p.kind == PrimitiveKind.QUANTILE:
+                out.append(self._calibrate_noisy_max(p.name, p.label, p.sensitivity, share))
+            elif p.kind == PrimitiveKind.UNIT_COUNT:
                 if not delta > 0:
                     raise DeltaRequired("grouping by a key without a public domain needs delta > 0")
                 out.append(self._calibrate_threshold(p.name, p.label, p.sensitivity,
@@ -107,6 +109,39 @@ class Mechanisms:
             else:
                 out.append(self._calibrate(p.name, p.label, p.sensitivity, share))
         return out
+
+    def noisy_max(self, scale: float) -> Any:
+        """Report-noisy-min over i64 score vectors (exponential mechanism, OpenDP)."""
+        key = ("max", scale)
+        meas = self._cache.get(key)
+        if meas is None:
+            meas = dp.m.make_noisy_max(
+                dp.vector_domain(dp.atom_domain(T="i64")),
+                # One unit raises some scores and lowers others: not monotonic.
+                dp.linf_distance(T="i64", monotonic=False),
+                dp.max_divergence(),
+                scale=scale,
+                negate=True,
+            )
+            self._cache[key] = meas
+        return meas
+
+    def _calibrate_noisy_max(
+        self, name: str, label: str, sensitivity: int, share: Decimal
+    ) -> NoiseSpec:
+        scale = float(2 * Decimal(sensitivity) / share)
+        cost = self.noisy_max(scale).map(sensitivity)
+        while Decimal(cost) > share:
+            scale = math.nextafter(scale, math.inf)
+            cost = self.noisy_max(scale).map(sensitivity)
+        return NoiseSpec(primitive=name, label=label, sensitivity=sensitivity, scale=scale,
+                         epsilon=Decimal(cost), error95=0,
+                         mechanism="exponential_noisy_max")  # fmt: skip
+
+    def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
+        """The index of a noisily smallest score."""
+        safe = [min(max(int(v), 0), I64_SAFE) for v in scores]
+        return int(self.noisy_max(spec.scale)(safe))
 
     def _calibrate_threshold(
         self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal

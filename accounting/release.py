@@ -9,6 +9,7 @@ post-processing of noisy values.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -45,12 +46,18 @@ def release(
         sizes = [len(k.domain) for k in plan.keys]
         n_groups = plan.group_count
         vectors = {p.name: [0] * n_groups for p in plan.primitives}
+        hist_vectors: dict[str, list[Any]] = {
+            p.name: [{}] * n_groups for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE
+        }
         for row in exact_rows:
             idx = 0
             for i in range(nkeys):
                 idx = idx * sizes[i] + int(row[i])
             for j, name in enumerate(names):
-                vectors[name][idx] = int(row[nkeys + j])
+                if name in hist_vectors:
+                    hist_vectors[name][idx] = row[nkeys + j]
+                else:
+                    vectors[name][idx] = int(row[nkeys + j])
         groups: list[tuple[Any, ...]] = [
             tuple(plan.keys[i].domain[ki] for i, ki in enumerate(key_idx))
             for key_idx in itertools.product(*(range(s) for s in sizes))
@@ -64,15 +71,31 @@ def release(
         kept = mechanisms.select(sel, {g: int(r[nkeys + j_sel]) for g, r in enumerate(rows)})
         order = sorted(kept)
         groups = [rows[g][:nkeys] for g in order]
+        quantile = {p.name for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE}
         vectors = {
-            name: [int(rows[g][nkeys + j]) for g in order] for j, name in enumerate(names)
+            name: [int(rows[g][nkeys + j]) for g in order]
+            for j, name in enumerate(names)
+            if name not in quantile
+        }
+        hist_vectors = {
+            name: [rows[g][nkeys + j] for g in order]
+            for j, name in enumerate(names)
+            if name in quantile
         }
 
-    noisy = {
+    noisy: dict[str, list[Any]] = {
         s.primitive: mechanisms.sample(s, vectors[s.primitive])
         for s in noise
-        if s.primitive != plan.selection
+        if s.primitive != plan.selection and s.primitive not in hist_vectors
     }
+    specs = {a.sum: a for a in plan.aggregates if a.func == AggFunc.QUANTILE}
+    for s in noise:
+        if s.primitive in hist_vectors:
+            agg = specs[s.primitive]
+            noisy[s.primitive] = [
+                mechanisms.pick_min(s, quantile_scores(agg, _histogram(h)))
+                for h in hist_vectors[s.primitive]
+            ]
     kinds = {p.name: p.kind for p in plan.primitives}
 
     out_rows: list[tuple[Any, ...]] = []
@@ -106,6 +129,9 @@ def _aggregate_value(
         return max(0, count)  # a count below zero is impossible; clamping is post-processing
     assert spec.sum is not None
     s = noisy[spec.sum][g]
+    if spec.func == AggFunc.QUANTILE:
+        steps = spec.lower + s * spec.stride
+        return _typed(Decimal(min(steps, spec.upper)) * spec.step, spec.result_type)
     if spec.func in _VARIANCE:
         return _variance(spec, count or 0, s, noisy[spec.sumsq][g] if spec.sumsq else 0)
     if kinds[spec.sum] == PrimitiveKind.NORMALIZED_SUM:
@@ -118,6 +144,38 @@ def _aggregate_value(
     else:
         total_steps = s
     return _typed(Decimal(total_steps) * spec.step, spec.result_type)
+
+
+def _histogram(raw: Any) -> dict[int, int]:
+    """The {cell: count} histogram of a quantile primitive (JSON text or a mapping)."""
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        raw = json.loads(raw)
+    return {int(k): int(v) for k, v in raw.items()}
+
+
+def quantile_scores(spec: AggregateSpec, hist: dict[int, int]) -> list[int]:
+    """Integer scores |(den - num) #(x < c) - num #(x > c)| of every candidate c.
+
+    Cell 2j holds the values equal to candidate j, cell 2j + 1 those strictly between
+    candidates j and j + 1. Lower scores are better.
+    """
+    n_cells = 2 * spec.candidates
+    counts = [0] * n_cells
+    for cell, n in hist.items():
+        if 0 <= cell < n_cells:
+            counts[cell] += n
+    total = sum(counts)
+    below = 0
+    scores = []
+    num, den = spec.alpha_num, spec.alpha_den
+    for j in range(spec.candidates):
+        at = counts[2 * j]
+        above = total - below - at
+        scores.append(abs((den - num) * below - num * above))
+        below += at + counts[2 * j + 1]
+    return scores
 
 
 def _variance(spec: AggregateSpec, count: int, s1: int, s2: int) -> Any:
@@ -190,6 +248,10 @@ def error_bounds(plan: DPPlan, noise: list[NoiseSpec]) -> list[ErrorBound]:
         step = spec.step
         if spec.func in _VARIANCE:
             out.append(ErrorBound(spec.label, "see EXPLAIN (derived from count, sum and squares)"))
+            continue
+        if spec.func == AggFunc.QUANTILE:
+            out.append(ErrorBound(spec.label, "data-dependent (exponential mechanism over "
+                                  f"candidates every {_fmt(spec.stride * step)})"))  # fmt: skip
             continue
         if kinds[spec.sum] == PrimitiveKind.SUM:
             out.append(ErrorBound(spec.label, f"±{_fmt(s.error95 * step)}"))

@@ -24,6 +24,7 @@ class PrimitiveKind(StrEnum):
     SUM_SQUARES = "sum_squares"  # sum of ((value - midpoint) / scale)^2, for VAR/STDDEV
     COUNT_DISTINCT = "count_distinct"  # distinct non-NULL values (or distinct units)
     UNIT_COUNT = "unit_count"  # distinct units per group: partition selection only
+    QUANTILE = "quantile"  # per-group histogram over candidate cells, released by noisy max
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class AggFunc(StrEnum):
     VAR_SAMP = "var_samp"
     STDDEV_POP = "stddev_pop"
     STDDEV_SAMP = "stddev_samp"
+    QUANTILE = "quantile"  # PERCENTILE_CONT/PERCENTILE_DISC/MEDIAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,11 @@ class AggregateSpec:
     result_type: str = "int8"
     sumsq: str | None = None  # SUM_SQUARES primitive (variance and standard deviation)
     sq_scale: int = 1  # squares are summed in units of sq_scale steps, squared
+    # Quantiles: alpha = alpha_num / alpha_den; candidates lower + j * stride (steps).
+    alpha_num: int = 0
+    alpha_den: int = 1
+    stride: int = 1
+    candidates: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,12 +451,14 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
         where = node.expression
         cond = where.this if isinstance(where, exp.Where) else where
         node = node.this
-    if isinstance(node, exp.WithinGroup) or isinstance(
-        node, (exp.Min, exp.Max, exp.Median, exp.Quantile, exp.PercentileCont, exp.PercentileDisc)
-    ):
+    if isinstance(node, (exp.WithinGroup, exp.Median)):
+        return _quantile_spec(node, filt_cond=cond, label=label, b=b)
+    if isinstance(node, (exp.Min, exp.Max, exp.Quantile, exp.PercentileCont,
+                         exp.PercentileDisc)):  # fmt: skip
         raise unsupported(
-            f"{label}: MIN, MAX, MEDIAN and percentiles are not supported yet",
-            "use AVG, or COUNT(*) FILTER (WHERE col <= value) to locate a quantile",
+            f"{label}: MIN and MAX are not supported (a DP minimum over declared bounds is "
+            "dominated by the bounds)",
+            "use PERCENTILE_CONT(0.05) WITHIN GROUP (ORDER BY col) or MEDIAN(col) instead",
         )
     if not isinstance(node, exp.AggFunc):
         raise unsupported(f"{label} is not a supported aggregate", AGG_HINT)
@@ -521,6 +523,65 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
                    f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})")  # fmt: skip
         spec = replace(spec, sumsq=sq, sq_scale=scale)
     return spec
+
+
+MAX_CANDIDATES = 1000
+
+
+def _quantile_spec(
+    node: exp.Expression, filt_cond: exp.Expression | None, label: str, b: _Builder
+) -> AggregateSpec:
+    """PERCENTILE_CONT/DISC(alpha) WITHIN GROUP (ORDER BY x) and MEDIAN(x).
+
+    The database returns, per group, a histogram of the bounded values over cells: each
+    of up to 1000 evenly spaced candidates, and the open interval after it. The proxy
+    scores each candidate c by |(1 - alpha) #(x < c) - alpha #(x > c)| and picks one by
+    report-noisy-max (OpenDP), the exponential mechanism over candidates.
+    """
+    if isinstance(node, exp.Median):
+        alpha, arg, desc = Decimal("0.5"), node.this, False
+    else:
+        inner = node.this
+        if not isinstance(inner, (exp.PercentileCont, exp.PercentileDisc)):
+            raise unsupported(f"{label} is not a supported ordered-set aggregate", AGG_HINT)
+        lit = inner.this
+        if not (isinstance(lit, exp.Literal) and not lit.is_string):
+            raise unsupported(f"{label}: the fraction must be a number literal")
+        alpha = Decimal(lit.this)
+        order = node.expression
+        items = order.expressions if isinstance(order, exp.Order) else []
+        if len(items) != 1:
+            raise unsupported(f"{label}: ORDER BY one expression")
+        arg, desc = items[0].this, bool(items[0].args.get("desc"))
+    if not 0 <= alpha <= 1:
+        raise RewriteError("22003", f"{label}: percentile value {alpha} is not between 0 and 1")
+    if desc:
+        alpha = 1 - alpha
+    filt = _filter_column(filt_cond, b)
+    t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    if t.kind not in NUMERIC_KINDS or not t.bounded:
+        raise unsupported(
+            f"{label}: quantiles need a numeric value with finite bounds",
+            "declare lower and upper bounds for the column in the metadata",
+        )
+    lo, hi, step = _steps(t)
+    width = hi - lo
+    stride = max(1, -(-width // (MAX_CANDIDATES - 1)))
+    candidates = width // stride + 1
+    fixed = _fixed_point_sql(t.operand.sql(dialect="postgres"), lo, hi, step)
+    col = b.column(fixed, "x")
+    num, den = alpha.as_integer_ratio()
+    # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
+    sens = b.rows * max(num, den - num)
+    cell = (f"((b.{col} - {lo}) / {stride}) * 2 + "
+            f"(CASE WHEN (b.{col} - {lo}) % {stride} = 0 THEN 0 ELSE 1 END)")  # fmt: skip
+    # One primitive (and one noisy-max release) per fraction, even over the same values.
+    name = _prim(b, PrimitiveKind.QUANTILE, f"{col}/{num}/{den}", filt, sens, label,
+                 f"quantile_histogram({cell})")  # fmt: skip
+    return AggregateSpec(AggFunc.QUANTILE, label, count=None, sum=name, step=step, lower=lo,
+                         upper=hi, result_type="float8" if t.kind == "float" else "numeric",
+                         alpha_num=num, alpha_den=den, stride=stride,
+                         candidates=candidates)  # fmt: skip
 
 
 def _count_distinct(t: Typed, filt: str | None, label: str, b: _Builder) -> AggregateSpec:
@@ -683,11 +744,39 @@ def _emit_sql(b: _Builder) -> str:
             )
         source = "r AS b"
         where = f" WHERE b.rn <= {rel.max_rows}"
-    outer = [f"b.{k}" for k in keys] + [f"{p.sql} AS {p.name}" for p in b.primitives.values()]
+    outer = [f"b.{k}" for k in keys]
+    for p in b.primitives.values():
+        if p.kind == PrimitiveKind.QUANTILE:
+            outer.append(f"{_histogram_sql(p, keys, source, where)} AS {p.name}")
+        else:
+            outer.append(f"{p.sql} AS {p.name}")
     sql = f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM {source}{where}"
     if keys:
         sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
+    elif any(p.kind == PrimitiveKind.QUANTILE for p in b.primitives.values()):
+        sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
     return sql
+
+
+def _histogram_sql(p: NoisyPrimitive, keys: list[str], source: str, where: str) -> str:
+    """A per-group JSON object {cell: count} of the bounded values (a correlated subquery
+    over the same bounded rows, matched on the group keys)."""
+    cell = p.sql[len("quantile_histogram("):-1]
+    filt = ""
+    if " FILTER (WHERE " in p.sql:
+        cell, cond = cell.split(") FILTER (WHERE ")
+        filt = f" AND {cond}"
+    match = "".join(f" AND h.{k} IS NOT DISTINCT FROM b.{k}" for k in keys)
+    inner_where = (where.replace(" WHERE ", " WHERE ") if where else " WHERE TRUE") + match
+    inner_where = inner_where.replace("b.rn", "h.rn")
+    hcell = cell.replace("b.", "h.")
+    hfilt = filt.replace("b.", "h.")
+    src = source.replace(" AS b", " AS h")
+    return (
+        f"(SELECT coalesce(jsonb_object_agg(c.cell, c.n), '{{}}'::jsonb) FROM (SELECT {hcell} AS "
+        f"cell, count(*) AS n FROM {src}{inner_where}{hfilt} AND {hcell} IS NOT NULL "
+        "GROUP BY 1) AS c)"
+    )
 
 
 def _literal(v: object, t: Typed) -> str:
