@@ -349,20 +349,20 @@ class Analyzer:
         parts = [self.analyze(e) for e in [n.this, *n.expressions]]
         out = _union(parts, type(n).__name__.upper())
         if out.kind in NUMERIC_KINDS:
-            # GREATEST ignores NULLs: its value is >= the largest lower bound present.
-            pick = max if isinstance(n, exp.Greatest) else min
-            los = [p.lo for p in parts]
-            his = [p.hi for p in parts]
-            lo = out.lo
-            hi = out.hi
-            if isinstance(n, exp.Greatest) and all(x is not None for x in los) and not any(
-                p.nullable for p in parts
-            ):
-                lo = pick(los)  # type: ignore[type-var]
-            if isinstance(n, exp.Least) and all(x is not None for x in his) and not any(
-                p.nullable for p in parts
-            ):
-                hi = pick(his)  # type: ignore[type-var]
+            # GREATEST ignores NULLs, so it is at least every non-NULL argument's lower
+            # bound, and at most the largest upper bound if all are finite (LEAST mirrors
+            # it). This makes LEAST(GREATEST(x, lo), hi) a clamp even for unbounded x.
+            sure = [p for p in parts if not p.nullable]
+            if isinstance(n, exp.Greatest):
+                los = [p.lo for p in sure if p.lo is not None]
+                lo = max(los) if los else None
+                hi = max(p.hi for p in parts) if all(p.hi is not None for p in parts) else None  # type: ignore[type-var]
+            else:
+                his = [p.hi for p in sure if p.hi is not None]
+                hi = min(his) if his else None
+                lo = min(p.lo for p in parts) if all(p.lo is not None for p in parts) else None  # type: ignore[type-var]
+            if lo is not None and hi is not None and lo > hi:
+                lo = hi
             out = replace(out, lo=lo, hi=hi)
         sql = type(n)(this=parts[0].operand, expressions=[p.operand for p in parts[1:]])
         return replace(out, sql=sql, value=None, domain=None)
