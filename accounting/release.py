@@ -42,7 +42,7 @@ def release(
     """Noise the exact primitives of `exact_rows` and post-process them into the answer."""
     nkeys = len(plan.keys)
     names = [p.name for p in plan.primitives]
-    if plan.selection is None:
+    if not plan.keys_from_rows:
         sizes = [len(k.domain) for k in plan.keys]
         n_groups = plan.group_count
         vectors = {p.name: [0] * n_groups for p in plan.primitives}
@@ -63,14 +63,23 @@ def release(
             for key_idx in itertools.product(*(range(s) for s in sizes))
         ]
     else:
-        # Private keys: only groups whose noisy unit count passes the threshold are
-        # released; the other primitives are noised on those groups only.
         rows = [tuple(r) for r in exact_rows]
-        sel = next(s for s in noise if s.primitive == plan.selection)
-        j_sel = names.index(plan.selection)
-        kept = mechanisms.select(sel, {g: int(r[nkeys + j_sel]) for g, r in enumerate(rows)})
-        order = sorted(kept)
-        groups = [rows[g][:nkeys] for g in order]
+        if plan.selection is not None:
+            # Private keys: only groups whose noisy unit count passes the threshold are
+            # released; the other primitives are noised on those groups only.
+            sel = next(s for s in noise if s.primitive == plan.selection)
+            j_sel = names.index(plan.selection)
+            kept = mechanisms.select(sel, {g: int(r[nkeys + j_sel]) for g, r in enumerate(rows)})
+            order = sorted(kept)
+        else:
+            # Keys from public tables: the database returned every group of the public
+            # domains (empty ones with zeros), so every row is released.
+            order = list(range(len(rows)))
+        groups = [
+            tuple(k.domain[int(v)] if not k.domain_sql and not k.private else v
+                  for k, v in zip(plan.keys, rows[g][:nkeys], strict=True))
+            for g in order
+        ]  # fmt: skip
         quantile = {p.name for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE}
         vectors = {
             name: [int(rows[g][nkeys + j]) for g in order]

@@ -97,6 +97,9 @@ class GroupKey:
     type_name: str
     domain: tuple[Any, ...]
     private: bool = False
+    # A key read from a public table: its domain is every value of that table, listed
+    # by this SQL when the query runs (public data), so every value is released.
+    domain_sql: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +148,17 @@ class DPPlan:
 
         For private keys this is the number of groups the data has: unknown here (0).
         """
-        if self.selection is not None:
+        if self.keys_from_rows:
             return 0
         n = 1
         for k in self.keys:
             n *= len(k.domain)
         return n
+
+    @property
+    def keys_from_rows(self) -> bool:
+        """True when the groups are the rows the database returns (not a domain product)."""
+        return self.selection is not None or any(k.domain_sql for k in self.keys)
 
     @property
     def needs_delta(self) -> bool:

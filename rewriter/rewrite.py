@@ -199,6 +199,7 @@ def _collect_group_keys(select: exp.Select, b: _Builder) -> None:
             continue
         label = g.sql(dialect="postgres")
         public = t.domain is not None and len(t.domain) <= MAX_PUBLIC_DOMAIN
+        domain_sql = None if public else _public_table_domain(t, b)
         b.key_sql.append(rendered)
         b.key_typed.append(t)
         b.keys.append(
@@ -207,12 +208,29 @@ def _collect_group_keys(select: exp.Select, b: _Builder) -> None:
                 column=g.alias_or_name if isinstance(g, exp.Column) else label,
                 type_name=t.type_name,
                 domain=tuple(t.domain) if public and t.domain is not None else (),
-                private=not public,
+                private=not public and domain_sql is None,
+                domain_sql=domain_sql,
             )
         )
     if any(k.private for k in b.keys):
         # With one private key the group set comes from the data: all keys then do.
-        b.keys[:] = [replace(k, private=True, domain=()) for k in b.keys]
+        b.keys[:] = [replace(k, private=True, domain=(), domain_sql=None) for k in b.keys]
+
+
+def _public_table_domain(t: Typed, b: _Builder) -> str | None:
+    """SQL listing every value of a key computed from one public table's columns only."""
+    aliases = {a for a, _ in t.columns}
+    if len(aliases) != 1:
+        return None
+    alias = next(iter(aliases))
+    src = next((s for s in b.rel.sources if s.alias == alias), None)
+    if src is None or not src.table.public:
+        return None
+    sql = (f'SELECT DISTINCT {t.sql.sql(dialect="postgres")} AS v FROM '
+           f'"{src.table.schema_}"."{src.name}" AS {alias}')  # fmt: skip
+    if src.left:
+        sql += " UNION SELECT NULL"  # unmatched rows of a LEFT JOIN form the NULL group
+    return sql
 
 
 def _unalias_group_item(g: exp.Expression, items: list[exp.Expression]) -> exp.Expression:
@@ -691,7 +709,7 @@ def _emit_sql(b: _Builder) -> str:
     cols = []
     joins = []
     for i, (key, t) in enumerate(zip(b.keys, b.key_typed, strict=True)):
-        if key.private:
+        if key.private or key.domain_sql:
             cols.append(f"{t.sql.sql(dialect='postgres')} AS k{i}")
             continue
         values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
@@ -755,7 +773,27 @@ def _emit_sql(b: _Builder) -> str:
         sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
     elif any(p.kind == PrimitiveKind.QUANTILE for p in b.primitives.values()):
         sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
+    if any(k.domain_sql for k in b.keys):
+        sql = _complete_public_groups(sql, b)
     return sql
+
+
+def _complete_public_groups(sql: str, b: _Builder) -> str:
+    """Every combination of the keys' public domains, with zeros for empty groups."""
+    doms = []
+    for i, k in enumerate(b.keys):
+        if k.domain_sql is not None:
+            doms.append(f"({k.domain_sql}) AS dk{i}")
+        else:
+            vals = ", ".join(f"({j})" for j in range(len(k.domain)))
+            doms.append(f"(VALUES {vals}) AS dk{i}(v)")
+    on = " AND ".join(f"a.k{i} IS NOT DISTINCT FROM dk{i}.v" for i in range(len(b.keys)))
+    cols = [f"dk{i}.v" for i in range(len(b.keys))]
+    for p in b.primitives.values():
+        zero = "'{}'::jsonb" if p.kind == PrimitiveKind.QUANTILE else "0"
+        cols.append(f"coalesce(a.{p.name}, {zero}) AS {p.name}")
+    return (f"SELECT {', '.join(cols)} FROM {' CROSS JOIN '.join(doms)} "
+            f"LEFT JOIN ({sql}) AS a ON {on}")  # fmt: skip
 
 
 def _histogram_sql(p: NoisyPrimitive, keys: list[str], source: str, where: str) -> str:
