@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from accounting.mechanisms import Mechanisms, discrete_laplace_quantile
-from accounting.release import error_bounds, release
+from accounting.release import error_bounds, quantile_scores, release
 from rewriter.metadata import load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
@@ -102,3 +102,48 @@ def _bound_value(text: str, n: int) -> Decimal:
     if "/n" in text:
         return sum(nums, Decimal(0)) / n
     return nums[0]
+
+
+def test_quantile_choice_follows_the_exponential_mechanism(mech: Mechanisms) -> None:
+    # OpenDP's report-noisy-max under max-divergence adds exponential noise of the given
+    # scale to every (negated) score: check three candidates' frequencies against the
+    # exact winning probabilities (numerical integration).
+    plan = rewrite(parse_one("SELECT MEDIAN(c_acctbal) FROM customer"), META)
+    (spec,) = mech.plan_noise(plan, Decimal(1))
+    scale = spec.scale
+    k = int(round(scale))
+    scores = [0, k, 2 * k]
+    probs = [exponential_rnm_win(i, [x / scale for x in scores]) for i in range(3)]
+    assert abs(sum(probs) - 1) < 1e-3
+    picks = [mech.pick_min(spec, scores) for _ in range(N)]
+    for i in range(3):
+        frac = picks.count(i) / N
+        assert abs(frac - probs[i]) <= T_TWO_SIDED, (i, frac, probs[i])
+
+
+def exponential_rnm_win(i: int, scores: list[float]) -> float:
+    """P(candidate i has the largest -score + Exp(1)) for unit-scale scores."""
+
+    def cdf(x: float, s: float) -> float:
+        return 0.0 if x + s <= 0 else 1 - math.exp(-(x + s))
+
+    # Midpoint rule: error ~1e-7, negligible next to the 0.019 tolerance.
+    total, dx, x = 0.0, 1e-3, -scores[i] + 5e-4
+    while x < 40:
+        p = math.exp(-(x + scores[i]))
+        for j, s in enumerate(scores):
+            if j != i:
+                p *= cdf(x, s)
+        total += p * dx
+        x += dx
+    return total
+
+
+def test_quantile_scores_count_values_below_and_above() -> None:
+    plan = rewrite(parse_one("SELECT MEDIAN(l_linenumber) FROM lineitem"), META)
+    (agg,) = plan.aggregates
+    assert (agg.lower, agg.upper, agg.stride, agg.candidates) == (1, 7, 1, 7)
+    # values 1, 1, 3, 7: cells 2j hold value j + 1
+    scores = quantile_scores(agg, {0: 2, 4: 1, 12: 1})
+    # candidate 2: 2 below, 2 above -> |2 - 2| = 0; candidate 1: 0 below, 2 above -> 2
+    assert scores[1] == 0 and scores[0] == 2 and scores[6] == 3
