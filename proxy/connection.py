@@ -459,6 +459,8 @@ class Connection:
             return [(name, "text")]
         if routed.route == Route.CATALOG and routed.tree is not None:
             return await self.ctx.catalog.describe(routed.statement.text)
+        if routed.route == Route.EXPLAIN:
+            return [("QUERY PLAN", "text")]  # engine: EXPLAIN answers one text column
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:

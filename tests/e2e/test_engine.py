@@ -165,3 +165,11 @@ def test_public_table_keys_release_every_value(proxy: ProxyProcess, env: Env) ->
         notice = conn.notices[-1]  # type: ignore[attr-defined]
     assert rows == [tuple(r) for r in truth(env.tpch_dsn, q)]
     assert len(rows) == 25 and "not shown" not in notice
+
+
+def test_explain_through_the_extended_protocol(proxy: ProxyProcess) -> None:
+    with connect(proxy, "dave") as conn:
+        cur = conn.execute("EXPLAIN SELECT COUNT(*) FROM lineitem", prepare=True)
+        assert cur.description is not None and cur.description[0].name == "QUERY PLAN"
+        text = "\n".join(r[0] for r in cur.fetchall())
+    assert "sensitivity 16" in text and "JOIN \"public\".\"orders\"" in text
