@@ -153,9 +153,17 @@ def _num(v: object) -> exp.Expression:
 class FromResolver:
     """Flattens a SELECT's FROM clause into a Relation and a column scope."""
 
-    def __init__(self, meta: Metadata, ctes: dict[str, exp.Expression] | None = None) -> None:
+    def __init__(
+        self,
+        meta: Metadata,
+        ctes: dict[str, exp.Expression] | None = None,
+        expanding: frozenset[str] = frozenset(),
+    ) -> None:
         self.meta = meta
         self.ctes = dict(ctes or {})
+        # CTEs being inlined around this point: a CTE cannot refer to itself (a name in
+        # its own body means the table of that name), which also stops endless inlining.
+        self.expanding = expanding
 
     def resolve(self, select: exp.Select, rel: Relation | None = None) -> tuple[Relation, Scope]:
         """The relation and scope of `select` (WHERE conditions included)."""
@@ -208,10 +216,11 @@ class FromResolver:
             qual = (item.alias or item.name).lower()
             if qual in scope:
                 raise RewriteError("42712", f'table name "{qual}" specified more than once')
-            cte = self.ctes.get(item.name.lower()) if not item.db else None
+            cname = item.name.lower()
+            cte = self.ctes.get(cname) if not item.db and cname not in self.expanding else None
             if cte is not None:
                 before = len(rel.sources)
-                self._add_derived(cte, qual, rel, scope, left)
+                self._add_derived(cte, qual, rel, scope, left, expanding=cname)
                 if join is not None:
                     self._join_condition(join, rel, scope, rel.sources[before:], left)
                 return
@@ -246,14 +255,16 @@ class FromResolver:
                           "select from declared tables, row-level subqueries or CTEs")  # fmt: skip
 
     def _add_derived(
-        self, body: exp.Expression, qual: str, rel: Relation, scope: Scope, left: bool
+        self, body: exp.Expression, qual: str, rel: Relation, scope: Scope, left: bool,
+        expanding: str | None = None,
     ) -> None:
         if left:
             raise unsupported("LEFT JOIN to a subquery is not supported", JOIN_HINT)
         if not isinstance(body, exp.Select):
             raise unsupported("set operations (UNION...) in a derived table are not supported")
         _check_row_level(body)
-        inner = FromResolver(self.meta, self.ctes)
+        hidden = self.expanding | ({expanding} if expanding else set())
+        inner = FromResolver(self.meta, self.ctes, frozenset(hidden))
         _, inner_scope = inner.resolve(body, rel)
         analyzer = Analyzer(lambda c: lookup(inner_scope, c), "a derived table")
         cols: dict[str, Typed] = {}
