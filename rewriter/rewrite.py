@@ -61,6 +61,7 @@ class _Builder:
     inner: dict[str, str] = field(default_factory=dict)  # inner column name -> SQL
     inner_index: dict[str, str] = field(default_factory=dict)  # SQL -> inner column name
     sums: list[tuple[int, str, str | None, str | None]] = field(default_factory=list)
+    fixed_index: dict[str, str] = field(default_factory=dict)  # fixed-point SQL -> x column
     group_bound: bool = False
 
     @property
@@ -517,8 +518,7 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
             "value with LEAST(GREATEST(x, lo), hi)",
         )
     lo, hi, step = _steps(t)
-    fixed = _fixed_point_sql(t.operand.sql(dialect="postgres"), lo, hi, step)
-    col = b.column(fixed, "x")
+    col = _fixed_column(t, lo, hi, step, b)
     counted = t if t.nullable else None
     if func == AggFunc.SUM:
         rtype = "int8" if t.kind == "int" else ("float8" if t.kind == "float" else "numeric")
@@ -586,8 +586,7 @@ def _quantile_spec(
     width = hi - lo
     stride = max(1, -(-width // (MAX_CANDIDATES - 1)))
     candidates = width // stride + 1
-    fixed = _fixed_point_sql(t.operand.sql(dialect="postgres"), lo, hi, step)
-    col = b.column(fixed, "x")
+    col = _fixed_column(t, lo, hi, step, b)
     num, den = alpha.as_integer_ratio()
     # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
     sens = b.rows * max(num, den - num)
@@ -661,6 +660,19 @@ def _choose_sum_forms(b: _Builder) -> None:
             b.aggregates[idx] = replace(spec, sum=s, midpoint=0)
 
 
+def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str:
+    """The inner column holding the value as clamped fixed-point steps.
+
+    The expression is computed once (a `w` column of `i0`); clamping and scaling read
+    that column (an `x` column of `i`), so the expression is not repeated.
+    """
+    w = b.column(t.operand.sql(dialect="postgres"), "w")
+    fixed = _fixed_point_sql(f"i0.{w}", lo, hi, step)
+    if fixed not in b.fixed_index:
+        b.fixed_index[fixed] = f"x{len(b.fixed_index)}"
+    return b.fixed_index[fixed]
+
+
 def _fixed_point_sql(value: str, lo: int, hi: int, step: Decimal) -> str:
     """The value clamped to [lo, hi] steps and rounded to a whole number of steps.
 
@@ -731,7 +743,11 @@ def _emit_sql(b: _Builder) -> str:
             f"({c.sql(dialect='postgres')})" for c in rel.conditions
         )
     keys = [f"k{i}" for i in range(len(b.keys))]
-    ctes = [f"i AS ({inner})"]
+    if b.fixed_index:
+        fixed = ", ".join(f"{sql} AS {name}" for sql, name in b.fixed_index.items())
+        ctes = [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
+    else:
+        ctes = [f"i AS ({inner})"]
     if rel.row_level:
         source = "i AS b"
         where = ""

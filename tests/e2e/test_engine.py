@@ -123,7 +123,7 @@ def test_explain_spends_nothing_and_reports_the_plan(proxy: ProxyProcess) -> Non
     text = "\n".join(r[0] for r in rows)
     assert before == after
     assert "would cost epsilon 1" in text and "delta 0" in text
-    assert "Rewritten SQL: WITH i AS" in text
+    assert "Rewritten SQL: WITH i0 AS" in text
     assert "sensitivity 8" in text and "95% error" in text
 
 
