@@ -15,7 +15,7 @@ from typing import Any
 
 import opendp.prelude as dp
 
-from rewriter.plan import DPPlan
+from rewriter.plan import DPPlan, PrimitiveKind
 
 FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealized-numerics"})
 # Exact per-group values are clamped into this range before sampling: clamping is
@@ -31,6 +31,10 @@ def enable_safe_features() -> None:
         raise RuntimeError(f"unsafe OpenDP features are enabled: {sorted(unsafe)}")
 
 
+class DeltaRequired(ValueError):
+    """The plan needs a positive delta (partition selection) and none was given."""
+
+
 @dataclass(frozen=True, slots=True)
 class NoiseSpec:
     """How one primitive is noised: its share of epsilon, scale, cost and error bound."""
@@ -41,8 +45,11 @@ class NoiseSpec:
     scale: float
     epsilon: Decimal  # read from the measurement's privacy map
     error95: int  # |noise| <= error95 with probability >= 95%, in integer units
-    # Added for zCDP (issue #5): which sampler, and the rho a Gaussian release costs
-    # (its `epsilon` is then 0: a discrete Gaussian has no pure-epsilon guarantee).
+    delta: Decimal = Decimal(0)  # read from the measurement's privacy map
+    threshold: int | None = None  # partition selection: groups below it are dropped
+    groups_per_unit: int = 1  # partition selection: the l0 sensitivity
+    # Which sampler, and (issue #5, zCDP) the rho a Gaussian release costs; its
+    # `epsilon` is then 0: a discrete Gaussian has no pure-epsilon guarantee.
     mechanism: str = "discrete_laplace"
     rho: Decimal = Decimal(0)
 
@@ -52,7 +59,7 @@ class Mechanisms:
 
     def __init__(self) -> None:
         enable_safe_features()
-        self._cache: dict[float, Any] = {}
+        self._cache: dict[Any, Any] = {}
 
     def laplace(self, scale: float) -> Any:
         """A discrete Laplace measurement on i64 vectors under the L1 distance."""
@@ -66,12 +73,115 @@ class Mechanisms:
             self._cache[scale] = meas
         return meas
 
-    def plan_noise(self, plan: DPPlan, epsilon: Decimal) -> list[NoiseSpec]:
-        """Split `epsilon` over the plan's primitives and calibrate each one's noise."""
+    def threshold(self, scale: float, threshold: int) -> Any:
+        """A discrete-Laplace threshold measurement on {group index: unit count} maps."""
+        key = (scale, threshold)
+        meas = self._cache.get(key)  # type: ignore[call-overload]
+        if meas is None:
+            meas = dp.m.make_laplace_threshold(
+                dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64")),
+                dp.l01inf_distance(dp.absolute_distance(T="i64")),
+                scale=scale,
+                threshold=threshold,
+            )
+            self._cache[key] = meas  # type: ignore[index]
+        return meas
+
+    def plan_noise(
+        self, plan: DPPlan, epsilon: Decimal, delta: Decimal = Decimal(0)
+    ) -> list[NoiseSpec]:
+        """Split `epsilon` over the plan's primitives and calibrate each one's noise.
+
+        Every primitive gets an equal share: with the sensitivities the rewriter derives,
+        each aggregate's error is dominated by one primitive of comparable relative
+        scale (see the README), and an equal split is the minimax choice. Partition
+        selection (if any) spends all of `delta`.
+        """
         if not plan.primitives:
             return []
         share = epsilon / len(plan.primitives)
-        return [self._calibrate(p.name, p.label, p.sensitivity, share) for p in plan.primitives]
+        out = []
+        for p in plan.primitives:
+            if p.kind == PrimitiveKind.QUANTILE:
+                out.append(self._calibrate_noisy_max(p.name, p.label, p.sensitivity, share))
+            elif p.kind == PrimitiveKind.UNIT_COUNT:
+                if not delta > 0:
+                    raise DeltaRequired("grouping by a key without a public domain needs delta > 0")
+                out.append(self._calibrate_threshold(p.name, p.label, p.sensitivity,
+                                                     p.groups_per_unit, share, delta))  # fmt: skip
+            else:
+                out.append(self._calibrate(p.name, p.label, p.sensitivity, share))
+        return out
+
+    def noisy_max(self, scale: float) -> Any:
+        """Report-noisy-min over i64 score vectors (exponential mechanism, OpenDP)."""
+        key = ("max", scale)
+        meas = self._cache.get(key)
+        if meas is None:
+            meas = dp.m.make_noisy_max(
+                dp.vector_domain(dp.atom_domain(T="i64")),
+                # One unit raises some scores and lowers others: not monotonic.
+                dp.linf_distance(T="i64", monotonic=False),
+                dp.max_divergence(),
+                scale=scale,
+                negate=True,
+            )
+            self._cache[key] = meas
+        return meas
+
+    def _calibrate_noisy_max(
+        self, name: str, label: str, sensitivity: int, share: Decimal
+    ) -> NoiseSpec:
+        scale = float(2 * Decimal(sensitivity) / share)
+        cost = self.noisy_max(scale).map(sensitivity)
+        while Decimal(cost) > share:
+            scale = math.nextafter(scale, math.inf)
+            cost = self.noisy_max(scale).map(sensitivity)
+        return NoiseSpec(primitive=name, label=label, sensitivity=sensitivity, scale=scale,
+                         epsilon=Decimal(cost), error95=0,
+                         mechanism="exponential_noisy_max")  # fmt: skip
+
+    def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
+        """The index of a noisily smallest score."""
+        safe = [min(max(int(v), 0), I64_SAFE) for v in scores]
+        return int(self.noisy_max(spec.scale)(safe))
+
+    def _calibrate_threshold(
+        self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
+    ) -> NoiseSpec:
+        scale = float(Decimal(l1) / share)
+        d_in = (l0, l1, 1)
+        # Smallest threshold whose delta (from the privacy map) is within the target.
+        guess = max(2, math.ceil(1 + scale * math.log(max(l0, 1) / (2 * float(delta)))))
+        lo, hi = 1, max(2, guess * 2)
+        while True:
+            eps_, d_ = self.threshold(scale, hi).map(d_in)
+            if Decimal(d_) <= delta:
+                break
+            hi *= 2
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if Decimal(self.threshold(scale, mid).map(d_in)[1]) <= delta:
+                hi = mid
+            else:
+                lo = mid + 1
+        meas = self.threshold(scale, hi)
+        eps_, d_ = meas.map(d_in)
+        while Decimal(eps_) > share:
+            scale = math.nextafter(scale, math.inf)
+            meas = self.threshold(scale, hi)
+            eps_, d_ = meas.map(d_in)
+        return NoiseSpec(
+            primitive=name, label=label, sensitivity=l1, scale=scale, epsilon=Decimal(eps_),
+            error95=discrete_laplace_quantile(scale, 0.95), delta=Decimal(d_), threshold=hi,
+            groups_per_unit=l0, mechanism="laplace_threshold",
+        )  # fmt: skip
+
+    def select(self, spec: NoiseSpec, counts: dict[int, int]) -> dict[int, int]:
+        """Partition selection: the groups whose noisy unit count passes the threshold."""
+        assert spec.threshold is not None
+        safe = {k: min(max(int(v), 0), I64_SAFE) for k, v in counts.items()}
+        return dict(self.threshold(spec.scale, spec.threshold)(safe))
 
     def _calibrate(self, name: str, label: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         scale = float(Decimal(sensitivity) / share)
@@ -176,3 +286,8 @@ def discrete_gaussian_bound(scale: float, coverage: float) -> int:
 def total_epsilon(specs: list[NoiseSpec]) -> Decimal:
     """Sequential composition: the sum of the primitives' epsilons, exactly."""
     return sum((s.epsilon for s in specs), Decimal(0))
+
+
+def total_delta(specs: list[NoiseSpec]) -> Decimal:
+    """Sequential composition: the sum of the primitives' deltas, exactly."""
+    return sum((s.delta for s in specs), Decimal(0))

@@ -507,6 +507,10 @@ class Connection:
             # Introspection sqlglot cannot parse (asyncpg's type query) that names no
             # private table: the mirror answers it as it is.
             return await self._on_mirror(st.text, portal)
+        if routed.route == Route.EXPLAIN:
+            # EXPLAIN is answered from the plan alone (never sent to PostgreSQL).
+            return self.ctx.engine.explain(st.text, self.session.epsilon,
+                                           session_delta(self.session.get("dp.delta")))  # fmt: skip
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         if params:
             tree = bind_parameters(tree, params)
@@ -522,8 +526,6 @@ class Connection:
             finally:
                 # Success, refusal, error and timeout all reply on the quantum's grid.
                 await pad_to_quantum(started, self._reply_quantum())
-        if routed.route == Route.EXPLAIN:
-            raise ProxyError(FEATURE_NOT_SUPPORTED, "EXPLAIN is not supported yet")
         if (picked := budget_select_columns(tree)) is not None:  # issue #5: SELECT FROM dp.budget
             return await select_budget(self.ctx.engine, self.analyst.name, self.ctx.meta.dataset, picked)
         # The catalog mirror gets the client's text and raw parameters, unchanged.
@@ -699,6 +701,8 @@ class Connection:
             return [(name, "text")]
         if routed.route == Route.CATALOG and (picked := budget_select_columns(routed.tree)) is not None:
             return [BUDGET_COLUMNS[i] for i in picked]  # issue #5
+        if routed.route == Route.EXPLAIN:
+            return [("QUERY PLAN", "text")]  # EXPLAIN answers one text column
         return None
 
     async def _execute_portal(self, msg: m.Execute) -> None:

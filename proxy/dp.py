@@ -8,6 +8,7 @@ the database keeps its charge.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
 
@@ -18,6 +19,7 @@ from accounting.accountant import (
     ZERO,
     AccountantKind,
     Cost,
+    as_fraction,
     epsilon_to_zcdp,
     gaussian_release,
     laplace_release,
@@ -25,15 +27,16 @@ from accounting.accountant import (
 from accounting.budget import budget_rows
 from accounting.cache import AnswerCache, CachedAnswer, cache_key
 from accounting.ledger import BudgetExhausted, Ledger
-from accounting.mechanisms import Mechanisms, NoiseSpec
-from accounting.release import release
+from accounting.mechanisms import DeltaRequired, Mechanisms, NoiseSpec, total_delta, total_epsilon
+from accounting.release import error_bounds, release
 from proxy.commands import Result
 from proxy.config import AnalystConfig
 from proxy.errors import BUDGET_EXHAUSTED, INVALID_PARAMETER_VALUE, QUERY_FAILED, ProxyError
 from proxy.observe import lap, note  # issue #8: per-stage timings and cost, see proxy/observe.py
 from proxy.router import refusal_from
-from rewriter.errors import RewriteError
+from rewriter.errors import INVALID_PARAMETER, RewriteError
 from rewriter.metadata import Metadata
+from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
 
@@ -70,6 +73,51 @@ class DPEngine:
         self.data_version = data_version
         self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
+
+    def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
+        """Calibrate the plan's noise; delta is spent only by plans that need it."""
+        d = self.default_delta if delta is None else delta
+        try:
+            return self.mechanisms.plan_noise(plan, epsilon, d if plan.needs_delta else Decimal(0))
+        except DeltaRequired as e:
+            raise ProxyError(
+                INVALID_PARAMETER,
+                f"{e}: delta is {d}",
+                hint="group by columns with a declared public domain, or SET dp.delta to a "
+                "small positive number",
+            ) from e
+
+    def explain(self, text: str, epsilon: Decimal, delta: Decimal | None = None) -> Result:
+        """EXPLAIN <query>: the plan, mechanisms and error bounds; runs and charges nothing."""
+        body = _strip_explain(text)
+        plan = self.plan(body, parse_one(body))
+        noise = self.noise(plan, epsilon, delta)
+        lines = [
+            f'DP query on dataset "{plan.dataset}": would cost epsilon '
+            f"{fmt_decimal(total_epsilon(noise))}, delta {_fmt_delta(total_delta(noise))} "
+            "(EXPLAIN runs nothing and spends nothing)",
+            f"Contribution bounding: each privacy unit keeps at most {plan.max_rows} rows "
+            f"(after joins), in at most {plan.max_groups} groups",
+        ]
+        if plan.selection is not None:
+            sel = next(n for n in noise if n.primitive == plan.selection)
+            lines.append(
+                f"Partition selection: a group is released only if its noisy count of units "
+                f"reaches {sel.threshold} (discrete Laplace, scale {sel.scale:g}, epsilon "
+                f"{fmt_decimal(sel.epsilon)}, delta {_fmt_delta(sel.delta)})"
+            )
+        for n in noise:
+            if n.primitive == plan.selection:
+                continue
+            lines.append(
+                f"Primitive {n.primitive} {n.label}: {n.mechanism.replace('_', ' ')}, "
+                f"sensitivity {n.sensitivity}, scale {n.scale:g}, epsilon "
+                f"{fmt_decimal(n.epsilon)}, 95% error ±{n.error95} (integer units)"
+            )
+        for b in error_bounds(plan, noise):
+            lines.append(f"Output {b.label}: 95% error {b.text}")
+        lines.append(f"Rewritten SQL: {plan.sql}")
+        return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
 
     def plan(self, sql: str, tree: exp.Expression) -> DPPlan:
         """The DP plan of a statement (cached by its text: rewriting is pure)."""
@@ -173,9 +221,16 @@ class DPEngine:
                     f"dp.delta must be above 0 and below 1 on a zCDP dataset, not {delta}",
                     hint="for example SET dp.delta = 1e-7",
                 )
+            if plan.selection is not None:
+                raise ProxyError(
+                    "0A000",
+                    "GROUP BY keys without a public domain need partition selection, which "
+                    "this dataset's zCDP accountant does not offer",
+                    hint="group by columns with a declared public domain",
+                )
             rho = epsilon_to_zcdp(Fraction(epsilon), Fraction(delta))
             return self.mechanisms.plan_noise_gaussian(plan, _dec(rho))
-        return self.mechanisms.plan_noise(plan, epsilon)
+        return self.noise(plan, epsilon, delta)
 
     def _cache_key(self, plan: DPPlan, analyst: str, epsilon: Decimal, delta: Decimal) -> str | None:
         if self.cache is None:
@@ -206,9 +261,11 @@ def price(noise: list[NoiseSpec]) -> Cost:
     """A query's cost from its releases' own privacy maps (Laplace: epsilon, Gaussian: rho)."""
     total = ZERO
     for n in noise:
-        total = total + (
-            gaussian_release(n.rho) if n.mechanism == "discrete_gaussian" else laplace_release(n.epsilon)
-        )
+        if n.mechanism == "discrete_gaussian":
+            total = total + gaussian_release(n.rho)
+        else:
+            # Partition selection is (epsilon, delta)-DP: its delta composes additively.
+            total = total + replace(laplace_release(n.epsilon), delta=as_fraction(n.delta))
     return total
 
 
@@ -223,11 +280,33 @@ def _cost_text(epsilon: Fraction, cost: Cost, kind: AccountantKind) -> str:
 
 
 def _bounds(noise: list[NoiseSpec], plan: DPPlan) -> str:
-    steps = {a.sum: a.step for a in plan.aggregates if a.sum}
-    return "; ".join(
-        f"{n.label} ±{fmt_decimal(n.error95 * steps.get(n.primitive, Decimal(1)), 2)}"
-        for n in noise
-    )
+    bars = [f"{b.label} {b.text}" for b in error_bounds(plan, noise)]
+    if plan.selection is not None:
+        sel = next(n for n in noise if n.primitive == plan.selection)
+        bars.append(f"groups with fewer than about {sel.threshold} units are not shown")
+    return "; ".join(bars)
+
+
+def _strip_explain(text: str) -> str:
+    """The query of an EXPLAIN statement (options such as ANALYZE or (...) dropped)."""
+    rest = text.strip()
+    rest = rest[len("explain"):].lstrip() if rest.lower().startswith("explain") else rest
+    if rest.startswith("("):
+        depth = 0
+        for i, ch in enumerate(rest):
+            depth += ch == "("
+            depth -= ch == ")"
+            if depth == 0:
+                rest = rest[i + 1 :].lstrip()
+                break
+    words = ("analyze", "analyse", "verbose", "costs", "buffers", "timing", "summary")
+    while rest.split(None, 1) and rest.split(None, 1)[0].lower() in words:
+        rest = rest.split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
+    return rest
+
+
+def _fmt_delta(d: Decimal) -> str:
+    return "0" if d == 0 else f"{float(d):.3g}"
 
 
 def _mech_record(n: NoiseSpec) -> dict[str, object]:
@@ -238,4 +317,5 @@ def _mech_record(n: NoiseSpec) -> dict[str, object]:
         "scale": n.scale,
         "epsilon": str(n.epsilon),
         "rho": str(n.rho),
+        "delta": str(n.delta),
     }

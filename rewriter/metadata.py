@@ -67,6 +67,11 @@ class ColumnMeta(BaseModel):
         default=None, description="The public list of every value this column may take."
     )
     nullable: bool = True
+    unique: bool = Field(
+        default=False,
+        description="Declared unique (a key): public tables may be joined on it, and a "
+        "foreign-key path may reference it.",
+    )
     comment: str | None = None
 
     @model_validator(mode="after")
@@ -104,6 +109,17 @@ class ColumnMeta(BaseModel):
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$", max_length=63)]
 
 
+class ForeignKeyHop(BaseModel):
+    """One step of a path from a table to its privacy unit: `column` references
+    `table`.`references` (a declared unique column of another private table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: Identifier
+    table: Identifier
+    references: Identifier
+
+
 class TableMeta(BaseModel):
     """One declared table. Private unless `public: true`."""
 
@@ -115,6 +131,11 @@ class TableMeta(BaseModel):
         default=None,
         description="Column that identifies the privacy unit; none means each row is a unit.",
     )
+    unit_path: list[ForeignKeyHop] | None = Field(
+        default=None,
+        description="Foreign-key path to a table whose privacy unit this table's rows "
+        "belong to (e.g. lineitem -> orders); exclusive with privacy_unit.",
+    )
     max_rows: int = Field(default=1, ge=1, le=100_000, description="Rows kept per unit.")
     max_groups: int = Field(default=1, ge=1, le=100_000, description="Groups a unit may touch.")
     columns: dict[Identifier, ColumnMeta]
@@ -124,6 +145,16 @@ class TableMeta(BaseModel):
     def _check_unit(self) -> TableMeta:
         if self.privacy_unit is not None and self.privacy_unit not in self.columns:
             raise ValueError(f"privacy_unit '{self.privacy_unit}' is not a declared column")
+        if self.unit_path is not None:
+            if self.privacy_unit is not None:
+                raise ValueError("give privacy_unit or unit_path, not both")
+            if self.public:
+                raise ValueError("a public table has no privacy unit path")
+            if len(self.unit_path) != 1:
+                # One hop per table: a longer path is the referenced table's own unit_path.
+                raise ValueError("unit_path lists exactly one hop; chain tables instead")
+            if self.unit_path[0].column not in self.columns:
+                raise ValueError(f"unit_path column '{self.unit_path[0].column}' is not declared")
         if not self.columns:
             raise ValueError("declare at least one column")
         return self
@@ -148,6 +179,33 @@ class Metadata(BaseModel):
         if not v:
             raise ValueError("declare at least one table")
         return v
+
+    @model_validator(mode="after")
+    def _check_unit_paths(self) -> Metadata:
+        for tname, table in self.tables.items():
+            seen = {tname}
+            current = table
+            while current.unit_path is not None:
+                hop = current.unit_path[0]
+                target = self.tables.get(hop.table)
+                if target is None:
+                    raise ValueError(f"{tname}: unit_path table '{hop.table}' is not declared")
+                if target.public:
+                    raise ValueError(f"{tname}: unit_path leads to the public table '{hop.table}'")
+                ref = target.columns.get(hop.references)
+                if ref is None or not ref.unique:
+                    # A non-unique reference would attribute one row to several units.
+                    raise ValueError(
+                        f"{tname}: unit_path references '{hop.table}.{hop.references}', "
+                        "which must be a declared column with unique: true"
+                    )
+                if hop.table in seen:
+                    raise ValueError(f"{tname}: unit_path has a cycle through '{hop.table}'")
+                seen.add(hop.table)
+                current = target
+            if current.privacy_unit is None and table.unit_path is not None:
+                raise ValueError(f"{tname}: unit_path ends at a table without a privacy_unit")
+        return self
 
     def find(self, name: str, schema: str | None = None) -> tuple[str, TableMeta] | None:
         """Look a table up by (case-insensitive) name and optional schema."""

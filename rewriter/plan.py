@@ -21,6 +21,10 @@ class PrimitiveKind(StrEnum):
     COUNT = "count"  # rows (or non-NULL values) after contribution bounding
     SUM = "sum"  # sum of clamped fixed-point values
     NORMALIZED_SUM = "normalized_sum"  # sum of (value - midpoint), for AVG and friends
+    SUM_SQUARES = "sum_squares"  # sum of ((value - midpoint) / scale)^2, for VAR/STDDEV
+    COUNT_DISTINCT = "count_distinct"  # distinct non-NULL values (or distinct units)
+    UNIT_COUNT = "unit_count"  # distinct units per group: partition selection only
+    QUANTILE = "quantile"  # per-group histogram over candidate cells, released by noisy max
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,9 @@ class NoisyPrimitive:
     kind: PrimitiveKind
     sensitivity: int
     label: str
+    sql: str = ""  # the aggregate over the bounded rows that computes it exactly
+    # For UNIT_COUNT: how many groups one unit can touch (the l0 sensitivity).
+    groups_per_unit: int = 1
 
 
 class AggFunc(StrEnum):
@@ -43,6 +50,11 @@ class AggFunc(StrEnum):
     COUNT = "count"
     SUM = "sum"
     AVG = "avg"
+    VAR_POP = "var_pop"
+    VAR_SAMP = "var_samp"
+    STDDEV_POP = "stddev_pop"
+    STDDEV_SAMP = "stddev_samp"
+    QUANTILE = "quantile"  # PERCENTILE_CONT/PERCENTILE_DISC/MEDIAN
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +74,32 @@ class AggregateSpec:
     upper: int = 0
     midpoint: int = 0
     result_type: str = "int8"
+    sumsq: str | None = None  # SUM_SQUARES primitive (variance and standard deviation)
+    sq_scale: int = 1  # squares are summed in units of sq_scale steps, squared
+    # Quantiles: alpha = alpha_num / alpha_den; candidates lower + j * stride (steps).
+    alpha_num: int = 0
+    alpha_den: int = 1
+    stride: int = 1
+    candidates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class GroupKey:
-    """A GROUP BY key with a declared public domain: every value is released."""
+    """A GROUP BY key.
+
+    With a public domain (declared, or derived such as EXTRACT(MONTH ...)), every value
+    is released, empty groups included. A private key (`domain` empty) takes its values
+    from the data, and its groups pass DP partition selection.
+    """
 
     label: str
     column: str
     type_name: str
     domain: tuple[Any, ...]
+    private: bool = False
+    # A key read from a public table: its domain is every value of that table, listed
+    # by this SQL when the query runs (public data), so every value is released.
+    domain_sql: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +137,30 @@ class DPPlan:
     offset: int = 0
     fingerprint: str = ""
     notes: tuple[str, ...] = field(default=())
+    # The UNIT_COUNT primitive whose noisy value decides which private groups are released.
+    selection: str | None = None
+    max_rows: int = 1  # rows per unit after contribution bounding
+    max_groups: int = 1  # groups per unit after contribution bounding
 
     @property
     def group_count(self) -> int:
-        """How many groups the answer has before HAVING/LIMIT (product of domain sizes)."""
+        """How many groups the answer has before HAVING/LIMIT (product of domain sizes).
+
+        For private keys this is the number of groups the data has: unknown here (0).
+        """
+        if self.keys_from_rows:
+            return 0
         n = 1
         for k in self.keys:
             n *= len(k.domain)
         return n
+
+    @property
+    def keys_from_rows(self) -> bool:
+        """True when the groups are the rows the database returns (not a domain product)."""
+        return self.selection is not None or any(k.domain_sql for k in self.keys)
+
+    @property
+    def needs_delta(self) -> bool:
+        """True when answering costs delta (partition selection)."""
+        return self.selection is not None

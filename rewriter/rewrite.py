@@ -1,10 +1,11 @@
 """From a checked SELECT to a DP plan: validate, resolve, bound, and emit SQL.
 
-The pipeline is: resolve the FROM clause against the metadata; walk WHERE against the
-row-expression allow-list; collect aggregates and group keys from SELECT, HAVING and
-ORDER BY; choose the noisy primitives (sharing counts between aggregates); derive each
-primitive's sensitivity from declared bounds and contribution limits; emit SQL that
-clamps, bounds contributions per unit and aggregates exactly.
+The pipeline is: flatten FROM (tables, JOINs, row-level CTEs and derived tables) and
+bind the privacy unit (relation.py); analyze WHERE and GROUP BY against the
+row-expression allow-list (rowexpr.py); collect aggregates from SELECT, HAVING and
+ORDER BY; choose the noisy primitives (sharing counts and sums between aggregates);
+derive each primitive's sensitivity from declared bounds and contribution limits; emit
+SQL that bounds contributions per unit after the join and aggregates exactly.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlglot import exp
 
-from rewriter.errors import (
-    GROUPING_ERROR,
-    UNDEFINED_COLUMN,
-    UNDEFINED_TABLE,
-    RewriteError,
-    not_allowed,
-    unsupported,
-)
-from rewriter.metadata import ColumnMeta, ColumnType, Metadata, TableMeta
+from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
+from rewriter.metadata import Metadata
 from rewriter.plan import (
     AggFunc,
     AggregateSpec,
@@ -35,67 +29,64 @@ from rewriter.plan import (
     PrimitiveKind,
 )
 from rewriter.postprocess import infer_type
-from rewriter.rowexpr import check_row_expr
-from rewriter.sqltypes import pg_type_name, sql_literal
+from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
+from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe
 
 MAX_GROUPS = 100_000
-ALIAS = "t"
+MAX_PUBLIC_DOMAIN = 10_000
 AGG_PREFIX = "__a"
 KEY_PREFIX = "__k"
-
-
-@dataclass
-class _Scope:
-    table_name: str
-    table: TableMeta
-    names: set[str]  # names by which the FROM table may be referenced
-
-    def column(self, col: exp.Column) -> tuple[str, ColumnMeta]:
-        qual = col.table
-        if qual and qual.lower() not in self.names:
-            raise RewriteError(
-                UNDEFINED_TABLE,
-                f'missing FROM-clause entry for table "{qual}"',
-                hint="qualify columns with the name or alias of the table in FROM",
-            )
-        name = col.name
-        for cname, cmeta in self.table.columns.items():
-            if cname.lower() == name.lower() if not _quoted(col) else cname == name:
-                return cname, cmeta
-        raise RewriteError(
-            UNDEFINED_COLUMN,
-            f'column "{name}" does not exist or is not declared in the metadata of '
-            f'"{self.table_name}"',
-            hint="declared columns: " + ", ".join(self.table.columns),
-        )
-
-
-def _quoted(col: exp.Column) -> bool:
-    ident = col.this
-    return isinstance(ident, exp.Identifier) and bool(ident.args.get("quoted"))
+# Fixed-point values are kept below 2^40 steps so that exact sums of up to 2^22 rows fit
+# the i64 samplers (larger totals are clamped there, which keeps the sensitivity).
+MAX_STEPS = Decimal(1 << 40)
+# Squared deviations are summed in units chosen so each term is at most 2^30.
+MAX_SQUARE_UNITS = 1 << 30
+AGG_HINT = (
+    "supported aggregates: COUNT(*), COUNT(expr), COUNT(DISTINCT expr), SUM, AVG, VARIANCE, "
+    "VAR_SAMP, VAR_POP, STDDEV, STDDEV_SAMP, STDDEV_POP, each optionally with FILTER (WHERE ...)"
+)
 
 
 @dataclass
 class _Builder:
-    scope: _Scope
-    meta: Metadata
+    rel: Relation
+    scope: Scope
     keys: list[GroupKey] = field(default_factory=list)
-    key_exprs: list[str] = field(default_factory=list)  # column names of the keys
+    key_sql: list[str] = field(default_factory=list)  # rendered key expressions
+    key_typed: list[Typed] = field(default_factory=list)
     aggregates: list[AggregateSpec] = field(default_factory=list)
     agg_index: dict[str, int] = field(default_factory=dict)
     primitives: dict[str, NoisyPrimitive] = field(default_factory=dict)
-    value_sql: dict[str, str] = field(default_factory=dict)  # inner column -> SQL
+    prim_index: dict[tuple[str, ...], str] = field(default_factory=dict)
+    inner: dict[str, str] = field(default_factory=dict)  # inner column name -> SQL
+    inner_index: dict[str, str] = field(default_factory=dict)  # SQL -> inner column name
+    sums: list[tuple[int, str, str | None, str | None]] = field(default_factory=list)
+    fixed_index: dict[str, str] = field(default_factory=dict)  # fixed-point SQL -> x column
+    group_bound: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.rel.max_rows
+
+    def analyzer(self, context: str) -> Analyzer:
+        return Analyzer(lambda c: lookup(self.scope, c), context)
+
+    def column(self, sql: str, prefix: str) -> str:
+        """The inner-query column computing `sql` (deduplicated)."""
+        if sql in self.inner_index:
+            return self.inner_index[sql]
+        name = f"{prefix}{len(self.inner)}"
+        self.inner[name] = sql
+        self.inner_index[sql] = name
+        return name
 
 
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
     select = _check_shape(tree)
-    scope = _resolve_from(select, meta)
-    b = _Builder(scope=scope, meta=meta)
-
-    where = select.args.get("where")
-    if where is not None:
-        check_row_expr(where.this, scope.column, context="WHERE")
+    rel, scope = FromResolver(meta).resolve(select)
+    bind_units(rel)
+    b = _Builder(rel=rel, scope=scope)
 
     _collect_group_keys(select, b)
     outputs = _collect_outputs(select, b)
@@ -110,14 +101,15 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
             "the query reads private rows without aggregating them",
             "use aggregates such as COUNT(*), SUM(col), AVG(col), grouped by public keys",
         )
-    if _group_count(b.keys) > MAX_GROUPS:
+    selection = _selection_primitive(b)
+    if selection is None and _group_count(b.keys) > MAX_GROUPS:
         raise unsupported(f"the GROUP BY keys have more than {MAX_GROUPS} combinations")
 
-    sql = _emit_sql(select, b)
+    sql = _emit_sql(b)
     canon = tree.sql(dialect="postgres", comments=False, normalize=True)
     return DPPlan(
         dataset=meta.dataset,
-        tables=(scope.table_name,),
+        tables=tuple(dict.fromkeys(s.name for s in rel.sources)),
         sql=sql,
         keys=tuple(b.keys),
         primitives=tuple(b.primitives.values()),
@@ -128,105 +120,118 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         limit=limit,
         offset=offset,
         fingerprint=hashlib.sha256(canon.encode()).hexdigest()[:32],
+        selection=selection,
+        max_rows=b.rows,
+        max_groups=_groups_per_unit(b),
     )
 
 
-# --- shape and FROM -------------------------------------------------------------------
+# --- shape -------------------------------------------------------------------------------
 
 
 def _check_shape(tree: exp.Expression) -> exp.Select:
     if isinstance(tree, (exp.Union, exp.Intersect, exp.Except)):
-        raise unsupported("UNION, INTERSECT and EXCEPT are not supported on private tables")
+        raise unsupported(
+            "UNION, INTERSECT and EXCEPT are not supported on private tables",
+            "send each SELECT separately",
+        )
     if not isinstance(tree, exp.Select):
         kind = type(tree).__name__.upper()
         raise not_allowed(
             f"{kind} statements are not allowed on private tables",
-            "only SELECT queries with aggregates (COUNT, SUM, AVG) are allowed",
+            "only SELECT queries with aggregates (COUNT, SUM, AVG...) are allowed",
         )
     for arg, what in (
-        ("with", "WITH (common table expressions)"),
-        ("joins", "JOIN"),
         ("into", "SELECT INTO"),
         ("locks", "FOR UPDATE/SHARE"),
         ("windows", "WINDOW clauses"),
-        ("distinct", "SELECT DISTINCT"),
         ("laterals", "LATERAL"),
         ("qualify", "QUALIFY"),
     ):
         if tree.args.get(arg):
-            raise unsupported(f"{what} is not supported on private tables yet")
+            raise unsupported(f"{what} is not supported on private tables")
+    if tree.args.get("distinct"):
+        raise unsupported(
+            "SELECT DISTINCT is not supported on private tables",
+            "use GROUP BY, or COUNT(DISTINCT col)",
+        )
     if tree.find(exp.Window):
         raise not_allowed("window functions are not allowed on private tables")
     return tree
 
 
-def _resolve_from(select: exp.Select, meta: Metadata) -> _Scope:
-    from_ = select.args.get("from_") or select.args.get("from")
-    if from_ is None:
-        raise not_allowed("the query has no FROM clause over a private table")
-    source = from_.this
-    if not isinstance(source, exp.Table) or not source.name:
-        raise unsupported(
-            "subqueries and table functions in FROM are not supported yet",
-            "select directly from a declared private table",
-        )
-    if source.args.get("catalog"):
-        raise not_allowed("cross-database references are not allowed")
-    found = meta.find(source.name, source.db or None)
-    if found is None:
-        raise RewriteError(
-            UNDEFINED_TABLE,
-            f'relation "{source.name}" does not exist or is not declared',
-            hint="declared tables: " + ", ".join(sorted(meta.tables)),
-        )
-    tname, table = found
-    if table.public:
-        raise unsupported(f'"{tname}" is a public table; DP queries must read a private table')
-    names = {tname.lower(), f"{table.schema_}.{tname}".lower()}
-    if source.alias:
-        names = {source.alias.lower()}
-    return _Scope(table_name=tname, table=table, names=names)
-
-
-# --- group keys ------------------------------------------------------------------------
+# --- group keys --------------------------------------------------------------------------
 
 
 def _collect_group_keys(select: exp.Select, b: _Builder) -> None:
     group = select.args.get("group")
     if group is None:
         return
-    if group.args.get("grouping_sets") or group.args.get("cube") or group.args.get("rollup"):
-        raise unsupported("GROUPING SETS, ROLLUP and CUBE are not supported yet")
+    for arg in ("grouping_sets", "cube", "rollup"):
+        if group.args.get(arg):
+            raise unsupported(
+                "GROUPING SETS, ROLLUP and CUBE are not supported: each grouping would be a "
+                "separate release",
+                "send one query per grouping",
+            )
     items = list(select.expressions)
+    analyzer = b.analyzer("GROUP BY")
     for g in group.expressions:
+        if isinstance(g, (exp.GroupingSets, exp.Cube, exp.Rollup)):
+            raise unsupported(
+                "GROUPING SETS, ROLLUP and CUBE are not supported: each grouping would be a "
+                "separate release",
+                "send one query per grouping",
+            )
         g = _unalias_group_item(g, items)
-        if not isinstance(g, exp.Column):
-            raise unsupported(
-                f"GROUP BY {g.sql(dialect='postgres')} is not supported yet",
-                "group by a column that has a declared public domain",
-            )
-        cname, cmeta = b.scope.column(g)
-        if cname == b.scope.table.privacy_unit:
+        if any(isinstance(n, exp.AggFunc) for n in g.walk()):
+            raise RewriteError(GROUPING_ERROR, "aggregate functions are not allowed in GROUP BY")
+        t = analyzer.analyze(g)
+        if t.unit:
             raise not_allowed(
-                f'grouping by the privacy unit "{cname}" would release one group per unit',
-                "group by a column with a declared public domain",
+                f"grouping by the privacy unit {g.sql(dialect='postgres')} would release one "
+                "group per unit",
+                "group by a column with a declared public domain, or by another column",
             )
-        if cmeta.domain is None:
-            raise unsupported(
-                f'GROUP BY "{cname}": the column has no declared public domain',
-                "group by a column whose metadata lists its public domain",
-            )
-        if cname in b.key_exprs:
+        if t.constant:
+            continue  # GROUP BY a constant does not split anything
+        rendered = t.sql.sql(dialect="postgres")
+        if rendered in b.key_sql:
             continue
-        b.key_exprs.append(cname)
+        label = g.sql(dialect="postgres")
+        public = t.domain is not None and len(t.domain) <= MAX_PUBLIC_DOMAIN
+        domain_sql = None if public else _public_table_domain(t, b)
+        b.key_sql.append(rendered)
+        b.key_typed.append(t)
         b.keys.append(
             GroupKey(
-                label=cname,
-                column=cname,
-                type_name=pg_type_name(cmeta.type),
-                domain=tuple(cmeta.domain),
+                label=label,
+                column=g.alias_or_name if isinstance(g, exp.Column) else label,
+                type_name=t.type_name,
+                domain=tuple(t.domain) if public and t.domain is not None else (),
+                private=not public and domain_sql is None,
+                domain_sql=domain_sql,
             )
         )
+    if any(k.private for k in b.keys):
+        # With one private key the group set comes from the data: all keys then do.
+        b.keys[:] = [replace(k, private=True, domain=(), domain_sql=None) for k in b.keys]
+
+
+def _public_table_domain(t: Typed, b: _Builder) -> str | None:
+    """SQL listing every value of a key computed from one public table's columns only."""
+    aliases = {a for a, _ in t.columns}
+    if len(aliases) != 1:
+        return None
+    alias = next(iter(aliases))
+    src = next((s for s in b.rel.sources if s.alias == alias), None)
+    if src is None or not src.table.public:
+        return None
+    sql = (f'SELECT DISTINCT {t.sql.sql(dialect="postgres")} AS v FROM '
+           f'"{src.table.schema_}"."{src.name}" AS {alias}')  # fmt: skip
+    if src.left:
+        sql += " UNION SELECT NULL"  # unmatched rows of a LEFT JOIN form the NULL group
+    return sql
 
 
 def _unalias_group_item(g: exp.Expression, items: list[exp.Expression]) -> exp.Expression:
@@ -251,6 +256,15 @@ def _group_count(keys: list[GroupKey]) -> int:
     return n
 
 
+def _groups_per_unit(b: _Builder) -> int:
+    """How many groups one unit can touch after bounding (the l0 sensitivity)."""
+    if not b.keys or b.rel.row_level:
+        return 1
+    if b.group_bound:
+        return min(b.rel.max_groups, b.rows)
+    return b.rows
+
+
 # --- outputs and post-processing ---------------------------------------------------------
 
 
@@ -262,21 +276,34 @@ def _collect_outputs(select: exp.Select, b: _Builder) -> list[OutputColumn]:
                 "SELECT * would return private rows",
                 "select aggregates such as COUNT(*), SUM(col), AVG(col), grouped by public keys",
             )
-        name = item.alias_or_name if isinstance(item, (exp.Alias, exp.Column)) else None
         body = item.this if isinstance(item, exp.Alias) else item
-        post = _post_expr(body, b, "SELECT")
-        if name is None:
+        if isinstance(item, exp.Alias):
+            name = item.alias
+        elif isinstance(item, exp.Column):
+            name = item.name
+        else:
             name = _default_name(body)
+        post = _post_expr(body, b, "SELECT")
         outputs.append(OutputColumn(name=name, type_name=infer_type(post, _types(b)), expr=post))
     return outputs
 
 
 def _default_name(body: exp.Expression) -> str:
-    # PostgreSQL names an unaliased aggregate column after its function.
+    # PostgreSQL names an unaliased column after its outermost function.
+    if isinstance(body, exp.Filter):
+        body = body.this
+    if isinstance(body, (exp.Stddev,)):
+        return "stddev"
+    if isinstance(body, exp.Variance):
+        return "variance" if body.key == "variance" else "var_samp"
     if isinstance(body, exp.AggFunc):
-        return body.key.lower() if body.key != "count" else "count"
+        return {"count": "count", "sum": "sum", "avg": "avg"}.get(body.key, body.key.lower())
+    if isinstance(body, exp.Extract):
+        return "extract"
     if isinstance(body, exp.Anonymous):
         return str(body.this).lower()
+    if isinstance(body, exp.Cast):
+        return _default_name(body.this) if not isinstance(body.this, exp.Column) else body.this.name
     if isinstance(body, exp.Func):
         return body.sql_name().lower()
     return "?column?"
@@ -289,81 +316,59 @@ def _types(b: _Builder) -> dict[str, str]:
 
 
 _POST_NODES: tuple[type[exp.Expression], ...] = (
-    exp.Literal,
-    exp.Null,
-    exp.Boolean,
-    exp.Paren,
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Div,
-    exp.Neg,
-    exp.Mod,
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.And,
-    exp.Or,
-    exp.Not,
-    exp.Is,
-    exp.Round,
-    exp.Abs,
-    exp.Coalesce,
-    exp.Greatest,
-    exp.Least,
-    exp.Case,
-    exp.If,
-    exp.Cast,
-    exp.DataType,
-    exp.Ceil,
-    exp.Floor,
-    exp.Sqrt,
-    exp.Column,
-    exp.Identifier,
-    exp.Between,
-    exp.In,
-)
+    exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div,
+    exp.Neg, exp.Mod, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or,
+    exp.Not, exp.Is, exp.Round, exp.Abs, exp.Coalesce, exp.Greatest, exp.Least, exp.Case,
+    exp.If, exp.Cast, exp.DataType, exp.Ceil, exp.Floor, exp.Sqrt, exp.Column,
+    exp.Identifier, exp.Between, exp.In, exp.Nullif,
+)  # fmt: skip
+
+_AGG_NODES = (exp.AggFunc, exp.Filter, exp.WithinGroup)
 
 
 def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression:
     """Copy `node`, replacing aggregates and group keys by placeholders; check the rest."""
 
-    def replace(n: exp.Expression) -> exp.Expression:
-        if isinstance(n, exp.AggFunc):
+    def replace_node(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, _AGG_NODES):
             return exp.column(f"{AGG_PREFIX}{_register_aggregate(n, b)}")
-        if isinstance(n, exp.Column):
-            if n.is_star:
-                raise not_allowed("* is only allowed inside COUNT(*)")
-            cname, _ = b.scope.column(n)
-            if cname not in b.key_exprs:
+        if isinstance(n, exp.Column) and n.is_star:
+            raise not_allowed("* is only allowed inside COUNT(*)")
+        if any(isinstance(x, exp.Column) for x in n.walk()) and not any(
+            isinstance(x, _AGG_NODES) for x in n.walk()
+        ):
+            idx = _match_key(n, b)
+            if idx is not None:
+                return exp.column(f"{KEY_PREFIX}{idx}")
+            if isinstance(n, exp.Column):
+                lookup(b.scope, n)  # undefined columns are reported as such
                 raise RewriteError(
                     GROUPING_ERROR,
-                    f'column "{cname}" must appear in the GROUP BY clause or be used in an '
-                    "aggregate function",
+                    f'column "{n.sql(dialect="postgres")}" must appear in the GROUP BY clause '
+                    "or be used in an aggregate function",
                     "private columns can only be read through aggregates",
                 )
-            return exp.column(f"{KEY_PREFIX}{b.key_exprs.index(cname)}")
         return n
 
-    out = node.copy().transform(replace, copy=False)
+    out = node.copy().transform(replace_node, copy=False)
     for n in out.walk():
         if not isinstance(n, _POST_NODES):
             raise unsupported(
-                f"{_node_name(n)} is not supported in {clause} over aggregates",
-                "use arithmetic, ROUND, COALESCE, CASE and comparisons over aggregates",
+                f"{describe(n)} is not supported in {clause} over aggregates",
+                "use arithmetic, ROUND, COALESCE, NULLIF, CASE and comparisons over aggregates",
             )
     return out
 
 
-def _node_name(n: exp.Expression) -> str:
-    if isinstance(n, exp.Anonymous):
-        return f"the function {str(n.this).upper()}()"
-    if isinstance(n, exp.Func):
-        return f"the function {n.sql_name().upper()}()"
-    return f"the construct {type(n).__name__.upper()}"
+def _match_key(n: exp.Expression, b: _Builder) -> int | None:
+    if not b.key_sql:
+        return None
+    try:
+        t = b.analyzer("SELECT").analyze(n)
+    except RewriteError:
+        return None
+    rendered = t.sql.sql(dialect="postgres")
+    return b.key_sql.index(rendered) if rendered in b.key_sql else None
 
 
 def _collect_order(
@@ -388,7 +393,8 @@ def _collect_order(
         desc = bool(o.args.get("desc"))
         nulls_first = o.args.get("nulls_first")
         items.append(
-            OrderItem(expr=expr, descending=desc, nulls_first=bool(nulls_first) if nulls_first is not None else desc)
+            OrderItem(expr=expr, descending=desc,
+                      nulls_first=bool(nulls_first) if nulls_first is not None else desc)  # fmt: skip
         )
     return items
 
@@ -414,7 +420,7 @@ def _nonneg_int(node: exp.Expression | None, what: str) -> int:
 # --- aggregates and primitives -----------------------------------------------------------
 
 
-def _register_aggregate(node: exp.AggFunc, b: _Builder) -> int:
+def _register_aggregate(node: exp.Expression, b: _Builder) -> int:
     key = node.sql(dialect="postgres", comments=False, normalize=True)
     if key in b.agg_index:
         return b.agg_index[key]
@@ -424,206 +430,417 @@ def _register_aggregate(node: exp.AggFunc, b: _Builder) -> int:
     return b.agg_index[key]
 
 
-def _aggregate_spec(node: exp.AggFunc, b: _Builder) -> AggregateSpec:
-    label = node.sql(dialect="postgres", comments=False)
-    if node.find(exp.Distinct):
-        raise unsupported(f"{label}: DISTINCT inside aggregates is not supported yet")
-    if isinstance(node, exp.Count):
-        arg = node.this
-        if arg is None or isinstance(arg, exp.Star):
-            return AggregateSpec(AggFunc.COUNT, label, count=_count_primitive(None, b), sum=None)
-        col, cmeta = _aggregate_column(arg, b, label)
-        counted = None if not cmeta.nullable else col
-        return AggregateSpec(AggFunc.COUNT, label, count=_count_primitive(counted, b), sum=None)
-    if isinstance(node, (exp.Sum, exp.Avg)):
-        col, cmeta = _aggregate_column(node.this, b, label)
-        if not cmeta.type.is_numeric:
-            raise RewriteError("42883", f"{label}: cannot sum a column of type {cmeta.type}")
-        if not cmeta.bounded:
-            raise unsupported(
-                f'{label}: the column "{col}" has no declared bounds',
-                "declare lower and upper bounds for the column in the metadata",
-            )
-        lo, hi, step = _steps(cmeta)
-        counted = None if not cmeta.nullable else col
-        b.value_sql[f"v_{col}"] = _qcol(col)
-        b.value_sql[f"x_{col}"] = _fixed_point_sql(col, lo, hi, step)
-        if isinstance(node, exp.Avg):
-            rtype = "float8" if cmeta.type == ColumnType.FLOAT else "numeric"
-            count = _count_primitive(counted, b)
-            func = AggFunc.AVG
-        else:
-            rtype = "int8" if cmeta.type in (ColumnType.INTEGER, ColumnType.SMALLINT) else (
-                "float8" if cmeta.type == ColumnType.FLOAT else "numeric"
-            )
-            count = None  # decided in _choose_sum_forms, once every aggregate is known
-            func = AggFunc.SUM
-        return AggregateSpec(
-            func, label, count=count, sum=f"s_{col}", step=step, lower=lo, upper=hi,
-            midpoint=(lo + hi) // 2, result_type=rtype,
-        )  # fmt: skip
-    name = node.sql_name() if isinstance(node, exp.Func) else type(node).__name__
-    raise unsupported(
-        f"the aggregate {name.upper()}() is not supported yet",
-        "supported aggregates: COUNT(*), COUNT(col), SUM(col), AVG(col)",
-    )
+def _filter_column(cond: exp.Expression | None, b: _Builder) -> str | None:
+    if cond is None:
+        return None
+    t = b.analyzer("FILTER (WHERE ...)").predicate(cond)
+    # IS TRUE: a NULL condition excludes the row, as FILTER does.
+    return b.column(f"(({t.sql.sql(dialect='postgres')}) IS TRUE)", "f")
 
 
-def _aggregate_column(arg: exp.Expression, b: _Builder, label: str) -> tuple[str, ColumnMeta]:
-    if not isinstance(arg, exp.Column):
-        raise unsupported(
-            f"{label}: expressions inside aggregates are not supported yet",
-            "aggregate a declared column directly",
-        )
-    return b.scope.column(arg)
-
-
-def _steps(cmeta: ColumnMeta) -> tuple[int, int, Decimal]:
-    """Bounds in fixed-point steps, widened outwards so the declared range is covered."""
-    step = cmeta.step
-    assert cmeta.lower is not None and cmeta.upper is not None
-    lo = int((cmeta.lower / step).to_integral_value(rounding=ROUND_FLOOR))
-    hi = int((cmeta.upper / step).to_integral_value(rounding=ROUND_CEILING))
-    return lo, hi, step
-
-
-def _rows_per_unit(b: _Builder) -> int:
-    t = b.scope.table
-    return 1 if t.row_level else t.max_rows
-
-
-def _count_primitive(column: str | None, b: _Builder) -> str:
-    name = "n_rows" if column is None else f"n_{column}"
-    if name not in b.primitives:
-        if column is not None:
-            b.value_sql[f"v_{column}"] = _qcol(column)
-        b.primitives[name] = NoisyPrimitive(
-            name=name,
-            kind=PrimitiveKind.COUNT,
-            sensitivity=_rows_per_unit(b),
-            label="COUNT(*)" if column is None else f"COUNT({column})",
-        )
+def _prim(b: _Builder, kind: PrimitiveKind, value: str | None, filt: str | None,
+          sensitivity: int, label: str, sql: str) -> str:  # fmt: skip
+    key = (kind.value, value or "", filt or "")
+    name = b.prim_index.get(key)
+    if name is None:
+        name = f"p{len(b.primitives)}"
+        b.prim_index[key] = name
+        if filt is not None:
+            sql = f"{sql} FILTER (WHERE b.{filt})"
+        if kind in (PrimitiveKind.SUM, PrimitiveKind.NORMALIZED_SUM, PrimitiveKind.SUM_SQUARES):
+            sql = f"coalesce({sql}, 0)"  # a sum over no rows is 0, never NULL
+        b.primitives[name] = NoisyPrimitive(name=name, kind=kind, sensitivity=sensitivity,
+                                            label=label, sql=sql)  # fmt: skip
     return name
 
 
+def _count(b: _Builder, value: Typed | None, filt: str | None, label: str) -> str:
+    if value is None or not value.nullable:
+        # Rows of a non-NULL value are all rows: one shared count.
+        label = "COUNT(*)" if filt is None else f"COUNT(*) FILTER ({b.inner[filt]})"
+        return _prim(b, PrimitiveKind.COUNT, None, filt, b.rows, label, "count(*)")
+    col = b.column(value.sql.sql(dialect="postgres"), "v")
+    return _prim(b, PrimitiveKind.COUNT, col, filt, b.rows, label, f"count(b.{col})")
+
+
+def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
+    label = node.sql(dialect="postgres", comments=False)
+    cond = None
+    if isinstance(node, exp.Filter):
+        where = node.expression
+        cond = where.this if isinstance(where, exp.Where) else where
+        node = node.this
+    if isinstance(node, (exp.WithinGroup, exp.Median)):
+        return _quantile_spec(node, filt_cond=cond, label=label, b=b)
+    if isinstance(node, (exp.Min, exp.Max, exp.Quantile, exp.PercentileCont,
+                         exp.PercentileDisc)):  # fmt: skip
+        raise unsupported(
+            f"{label}: MIN and MAX are not supported (a DP minimum over declared bounds is "
+            "dominated by the bounds)",
+            "use PERCENTILE_CONT(0.05) WITHIN GROUP (ORDER BY col) or MEDIAN(col) instead",
+        )
+    if not isinstance(node, exp.AggFunc):
+        raise unsupported(f"{label} is not a supported aggregate", AGG_HINT)
+    for n in node.iter_expressions():
+        if any(isinstance(x, exp.AggFunc) for x in n.walk()):
+            raise RewriteError(GROUPING_ERROR, f"{label}: aggregate calls cannot be nested")
+    filt = _filter_column(cond, b)
+    analyzer = b.analyzer(f"the aggregate {label}")
+    if isinstance(node, exp.Count):
+        arg = node.this
+        if arg is None or isinstance(arg, exp.Star):
+            return AggregateSpec(AggFunc.COUNT, label, count=_count(b, None, filt, label), sum=None)
+        if isinstance(arg, exp.Distinct):
+            if len(arg.expressions) != 1:
+                raise unsupported(f"{label}: COUNT(DISTINCT ...) takes one expression")
+            return _count_distinct(analyzer.analyze(arg.expressions[0]), filt, label, b)
+        t = analyzer.analyze(arg)
+        return AggregateSpec(AggFunc.COUNT, label, count=_count(b, t, filt, label), sum=None)
+    funcs = {
+        exp.Sum: AggFunc.SUM, exp.Avg: AggFunc.AVG, exp.Variance: AggFunc.VAR_SAMP,
+        exp.VariancePop: AggFunc.VAR_POP, exp.Stddev: AggFunc.STDDEV_SAMP,
+        exp.StddevSamp: AggFunc.STDDEV_SAMP, exp.StddevPop: AggFunc.STDDEV_POP,
+    }  # fmt: skip
+    func = funcs.get(type(node))  # type: ignore[call-overload]
+    if func is None:
+        name = node.sql_name() if isinstance(node, exp.Func) else type(node).__name__
+        raise unsupported(f"the aggregate {name.upper()}() is not supported", AGG_HINT)
+    arg = node.this
+    if isinstance(arg, exp.Distinct):
+        raise unsupported(f"{label}: DISTINCT is only supported inside COUNT")
+    t = analyzer.analyze(arg)
+    if t.kind not in NUMERIC_KINDS:
+        raise RewriteError("42883", f"{label}: cannot aggregate a value of type {t.type_name}")
+    if not t.bounded:
+        raise unsupported(
+            f"{label}: no finite bounds follow for {arg.sql(dialect='postgres')}",
+            "declare lower and upper bounds for the columns in the metadata, or clamp the "
+            "value with LEAST(GREATEST(x, lo), hi)",
+        )
+    lo, hi, step = _steps(t)
+    col = _fixed_column(t, lo, hi, step, b)
+    counted = t if t.nullable else None
+    if func == AggFunc.SUM:
+        rtype = "int8" if t.kind == "int" else ("float8" if t.kind == "float" else "numeric")
+        count = None  # decided in _choose_sum_forms, once every aggregate is known
+    else:
+        rtype = "float8" if func != AggFunc.AVG or t.kind == "float" else "numeric"
+        count = _count(b, counted, filt, f"COUNT({arg.sql(dialect='postgres')})")
+    spec = AggregateSpec(func, label, count=count, sum=None, step=step, lower=lo, upper=hi,
+                         midpoint=(lo + hi) // 2, result_type=rtype)  # fmt: skip
+    b.sums.append((len(b.aggregates), col, filt,
+                   t.sql.sql(dialect="postgres") if t.nullable else None))  # fmt: skip
+    if func in (AggFunc.VAR_POP, AggFunc.VAR_SAMP, AggFunc.STDDEV_POP, AggFunc.STDDEV_SAMP):
+        half = max(hi - spec.midpoint, spec.midpoint - lo)
+        scale = 1
+        while (half // scale + 1) ** 2 > MAX_SQUARE_UNITS:
+            scale *= 2
+        sq_max = (-(-half // scale)) ** 2
+        sq_sql = f"round(((b.{col} - {spec.midpoint})::numeric / {scale}) ^ 2)"
+        sq = _prim(b, PrimitiveKind.SUM_SQUARES, col, filt, b.rows * sq_max,
+                   f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})")  # fmt: skip
+        spec = replace(spec, sumsq=sq, sq_scale=scale)
+    return spec
+
+
+MAX_CANDIDATES = 1000
+
+
+def _quantile_spec(
+    node: exp.Expression, filt_cond: exp.Expression | None, label: str, b: _Builder
+) -> AggregateSpec:
+    """PERCENTILE_CONT/DISC(alpha) WITHIN GROUP (ORDER BY x) and MEDIAN(x).
+
+    The database returns, per group, a histogram of the bounded values over cells: each
+    of up to 1000 evenly spaced candidates, and the open interval after it. The proxy
+    scores each candidate c by |(1 - alpha) #(x < c) - alpha #(x > c)| and picks one by
+    report-noisy-max (OpenDP), the exponential mechanism over candidates.
+    """
+    if isinstance(node, exp.Median):
+        alpha, arg, desc = Decimal("0.5"), node.this, False
+    else:
+        inner = node.this
+        if not isinstance(inner, (exp.PercentileCont, exp.PercentileDisc)):
+            raise unsupported(f"{label} is not a supported ordered-set aggregate", AGG_HINT)
+        lit = inner.this
+        if not (isinstance(lit, exp.Literal) and not lit.is_string):
+            raise unsupported(f"{label}: the fraction must be a number literal")
+        alpha = Decimal(lit.this)
+        order = node.expression
+        items = order.expressions if isinstance(order, exp.Order) else []
+        if len(items) != 1:
+            raise unsupported(f"{label}: ORDER BY one expression")
+        arg, desc = items[0].this, bool(items[0].args.get("desc"))
+    if not 0 <= alpha <= 1:
+        raise RewriteError("22003", f"{label}: percentile value {alpha} is not between 0 and 1")
+    if desc:
+        alpha = 1 - alpha
+    filt = _filter_column(filt_cond, b)
+    t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    if t.kind not in NUMERIC_KINDS or not t.bounded:
+        raise unsupported(
+            f"{label}: quantiles need a numeric value with finite bounds",
+            "declare lower and upper bounds for the column in the metadata",
+        )
+    lo, hi, step = _steps(t)
+    width = hi - lo
+    stride = max(1, -(-width // (MAX_CANDIDATES - 1)))
+    candidates = width // stride + 1
+    col = _fixed_column(t, lo, hi, step, b)
+    num, den = alpha.as_integer_ratio()
+    # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
+    sens = b.rows * max(num, den - num)
+    cell = (f"((b.{col} - {lo}) / {stride}) * 2 + "
+            f"(CASE WHEN (b.{col} - {lo}) % {stride} = 0 THEN 0 ELSE 1 END)")  # fmt: skip
+    # One primitive (and one noisy-max release) per fraction, even over the same values.
+    name = _prim(b, PrimitiveKind.QUANTILE, f"{col}/{num}/{den}", filt, sens, label,
+                 f"quantile_histogram({cell})")  # fmt: skip
+    return AggregateSpec(AggFunc.QUANTILE, label, count=None, sum=name, step=step, lower=lo,
+                         upper=hi, result_type="float8" if t.kind == "float" else "numeric",
+                         alpha_num=num, alpha_den=den, stride=stride,
+                         candidates=candidates)  # fmt: skip
+
+
+def _count_distinct(t: Typed, filt: str | None, label: str, b: _Builder) -> AggregateSpec:
+    col = b.column(t.sql.sql(dialect="postgres"), "v")
+    if t.unit or (b.rel.unit is not None and t.sql.sql(dialect="postgres") ==
+                  b.rel.unit.sql(dialect="postgres")):  # fmt: skip
+        # Counting units: one unit adds 1 to each group it touches.
+        b.group_bound = True
+        name = _prim(b, PrimitiveKind.COUNT_DISTINCT, col, filt, -1, label,
+                     f"count(DISTINCT b.{col})")  # fmt: skip
+    else:
+        # Removing a unit removes at most max_rows rows, each lowering one count by <= 1.
+        name = _prim(b, PrimitiveKind.COUNT_DISTINCT, col, filt, b.rows, label,
+                     f"count(DISTINCT b.{col})")  # fmt: skip
+    return AggregateSpec(AggFunc.COUNT, label, count=name, sum=None)
+
+
+def _steps(t: Typed) -> tuple[int, int, Decimal]:
+    """Bounds in fixed-point steps, widened outwards so the declared range is covered."""
+    assert t.lo is not None and t.hi is not None
+    if t.kind == "int":
+        step = Decimal(1)
+    else:
+        step = t.step if t.step is not None else Decimal("0.01")
+    top = max(abs(t.lo), abs(t.hi))
+    while top / step > MAX_STEPS:
+        step *= 10
+    lo = int((t.lo / step).to_integral_value(rounding=ROUND_FLOOR))
+    hi = int((t.hi / step).to_integral_value(rounding=ROUND_CEILING))
+    return lo, hi, step
+
+
 def _choose_sum_forms(b: _Builder) -> None:
-    """Pick, per summed column, a plain sum or a midpoint-normalized sum plus a count.
+    """Pick, per summed value, a plain sum or a midpoint-normalized sum plus a count.
 
     A normalized sum has half the sensitivity of a plain one when the bounds straddle
     no zero, and with the count it yields SUM, AVG and COUNT together. When no count
-    of the column is needed anyway, a plain sum at the full share of epsilon is the
+    of the value is needed anyway, a plain sum at the full share of epsilon is the
     more accurate release, so that is used instead.
     """
-    rows = _rows_per_unit(b)
-    specs = []
-    for spec in b.aggregates:
-        if spec.sum is None:
-            specs.append(spec)
-            continue
-        col = spec.sum[2:]
-        cmeta = b.scope.table.columns[col]
-        count_name = "n_rows" if not cmeta.nullable else f"n_{col}"
+    rows = b.rows
+    for idx, col, filt, counted_sql in b.sums:
+        spec = b.aggregates[idx]
         lo, hi, mid = spec.lower, spec.upper, spec.midpoint
-        if count_name in b.primitives:
-            if spec.count is None:
-                spec = replace(spec, count=count_name)
-            b.primitives[spec.sum] = NoisyPrimitive(
-                name=spec.sum,
-                kind=PrimitiveKind.NORMALIZED_SUM,
-                sensitivity=rows * max(hi - mid, mid - lo),
-                label=f"SUM({col})",
-            )
+        count_name = spec.count
+        if count_name is None:
+            # A count of the same rows may exist already (COUNT(*) or COUNT(expr)).
+            vcol = b.inner_index.get(counted_sql) if counted_sql is not None else ""
+            if vcol is not None:
+                count_name = b.prim_index.get((PrimitiveKind.COUNT.value, vcol, filt or ""))
+        label = spec.label
+        if count_name is not None:
+            s = _prim(b, PrimitiveKind.NORMALIZED_SUM, col, filt, rows * max(hi - mid, mid - lo),
+                      f"normalized {label}", f"sum(b.{col} - {mid})" if mid else f"sum(b.{col})")  # fmt: skip
+            b.aggregates[idx] = replace(spec, count=count_name, sum=s)
         else:
-            spec = replace(spec, midpoint=0)
-            b.primitives[spec.sum] = NoisyPrimitive(
-                name=spec.sum,
-                kind=PrimitiveKind.SUM,
-                sensitivity=rows * max(abs(lo), abs(hi)),
-                label=f"SUM({col})",
-            )
-        specs.append(spec)
-    b.aggregates[:] = specs
+            s = _prim(b, PrimitiveKind.SUM, col, filt, rows * max(abs(lo), abs(hi)), label,
+                      f"sum(b.{col})")  # fmt: skip
+            b.aggregates[idx] = replace(spec, sum=s, midpoint=0)
 
 
-def _fixed_point_sql(column: str, lo: int, hi: int, step: Decimal) -> str:
-    """The value clamped to [lo, hi] and rounded to a whole number of steps.
+def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str:
+    """The inner column holding the value as clamped fixed-point steps.
+
+    The expression is computed once (a `w` column of `i0`); clamping and scaling read
+    that column (an `x` column of `i`), so the expression is not repeated.
+    """
+    w = b.column(t.operand.sql(dialect="postgres"), "w")
+    fixed = _fixed_point_sql(f"i0.{w}", lo, hi, step)
+    if fixed not in b.fixed_index:
+        b.fixed_index[fixed] = f"x{len(b.fixed_index)}"
+    return b.fixed_index[fixed]
+
+
+def _fixed_point_sql(value: str, lo: int, hi: int, step: Decimal) -> str:
+    """The value clamped to [lo, hi] steps and rounded to a whole number of steps.
 
     NULL stays NULL (a CASE, not GREATEST/LEAST, which would turn NULL into a bound);
     NaN compares above every number in PostgreSQL and infinities beyond every bound, so
     they clamp to a bound and never reach a sampler.
     """
-    scaled = f"({_qcol(column)}::numeric / {step})" if step != 1 else f"{_qcol(column)}::numeric"
+    scaled = f"(({value})::numeric / {step})" if step != 1 else f"({value})::numeric"
     return (
         f"(CASE WHEN {scaled} < {lo} THEN {lo} WHEN {scaled} > {hi} THEN {hi} "
         f"ELSE round({scaled}) END)::bigint"
     )
 
 
-def _qcol(column: str) -> str:
-    return f'{ALIAS}."{column}"'
+# --- partition selection -----------------------------------------------------------------
+
+
+def _selection_primitive(b: _Builder) -> str | None:
+    groups = _groups_per_unit(b)
+    # Distinct-unit counts have sensitivity = groups per unit (known only now).
+    for name, p in list(b.primitives.items()):
+        if p.sensitivity == -1:
+            b.primitives[name] = replace(p, sensitivity=groups if b.keys else 1,
+                                         groups_per_unit=groups)  # fmt: skip
+    if not any(k.private for k in b.keys):
+        return None
+    b.group_bound = True
+    groups = _groups_per_unit(b)
+    for name, p in list(b.primitives.items()):
+        if p.kind == PrimitiveKind.COUNT_DISTINCT and p.groups_per_unit > 1:
+            b.primitives[name] = replace(p, sensitivity=groups, groups_per_unit=groups)
+    sql = "count(*)" if b.rel.row_level else "count(DISTINCT b.u)"
+    name = f"p{len(b.primitives)}"
+    b.primitives[name] = NoisyPrimitive(
+        name=name, kind=PrimitiveKind.UNIT_COUNT, sensitivity=groups,
+        label="units per group (partition selection)", sql=sql, groups_per_unit=groups,
+    )  # fmt: skip
+    return name
 
 
 # --- SQL emission ------------------------------------------------------------------------
 
 
-def _emit_sql(select: exp.Select, b: _Builder) -> str:
-    table = b.scope.table
-    src = f'"{table.schema_}"."{b.scope.table_name}" AS {ALIAS}'
+def _emit_sql(b: _Builder) -> str:
+    rel = b.rel
+    cols = []
     joins = []
-    inner_cols = []
-    for i, key in enumerate(b.keys):
-        cmeta = table.columns[key.column]
-        values = ", ".join(
-            f"({j}, {sql_literal(v, cmeta.type)})" for j, v in enumerate(key.domain)
-        )
+    for i, (key, t) in enumerate(zip(b.keys, b.key_typed, strict=True)):
+        if key.private or key.domain_sql:
+            cols.append(f"{t.sql.sql(dialect='postgres')} AS k{i}")
+            continue
+        values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
         op = "IS NOT DISTINCT FROM" if None in key.domain else "="
-        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON {_qcol(key.column)} {op} d{i}.v")
-        inner_cols.append(f"d{i}.i AS k{i}")
-    for name, sql in b.value_sql.items():
-        inner_cols.append(f"{sql} AS {name}")
-    where = select.args.get("where")
-    conds = []
-    if where is not None:
-        conds.append(_render_row_expr(where.this, b))
-    if not table.row_level:
-        inner_cols.append(
-            f"row_number() OVER (PARTITION BY {_qcol(table.privacy_unit or '')} "
-            "ORDER BY random()) AS rn"
+        joins.append(
+            f"JOIN (VALUES {values}) AS d{i}(i, v) ON ({t.sql.sql(dialect='postgres')}) {op} d{i}.v"
         )
-    inner = f"SELECT {', '.join(inner_cols) or '1 AS one'} FROM {src}"
+        cols.append(f"d{i}.i AS k{i}")
+    for name, sql in b.inner.items():
+        cols.append(f"{sql} AS {name}")
+    if not rel.row_level:
+        assert rel.unit is not None
+        cols.append(f"{rel.unit.sql(dialect='postgres')} AS u")
+    inner = f"SELECT {', '.join(cols) or '1 AS one'} FROM {rel.from_sql()}"
     if joins:
         inner += " " + " ".join(joins)
-    if conds:
-        inner += " WHERE " + " AND ".join(conds)
-
-    outer_cols = [f"b.k{i}" for i in range(len(b.keys))]
-    for p in b.primitives.values():
-        if p.kind == PrimitiveKind.COUNT:
-            what = "*" if p.name == "n_rows" else f"b.v_{p.name[2:]}"
-            outer_cols.append(f"count({what}) AS {p.name}")
+    if rel.conditions:
+        inner += " WHERE " + " AND ".join(
+            f"({c.sql(dialect='postgres')})" for c in rel.conditions
+        )
+    keys = [f"k{i}" for i in range(len(b.keys))]
+    if b.fixed_index:
+        fixed = ", ".join(f"{sql} AS {name}" for sql, name in b.fixed_index.items())
+        ctes = [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
+    else:
+        ctes = [f"i AS ({inner})"]
+    if rel.row_level:
+        source = "i AS b"
+        where = ""
+    else:
+        if b.group_bound and keys and rel.max_groups < rel.max_rows:
+            # Each unit keeps at most max_groups groups (chosen at random), then at most
+            # max_rows rows among them (chosen at random).
+            klist = ", ".join(keys)
+            ctes.append(
+                f"g AS (SELECT u, {klist}, row_number() OVER (PARTITION BY u ORDER BY random()) "
+                f"AS gn FROM (SELECT DISTINCT u, {klist} FROM i) AS x)"
+            )
+            on = " AND ".join(["g.u = i.u"] + [f"g.{k} IS NOT DISTINCT FROM i.{k}" for k in keys])
+            # Rows are then taken round-robin over the kept groups (every kept group keeps
+            # a row before any keeps two), so a unit is counted in each group it kept.
+            ctes.append(
+                f"q AS (SELECT i.*, row_number() OVER (PARTITION BY i.u, {', '.join('i.' + k for k in keys)} "
+                f"ORDER BY random()) AS gr FROM i JOIN g ON {on} WHERE g.gn <= {rel.max_groups})"
+            )
+            ctes.append(
+                "r AS (SELECT q.*, row_number() OVER (PARTITION BY q.u ORDER BY q.gr, random()) "
+                "AS rn FROM q)"
+            )
         else:
-            col = p.name[2:]
-            mid = next(a.midpoint for a in b.aggregates if a.sum == p.name)
-            shift = f" - {mid}" if p.kind == PrimitiveKind.NORMALIZED_SUM and mid else ""
-            outer_cols.append(f"coalesce(sum(b.x_{col}{shift}), 0) AS {p.name}")
-    sql = f"SELECT {', '.join(outer_cols)} FROM ({inner}) AS b"
-    if not table.row_level:
-        sql += f" WHERE b.rn <= {table.max_rows}"
-    if b.keys:
-        sql += " GROUP BY " + ", ".join(f"b.k{i}" for i in range(len(b.keys)))
+            ctes.append(
+                "r AS (SELECT i.*, row_number() OVER (PARTITION BY i.u ORDER BY random()) AS rn "
+                "FROM i)"
+            )
+        source = "r AS b"
+        where = f" WHERE b.rn <= {rel.max_rows}"
+    outer = [f"b.{k}" for k in keys]
+    for p in b.primitives.values():
+        if p.kind == PrimitiveKind.QUANTILE:
+            outer.append(f"{_histogram_sql(p, keys, source, where)} AS {p.name}")
+        else:
+            outer.append(f"{p.sql} AS {p.name}")
+    sql = f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM {source}{where}"
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
+    elif any(p.kind == PrimitiveKind.QUANTILE for p in b.primitives.values()):
+        sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
+    if any(k.domain_sql for k in b.keys):
+        sql = _complete_public_groups(sql, b)
     return sql
 
 
-def _render_row_expr(node: exp.Expression, b: _Builder) -> str:
-    def qualify(n: exp.Expression) -> exp.Expression:
-        if isinstance(n, exp.Column):
-            cname, cmeta = b.scope.column(n)
-            col = exp.column(cname, table=ALIAS, quoted=True)
-            if cmeta.type.is_integer and isinstance(n.parent, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg, exp.Mod)):
-                # Integer arithmetic can overflow for some rows only; numeric cannot.
-                return exp.cast(col, "numeric")
-            return col
-        return n
+def _complete_public_groups(sql: str, b: _Builder) -> str:
+    """Every combination of the keys' public domains, with zeros for empty groups."""
+    doms = []
+    for i, k in enumerate(b.keys):
+        if k.domain_sql is not None:
+            doms.append(f"({k.domain_sql}) AS dk{i}")
+        else:
+            vals = ", ".join(f"({j})" for j in range(len(k.domain)))
+            doms.append(f"(VALUES {vals}) AS dk{i}(v)")
+    on = " AND ".join(f"a.k{i} IS NOT DISTINCT FROM dk{i}.v" for i in range(len(b.keys)))
+    cols = [f"dk{i}.v" for i in range(len(b.keys))]
+    for p in b.primitives.values():
+        zero = "'{}'::jsonb" if p.kind == PrimitiveKind.QUANTILE else "0"
+        cols.append(f"coalesce(a.{p.name}, {zero}) AS {p.name}")
+    return (f"SELECT {', '.join(cols)} FROM {' CROSS JOIN '.join(doms)} "
+            f"LEFT JOIN ({sql}) AS a ON {on}")  # fmt: skip
 
-    rendered = node.copy().transform(qualify, copy=False)
-    return "(" + rendered.sql(dialect="postgres", comments=False) + ")"
+
+def _histogram_sql(p: NoisyPrimitive, keys: list[str], source: str, where: str) -> str:
+    """A per-group JSON object {cell: count} of the bounded values (a correlated subquery
+    over the same bounded rows, matched on the group keys)."""
+    cell = p.sql[len("quantile_histogram("):-1]
+    filt = ""
+    if " FILTER (WHERE " in p.sql:
+        cell, cond = cell.split(") FILTER (WHERE ")
+        filt = f" AND {cond}"
+    match = "".join(f" AND h.{k} IS NOT DISTINCT FROM b.{k}" for k in keys)
+    inner_where = (where.replace(" WHERE ", " WHERE ") if where else " WHERE TRUE") + match
+    inner_where = inner_where.replace("b.rn", "h.rn")
+    hcell = cell.replace("b.", "h.")
+    hfilt = filt.replace("b.", "h.")
+    src = source.replace(" AS b", " AS h")
+    return (
+        f"(SELECT coalesce(jsonb_object_agg(c.cell, c.n), '{{}}'::jsonb) FROM (SELECT {hcell} AS "
+        f"cell, count(*) AS n FROM {src}{inner_where}{hfilt} AND {hcell} IS NOT NULL "
+        "GROUP BY 1) AS c)"
+    )
+
+
+def _literal(v: object, t: Typed) -> str:
+    type_name = t.type_name if t.kind != "null" else "text"
+    if v is None:
+        return f"CAST(NULL AS {type_name})"
+    if isinstance(v, bool):
+        lit: exp.Expression = exp.Boolean(this=v)
+    elif isinstance(v, (int, Decimal)):
+        lit = exp.Literal.number(str(v))
+    else:
+        lit = exp.Literal.string(str(v))
+    return exp.cast(lit, type_name).sql(dialect="postgres")

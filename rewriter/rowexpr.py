@@ -1,111 +1,888 @@
-"""The allow-list for per-row expressions (WHERE, and later values inside aggregates).
+"""Per-row expressions: the allow-list, static types, interval bounds and safe rendering.
 
-Every node of the tree must be of an allowed type; anything else is refused by name.
-Row expressions run on private rows inside the database, so they must not be able to
-raise an error for some rows only (division by a column, failing casts) or have effects.
+Row expressions run on private rows inside the database (WHERE, JOIN ... ON, GROUP BY,
+the values inside aggregates), so every one must be *total*: it may not raise for some
+rows only (that error would reveal those rows) and may not have effects. The analyzer
+walks a sqlglot tree bottom-up and returns a `Typed` for each node: the SQL to run
+(regenerated, never the analyst's text), a static kind, interval bounds derived from
+the declared column bounds, and, where one follows, a finite public domain.
+
+What makes an expression total here:
+- bounded numeric columns are clamped to their declared bounds before any arithmetic,
+  and all arithmetic runs in `numeric` (or `bigint` when the interval proves it fits),
+  so overflow is impossible; arithmetic over an operand without finite bounds is refused;
+- a division or modulo by anything but a non-zero constant is guarded with NULLIF(d, 0);
+- casts that can fail for some values (text to number, numeric out of an integer's range)
+  are refused; date arithmetic over columns (which fails on infinite dates) is refused;
+- function arguments that make a function fail (negative substring lengths, LIKE
+  patterns ending in an escape) must be constants and are checked here.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 
 from sqlglot import exp
 
-from rewriter.errors import not_allowed, unsupported
+from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 
-_ALLOWED: tuple[type[exp.Expression], ...] = (
-    exp.Column,
-    exp.Identifier,
-    exp.Literal,
-    exp.Null,
-    exp.Boolean,
-    exp.Paren,
-    exp.And,
-    exp.Or,
-    exp.Not,
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.Is,
-    exp.Between,
-    exp.In,
-    exp.Like,
-    exp.ILike,
-    exp.Add,
-    exp.Sub,
-    exp.Mul,
-    exp.Neg,
-    exp.Div,
-    exp.Tuple,
+INT8_MIN = Decimal(-(1 << 63))
+INT8_MAX = Decimal((1 << 63) - 1)
+INT4 = (Decimal(-(1 << 31)), Decimal((1 << 31) - 1))
+INT2 = (Decimal(-(1 << 15)), Decimal((1 << 15) - 1))
+MAX_TEXT_LENGTH = Decimal(1 << 30)  # PostgreSQL's largest field is 1 GB
+MAX_DERIVED_DOMAIN = 1000
+NUMERIC_KINDS = frozenset({"int", "numeric", "float"})
+TEMPORAL_KINDS = frozenset({"date", "timestamp", "timestamptz"})
+DATATYPE_ERROR = "42804"
+INVALID_TEXT = "22P02"
+
+# kind -> the PostgreSQL type name the value is reported with.
+PG_NAMES = {
+    "int": "int8",
+    "numeric": "numeric",
+    "float": "float8",
+    "text": "text",
+    "date": "date",
+    "timestamp": "timestamp",
+    "timestamptz": "timestamptz",
+    "bool": "bool",
+    "interval": "interval",
+    "null": "text",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Typed:
+    """One analyzed row expression.
+
+    `sql` is the safe rendering over the rewritten FROM aliases; `value` is the same
+    value clamped to its bounds where the expression is a bounded column (used as an
+    operand of arithmetic and as an aggregated value). `lo`/`hi` are None when unbounded.
+    `domain` is a finite public set of the values it can take (None: unknown/too large).
+    `columns` are the (alias, column) pairs it reads; `unit` marks a bare privacy unit.
+    """
+
+    sql: exp.Expression
+    kind: str
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    domain: tuple[object, ...] | None = None
+    nullable: bool = True
+    constant: bool = False
+    value: exp.Expression | None = None
+    step: Decimal | None = None
+    unit: bool = False
+    pg_type: str | None = None
+    columns: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def bounded(self) -> bool:
+        """True when both bounds are finite."""
+        return self.lo is not None and self.hi is not None
+
+    @property
+    def operand(self) -> exp.Expression:
+        """The rendering used inside arithmetic and aggregates (clamped if a column)."""
+        return self.value if self.value is not None else self.sql
+
+    @property
+    def type_name(self) -> str:
+        """The PostgreSQL type name reported for this value."""
+        return self.pg_type or PG_NAMES[self.kind]
+
+
+Resolver = Callable[[exp.Column], Typed]
+
+_EXTRACT_RANGES: dict[str, tuple[int, int] | None] = {
+    "month": (1, 12),
+    "quarter": (1, 4),
+    "day": (1, 31),
+    "dow": (0, 6),
+    "isodow": (1, 7),
+    "doy": (1, 366),
+    "week": (1, 53),
+    "hour": (0, 23),
+    "minute": (0, 59),
+    # year-like fields are infinite for infinite dates, so they have no finite bound.
+    "year": None,
+    "isoyear": None,
+    "decade": None,
+    "century": None,
+    "millennium": None,
+    "epoch": None,
+}
+_SMALL_DOMAIN_FIELDS = {"month", "quarter", "dow", "isodow", "hour", "day", "week"}
+_TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day", "week",
+                "month", "quarter", "year", "decade", "century", "millennium"}  # fmt: skip
+_INT_TYPES = {"INT": INT4, "SMALLINT": INT2, "BIGINT": (INT8_MIN, INT8_MAX)}
+_NUMERIC_TYPES = {"DECIMAL", "NUMERIC", "BIGDECIMAL"}
+_FLOAT_TYPES = {"DOUBLE", "FLOAT"}
+_TEXT_TYPES = {"TEXT", "VARCHAR", "CHAR", "NVARCHAR", "NCHAR"}
+_TEMPORAL_TYPES = {"DATE": "date", "TIMESTAMP": "timestamp", "TIMESTAMPTZ": "timestamptz"}
+_CMP = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+ROW_HINT = (
+    "use columns and literals with comparisons, AND/OR/NOT, IN (list), BETWEEN, LIKE, IS NULL, "
+    "+ - * /, CASE, COALESCE, NULLIF, GREATEST/LEAST, ROUND/FLOOR/CEIL/ABS, casts that cannot "
+    "fail, EXTRACT/DATE_PART/DATE_TRUNC and string functions (LOWER, UPPER, LENGTH, TRIM, "
+    "SUBSTRING, LEFT, RIGHT, ||, REPLACE, POSITION)"
 )
 
-_SAFE_LITERAL_CASTS = {"DATE", "TIMESTAMP", "TIMESTAMPTZ", "NUMERIC", "DECIMAL", "INT", "BIGINT",
-                       "SMALLINT", "TEXT", "VARCHAR", "DOUBLE", "FLOAT", "BOOLEAN", "INTERVAL"}
 
+class Analyzer:
+    """Analyzes row expressions against a column resolver (see module docstring)."""
 
-def check_row_expr(
-    node: exp.Expression,
-    resolve: Callable[[exp.Column], Any],
-    context: str,
-) -> None:
-    """Raise a RewriteError if `node` contains anything outside the row allow-list."""
-    for n in node.walk():
-        if isinstance(n, exp.Column):
-            if n.is_star:
-                raise not_allowed(f"* is not allowed in {context}")
-            resolve(n)
-        elif isinstance(n, (exp.Subquery, exp.Select)):
-            raise unsupported(f"subqueries are not supported in {context} yet")
-        elif isinstance(n, exp.AggFunc):
-            raise not_allowed(f"aggregate functions are not allowed in {context}")
-        elif isinstance(n, exp.Cast):
-            _check_cast(n, context)
-        elif isinstance(n, exp.DataType):
-            continue
-        elif isinstance(n, exp.Div):
-            _check_divisor(n.expression, context)
-        elif isinstance(n, exp.In) and n.args.get("query") is not None:
-            raise unsupported(f"IN (subquery) is not supported in {context} yet")
-        elif not isinstance(n, _ALLOWED):
-            raise unsupported(
-                f"{_describe(n)} is not allowed in {context}",
-                "use comparisons, AND/OR/NOT, IN (list), BETWEEN, LIKE, IS NULL and + - * "
-                "over columns and literals",
+    def __init__(self, resolve: Resolver, context: str) -> None:
+        self.resolve = resolve
+        self.context = context
+
+    # -- entry points -----------------------------------------------------------------
+
+    def analyze(self, node: exp.Expression) -> Typed:
+        """The Typed of `node`, or a RewriteError naming the refused construct."""
+        handler = getattr(self, f"_n_{type(node).__name__}", None)
+        if handler is None:
+            if isinstance(node, exp.AggFunc):
+                raise RewriteError(
+                    GROUPING_ERROR, f"aggregate functions are not allowed in {self.context}"
+                )
+            if isinstance(node, (exp.Subquery, exp.Select, exp.Exists)):
+                raise unsupported(
+                    f"subqueries are not supported in {self.context}",
+                    "join the table instead, or use a derived table in FROM",
+                )
+            if isinstance(node, exp.Window):
+                raise not_allowed(f"window functions are not allowed in {self.context}")
+            raise unsupported(f"{describe(node)} is not allowed in {self.context}", ROW_HINT)
+        return handler(node)
+
+    def predicate(self, node: exp.Expression) -> Typed:
+        """Analyze a boolean condition (WHERE, ON, FILTER, CASE WHEN)."""
+        t = self.analyze(node)
+        if t.kind not in ("bool", "null"):
+            raise RewriteError(
+                DATATYPE_ERROR,
+                f"argument of {self.context} must be type boolean, not {t.type_name}",
             )
+        return t
 
+    # -- leaves -----------------------------------------------------------------------
 
-def _check_cast(n: exp.Cast, context: str) -> None:
-    # A cast of a literal fails (or not) the same way for every row; a cast of a
-    # column could fail for some rows only, which would leak through the error.
-    if not isinstance(n.this, (exp.Literal, exp.Null)):
-        raise unsupported(f"casts of columns are not supported in {context} yet")
-    to = n.to.this.name if isinstance(n.to, exp.DataType) else ""
-    if to not in _SAFE_LITERAL_CASTS:
-        raise unsupported(f"a cast to {to} is not supported in {context}")
+    def _n_Column(self, n: exp.Column) -> Typed:
+        if n.is_star:
+            raise not_allowed(f"* is not allowed in {self.context}")
+        return self.resolve(n)
 
-
-def _check_divisor(divisor: exp.Expression, context: str) -> None:
-    value = divisor.this if isinstance(divisor, exp.Paren) else divisor
-    if isinstance(value, exp.Literal) and not value.is_string:
+    def _n_Literal(self, n: exp.Literal) -> Typed:
+        if n.is_string:
+            return Typed(exp.Literal.string(n.this), "text", domain=(n.this,), nullable=False,
+                         constant=True, pg_type="text")  # fmt: skip
         try:
-            if Decimal(value.this) != 0:
+            v = Decimal(n.this)
+        except InvalidOperation as e:
+            raise RewriteError(INVALID_TEXT, f"invalid number {n.this!r}") from e
+        if v == v.to_integral_value() and "." not in n.this and "e" not in n.this.lower():
+            kind, dom = "int", (int(v),)
+            pg = "int4" if INT4[0] <= v <= INT4[1] else "int8"
+            if not INT8_MIN <= v <= INT8_MAX:
+                kind, pg, dom = "numeric", "numeric", (v,)
+        else:
+            kind, pg, dom = "numeric", "numeric", (v,)
+        return Typed(exp.Literal.number(n.this), kind, v, v, dom, nullable=False, constant=True,
+                     pg_type=pg)  # fmt: skip
+
+    def _n_Null(self, n: exp.Null) -> Typed:
+        return Typed(exp.Null(), "null", domain=(None,), constant=True)
+
+    def _n_Boolean(self, n: exp.Boolean) -> Typed:
+        v = bool(n.this)
+        return Typed(exp.Boolean(this=v), "bool", domain=(v,), nullable=False, constant=True)
+
+    def _n_Paren(self, n: exp.Paren) -> Typed:
+        t = self.analyze(n.this)
+        return replace(t, sql=exp.Paren(this=t.sql), value=exp.Paren(this=t.operand))
+
+    def _n_Interval(self, n: exp.Interval) -> Typed:
+        if not isinstance(n.this, exp.Literal):
+            raise unsupported(f"INTERVAL with a computed value is not allowed in {self.context}")
+        return Typed(n.copy(), "interval", nullable=False, constant=True)
+
+    # -- boolean logic ----------------------------------------------------------------
+
+    def _bool(self, sql: exp.Expression, parts: list[Typed]) -> Typed:
+        nullable = any(p.nullable for p in parts)
+        dom: tuple[object, ...] = (True, False, None) if nullable else (True, False)
+        return Typed(sql, "bool", domain=dom, nullable=nullable,
+                     constant=all(p.constant for p in parts), columns=_cols(*parts))  # fmt: skip
+
+    def _n_And(self, n: exp.Expression) -> Typed:
+        a, b = self.predicate(n.this), self.predicate(n.expression)
+        return self._bool(type(n)(this=a.sql, expression=b.sql), [a, b])
+
+    _n_Or = _n_And
+
+    def _n_Not(self, n: exp.Not) -> Typed:
+        a = self.predicate(n.this)
+        return self._bool(exp.Not(this=a.sql), [a])
+
+    def _n_Is(self, n: exp.Is) -> Typed:
+        a = self.analyze(n.this)
+        target = n.expression
+        if not isinstance(target, (exp.Null, exp.Boolean)):
+            raise unsupported(f"IS must be followed by NULL, TRUE or FALSE in {self.context}")
+        t = Typed(exp.Is(this=a.sql, expression=target.copy()), "bool", domain=(True, False),
+                  nullable=False, columns=a.columns)  # fmt: skip
+        return t
+
+    def _comparable(self, a: Typed, b: Typed, what: str) -> None:
+        ka, kb = a.kind, b.kind
+        if "null" in (ka, kb) or ka == kb:
+            return
+        if ka in NUMERIC_KINDS and kb in NUMERIC_KINDS:
+            return
+        # A string literal is cast to the other side's type once, for every row alike;
+        # check it here so a bad literal is refused before any budget is spent.
+        for lit, other in ((a, b), (b, a)):
+            if lit.kind == "text" and lit.constant and isinstance(lit.sql, exp.Literal):
+                _check_literal_cast(str(lit.sql.this), other.kind)
                 return
-        except InvalidOperation:
-            pass
-    raise not_allowed(
-        f"division by anything but a non-zero number is not allowed in {context}",
-        "a division by a column can fail for some rows, which would reveal them",
-    )
+        if ka in TEMPORAL_KINDS and kb in TEMPORAL_KINDS:
+            return
+        raise RewriteError(
+            "42883", f"cannot compare {a.type_name} with {b.type_name} in {what}",
+            "compare values of the same type (cast literals, e.g. DATE '1995-01-01')",
+        )
+
+    def _n_EQ(self, n: exp.Expression) -> Typed:
+        a, b = self.analyze(n.this), self.analyze(n.expression)
+        self._comparable(a, b, self.context)
+        return self._bool(type(n)(this=a.sql, expression=b.sql), [a, b])
+
+    _n_NEQ = _n_GT = _n_GTE = _n_LT = _n_LTE = _n_EQ
+
+    def _n_Between(self, n: exp.Between) -> Typed:
+        a, lo, hi = (self.analyze(x) for x in (n.this, n.args["low"], n.args["high"]))
+        self._comparable(a, lo, "BETWEEN")
+        self._comparable(a, hi, "BETWEEN")
+        return self._bool(exp.Between(this=a.sql, low=lo.sql, high=hi.sql), [a, lo, hi])
+
+    def _n_In(self, n: exp.In) -> Typed:
+        if n.args.get("query") is not None or n.args.get("unnest") or n.args.get("field"):
+            raise unsupported(f"IN (subquery) is not supported in {self.context}",
+                              "list the values: col IN (1, 2, 3)")  # fmt: skip
+        a = self.analyze(n.this)
+        opts = [self.analyze(e) for e in n.expressions]
+        for o in opts:
+            self._comparable(a, o, "IN")
+        return self._bool(exp.In(this=a.sql, expressions=[o.sql for o in opts]), [a, *opts])
+
+    def _n_Like(self, n: exp.Expression) -> Typed:
+        a, p = self.analyze(n.this), self.analyze(n.expression)
+        if a.kind not in ("text", "null"):
+            raise RewriteError("42883", f"LIKE needs a text value, not {a.type_name}")
+        if not (p.constant and isinstance(p.sql, exp.Literal)):
+            # A pattern from a column can end in an escape character and fail on that row.
+            raise unsupported(f"LIKE patterns must be string literals in {self.context}")
+        pat = str(p.sql.this)
+        trailing = len(pat) - len(pat.rstrip("\\"))
+        if trailing % 2 == 1:
+            raise RewriteError("22025", "LIKE pattern must not end with escape character")
+        if n.args.get("escape") is not None:
+            raise unsupported("LIKE ... ESCAPE is not supported")
+        return self._bool(type(n)(this=a.sql, expression=p.sql), [a, p])
+
+    _n_ILike = _n_Like
+
+    # -- conditionals -----------------------------------------------------------------
+
+    def _n_Case(self, n: exp.Case) -> Typed:
+        if n.this is not None:
+            subject = self.analyze(n.this)
+            conds = []
+            for c in n.args.get("ifs") or []:
+                v = self.analyze(c.this)
+                self._comparable(subject, v, "CASE")
+                conds.append(exp.EQ(this=subject.sql.copy(), expression=v.sql))
+        else:
+            conds = [self.predicate(c.this).sql for c in n.args.get("ifs") or []]
+        branches = [self.analyze(c.args["true"]) for c in n.args.get("ifs") or []]
+        default = n.args.get("default")
+        dflt = self.analyze(default) if default is not None else None
+        every = branches + ([dflt] if dflt is not None else [])
+        out = _union(every, "CASE")
+        ifs = [exp.If(this=c, true=b.operand) for c, b in zip(conds, branches, strict=True)]
+        sql = exp.Case(ifs=ifs, default=dflt.operand if dflt is not None else None)
+        dom = out.domain
+        if dflt is None and dom is not None:
+            dom = _dedup((*dom, None))
+        return replace(out, sql=sql, value=None, domain=dom,
+                       nullable=out.nullable or dflt is None, constant=False)  # fmt: skip
+
+    def _n_If(self, n: exp.If) -> Typed:
+        return self._n_Case(exp.Case(ifs=[exp.If(this=n.this, true=n.args["true"])],
+                                     default=n.args.get("false")))  # fmt: skip
+
+    def _n_Coalesce(self, n: exp.Coalesce) -> Typed:
+        parts = [self.analyze(e) for e in [n.this, *n.expressions]]
+        out = _union(parts, "COALESCE")
+        dom = out.domain
+        if dom is not None and not all(p.nullable for p in parts):
+            dom = tuple(v for v in dom if v is not None)
+        sql = exp.Coalesce(this=parts[0].operand, expressions=[p.operand for p in parts[1:]])
+        return replace(out, sql=sql, value=None, domain=dom,
+                       nullable=all(p.nullable for p in parts))  # fmt: skip
+
+    def _n_Nullif(self, n: exp.Nullif) -> Typed:
+        a, b = self.analyze(n.this), self.analyze(n.expression)
+        self._comparable(a, b, "NULLIF")
+        sql = exp.Nullif(this=a.operand, expression=b.operand)
+        dom = _dedup((*a.domain, None)) if a.domain is not None else None
+        return replace(a, sql=sql, value=None, domain=dom, nullable=True, unit=False,
+                       columns=_cols(a, b), constant=a.constant and b.constant)  # fmt: skip
+
+    def _n_Greatest(self, n: exp.Expression) -> Typed:
+        parts = [self.analyze(e) for e in [n.this, *n.expressions]]
+        out = _union(parts, type(n).__name__.upper())
+        if out.kind in NUMERIC_KINDS:
+            # GREATEST ignores NULLs, so it is at least every non-NULL argument's lower
+            # bound, and at most the largest upper bound if all are finite (LEAST mirrors
+            # it). This makes LEAST(GREATEST(x, lo), hi) a clamp even for unbounded x.
+            sure = [p for p in parts if not p.nullable]
+            if isinstance(n, exp.Greatest):
+                los = [p.lo for p in sure if p.lo is not None]
+                lo = max(los) if los else None
+                hi = max(p.hi for p in parts) if all(p.hi is not None for p in parts) else None  # type: ignore[type-var]
+            else:
+                his = [p.hi for p in sure if p.hi is not None]
+                hi = min(his) if his else None
+                lo = min(p.lo for p in parts) if all(p.lo is not None for p in parts) else None  # type: ignore[type-var]
+            if lo is not None and hi is not None and lo > hi:
+                lo = hi
+            out = replace(out, lo=lo, hi=hi)
+        sql = type(n)(this=parts[0].operand, expressions=[p.operand for p in parts[1:]])
+        return replace(out, sql=sql, value=None, domain=None)
+
+    _n_Least = _n_Greatest
+
+    # -- arithmetic -------------------------------------------------------------------
+
+    def _numeric_operand(self, t: Typed, op: str) -> Typed:
+        if t.kind == "null":
+            return replace(t, kind="int", lo=Decimal(0), hi=Decimal(0))
+        if t.kind not in NUMERIC_KINDS:
+            raise RewriteError("42883", f"operator {op} does not exist for type {t.type_name}",
+                               "arithmetic is allowed on numeric values")  # fmt: skip
+        if not t.bounded:
+            raise unsupported(
+                f"arithmetic ({op}) on a value without declared bounds is not allowed in "
+                f"{self.context}: it could overflow for some rows only",
+                "declare lower and upper bounds for the column in the metadata",
+            )
+        return t
+
+    def _arith_result(
+        self, sql: exp.Expression, parts: list[Typed], lo: Decimal, hi: Decimal, kind: str
+    ) -> Typed:
+        if kind == "int" and not (INT8_MIN <= lo and hi <= INT8_MAX):
+            kind = "numeric"
+        step = _finest([p.step for p in parts if p.step is not None])
+        return Typed(sql, kind, lo, hi, None, nullable=any(p.nullable for p in parts),
+                     constant=all(p.constant for p in parts), step=step,
+                     columns=_cols(*parts))  # fmt: skip
+
+    def _cast_for(self, t: Typed, kind: str) -> exp.Expression:
+        if t.constant and isinstance(t.sql, exp.Literal):
+            return t.sql.copy()
+        return exp.cast(exp.Paren(this=t.operand), "bigint" if kind == "int" else "numeric")
+
+    def _temporal_arith(self, n: exp.Expression, a: Typed, b: Typed) -> Typed:
+        if not (a.constant and b.constant):
+            raise unsupported(
+                f"date arithmetic over columns is not allowed in {self.context}: it fails "
+                "for infinite dates",
+                "compare the column with a computed constant, e.g. d >= DATE '1995-01-01' "
+                "+ INTERVAL '1 month', or use EXTRACT/DATE_TRUNC",
+            )
+        kind = a.kind if a.kind in TEMPORAL_KINDS else b.kind
+        if isinstance(n, exp.Sub) and a.kind in TEMPORAL_KINDS and b.kind in TEMPORAL_KINDS:
+            kind = "interval" if "date" not in (a.kind, b.kind) else "int"
+        if "interval" in (a.kind, b.kind) and kind == "date":
+            kind = "timestamp"
+        return Typed(type(n)(this=a.sql, expression=b.sql), kind, nullable=False, constant=True)
+
+    def _n_Add(self, n: exp.Expression) -> Typed:
+        a0, b0 = self.analyze(n.this), self.analyze(n.expression)
+        if {a0.kind, b0.kind} & (TEMPORAL_KINDS | {"interval"}):
+            return self._temporal_arith(n, a0, b0)
+        sym = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*"}[type(n)]  # type: ignore[index]
+        a, b = self._numeric_operand(a0, sym), self._numeric_operand(b0, sym)
+        assert a.lo is not None and a.hi is not None and b.lo is not None and b.hi is not None
+        if isinstance(n, exp.Add):
+            lo, hi = a.lo + b.lo, a.hi + b.hi
+        elif isinstance(n, exp.Sub):
+            lo, hi = a.lo - b.hi, a.hi - b.lo
+        else:
+            prods = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
+            lo, hi = min(prods), max(prods)
+        kind = "int" if a.kind == b.kind == "int" else "numeric"
+        if kind == "int" and not (INT8_MIN <= lo and hi <= INT8_MAX):
+            kind = "numeric"
+        sql = type(n)(this=self._cast_for(a, kind), expression=self._cast_for(b, kind))
+        out = self._arith_result(sql, [a, b], lo, hi, kind)
+        if isinstance(n, exp.Mul) and out.step is not None:
+            others = [p.step for p in (a, b) if p.step is not None]
+            if len(others) == 2:
+                out = replace(out, step=others[0] * others[1])
+        return out
+
+    _n_Sub = _n_Mul = _n_Add
+
+    def _n_Neg(self, n: exp.Neg) -> Typed:
+        a = self._numeric_operand(self.analyze(n.this), "-")
+        assert a.lo is not None and a.hi is not None
+        sql = exp.Neg(this=self._cast_for(a, a.kind if a.kind == "int" else "numeric"))
+        return self._arith_result(sql, [a], -a.hi, -a.lo, a.kind)
+
+    def _divisor(self, d: Typed) -> tuple[exp.Expression, Decimal | None]:
+        """The divisor's SQL (NULLIF-guarded unless a non-zero constant) and its value."""
+        if d.constant and d.lo is not None and d.lo == d.hi:
+            if d.lo == 0:
+                raise RewriteError("22012", "division by zero")
+            return self._cast_for(d, d.kind), d.lo
+        return exp.Nullif(this=self._cast_for(d, d.kind), expression=exp.Literal.number(0)), None
+
+    def _n_Div(self, n: exp.Div) -> Typed:
+        a = self._numeric_operand(self.analyze(n.this), "/")
+        d = self._numeric_operand(self.analyze(n.expression), "/")
+        assert a.lo is not None and a.hi is not None and d.lo is not None and d.hi is not None
+        dsql, dval = self._divisor(d)
+        both_int = a.kind == d.kind == "int"
+        num = self._cast_for(a, "numeric")
+        if both_int:
+            # PostgreSQL's integer division truncates toward zero; div() on numeric does too.
+            sql: exp.Expression = exp.Anonymous(this="div", expressions=[num, exp.cast(dsql, "numeric")])
+        else:
+            sql = exp.Div(this=num, expression=exp.cast(dsql, "numeric") if dval is None else dsql)
+        amax = max(abs(a.lo), abs(a.hi))
+        if dval is not None:
+            qs = [a.lo / dval, a.hi / dval]
+            lo, hi = min(qs), max(qs)
+        elif d.lo > 0 or d.hi < 0:
+            qs = [x / y for x in (a.lo, a.hi) for y in (d.lo, d.hi)]
+            lo, hi = min(qs), max(qs)
+        elif d.kind == "int":
+            # A non-zero integer has magnitude >= 1 (zero became NULL).
+            lo, hi = -amax, amax
+        else:
+            t = Typed(sql, "numeric", None, None, nullable=True, columns=_cols(a, d))
+            return t
+        if both_int:
+            lo = lo.to_integral_value(rounding=ROUND_CEILING if lo < 0 else ROUND_FLOOR)
+            hi = hi.to_integral_value(rounding=ROUND_FLOOR if hi > 0 else ROUND_CEILING)
+        out = self._arith_result(sql, [a, d], lo, hi, "int" if both_int else "numeric")
+        return replace(out, nullable=out.nullable or dval is None, step=None if not both_int else None)
+
+    def _n_Mod(self, n: exp.Mod) -> Typed:
+        a = self._numeric_operand(self.analyze(n.this), "%")
+        d = self._numeric_operand(self.analyze(n.expression), "%")
+        assert a.lo is not None and a.hi is not None and d.lo is not None and d.hi is not None
+        dsql, _ = self._divisor(d)
+        kind = "int" if a.kind == d.kind == "int" else "numeric"
+        sql = exp.Mod(this=self._cast_for(a, kind), expression=dsql)
+        m = max(abs(d.lo), abs(d.hi))
+        lo = Decimal(0) if a.lo >= 0 else -m
+        hi = Decimal(0) if a.hi <= 0 else m
+        out = self._arith_result(sql, [a, d], lo, hi, kind)
+        dom = tuple(range(int(lo), int(hi) + 1)) if kind == "int" and hi - lo < 100 else None
+        return replace(out, nullable=True, domain=_dedup((*dom, None)) if dom else None)
+
+    def _n_Abs(self, n: exp.Abs) -> Typed:
+        a = self._numeric_operand(self.analyze(n.this), "ABS")
+        assert a.lo is not None and a.hi is not None
+        lo = Decimal(0) if a.lo <= 0 <= a.hi else min(abs(a.lo), abs(a.hi))
+        hi = max(abs(a.lo), abs(a.hi))
+        return self._arith_result(exp.Abs(this=self._cast_for(a, a.kind if a.kind == "int" else "numeric")),
+                                  [a], lo, hi, a.kind)  # fmt: skip
+
+    def _n_Sign(self, n: exp.Sign) -> Typed:
+        a = self.analyze(n.this)
+        if a.kind not in NUMERIC_KINDS:
+            raise RewriteError("42883", f"SIGN needs a number, not {a.type_name}")
+        arg = exp.cast(exp.Paren(this=a.operand), "numeric")
+        return Typed(exp.Sign(this=arg), "numeric", Decimal(-1), Decimal(1), (-1, 0, 1, None),
+                     nullable=a.nullable, columns=a.columns)  # fmt: skip
+
+    def _rounding(self, n: exp.Expression, name: str) -> Typed:
+        a = self._numeric_operand(self.analyze(n.this), name)
+        assert a.lo is not None and a.hi is not None
+        places = n.args.get("decimals")
+        arg = exp.cast(exp.Paren(this=a.operand), "numeric")
+        if places is not None:
+            p = self.analyze(places)
+            if not (p.constant and p.kind == "int" and p.lo is not None and abs(p.lo) <= 1000):
+                raise unsupported(f"{name} needs a small integer literal as its second argument")
+            sql = type(n)(this=arg, decimals=p.sql)
+            step = Decimal(1).scaleb(-int(p.lo))
+        else:
+            sql = type(n)(this=arg)
+            step = Decimal(1)
+        lo = (a.lo - step).to_integral_value(rounding=ROUND_FLOOR)
+        hi = (a.hi + step).to_integral_value(rounding=ROUND_CEILING)
+        return self._arith_result(sql, [a], lo, hi, "numeric")
+
+    def _n_Round(self, n: exp.Round) -> Typed:
+        return self._rounding(n, "ROUND")
+
+    def _n_Floor(self, n: exp.Floor) -> Typed:
+        return self._rounding(n, "FLOOR")
+
+    def _n_Ceil(self, n: exp.Ceil) -> Typed:
+        return self._rounding(n, "CEIL")
+
+    def _n_Trunc(self, n: exp.Expression) -> Typed:
+        return self._rounding(n, "TRUNC")
+
+    # -- casts ------------------------------------------------------------------------
+
+    def _n_Cast(self, n: exp.Cast) -> Typed:
+        a = self.analyze(n.this)
+        to = n.to.this.name if isinstance(n.to, exp.DataType) else ""
+        sqlto = n.to.copy()
+        if a.constant and isinstance(a.sql, exp.Literal) and a.kind == "text":
+            target = _kind_of_type(to)
+            if target is None:
+                raise unsupported(f"a cast to {n.to.sql(dialect='postgres')} is not supported")
+            _check_literal_cast(str(a.sql.this), target)
+            typed = Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=False, constant=True)
+            if target in NUMERIC_KINDS:
+                v = Decimal(str(a.sql.this).strip())
+                typed = replace(typed, lo=v, hi=v, domain=(v,))
+            return typed
+        if a.kind == "null":
+            target = _kind_of_type(to) or "null"
+            return Typed(exp.Cast(this=a.sql, to=sqlto), target, domain=(None,), constant=True)
+        if to in _INT_TYPES:
+            lo_t, hi_t = _INT_TYPES[to]
+            if a.kind == "bool" and to == "INT":
+                return Typed(exp.Cast(this=a.sql, to=sqlto), "int", Decimal(0), Decimal(1),
+                             (0, 1, None) if a.nullable else (0, 1), a.nullable,
+                             columns=a.columns, pg_type="int4")  # fmt: skip
+            if a.kind not in NUMERIC_KINDS or not a.bounded:
+                raise unsupported(
+                    f"a cast of {a.type_name} to {to.lower()} can fail for some rows",
+                    "cast only bounded numbers to integers, or compare with typed literals",
+                )
+            assert a.lo is not None and a.hi is not None
+            lo = a.lo.to_integral_value(rounding=ROUND_FLOOR)
+            hi = a.hi.to_integral_value(rounding=ROUND_CEILING)
+            if lo < lo_t or hi > hi_t:
+                raise unsupported(f"a cast to {to.lower()} can overflow for values in "
+                                  f"[{a.lo}, {a.hi}]")  # fmt: skip
+            pg = {"INT": "int4", "SMALLINT": "int2", "BIGINT": "int8"}[to]
+            return Typed(exp.Cast(this=exp.Paren(this=a.operand), to=sqlto), "int", lo, hi,
+                         None, a.nullable, columns=a.columns, pg_type=pg)  # fmt: skip
+        if to in _NUMERIC_TYPES or to in _FLOAT_TYPES:
+            if a.kind not in NUMERIC_KINDS:
+                raise unsupported(f"a cast of {a.type_name} to {to.lower()} can fail for some rows")
+            if to in _NUMERIC_TYPES and n.to.expressions:
+                # numeric(p, s) raises when a value has too many digits.
+                raise unsupported("casts to numeric(p, s) can fail; cast to plain numeric")
+            kind = "float" if to in _FLOAT_TYPES else "numeric"
+            if kind == "float" and a.bounded and max(abs(a.lo), abs(a.hi)) > Decimal("1e300"):  # type: ignore[arg-type]
+                raise unsupported("a cast to double precision could overflow")
+            return replace(a, sql=exp.Cast(this=exp.Paren(this=a.operand), to=sqlto), value=None,
+                           kind=kind, unit=False, pg_type=None)  # fmt: skip
+        if to in _TEXT_TYPES:
+            if n.to.expressions:
+                raise unsupported("casts to varchar(n)/char(n) are not supported; cast to text")
+            return Typed(exp.Cast(this=a.sql, to=exp.DataType.build("text")), "text",
+                         nullable=a.nullable, columns=a.columns)  # fmt: skip
+        if to in _TEMPORAL_TYPES:
+            target = _TEMPORAL_TYPES[to]
+            if a.kind not in TEMPORAL_KINDS:
+                raise unsupported(f"a cast of {a.type_name} to {to.lower()} can fail for some rows")
+            if a.kind == "date" and target != "date" or a.kind != "date" and target == "date":
+                return Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=a.nullable,
+                             columns=a.columns)  # fmt: skip
+            return replace(a, sql=exp.Cast(this=a.sql, to=sqlto), kind=target, unit=False)
+        if to == "BOOLEAN" and a.kind == "bool":
+            return a
+        raise unsupported(f"a cast of {a.type_name} to {n.to.sql(dialect='postgres')} is not "
+                          "allowed on private rows", ROW_HINT)  # fmt: skip
+
+    # -- dates ------------------------------------------------------------------------
+
+    def _n_Extract(self, n: exp.Extract) -> Typed:
+        field = n.this.name.lower() if isinstance(n.this, (exp.Var, exp.Identifier, exp.Literal)) else ""
+        field = {"dayofweek": "dow", "dayofyear": "doy", "days": "day", "months": "month",
+                 "years": "year", "hours": "hour", "minutes": "minute"}.get(field, field)  # fmt: skip
+        if field not in _EXTRACT_RANGES:
+            raise unsupported(f"EXTRACT({field.upper()} ...) is not supported",
+                              "extract one of: " + ", ".join(sorted(_EXTRACT_RANGES)))  # fmt: skip
+        a = self.analyze(n.expression)
+        if a.kind not in TEMPORAL_KINDS:
+            raise RewriteError("42883", f"EXTRACT needs a date or timestamp, not {a.type_name}")
+        if field in ("hour", "minute") and a.kind == "date":
+            raise RewriteError("0A000", f"EXTRACT({field.upper()}) of a date is not supported")
+        rng = _EXTRACT_RANGES[field]
+        sql = exp.Extract(this=exp.var(field.upper()), expression=a.sql)
+        if rng is None:
+            return Typed(sql, "numeric", nullable=a.nullable, columns=a.columns)
+        lo, hi = Decimal(rng[0]), Decimal(rng[1])
+        dom = None
+        if field in _SMALL_DOMAIN_FIELDS:
+            # Infinite dates give NULL for these fields.
+            dom = (*range(rng[0], rng[1] + 1), None)
+        return Typed(sql, "numeric", lo, hi, dom, True, columns=a.columns, step=Decimal(1))
+
+    def _n_TimestampTrunc(self, n: exp.Expression) -> Typed:
+        unit = n.args.get("unit")
+        uname = unit.name.lower() if unit is not None else ""
+        if uname not in _TRUNC_UNITS:
+            raise unsupported(f"DATE_TRUNC unit {uname!r} is not supported",
+                              "use one of: " + ", ".join(sorted(_TRUNC_UNITS)))  # fmt: skip
+        a = self.analyze(n.this)
+        if a.kind not in TEMPORAL_KINDS:
+            raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
+        kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
+        sql = exp.Anonymous(this="date_trunc", expressions=[exp.Literal.string(uname), a.sql])
+        return Typed(sql, kind, nullable=a.nullable, columns=a.columns)
+
+    _n_DateTrunc = _n_TimestampTrunc
+
+    # -- strings ----------------------------------------------------------------------
+
+    def _text(self, node: exp.Expression, what: str) -> Typed:
+        t = self.analyze(node)
+        if t.kind not in ("text", "null"):
+            raise RewriteError("42883", f"{what} needs a text value, not {t.type_name}",
+                               "cast the value to text first")  # fmt: skip
+        return t
+
+    def _const_int(self, node: exp.Expression | None, what: str, minimum: int | None) -> exp.Expression:
+        if node is None:
+            raise unsupported(f"{what} needs its arguments")
+        t = self.analyze(node)
+        if not (t.constant and t.kind == "int" and t.lo is not None):
+            raise unsupported(f"{what} needs integer literals as arguments (a computed value "
+                              "could make it fail for some rows)")  # fmt: skip
+        if minimum is not None and t.lo < minimum:
+            raise RewriteError("22011", f"{what}: argument {t.lo} is out of range")
+        return t.sql
+
+    def _text_result(self, sql: exp.Expression, parts: list[Typed]) -> Typed:
+        return Typed(sql, "text", nullable=any(p.nullable for p in parts), columns=_cols(*parts))
+
+    def _n_Lower(self, n: exp.Expression) -> Typed:
+        a = self._text(n.this, type(n).__name__.upper())
+        return self._text_result(type(n)(this=a.sql), [a])
+
+    _n_Upper = _n_Initcap = _n_Lower
+
+    def _n_Length(self, n: exp.Expression) -> Typed:
+        a = self._text(n.this, "LENGTH")
+        return Typed(exp.Anonymous(this="char_length", expressions=[a.sql]), "int", Decimal(0),
+                     MAX_TEXT_LENGTH, None, a.nullable, columns=a.columns, step=Decimal(1),
+                     pg_type="int4")  # fmt: skip
+
+    def _n_Trim(self, n: exp.Trim) -> Typed:
+        a = self._text(n.this, "TRIM")
+        chars = n.expression
+        args = [a]
+        out = exp.Trim(this=a.sql, position=n.args.get("position"))
+        if chars is not None:
+            c = self._text(chars, "TRIM")
+            args.append(c)
+            out.set("expression", c.sql)
+        return self._text_result(out, args)
+
+    def _n_Substring(self, n: exp.Substring) -> Typed:
+        a = self._text(n.this, "SUBSTRING")
+        start = self._const_int(n.args.get("start"), "SUBSTRING", None)
+        length = n.args.get("length")
+        out = exp.Substring(this=a.sql, start=start)
+        if length is not None:
+            # A negative length raises an error in PostgreSQL.
+            out.set("length", self._const_int(length, "SUBSTRING", 0))
+        return self._text_result(out, [a])
+
+    def _n_Left(self, n: exp.Expression) -> Typed:
+        a = self._text(n.this, type(n).__name__.upper())
+        k = self._const_int(n.expression, type(n).__name__.upper(), None)
+        return self._text_result(type(n)(this=a.sql, expression=k), [a])
+
+    _n_Right = _n_Left
+
+    def _n_DPipe(self, n: exp.DPipe) -> Typed:
+        a, b = self.analyze(n.this), self.analyze(n.expression)
+        for t in (a, b):
+            if t.kind not in ("text", "null"):
+                raise RewriteError("42883", f"|| needs text values, not {t.type_name}",
+                                   "cast the value to text first")  # fmt: skip
+        return self._text_result(exp.DPipe(this=a.sql, expression=b.sql), [a, b])
+
+    def _n_Concat(self, n: exp.Concat) -> Typed:
+        parts = [self.analyze(e) for e in n.expressions]
+        for t in parts:
+            if t.kind in ("interval",):
+                raise unsupported("CONCAT of intervals is not supported")
+        sql = exp.Anonymous(this="concat", expressions=[p.sql for p in parts])
+        return Typed(sql, "text", nullable=False, columns=_cols(*parts))
+
+    def _n_Replace(self, n: exp.Expression) -> Typed:
+        a = self._text(n.this, "REPLACE")
+        f = self._text(n.expression, "REPLACE")
+        r = self._text(n.args["replacement"], "REPLACE")
+        return self._text_result(exp.Anonymous(this="replace", expressions=[a.sql, f.sql, r.sql]),
+                                 [a, f, r])  # fmt: skip
+
+    def _n_StrPosition(self, n: exp.StrPosition) -> Typed:
+        if n.args.get("position") is not None or n.args.get("occurrence") is not None:
+            raise unsupported("POSITION with a start position is not supported")
+        a = self._text(n.this, "POSITION")
+        s = self._text(n.args["substr"], "POSITION")
+        return Typed(exp.Anonymous(this="strpos", expressions=[a.sql, s.sql]), "int", Decimal(0),
+                     MAX_TEXT_LENGTH, None, a.nullable or s.nullable, columns=_cols(a, s),
+                     step=Decimal(1), pg_type="int4")  # fmt: skip
+
+    def _n_Anonymous(self, n: exp.Anonymous) -> Typed:
+        name = str(n.this).lower()
+        args = n.expressions
+        if name in ("btrim", "ltrim", "rtrim", "reverse", "md5") and 1 <= len(args) <= 2:
+            parts = [self._text(a, name.upper()) for a in args]
+            return self._text_result(exp.Anonymous(this=name, expressions=[p.sql for p in parts]),
+                                     parts)  # fmt: skip
+        if name in ("char_length", "character_length", "octet_length") and len(args) == 1:
+            return self._n_Length(exp.Length(this=args[0]))
+        if name == "date_part" and len(args) == 2 and isinstance(args[0], exp.Literal):
+            return self._n_Extract(exp.Extract(this=exp.var(args[0].this), expression=args[1]))
+        if name == "split_part" and len(args) == 3:
+            a = self._text(args[0], "SPLIT_PART")
+            d = self._text(args[1], "SPLIT_PART")
+            k = self.analyze(args[2])
+            if not (k.constant and k.kind == "int" and k.lo is not None and k.lo != 0):
+                raise unsupported("SPLIT_PART needs a non-zero integer literal as its field number")
+            return self._text_result(exp.Anonymous(this="split_part",
+                                                   expressions=[a.sql, d.sql, k.sql]), [a, d])  # fmt: skip
+        raise unsupported(f"the function {name.upper()}() is not allowed in {self.context}",
+                          ROW_HINT)  # fmt: skip
 
 
-def _describe(n: exp.Expression) -> str:
+# -- helpers -----------------------------------------------------------------------------
+
+
+def describe(n: exp.Expression) -> str:
+    """A human name for a refused node."""
     if isinstance(n, exp.Anonymous):
         return f"the function {str(n.this).upper()}()"
     if isinstance(n, exp.Func):
         return f"the function {n.sql_name().upper()}()"
     return f"the construct {type(n).__name__.upper()}"
+
+
+def _cols(*parts: Typed) -> frozenset[tuple[str, str]]:
+    out: frozenset[tuple[str, str]] = frozenset()
+    for p in parts:
+        out |= p.columns
+    return out
+
+
+def _dedup(values: tuple[object, ...]) -> tuple[object, ...]:
+    seen: list[object] = []
+    for v in values:
+        if not any(type(v) is type(s) and v == s for s in seen):
+            seen.append(v)
+    return tuple(seen)
+
+
+def _finest(steps: list[Decimal]) -> Decimal | None:
+    return min(steps) if steps else None
+
+
+def _union(parts: list[Typed], what: str) -> Typed:
+    """The type, bounds and domain of a value that is one of `parts` (CASE, COALESCE)."""
+    kinds = {p.kind for p in parts if p.kind != "null"}
+    if not kinds:
+        return Typed(exp.Null(), "null", domain=(None,), constant=True)
+    if kinds <= NUMERIC_KINDS:
+        kind = "float" if "float" in kinds else ("numeric" if "numeric" in kinds else "int")
+    elif len(kinds) == 1:
+        kind = next(iter(kinds))
+    elif kinds <= TEMPORAL_KINDS:
+        kind = "timestamptz" if "timestamptz" in kinds else "timestamp"
+    else:
+        raise RewriteError(DATATYPE_ERROR, f"{what} types {' and '.join(sorted(kinds))} "
+                           "cannot be matched")  # fmt: skip
+    lo = hi = None
+    nums = [p for p in parts if p.kind != "null"]
+    if kind in NUMERIC_KINDS and all(p.bounded for p in nums):
+        lo = min(p.lo for p in nums)  # type: ignore[type-var]
+        hi = max(p.hi for p in nums)  # type: ignore[type-var]
+    dom: tuple[object, ...] | None = ()
+    for p in parts:
+        if p.domain is None or dom is None:
+            dom = None
+        else:
+            dom = _dedup((*dom, *p.domain))
+    pg = None
+    pgs = {p.type_name for p in parts if p.kind != "null"}
+    if len(pgs) == 1:
+        pg = next(iter(pgs))
+    step = _finest([p.step for p in parts if p.step is not None])
+    return Typed(exp.Null(), kind, lo, hi, dom, any(p.nullable for p in parts),
+                 all(p.constant for p in parts), step=step, pg_type=pg,
+                 columns=_cols(*parts))  # fmt: skip
+
+
+def _kind_of_type(to: str) -> str | None:
+    if to in _INT_TYPES:
+        return "int"
+    if to in _NUMERIC_TYPES:
+        return "numeric"
+    if to in _FLOAT_TYPES:
+        return "float"
+    if to in _TEXT_TYPES:
+        return "text"
+    if to in _TEMPORAL_TYPES:
+        return _TEMPORAL_TYPES[to]
+    if to == "BOOLEAN":
+        return "bool"
+    if to == "INTERVAL":
+        return "interval"
+    return None
+
+
+_DATE_RE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
+
+
+def _check_literal_cast(text: str, kind: str) -> None:
+    """Refuse (before any budget is spent) a literal PostgreSQL would fail to cast."""
+    s = text.strip()
+    try:
+        if kind in NUMERIC_KINDS:
+            Decimal(s)
+            if kind == "int" and "." in s:
+                raise ValueError(s)
+        elif kind == "date":
+            if s.lower() not in ("infinity", "-infinity"):
+                date.fromisoformat(s) if _DATE_RE.match(s) else datetime.fromisoformat(s)
+        elif kind in ("timestamp", "timestamptz"):
+            if s.lower() not in ("infinity", "-infinity"):
+                datetime.fromisoformat(s)
+        elif kind == "bool":
+            if s.lower() not in ("t", "f", "true", "false", "yes", "no", "on", "off", "1", "0"):
+                raise ValueError(s)
+    except (ValueError, InvalidOperation) as e:
+        raise RewriteError(
+            INVALID_TEXT, f"invalid input syntax for type {PG_NAMES.get(kind, kind)}: {text!r}"
+        ) from e
+
+
+def check_row_expr(node: exp.Expression, resolve: Resolver, context: str) -> Typed:
+    """Analyze a row expression (kept for callers of the skeleton's API)."""
+    return Analyzer(resolve, context).analyze(node)

@@ -90,7 +90,7 @@ _PG_TYPES = {
 
 
 def test_example_metadata_matches_schema(tpch_metadata: Metadata, tpch_dsn: str) -> None:
-    assert set(tpch_metadata.private_tables()) == {"customer", "orders"}
+    assert set(tpch_metadata.private_tables()) == {"customer", "orders", "lineitem"}
     with psycopg.connect(tpch_dsn) as conn:
         actual = {
             (table, column): (dtype, nullable == "YES")

@@ -1,0 +1,175 @@
+"""The DP engine against the real TPC-H data: the corpus SQL runs, answers are right at
+large epsilon, EXPLAIN spends nothing, partition selection and FK paths work."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+
+from tests.e2e.conftest import ANALYSTS, Env, truth
+from tests.support.proxy_process import ProxyProcess
+from tests.unit.test_corpus import ACCEPTED, plan_of
+
+
+def connect(proxy: ProxyProcess, user: str) -> psycopg.Connection:
+    """A psycopg connection through the proxy, collecting NOTICEs in conn.notices."""
+    conn = psycopg.connect(proxy.dsn(user, ANALYSTS[user].password), autocommit=True)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    conn.notices = notices  # type: ignore[attr-defined]
+    return conn
+
+
+def test_every_accepted_corpus_query_runs_on_postgres(env: Env) -> None:
+    # The rewritten SQL of every accepted query runs without error on PostgreSQL 15 and
+    # returns one column per key and primitive, with integer primitives.
+    failures = []
+    with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
+        for case in ACCEPTED:
+            p = plan_of(case.sql)
+            try:
+                cur = conn.execute(p.sql)  # type: ignore[arg-type]
+            except psycopg.Error as e:
+                failures.append(f"{case.sql}: {e}")
+                continue
+            rows = cur.fetchall()
+            assert cur.description is not None
+            assert len(cur.description) == len(p.keys) + len(p.primitives), case.sql
+            for row in rows:
+                for prim, v in zip(p.primitives, row[len(p.keys):], strict=True):
+                    if prim.kind.value == "quantile":
+                        assert isinstance(v, dict), case.sql  # {cell: count}
+                        continue
+                    assert v is not None and int(v) == v, case.sql
+                for i, k in enumerate(p.keys):
+                    if not k.private and k.domain_sql is None:
+                        assert 0 <= row[i] < len(k.domain), case.sql  # an index
+            if not p.keys:
+                assert len(rows) == 1, case.sql  # an aggregate over no rows is a row of zeros
+    assert not failures, "\n".join(failures)
+
+
+def test_count_distinct_units_through_fk_path_is_exact_at_large_epsilon(
+    proxy: ProxyProcess, env: Env
+) -> None:
+    # lineitem reaches the customer through orders; counting distinct customers has
+    # sensitivity 1, and every unit keeps at least one row, so bounding loses nothing.
+    q = "SELECT COUNT(DISTINCT o_custkey) FROM lineitem JOIN orders ON l_orderkey = o_orderkey"
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        (got,) = conn.execute(q).fetchone()  # type: ignore[misc]
+    assert got == truth(env.tpch_dsn, q)[0][0]
+
+
+def test_variance_of_one_row_per_unit_matches_postgres(proxy: ProxyProcess, env: Env) -> None:
+    q = "SELECT VAR_POP(c_acctbal), STDDEV_SAMP(c_acctbal), AVG(c_acctbal) FROM customer"
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        var, sd, avg = conn.execute(q).fetchone()  # type: ignore[misc]
+    tv, tsd, tavg = truth(env.tpch_dsn, q)[0]
+    # noise at epsilon 9000 is far below these tolerances (fixed-point and square
+    # rounding contribute < 1e-4 relative).
+    assert abs(Decimal(var) - tv) / tv < Decimal("0.001")
+    assert abs(Decimal(sd) - tsd) / tsd < Decimal("0.001")
+    assert abs(avg - tavg) < Decimal("0.05")
+
+
+def test_expression_aggregate_and_filter_match_truth(proxy: ProxyProcess, env: Env) -> None:
+    # customer has one row per unit, so the bounded answer is the exact answer.
+    q = ("SELECT c_mktsegment, SUM(CASE WHEN c_acctbal > 0 THEN 1 ELSE 0 END), "
+         "COUNT(*) FILTER (WHERE c_acctbal < 0) FROM customer GROUP BY 1 ORDER BY 1")  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        rows = conn.execute(q).fetchall()
+    assert rows == [tuple(r) for r in truth(env.tpch_dsn, q)]
+
+
+def test_partition_selection_releases_large_groups_and_costs_delta(
+    proxy: ProxyProcess, env: Env
+) -> None:
+    q = ("SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(DISTINCT o_custkey) FROM orders "
+         "GROUP BY y ORDER BY y")  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        rows = conn.execute(q).fetchall()
+        notice = conn.notices[-1]  # type: ignore[attr-defined]
+    exact = truth(env.tpch_dsn, q)
+    # Every year has hundreds of customers: far above the threshold, all released.
+    assert [r[0] for r in rows] == [r[0] for r in exact]
+    # Each customer keeps at most max_groups (4) years: the total is exactly that.
+    (bounded,) = truth(env.tpch_dsn, """
+        SELECT sum(least(n, 4)) FROM (SELECT count(DISTINCT extract(year FROM o_orderdate)) AS n
+        FROM orders GROUP BY o_custkey) c""")[0]
+    assert sum(r[1] for r in rows) == bounded
+    assert "not shown" in notice
+
+
+def test_rare_private_groups_are_suppressed(proxy: ProxyProcess) -> None:
+    # Each order key belongs to one customer: no group has enough units to pass.
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 1")
+        rows = conn.execute("SELECT o_orderkey, COUNT(*) FROM orders GROUP BY 1").fetchall()
+    assert rows == []
+
+
+def test_explain_spends_nothing_and_reports_the_plan(proxy: ProxyProcess) -> None:
+    with connect(proxy, "dave") as conn:
+        before = conn.execute("SHOW dp.budget").fetchone()
+        rows = conn.execute(
+            "EXPLAIN SELECT o_orderstatus, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY 1"
+        ).fetchall()
+        after = conn.execute("SHOW dp.budget").fetchone()
+    text = "\n".join(r[0] for r in rows)
+    assert before == after
+    assert "would cost epsilon 1" in text and "delta 0" in text
+    assert "Rewritten SQL: WITH i0 AS" in text
+    assert "sensitivity 8" in text and "95% error" in text
+
+
+def test_sum_over_no_rows_is_a_noisy_number(proxy: ProxyProcess) -> None:
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 1")
+        (s,) = conn.execute(
+            "SELECT SUM(o_totalprice) FROM orders WHERE o_orderdate < DATE '1900-01-01'"
+        ).fetchone()  # type: ignore[misc]
+    assert s is not None
+
+
+def test_median_at_large_epsilon_splits_the_data_in_half(proxy: ProxyProcess, env: Env) -> None:
+    # customer: one row per unit. At large epsilon the chosen candidate minimizes
+    # |#(x < c) - #(x > c)| up to the candidate spacing (11.02): a rank check.
+    q = "SELECT c_mktsegment, MEDIAN(c_acctbal) FROM customer GROUP BY 1 ORDER BY 1"
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        rows = conn.execute(q).fetchall()
+    assert len(rows) == 5
+    for seg, med in rows:
+        below, above = truth(env.tpch_dsn, f"""
+            SELECT count(*) FILTER (WHERE c_acctbal < {med} - 11.02),
+                   count(*) FILTER (WHERE c_acctbal > {med} + 11.02)
+            FROM customer WHERE c_mktsegment = '{seg}'""")[0]
+        (n,) = truth(env.tpch_dsn, f"SELECT count(*) FROM customer WHERE c_mktsegment = '{seg}'")[0]
+        # Every candidate strictly between the two middle values scores the same (ties).
+        assert below <= (n + 1) / 2 and above <= (n + 1) / 2, (seg, med, below, above, n)
+
+
+def test_public_table_keys_release_every_value(proxy: ProxyProcess, env: Env) -> None:
+    # Grouping by a public table's column: every nation is a group, no delta, exact at
+    # large epsilon (customer has one row per unit).
+    q = ("SELECT n_name, COUNT(*) FROM customer JOIN nation ON c_nationkey = n_nationkey "
+         "GROUP BY n_name ORDER BY n_name")  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        rows = conn.execute(q).fetchall()
+        notice = conn.notices[-1]  # type: ignore[attr-defined]
+    assert rows == [tuple(r) for r in truth(env.tpch_dsn, q)]
+    assert len(rows) == 25 and "not shown" not in notice
+
+
+def test_explain_through_the_extended_protocol(proxy: ProxyProcess) -> None:
+    with connect(proxy, "dave") as conn:
+        cur = conn.execute("EXPLAIN SELECT COUNT(*) FROM lineitem", prepare=True)
+        assert cur.description is not None and cur.description[0].name == "QUERY PLAN"
+        text = "\n".join(r[0] for r in cur.fetchall())
+    assert "sensitivity 16" in text and "JOIN \"public\".\"orders\"" in text

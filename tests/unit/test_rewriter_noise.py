@@ -1,0 +1,149 @@
+"""Statistical tests: each released aggregate's error has the declared scale and bounds.
+
+Fixed sample sizes; every assertion's false-alarm probability is at most 1e-6 (Hoeffding:
+P(|empirical - p| > t) <= 2 exp(-2 n t^2)), no retries.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from accounting.mechanisms import Mechanisms, discrete_laplace_quantile
+from accounting.release import error_bounds, quantile_scores, release
+from rewriter.metadata import load_metadata
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+
+META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
+FALSE_ALARM = 1e-6
+N = 20_000
+T_TWO_SIDED = math.sqrt(math.log(2 / FALSE_ALARM) / (2 * N))
+T_ONE_SIDED = math.sqrt(math.log(1 / FALSE_ALARM) / (2 * N))
+
+
+def dlap_within(scale: float, k: int) -> float:
+    """P(|X| <= k) for discrete Laplace(scale)."""
+    p = math.exp(-1 / scale)
+    return 1 - 2 * p ** (k + 1) / (1 + p)
+
+
+@pytest.fixture(scope="module")
+def mech() -> Mechanisms:
+    return Mechanisms()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT COUNT(*) FROM orders",
+        "SELECT SUM(l_quantity) FROM lineitem",
+        "SELECT COUNT(*), AVG(c_acctbal) FROM customer",
+        "SELECT COUNT(DISTINCT o_custkey), VAR_POP(o_totalprice) FROM orders",
+    ],
+)
+def test_every_primitive_has_its_declared_scale(sql: str, mech: Mechanisms) -> None:
+    plan = rewrite(parse_one(sql), META)
+    for spec in mech.plan_noise(plan, Decimal("0.5")):
+        draws = mech.sample(spec, [0] * N)
+        for k in (discrete_laplace_median(spec.scale), spec.error95):
+            frac = sum(abs(x) <= k for x in draws) / N
+            assert abs(frac - dlap_within(spec.scale, k)) <= T_TWO_SIDED, (spec.label, k)
+
+
+def discrete_laplace_median(scale: float) -> int:
+    """The smallest k with P(|X| <= k) >= 1/2."""
+    return discrete_laplace_quantile(scale, 0.5)
+
+
+def test_declared_95_percent_bounds_hold_for_each_aggregate(mech: Mechanisms) -> None:
+    # 25 groups x 800 releases = 20 000 errors per aggregate.
+    plan = rewrite(parse_one(
+        "SELECT c_nationkey, COUNT(*), SUM(c_acctbal), AVG(c_acctbal), "
+        "SUM(CASE WHEN c_acctbal > 0 THEN 1 ELSE 0 END) FROM customer GROUP BY 1"), META)  # fmt: skip
+    noise = mech.plan_noise(plan, Decimal(1))
+    bounds = error_bounds(plan, noise)
+    names = [p.name for p in plan.primitives]
+    # Exact primitives per group: 400 rows, normalized sum and plain sum chosen freely.
+    exact = {"count": 400, "sum_steps": 400 * 250_000, "cases": 300}
+    rows = []
+    for g in range(25):
+        row: list[int] = [g]
+        for p in plan.primitives:
+            if p.kind.value == "count":
+                row.append(exact["count"])
+            else:
+                agg = next(a for a in plan.aggregates if a.sum == p.name)
+                total = exact["cases"] if "CASE" in agg.label else exact["sum_steps"]
+                shift = agg.midpoint * exact["count"] if p.kind.value == "normalized_sum" else 0
+                row.append(total - shift)
+        rows.append(tuple(row))
+    assert len(names) == 3
+    truth = [400, Decimal(1_000_000), Decimal(2500), 300]
+    inside = [0, 0, 0, 0]
+    for _ in range(N // 25):
+        ans = release(plan, rows, noise, mech)
+        for r in ans.rows:
+            for i in range(4):
+                bound = _bound_value(bounds[i].text, 400)
+                if abs(Decimal(r[i + 1]) - truth[i]) <= bound:
+                    inside[i] += 1
+    for i in range(4):
+        assert inside[i] / N >= 0.95 - T_ONE_SIDED, (bounds[i].label, inside[i] / N)
+
+
+def _bound_value(text: str, n: int) -> Decimal:
+    """The numeric value of a NOTICE bound such as '±24', '±(1.5 + 2)/n'."""
+    nums = [Decimal(x) for x in re.findall(r"[0-9]+(?:\.[0-9]+)?", text)]
+    if "/n" in text:
+        return sum(nums, Decimal(0)) / n
+    return nums[0]
+
+
+def test_quantile_choice_follows_the_exponential_mechanism(mech: Mechanisms) -> None:
+    # OpenDP's report-noisy-max under max-divergence adds exponential noise of the given
+    # scale to every (negated) score: check three candidates' frequencies against the
+    # exact winning probabilities (numerical integration).
+    plan = rewrite(parse_one("SELECT MEDIAN(c_acctbal) FROM customer"), META)
+    (spec,) = mech.plan_noise(plan, Decimal(1))
+    scale = spec.scale
+    k = int(round(scale))
+    scores = [0, k, 2 * k]
+    probs = [exponential_rnm_win(i, [x / scale for x in scores]) for i in range(3)]
+    assert abs(sum(probs) - 1) < 1e-3
+    picks = [mech.pick_min(spec, scores) for _ in range(N)]
+    for i in range(3):
+        frac = picks.count(i) / N
+        assert abs(frac - probs[i]) <= T_TWO_SIDED, (i, frac, probs[i])
+
+
+def exponential_rnm_win(i: int, scores: list[float]) -> float:
+    """P(candidate i has the largest -score + Exp(1)) for unit-scale scores."""
+
+    def cdf(x: float, s: float) -> float:
+        return 0.0 if x + s <= 0 else 1 - math.exp(-(x + s))
+
+    # Midpoint rule: error ~1e-7, negligible next to the 0.019 tolerance.
+    total, dx, x = 0.0, 1e-3, -scores[i] + 5e-4
+    while x < 40:
+        p = math.exp(-(x + scores[i]))
+        for j, s in enumerate(scores):
+            if j != i:
+                p *= cdf(x, s)
+        total += p * dx
+        x += dx
+    return total
+
+
+def test_quantile_scores_count_values_below_and_above() -> None:
+    plan = rewrite(parse_one("SELECT MEDIAN(l_linenumber) FROM lineitem"), META)
+    (agg,) = plan.aggregates
+    assert (agg.lower, agg.upper, agg.stride, agg.candidates) == (1, 7, 1, 7)
+    # values 1, 1, 3, 7: cells 2j hold value j + 1
+    scores = quantile_scores(agg, {0: 2, 4: 1, 12: 1})
+    # candidate 2: 2 below, 2 above -> |2 - 2| = 0; candidate 1: 0 below, 2 above -> 2
+    assert scores[1] == 0 and scores[0] == 2 and scores[6] == 3
