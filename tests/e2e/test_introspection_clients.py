@@ -139,7 +139,7 @@ def _inspect(url: str, is_async: bool) -> dict[str, object]:
                         for c in insp.get_columns("orders")],  # fmt: skip
             "pk": insp.get_pk_constraint("orders"),
             "fks": insp.get_foreign_keys("orders"),
-            "has": (insp.has_table("orders"), insp.has_table("lineitem")),
+            "has": (insp.has_table("orders"), insp.has_table("partsupp")),
         }
 
     if not is_async:

@@ -19,6 +19,7 @@ QUANTUM_MS = 250
 @pytest.fixture(scope="module")
 def limited(env: Env) -> Iterator[ProxyProcess]:
     cfg = yaml.safe_load(env.config.read_text())
+    cfg["backend"]["statement_timeout_ms"] = 800
     cfg["limits"] = {
         "max_connections_per_analyst": 2,
         "idle_session_timeout_s": 1.5,
@@ -72,7 +73,7 @@ def test_idle_in_transaction_timeout(limited: ProxyProcess) -> None:
 def test_reply_quantum_hides_success_error_and_refusal_times(limited: ProxyProcess) -> None:
     queries = [
         "SELECT COUNT(*) FROM orders WHERE o_totalprice > 1000",  # answered
-        "SELECT COUNT(*) FROM orders WHERE o_orderdate > 'not-a-date'",  # fails in the database
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate > 'not-a-date'",  # refused: bad literal
         "SELECT MAX(o_comment) FROM orders",  # refused by the rewriter
     ]
     times: list[float] = []
@@ -91,3 +92,20 @@ def test_reply_quantum_hides_success_error_and_refusal_times(limited: ProxyProce
     # scheduling on a loaded 2-core machine (a query longer than the quantum would land
     # on 2x, which these small queries never approach).
     assert all(quantum <= t < quantum * 1.8 for t in times), times
+
+
+def test_backend_failure_gets_the_fixed_message_and_keeps_the_charge(
+    limited: ProxyProcess, env: Env
+) -> None:
+    # Hold a lock on orders so the DP query hits the backend statement timeout: the
+    # analyst sees one fixed message (never PostgreSQL's text) and the charge stays.
+    with psycopg.connect(env.tpch_dsn) as locker, connect(limited, "dave") as conn:
+        locker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        before = conn.execute("SHOW dp.budget").fetchone()
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT COUNT(*) FROM orders WHERE o_totalprice > 7.25")
+        locker.rollback()
+        after = conn.execute("SHOW dp.budget").fetchone()
+    assert info.value.sqlstate == "XX000"
+    assert "withheld" in str(info.value) and "statement timeout" not in str(info.value)
+    assert before is not None and after is not None and after[2] > before[2]
