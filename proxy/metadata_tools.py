@@ -50,15 +50,19 @@ SELECT c.table_name, c.column_name, c.data_type, c.is_nullable = 'YES',
  ORDER BY c.table_name, c.ordinal_position
 """
 
+# pg_catalog, not information_schema: the constraint views of information_schema hide
+# the keys of tables on which the role has only SELECT (the reader role's case).
 _KEYS_SQL = """
-SELECT tc.table_name, tc.constraint_type, kcu.column_name,
-       ccu.table_name AS ref_table, ccu.column_name AS ref_column
-  FROM information_schema.table_constraints tc
-  JOIN information_schema.key_column_usage kcu
-       ON kcu.constraint_name = tc.constraint_name AND kcu.table_schema = tc.table_schema
-  LEFT JOIN information_schema.constraint_column_usage ccu
-       ON ccu.constraint_name = tc.constraint_name AND tc.constraint_type = 'FOREIGN KEY'
- WHERE tc.table_schema = %s AND tc.constraint_type IN ('PRIMARY KEY', 'FOREIGN KEY')
+SELECT cl.relname, con.conname, con.contype, a.attname, fcl.relname, fa.attname
+  FROM pg_constraint con
+  JOIN pg_class cl ON cl.oid = con.conrelid
+  JOIN pg_namespace n ON n.oid = cl.relnamespace
+ CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+  LEFT JOIN pg_class fcl ON fcl.oid = con.confrelid
+  LEFT JOIN pg_attribute fa ON fa.attrelid = con.confrelid AND fa.attnum = con.confkey[k.ord]
+ WHERE n.nspname = %s AND con.contype IN ('p', 'f', 'u')
+ ORDER BY cl.relname, con.conname, k.ord
 """
 
 
@@ -68,6 +72,7 @@ class LiveTable:
 
     columns: dict[str, tuple[str, bool, str | None]] = field(default_factory=dict)
     primary_key: list[str] = field(default_factory=list)
+    unique: list[list[str]] = field(default_factory=list)  # columns of each UNIQUE constraint
     foreign_keys: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -77,12 +82,17 @@ def read_schema(dsn: str, schema: str) -> dict[str, LiveTable]:
     with psycopg.connect(dsn) as conn:
         for tname, cname, dtype, nullable, comment in conn.execute(_COLUMNS_SQL, (schema,)):
             tables.setdefault(tname, LiveTable()).columns[cname] = (dtype, nullable, comment)
-        for tname, kind, col, ref_t, ref_c in conn.execute(_KEYS_SQL, (schema,)):
+        uniques: dict[tuple[str, str], list[str]] = {}
+        for tname, conname, kind, col, ref_t, ref_c in conn.execute(_KEYS_SQL, (schema,)):
             t = tables.setdefault(tname, LiveTable())
-            if kind == "PRIMARY KEY":
+            if kind == "p":
                 t.primary_key.append(col)
+            elif kind == "u":
+                uniques.setdefault((tname, conname), []).append(col)
             else:
                 t.foreign_keys.append((col, ref_t, ref_c))
+        for (tname, _), cols in uniques.items():
+            tables[tname].unique.append(cols)
     return tables
 
 
@@ -159,6 +169,12 @@ def check_metadata(meta: Metadata, dsn: str) -> CheckReport:
             elif live_type != cmeta.type and not (live_type.is_numeric and cmeta.type.is_numeric):
                 report.errors.append(
                     f"{tname}.{cname}: declared {cmeta.type.value}, live type is {dtype}"
+                )
+            single_keys = [[c] for c in lt.primary_key] if len(lt.primary_key) == 1 else []
+            if cmeta.unique and [cname] not in single_keys + lt.unique:
+                report.errors.append(
+                    f"{tname}.{cname}: declared unique but the live table has no primary key "
+                    "or unique constraint on it alone (joins and bounding rely on it)"
                 )
             if nullable and not cmeta.nullable:
                 report.errors.append(

@@ -93,6 +93,20 @@ class Relation:
         """True when each row is its own unit (a private table without a unit)."""
         return self.unit is None
 
+    @property
+    def one_row_per_unit(self) -> bool:
+        """True when the declared keys already give each unit at most one row.
+
+        That holds for one private table whose privacy-unit column is declared unique
+        (public tables are joined only on their unique keys, so they never fan out):
+        contribution bounding would then keep every row and can be skipped.
+        """
+        priv = self.private
+        if self.unit is None or len(priv) != 1 or priv[0].table.privacy_unit is None:
+            return False
+        table = priv[0].table
+        return bool(table.columns[table.privacy_unit].unique)
+
     def from_sql(self) -> str:
         """The FROM clause of the rewritten SQL."""
         parts = []

@@ -748,7 +748,8 @@ def _emit_sql(b: _Builder) -> str:
         ctes = [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
     else:
         ctes = [f"i AS ({inner})"]
-    if rel.row_level:
+    if rel.row_level or rel.one_row_per_unit:
+        # No window needed: every unit already contributes at most one row.
         source = "i AS b"
         where = ""
     else:

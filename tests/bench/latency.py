@@ -84,7 +84,7 @@ def grouped_release_ms(n_keys: int, mech: Mechanisms) -> float:
     """Proxy time to noise and post-process a grouped answer with n_keys public keys."""
     meta = Metadata.model_validate({"dataset": "s", "tables": {"events": {
         "privacy_unit": "uid", "max_rows": 4,
-        "columns": {"uid": {"type": "integer"}, "k": {"type": "integer", "domain": list(range(n_keys))},
+        "columns": {"uid": {"type": "integer"}, "k": {"type": "integer", "domain": list(range(n_keys)), "nullable": False},
                     "v": {"type": "numeric", "lower": 0, "upper": 100}}}}})  # fmt: skip
     plan = rewrite(parse_one("SELECT k, COUNT(*), SUM(v) FROM events GROUP BY k"), meta)
     noise = mech.plan_noise(plan, Decimal(1))

@@ -143,9 +143,16 @@ def test_golden_public_join_on_unique_key() -> None:
     assert p.sql == (
         'WITH i AS (SELECT "t0"."c_custkey" AS u FROM "public"."customer" AS t0 JOIN '
         '"public"."nation" AS t1 ON "t0"."c_nationkey" = "t1"."n_nationkey" WHERE '
-        "(\"t1\".\"n_name\" = 'FRANCE')), r AS (SELECT i.*, row_number() OVER (PARTITION BY "
-        "i.u ORDER BY random()) AS rn FROM i) SELECT count(*) AS p0 FROM r AS b WHERE b.rn <= 1"
+        "(\"t1\".\"n_name\" = 'FRANCE')) SELECT count(*) AS p0 FROM i AS b"
     )
+    # c_custkey is declared unique and nation is joined on its unique key: every unit
+    # has at most one row, so no bounding window is emitted.
+
+
+def test_bounding_kept_when_units_have_many_rows() -> None:
+    p = plan("SELECT COUNT(*) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
+    assert "row_number() OVER (PARTITION BY i.u ORDER BY random())" in p.sql
+    assert p.sql.endswith("WHERE b.rn <= 8")
 
 
 def test_division_by_a_column_is_guarded_and_bounded() -> None:
