@@ -210,6 +210,9 @@ class Analyzer:
     def _n_Interval(self, n: exp.Interval) -> Typed:
         if not isinstance(n.this, exp.Literal):
             raise unsupported(f"INTERVAL with a computed value is not allowed in {self.context}")
+        unit = n.args.get("unit")
+        text = str(n.this.this) + (f" {unit.name}" if unit is not None else "")
+        _check_literal_cast(text, "interval")
         return Typed(n.copy(), "interval", nullable=False, constant=True)
 
     # -- boolean logic ----------------------------------------------------------------
@@ -341,6 +344,9 @@ class Analyzer:
         a, b = self.analyze(n.this), self.analyze(n.expression)
         self._comparable(a, b, "NULLIF")
         sql = exp.Nullif(this=a.operand, expression=b.operand)
+        if a.kind == "null":
+            # NULLIF(NULL, x) takes x's type in PostgreSQL.
+            a = replace(a, kind=b.kind if b.kind != "null" else "text", pg_type=None)
         dom = _dedup((*a.domain, None)) if a.domain is not None else None
         return replace(a, sql=sql, value=None, domain=dom, nullable=True, unit=False,
                        columns=_cols(a, b), constant=a.constant and b.constant)  # fmt: skip
@@ -808,7 +814,9 @@ def _union(parts: list[Typed], what: str) -> Typed:
     """The type, bounds and domain of a value that is one of `parts` (CASE, COALESCE)."""
     kinds = {p.kind for p in parts if p.kind != "null"}
     if not kinds:
-        return Typed(exp.Null(), "null", domain=(None,), constant=True)
+        # PostgreSQL resolves a CASE/COALESCE/GREATEST of only NULLs to text.
+        return Typed(exp.Null(), "text", domain=(None,), constant=all(p.constant for p in parts),
+                     pg_type="text")  # fmt: skip
     if kinds <= NUMERIC_KINDS:
         kind = "float" if "float" in kinds else ("numeric" if "numeric" in kinds else "int")
     elif len(kinds) == 1:
@@ -858,6 +866,13 @@ def _kind_of_type(to: str) -> str | None:
 
 
 _DATE_RE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}$")
+# A conservative subset of PostgreSQL's interval input: "<number> <unit>" parts.
+_INTERVAL_RE = re.compile(
+    r"^(\s*[-+]?\d+(\.\d+)?\s*(microseconds?|milliseconds?|seconds?|secs?|minutes?|mins?|"
+    r"hours?|days?|weeks?|months?|mons?|years?|decades?|centuries|century|millenniums?|"
+    r"millennia)\s*)+$",
+    re.IGNORECASE,
+)
 
 
 def _check_literal_cast(text: str, kind: str) -> None:
@@ -874,6 +889,9 @@ def _check_literal_cast(text: str, kind: str) -> None:
         elif kind in ("timestamp", "timestamptz"):
             if s.lower() not in ("infinity", "-infinity"):
                 datetime.fromisoformat(s)
+        elif kind == "interval":
+            if not _INTERVAL_RE.match(s):
+                raise ValueError(s)
         elif kind == "bool":
             if s.lower() not in ("t", "f", "true", "false", "yes", "no", "on", "off", "1", "0"):
                 raise ValueError(s)
