@@ -9,6 +9,7 @@ measurement's own privacy map, never recomputed by hand.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -132,13 +133,11 @@ class Mechanisms:
     def _calibrate_noisy_max(
         self, name: str, label: str, sensitivity: int, share: Decimal
     ) -> NoiseSpec:
-        scale = float(2 * Decimal(sensitivity) / share)
-        cost = self.noisy_max(scale).map(sensitivity)
-        while Decimal(cost) > share:
-            scale = math.nextafter(scale, math.inf)
-            cost = self.noisy_max(scale).map(sensitivity)
+        scale, cost = _fit_scale(
+            self.noisy_max, sensitivity, share, float(2 * Decimal(sensitivity) / share)
+        )
         return NoiseSpec(primitive=name, label=label, sensitivity=sensitivity, scale=scale,
-                         epsilon=Decimal(cost), error95=0,
+                         epsilon=cost, error95=0,
                          mechanism="exponential_noisy_max")  # fmt: skip
 
     def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
@@ -184,21 +183,13 @@ class Mechanisms:
         return dict(self.threshold(spec.scale, spec.threshold)(safe))
 
     def _calibrate(self, name: str, label: str, sensitivity: int, share: Decimal) -> NoiseSpec:
-        scale = float(Decimal(sensitivity) / share)
-        meas = self.laplace(scale)
-        cost = meas.map(sensitivity)
-        # Float rounding can make the map exceed the share by an ulp; widen the scale
-        # until the charge is within what the analyst asked for.
-        while Decimal(cost) > share:
-            scale = math.nextafter(scale, math.inf)
-            meas = self.laplace(scale)
-            cost = meas.map(sensitivity)
+        scale, cost = _fit_scale(self.laplace, sensitivity, share, float(Decimal(sensitivity) / share))
         return NoiseSpec(
             primitive=name,
             label=label,
             sensitivity=sensitivity,
             scale=scale,
-            epsilon=Decimal(cost),
+            epsilon=cost,
             error95=discrete_laplace_quantile(scale, 0.95),
         )
 
@@ -238,13 +229,9 @@ class Mechanisms:
 
     def _calibrate_gaussian(self, label: str, name: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         # rho = d_in^2 / (2 scale^2)  =>  scale = d_in / sqrt(2 rho)
-        scale = float(Decimal(sensitivity) / (2 * share).sqrt())
-        meas = self.gaussian(scale)
-        cost = meas.map(sensitivity)
-        while Decimal(cost) > share:
-            scale = math.nextafter(scale, math.inf)
-            meas = self.gaussian(scale)
-            cost = meas.map(sensitivity)
+        scale, cost = _fit_scale(
+            self.gaussian, sensitivity, share, float(Decimal(sensitivity) / (2 * share).sqrt())
+        )
         return NoiseSpec(
             primitive=name,
             label=label,
@@ -253,8 +240,23 @@ class Mechanisms:
             epsilon=Decimal(0),
             error95=discrete_gaussian_bound(scale, 0.95),
             mechanism="discrete_gaussian",
-            rho=Decimal(cost),
+            rho=cost,
         )
+
+
+def _fit_scale(
+    make: Callable[[float], Any], sensitivity: int, share: Decimal, scale: float
+) -> tuple[float, Decimal]:
+    """The scale whose measurement's own privacy map charges at most `share`, and that charge.
+
+    Float rounding can make the map exceed the share by an ulp; the scale is widened one
+    ulp at a time until the charge is within what the analyst asked for.
+    """
+    cost = make(scale).map(sensitivity)
+    while Decimal(cost) > share:
+        scale = math.nextafter(scale, math.inf)
+        cost = make(scale).map(sensitivity)
+    return scale, Decimal(cost)
 
 
 def discrete_laplace_quantile(scale: float, coverage: float) -> int:
