@@ -143,7 +143,7 @@ class ObservabilityConfig(BaseModel):
     metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                      description="HTTP port of /metrics and /health (off when unset).")
     log_format: Literal["text", "json"] = "text"
-    log_statements: bool = True
+    log_statements: bool = False  # one line per statement costs ~20% on tiny queries
     audit: bool = True
     audit_sync: bool = False
     audit_flush_ms: int = Field(default=100, ge=0, le=60_000)

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,11 +158,21 @@ class Ops:
         self.instance = (obs.instance if obs and obs.instance else f"{socket.gethostname()}:{os.getpid()}")
         self.dataset = config.metadata.dataset if config is not None and config.metadata else ""
         self.draining = False  # set by graceful shutdown: new statements get 57P01
+        self._normalized: OrderedDict[str, tuple[str | None, str, int]] = OrderedDict()
 
     def begin(self, conn: Any, command: Any, raw: str | None, protocol: str) -> Observation:
         """A statement starts (it becomes the connection's current statement)."""
         route, tree = describe_command(command, raw)
-        text, digest, length = normalize(raw, tree)
+        # Normalizing regenerates SQL from the tree: remember it per statement text.
+        key = raw if raw is not None and len(raw) <= 65536 else None
+        norm = self._normalized.get(key) if key is not None else None
+        if norm is None:
+            norm = normalize(raw, tree)
+            if key is not None:
+                self._normalized[key] = norm
+                if len(self._normalized) > 4096:
+                    self._normalized.popitem(last=False)
+        text, digest, length = norm
         analyst = conn.analyst.name if getattr(conn, "analyst", None) is not None else ""
         obs = Observation(analyst, self.dataset, protocol, route, text, digest, length)
         _CURRENT.set(obs)

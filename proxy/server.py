@@ -99,6 +99,7 @@ class Server:
         ledger, cache = await open_ledger(config)
         # The mirror is brought up to date from the data database's schema at start-up.
         catalog = await Catalog.open(config.backend.catalog_dsn, config.metadata, config.backend.dsn,
+                                     pool_size=config.backend.pool_size,
                                      statement_timeout_ms=config.backend.statement_timeout_ms)
         engine = DPEngine(config.metadata, Mechanisms(), ledger, data, cache=cache,
                           cache_shared=config.cache.shared, data_version=config.cache.data_version,

@@ -22,7 +22,8 @@ T = TypeVar("T")
 def ops_config(cluster: PgCluster, base: Path, name: str, unique: Any, **observability: Any) -> tuple[Path, int]:
     """A config with its own fresh ledger and /metrics on a free port (JSON logs)."""
     port = free_port()
-    obs = {"metrics_port": port, "log_format": "json", "audit_flush_ms": 20, **observability}
+    obs = {"metrics_port": port, "log_format": "json", "audit_flush_ms": 20,
+           "log_statements": True, **observability}  # fmt: skip
     cfg = fresh_ledger_config(cluster, base, name, unique, observability=obs)
     return cfg, port
 
