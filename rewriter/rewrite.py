@@ -674,16 +674,24 @@ def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str
 
 
 def _fixed_point_sql(value: str, lo: int, hi: int, step: Decimal) -> str:
-    """The value clamped to [lo, hi] steps and rounded to a whole number of steps.
+    """The value rounded to a whole number of steps and clamped to [lo, hi] steps.
 
-    NULL stays NULL (a CASE, not GREATEST/LEAST, which would turn NULL into a bound);
-    NaN compares above every number in PostgreSQL and infinities beyond every bound, so
-    they clamp to a bound and never reach a sampler.
+    The value is scaled and rounded once (numeric division is the costly part of the
+    bounded SQL), multiplying by 1/step when that is a whole number. NULL stays NULL
+    (the CASE: GREATEST/LEAST alone would turn NULL into a bound); NaN compares above
+    every number in PostgreSQL and infinities beyond every bound, so they clamp to a
+    bound and never reach a sampler.
     """
-    scaled = f"(({value})::numeric / {step})" if step != 1 else f"({value})::numeric"
+    inverse = Decimal(1) / step
+    if step == 1:
+        scaled = f"({value})::numeric"
+    elif inverse == inverse.to_integral_value():
+        scaled = f"(({value})::numeric * {int(inverse)})"
+    else:
+        scaled = f"(({value})::numeric / {step})"
     return (
-        f"(CASE WHEN {scaled} < {lo} THEN {lo} WHEN {scaled} > {hi} THEN {hi} "
-        f"ELSE round({scaled}) END)::bigint"
+        f"(CASE WHEN ({value}) IS NULL THEN NULL "
+        f"ELSE LEAST(GREATEST(round({scaled}), {lo}), {hi}) END)::bigint"
     )
 
 
