@@ -756,6 +756,14 @@ def _emit_sql(b: _Builder) -> str:
         ctes = [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
     else:
         ctes = [f"i AS ({inner})"]
+    if not rel.row_level and not rel.one_row_per_unit and not keys and _row_counts_only(b):
+        # An ungrouped COUNT(*) over bounded rows is sum(min(rows of the unit, max_rows))
+        # whichever rows a window would keep: a hash aggregate per unit, no sort.
+        outer = ", ".join(
+            f"coalesce(sum(least(b.c, {rel.max_rows})), 0) AS {p.name}" for p in b.primitives.values()
+        )
+        return (f"WITH {', '.join(ctes)} SELECT {outer} "
+                "FROM (SELECT count(*) AS c FROM i GROUP BY i.u) AS b")  # fmt: skip
     if rel.row_level or rel.one_row_per_unit:
         # No window needed: every unit already contributes at most one row.
         source = "i AS b"
@@ -801,6 +809,13 @@ def _emit_sql(b: _Builder) -> str:
     if any(k.domain_sql for k in b.keys):
         sql = _complete_public_groups(sql, b)
     return sql
+
+
+def _row_counts_only(b: _Builder) -> bool:
+    """True when every primitive is a plain COUNT(*) of the bounded rows."""
+    return bool(b.primitives) and not b.group_bound and all(
+        p.kind == PrimitiveKind.COUNT and p.sql == "count(*)" for p in b.primitives.values()
+    )
 
 
 def _complete_public_groups(sql: str, b: _Builder) -> str:

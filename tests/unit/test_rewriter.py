@@ -23,8 +23,7 @@ def test_count_star_sensitivity_is_max_rows() -> None:
     p = plan("SELECT COUNT(*) FROM orders")
     assert [(x.kind, x.sensitivity) for x in p.primitives] == [(PrimitiveKind.COUNT, 8)]
     assert '"t0"."o_custkey" AS u' in p.sql
-    assert "row_number() OVER (PARTITION BY i.u ORDER BY random())" in p.sql
-    assert "WHERE b.rn <= 8" in p.sql
+    assert "coalesce(sum(least(b.c, 8)), 0)" in p.sql and "GROUP BY i.u" in p.sql
 
 
 def test_sum_alone_uses_plain_sum_with_max_abs_bound() -> None:
@@ -119,8 +118,8 @@ def test_golden_fk_path_joins_the_referenced_table_for_the_unit() -> None:
     assert p.sql == (
         'WITH i AS (SELECT "t1"."o_custkey" AS u FROM "public"."lineitem" AS t0 JOIN '
         '"public"."orders" AS t1 ON "t0"."l_orderkey" = "t1"."o_orderkey" WHERE '
-        '("t0"."l_quantity" > 10)), r AS (SELECT i.*, row_number() OVER (PARTITION BY i.u '
-        "ORDER BY random()) AS rn FROM i) SELECT count(*) AS p0 FROM r AS b WHERE b.rn <= 16"
+        '("t0"."l_quantity" > 10)) SELECT coalesce(sum(least(b.c, 16)), 0) AS p0 '
+        "FROM (SELECT count(*) AS c FROM i GROUP BY i.u) AS b"
     )
 
 
@@ -153,9 +152,13 @@ def test_golden_public_join_on_unique_key() -> None:
 
 
 def test_bounding_kept_when_units_have_many_rows() -> None:
-    p = plan("SELECT COUNT(*) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
+    p = plan("SELECT SUM(o_totalprice) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
     assert "row_number() OVER (PARTITION BY i.u ORDER BY random())" in p.sql
     assert p.sql.endswith("WHERE b.rn <= 8")
+    # A plain COUNT(*) bounds each unit with least(rows, max_rows) instead: same count,
+    # whichever rows a window would keep, and no sort.
+    p = plan("SELECT COUNT(*) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
+    assert "least(b.c, 8)" in p.sql and "row_number" not in p.sql
 
 
 def test_division_by_a_column_is_guarded_and_bounded() -> None:
