@@ -107,6 +107,35 @@ CREATE TRIGGER admin_log_append_only BEFORE UPDATE OR DELETE ON dpproxy.admin_lo
 
 _SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
 
+# Data-modifying CTEs always run to completion, so the two UPDATEs happen even though
+# the INSERT does not read them; the ids come back in input order (unnest keeps it).
+_WRITE_CHARGES_SQL = """
+WITH ub AS (
+    UPDATE dpproxy.budget_spent AS b
+       SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
+           epsilon_tanh = v.epsilon_tanh, releases = v.releases, period_start = v.period_start
+      FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[],
+                  $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[])
+           AS v(dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
+                period_start)
+     WHERE b.dataset = v.dataset AND b.analyst = v.analyst
+    RETURNING 1
+), ud AS (
+    UPDATE dpproxy.datasets AS d
+       SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
+           epsilon_tanh = v.epsilon_tanh, releases = v.releases
+      FROM unnest($10::text[], $11::numeric[], $12::numeric[], $13::numeric[],
+                  $14::numeric[], $15::numeric[], $16::bigint[])
+           AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases)
+     WHERE d.dataset = v.dataset
+    RETURNING 1
+)
+INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
+SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::numeric[], $21::numeric[],
+                     $22::numeric[], $23::jsonb[])
+RETURNING id
+"""
+
 
 def to_decimal(f: Fraction) -> Decimal:
     """A Fraction as an exact Decimal (it must have a finite decimal expansion)."""
@@ -344,26 +373,20 @@ class Ledger:
             def sums(s: Spend) -> list[Decimal]:
                 return [to_decimal(getattr(s, c)) for c in _SUMS]
 
-            touched_b = {(r.dataset, r.analyst) for r in accepted}
-            for key in sorted(touched_b):
-                row, spend, start = bstate[key]
-                await conn.execute(
-                    "UPDATE dpproxy.budget_spent SET epsilon = $3, delta = $4, rho = $5, "
-                    "epsilon_sq = $6, epsilon_tanh = $7, releases = $8, period_start = $9 "
-                    "WHERE dataset = $1 AND analyst = $2",
-                    *key, *sums(spend), spend.releases, start,
-                )  # fmt: skip
-            for ds in sorted({r.dataset for r in accepted}):
-                spend = dstate[ds][1]
-                await conn.execute(
-                    "UPDATE dpproxy.datasets SET epsilon = $2, delta = $3, rho = $4, "
-                    "epsilon_sq = $5, epsilon_tanh = $6, releases = $7 WHERE dataset = $1",
-                    ds, *sums(spend), spend.releases,
-                )  # fmt: skip
+            # One statement writes both budget rows and the charge log: every round trip
+            # here is paid by every query while the dataset's row lock is held.
+            bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
+            dkeys = sorted({r.dataset for r in accepted})
+            bsums = [sums(bstate[k][1]) for k in bkeys]
+            dsums = [sums(dstate[d][1]) for d in dkeys]
             ids = await conn.fetch(
-                "INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, "
-                "rho, mechanisms) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
-                "$4::numeric[], $5::numeric[], $6::numeric[], $7::jsonb[]) RETURNING id",
+                _WRITE_CHARGES_SQL,
+                [k[0] for k in bkeys], [k[1] for k in bkeys],
+                *([row[i] for row in bsums] for i in range(len(_SUMS))),
+                [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
+                dkeys,
+                *([row[i] for row in dsums] for i in range(len(_SUMS))),
+                [dstate[d][1].releases for d in dkeys],
                 [r.analyst for r in accepted],
                 [r.dataset for r in accepted],
                 [r.fingerprint for r in accepted],
@@ -371,7 +394,7 @@ class Ledger:
                 [to_decimal(r.cost.delta) for r in accepted],
                 [to_decimal(r.cost.rho) for r in accepted],
                 [json.dumps(r.mechanisms) for r in accepted],
-            )
+            )  # fmt: skip
         # Only after COMMIT: fill in the charge ids (unnest keeps order in INSERT ... SELECT).
         it = iter(ids)
         return [
