@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -800,7 +799,3 @@ def _check_result_formats(formats: tuple[int, ...], ncols: int) -> None:
         raise ProxyError(PROTOCOL_VIOLATION,
                          f"bind message has {len(formats)} result formats but query has {ncols} columns")  # fmt: skip
 
-
-def new_secret() -> bytes:
-    """A fresh BackendKeyData secret (4 bytes in protocol 3.0)."""
-    return secrets.token_bytes(4)

@@ -44,6 +44,14 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
+def _simple_series(name: str, help_: str, kind: str, values: dict[Labels, float]) -> Iterable[str]:
+    """HELP, TYPE and one line per label set: the exposition of counters and gauges."""
+    yield f"# HELP {name} {help_}"
+    yield f"# TYPE {name} {kind}"
+    for k, v in sorted(values.items()):
+        yield f"{name}{_labels(k)} {_num(v)}"
+
+
 def _key(labels: dict[str, str]) -> Labels:
     return tuple(sorted(labels.items()))
 
@@ -67,10 +75,7 @@ class Counter:
 
     def expose(self) -> Iterable[str]:
         """Exposition lines."""
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for k, v in sorted(self.values.items()):
-            yield f"{self.name}{_labels(k)} {_num(v)}"
+        return _simple_series(self.name, self.help, "counter", self.values)
 
 
 @dataclass
@@ -87,10 +92,7 @@ class Gauge:
 
     def expose(self) -> Iterable[str]:
         """Exposition lines."""
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        for k, v in sorted(self.values.items()):
-            yield f"{self.name}{_labels(k)} {_num(v)}"
+        return _simple_series(self.name, self.help, "gauge", self.values)
 
 
 @dataclass
