@@ -511,10 +511,12 @@ class Connection:
             return self.ctx.engine.explain(st.text, self.session.epsilon,
                                            session_delta(self.session.get("dp.delta")))  # fmt: skip
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
-        if params:
+        # A prepared DP statement's plan is cached under its text and parameter values,
+        # so repeated executions skip binding and SQL regeneration.
+        key = st.text if not params else f"{st.text}\x00{params!r}"
+        if params and not (routed.route == Route.DP and self.ctx.engine.has_plan(key)):
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
-            key = st.text if not params else tree.sql(dialect="postgres")
             started = time.monotonic()
             try:
                 async with self.ctx.admission.query_slot(self.analyst.name):

@@ -119,6 +119,10 @@ class DPEngine:
         lines.append(f"Rewritten SQL: {plan.sql}")
         return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
 
+    def has_plan(self, key: str) -> bool:
+        """Whether a plan is cached under this key (then `plan` ignores its tree)."""
+        return key in self._plans
+
     def plan(self, sql: str, tree: exp.Expression) -> DPPlan:
         """The DP plan of a statement (cached by its text: rewriting is pure)."""
         cached = self._plans.get(sql)
