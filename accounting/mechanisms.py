@@ -255,7 +255,8 @@ def discrete_laplace_quantile(scale: float, coverage: float) -> int:
     if p <= 0.0:
         return 0
     tail = 1.0 - coverage
-    k = math.log(tail * (1 + p) / 2) / math.log(p) - 1
+    # log(p) is exactly -1/scale; computing it from p loses everything for large scales.
+    k = -math.log(tail * (1 + p) / 2) * scale - 1
     return max(0, math.ceil(k))
 
 

@@ -105,6 +105,10 @@ def release(
                 mechanisms.pick_min(s, quantile_scores(agg, _histogram(h)))
                 for h in hist_vectors[s.primitive]
             ]
+    for p in plan.primitives:
+        if p.denominator != 1:
+            # Weighted bounding computed this primitive in units of 1/denominator.
+            noisy[p.name] = [Decimal(v) / p.denominator for v in noisy[p.name]]
     kinds = {p.name: p.kind for p in plan.primitives}
 
     out_rows: list[tuple[Any, ...]] = []
@@ -135,7 +139,8 @@ def _aggregate_value(
     count = noisy[spec.count][g] if spec.count is not None else None
     if spec.func == AggFunc.COUNT:
         assert count is not None
-        return max(0, count)  # a count below zero is impossible; clamping is post-processing
+        # A count below zero is impossible; clamping and rounding are post-processing.
+        return _typed(Decimal(max(0, count)), "int8")
     assert spec.sum is not None
     s = noisy[spec.sum][g]
     if spec.func == AggFunc.QUANTILE:
@@ -246,15 +251,18 @@ def error_bounds(plan: DPPlan, noise: list[NoiseSpec]) -> list[ErrorBound]:
     """
     by_name = {s.primitive: s for s in noise}
     kinds = {p.name: p.kind for p in plan.primitives}
+    dens = {p.name: p.denominator for p in plan.primitives}
     out = []
     for spec in plan.aggregates:
         if spec.func == AggFunc.COUNT:
             assert spec.count is not None
-            out.append(ErrorBound(spec.label, f"±{by_name[spec.count].error95}"))
+            c95 = Decimal(by_name[spec.count].error95) / dens[spec.count]
+            out.append(ErrorBound(spec.label, f"±{_fmt(c95)}"))
             continue
         assert spec.sum is not None
         s = by_name[spec.sum]
         step = spec.step
+        ds = dens[spec.sum]
         if spec.func in _VARIANCE:
             out.append(ErrorBound(spec.label, "see EXPLAIN (derived from count, sum and squares)"))
             continue
@@ -263,12 +271,12 @@ def error_bounds(plan: DPPlan, noise: list[NoiseSpec]) -> list[ErrorBound]:
                                   f"candidates every {_fmt(spec.stride * step)})"))  # fmt: skip
             continue
         if kinds[spec.sum] == PrimitiveKind.SUM:
-            out.append(ErrorBound(spec.label, f"±{_fmt(s.error95 * step)}"))
+            out.append(ErrorBound(spec.label, f"±{_fmt(s.error95 * step / ds)}"))
             continue
         assert spec.count is not None
         c = by_name[spec.count]
-        es = discrete_laplace_quantile(s.scale, 0.975) * step
-        ec = discrete_laplace_quantile(c.scale, 0.975)
+        es = Decimal(discrete_laplace_quantile(s.scale, 0.975)) * step / ds
+        ec = Decimal(discrete_laplace_quantile(c.scale, 0.975)) / dens[spec.count]
         if spec.func == AggFunc.AVG:
             half = Decimal(spec.upper - spec.lower) / 2 * step
             out.append(ErrorBound(spec.label, f"±({_fmt(es)} + {_fmt(half * ec)})/n"))

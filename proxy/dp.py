@@ -96,9 +96,9 @@ class DPEngine:
             f'DP query on dataset "{plan.dataset}": would cost epsilon '
             f"{fmt_decimal(total_epsilon(noise))}, delta {_fmt_delta(total_delta(noise))} "
             "(EXPLAIN runs nothing and spends nothing)",
-            f"Contribution bounding: each privacy unit keeps at most {plan.max_rows} rows "
-            f"(after joins), in at most {plan.max_groups} groups",
+            _bounding_line(plan),
         ]
+        dens = {p.name: p.denominator for p in plan.primitives}
         if plan.selection is not None:
             sel = next(n for n in noise if n.primitive == plan.selection)
             lines.append(
@@ -112,7 +112,9 @@ class DPEngine:
             lines.append(
                 f"Primitive {n.primitive} {n.label}: {n.mechanism.replace('_', ' ')}, "
                 f"sensitivity {n.sensitivity}, scale {n.scale:g}, epsilon "
-                f"{fmt_decimal(n.epsilon)}, 95% error ±{n.error95} (integer units)"
+                f"{fmt_decimal(n.epsilon)}, 95% error ±{n.error95} "
+                + ("(integer units)" if dens[n.primitive] == 1 else
+                   f"(units of 1/{dens[n.primitive]})")
             )
         for b in error_bounds(plan, noise):
             lines.append(f"Output {b.label}: 95% error {b.text}")
@@ -307,6 +309,15 @@ def _strip_explain(text: str) -> str:
     while rest.split(None, 1) and rest.split(None, 1)[0].lower() in words:
         rest = rest.split(None, 1)[1] if len(rest.split(None, 1)) > 1 else ""
     return rest
+
+
+def _bounding_line(plan: DPPlan) -> str:
+    """How the plan bounds each unit's contribution, in words."""
+    if any(p.denominator != 1 for p in plan.primitives):
+        return (f"Contribution bounding: a privacy unit with n > {plan.max_rows} rows (after "
+                f"joins) has each row weighted by {plan.max_rows}/n")  # fmt: skip
+    return (f"Contribution bounding: each privacy unit keeps at most {plan.max_rows} rows "
+            f"(after joins), in at most {plan.max_groups} groups")  # fmt: skip
 
 
 def _fmt_delta(d: Decimal) -> str:

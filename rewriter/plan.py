@@ -32,7 +32,9 @@ class NoisyPrimitive:
     """One integer quantity per group, computed exactly by the database, noised by us.
 
     `sensitivity` is the L1 distance between its group vectors on neighbouring
-    datasets (one privacy unit added or removed), in integer units.
+    datasets (one privacy unit added or removed), in integer units. The integers are
+    in units of `1 / denominator` (weighted contribution bounding computes fractions
+    of rows exactly that way); the released value is divided back.
     """
 
     name: str
@@ -42,6 +44,7 @@ class NoisyPrimitive:
     sql: str = ""  # the aggregate over the bounded rows that computes it exactly
     # For UNIT_COUNT: how many groups one unit can touch (the l0 sensitivity).
     groups_per_unit: int = 1
+    denominator: int = 1
 
 
 class AggFunc(StrEnum):

@@ -16,6 +16,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlglot import exp
 
+from rewriter.bounding import RowTerm, weighted_sql
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.metadata import Metadata
 from rewriter.plan import (
@@ -62,6 +63,10 @@ class _Builder:
     inner_index: dict[str, str] = field(default_factory=dict)  # SQL -> inner column name
     sums: list[tuple[int, str, str | None, str | None]] = field(default_factory=list)
     fixed_index: dict[str, str] = field(default_factory=dict)  # fixed-point SQL -> x column
+    terms: dict[str, RowTerm] = field(default_factory=dict)  # primitive -> per-row term
+    unit_distinct: set[str] = field(default_factory=set)  # COUNT(DISTINCT unit) primitives
+    # x column -> (its raw clamped value over i0, in the value's own units; its step)
+    raw_of: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
     group_bound: bool = False
 
     @property
@@ -439,12 +444,16 @@ def _filter_column(cond: exp.Expression | None, b: _Builder) -> str | None:
 
 
 def _prim(b: _Builder, kind: PrimitiveKind, value: str | None, filt: str | None,
-          sensitivity: int, label: str, sql: str) -> str:  # fmt: skip
+          sensitivity: int, label: str, sql: str, term: RowTerm | None = None) -> str:  # fmt: skip
+    """Register a noisy primitive (deduplicated); `term` is what one row adds to it,
+    for primitives that weighted bounding can compute (counts and sums)."""
     key = (kind.value, value or "", filt or "")
     name = b.prim_index.get(key)
     if name is None:
         name = f"p{len(b.primitives)}"
         b.prim_index[key] = name
+        if term is not None:
+            b.terms[name] = term
         if filt is not None:
             sql = f"{sql} FILTER (WHERE b.{filt})"
         if kind in (PrimitiveKind.SUM, PrimitiveKind.NORMALIZED_SUM, PrimitiveKind.SUM_SQUARES):
@@ -458,9 +467,11 @@ def _count(b: _Builder, value: Typed | None, filt: str | None, label: str) -> st
     if value is None or not value.nullable:
         # Rows of a non-NULL value are all rows: one shared count.
         label = "COUNT(*)" if filt is None else f"COUNT(*) FILTER ({b.inner[filt]})"
-        return _prim(b, PrimitiveKind.COUNT, None, filt, b.rows, label, "count(*)")
+        return _prim(b, PrimitiveKind.COUNT, None, filt, b.rows, label, "count(*)",
+                     RowTerm(None, filt, None, 1))  # fmt: skip
     col = b.column(value.sql.sql(dialect="postgres"), "v")
-    return _prim(b, PrimitiveKind.COUNT, col, filt, b.rows, label, f"count(b.{col})")
+    return _prim(b, PrimitiveKind.COUNT, col, filt, b.rows, label, f"count(b.{col})",
+                 RowTerm(None, filt, col, 1))  # fmt: skip
 
 
 def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
@@ -537,8 +548,11 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
             scale *= 2
         sq_max = (-(-half // scale)) ** 2
         sq_sql = f"round(((b.{col} - {spec.midpoint})::numeric / {scale}) ^ 2)"
+        raw_sq = (f"((b.r{col[1:]} - {_dec(spec.midpoint * step)}) / "
+                  f"{_dec(scale * step)}) ^ 2")  # fmt: skip
         sq = _prim(b, PrimitiveKind.SUM_SQUARES, col, filt, b.rows * sq_max,
-                   f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})")  # fmt: skip
+                   f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})",
+                   RowTerm(raw_sq, filt, None, sq_max, Decimal(1)))  # fmt: skip
         spec = replace(spec, sumsq=sq, sq_scale=scale)
     return spec
 
@@ -609,6 +623,7 @@ def _count_distinct(t: Typed, filt: str | None, label: str, b: _Builder) -> Aggr
         b.group_bound = True
         name = _prim(b, PrimitiveKind.COUNT_DISTINCT, col, filt, -1, label,
                      f"count(DISTINCT b.{col})")  # fmt: skip
+        b.unit_distinct.add(name)
     else:
         # Removing a unit removes at most max_rows rows, each lowering one count by <= 1.
         name = _prim(b, PrimitiveKind.COUNT_DISTINCT, col, filt, b.rows, label,
@@ -650,13 +665,19 @@ def _choose_sum_forms(b: _Builder) -> None:
             if vcol is not None:
                 count_name = b.prim_index.get((PrimitiveKind.COUNT.value, vcol, filt or ""))
         label = spec.label
+        raw, step = f"b.r{col[1:]}", spec.step
         if count_name is not None:
-            s = _prim(b, PrimitiveKind.NORMALIZED_SUM, col, filt, rows * max(hi - mid, mid - lo),
-                      f"normalized {label}", f"sum(b.{col} - {mid})" if mid else f"sum(b.{col})")  # fmt: skip
+            term = f"b.{col} - {mid}" if mid else f"b.{col}"
+            half = max(hi - mid, mid - lo)
+            raw_term = f"{raw} - {_dec(mid * step)}" if mid else raw
+            s = _prim(b, PrimitiveKind.NORMALIZED_SUM, col, filt, rows * half,
+                      f"normalized {label}", f"sum({term})",
+                      RowTerm(raw_term, filt, None, half, step))  # fmt: skip
             b.aggregates[idx] = replace(spec, count=count_name, sum=s)
         else:
-            s = _prim(b, PrimitiveKind.SUM, col, filt, rows * max(abs(lo), abs(hi)), label,
-                      f"sum(b.{col})")  # fmt: skip
+            top = max(abs(lo), abs(hi))
+            s = _prim(b, PrimitiveKind.SUM, col, filt, rows * top, label, f"sum(b.{col})",
+                      RowTerm(raw, filt, None, top, step))  # fmt: skip
             b.aggregates[idx] = replace(spec, sum=s, midpoint=0)
 
 
@@ -669,8 +690,33 @@ def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str
     w = b.column(t.operand.sql(dialect="postgres"), "w")
     fixed = _fixed_point_sql(f"i0.{w}", lo, hi, step)
     if fixed not in b.fixed_index:
-        b.fixed_index[fixed] = f"x{len(b.fixed_index)}"
+        name = f"x{len(b.fixed_index)}"
+        b.fixed_index[fixed] = name
+        b.raw_of[name] = (_raw_clamp_sql(f"i0.{w}", lo, hi, step, t), step)
     return b.fixed_index[fixed]
+
+
+def _raw_clamp_sql(value: str, lo: int, hi: int, step: Decimal, t: Typed) -> str:
+    """The value clamped to [lo, hi] steps, in its own units (no per-row scaling).
+
+    Weighted bounding sums these per group and scales the sums, which is much cheaper
+    than scaling every row. Floats are cast to numeric first, so that sums are exact
+    and do not depend on the order of the rows. NULL stays NULL; NaN and infinities
+    clamp to a bound, as in `_fixed_point_sql`. A bare bounded column is already
+    clamped to its declared bounds (`t.value`), which [lo, hi] steps contain.
+    """
+    if t.value is not None:
+        return f"({value})::numeric" if t.kind == "float" else value
+    if t.kind == "int" and step == 1:
+        inner = f"LEAST(GREATEST({value}, {lo}), {hi})"
+    else:
+        inner = f"LEAST(GREATEST(({value})::numeric, {_dec(lo * step)}), {_dec(hi * step)})"
+    return f"(CASE WHEN ({value}) IS NULL THEN NULL ELSE {inner} END)"
+
+
+def _dec(d: Decimal | int) -> str:
+    """A numeric literal for SQL (never in exponent notation)."""
+    return format(Decimal(d), "f")
 
 
 def _fixed_point_sql(value: str, lo: int, hi: int, step: Decimal) -> str:
@@ -724,19 +770,38 @@ def _selection_primitive(b: _Builder) -> str | None:
 # --- SQL emission ------------------------------------------------------------------------
 
 
-def _emit_sql(b: _Builder) -> str:
+def _inner_sql(b: _Builder, *, map_keys: bool, filter_keys: bool = True) -> str:
+    """The row-level query: keys, inner columns and the unit of every joined row.
+
+    Keys with a listed public domain are kept to that domain: with `map_keys`, by a join
+    to the domain's VALUES that turns each key into its index; otherwise by an IN filter
+    (cheaper per row), the raw key being mapped to its index after aggregation
+    (`_map_domain_keys`, whose join also drops groups outside the domain, so without
+    `filter_keys` the filter is left out when nothing else depends on the kept rows).
+    """
     rel = b.rel
     cols = []
     joins = []
+    filters = []
     for i, (key, t) in enumerate(zip(b.keys, b.key_typed, strict=True)):
+        expr = t.sql.sql(dialect="postgres")
         if key.private or key.domain_sql:
-            cols.append(f"{t.sql.sql(dialect='postgres')} AS k{i}")
+            cols.append(f"{expr} AS k{i}")
+            continue
+        if not map_keys and not filter_keys:
+            cols.append(f"{expr} AS k{i}")
+            continue
+        if not map_keys:
+            listed = [v for v in key.domain if v is not None]
+            cond = f"({expr}) IN ({', '.join(_literal(v, t) for v in listed)})" if listed else ""
+            if None in key.domain:
+                cond = f"({cond} OR ({expr}) IS NULL)" if cond else f"({expr}) IS NULL"
+            filters.append(cond)
+            cols.append(f"{expr} AS k{i}")
             continue
         values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
         op = "IS NOT DISTINCT FROM" if None in key.domain else "="
-        joins.append(
-            f"JOIN (VALUES {values}) AS d{i}(i, v) ON ({t.sql.sql(dialect='postgres')}) {op} d{i}.v"
-        )
+        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON ({expr}) {op} d{i}.v")
         cols.append(f"d{i}.i AS k{i}")
     for name, sql in b.inner.items():
         cols.append(f"{sql} AS {name}")
@@ -746,10 +811,30 @@ def _emit_sql(b: _Builder) -> str:
     inner = f"SELECT {', '.join(cols) or '1 AS one'} FROM {rel.from_sql()}"
     if joins:
         inner += " " + " ".join(joins)
-    if rel.conditions:
-        inner += " WHERE " + " AND ".join(
-            f"({c.sql(dialect='postgres')})" for c in rel.conditions
-        )
+    conds = [f"({c.sql(dialect='postgres')})" for c in rel.conditions] + filters
+    if conds:
+        inner += " WHERE " + " AND ".join(conds)
+    return inner
+
+
+def _map_domain_keys(sql: str, b: _Builder) -> str:
+    """Replace raw listed-domain keys of `sql`'s groups by their domain indexes."""
+    cols = []
+    joins = []
+    for i, (key, t) in enumerate(zip(b.keys, b.key_typed, strict=True)):
+        if key.private or key.domain_sql:
+            cols.append(f"a.k{i}")
+            continue
+        values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
+        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON a.k{i} IS NOT DISTINCT FROM d{i}.v")
+        cols.append(f"d{i}.i AS k{i}")
+    cols += [f"a.{name}" for name in b.primitives]
+    return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}"
+
+
+def _emit_sql(b: _Builder) -> str:
+    rel = b.rel
+    inner = _inner_sql(b, map_keys=True)
     keys = [f"k{i}" for i in range(len(b.keys))]
     if b.fixed_index:
         fixed = ", ".join(f"{sql} AS {name}" for sql, name in b.fixed_index.items())
@@ -764,8 +849,30 @@ def _emit_sql(b: _Builder) -> str:
         )
         return (f"WITH {', '.join(ctes)} SELECT {outer} "
                 "FROM (SELECT count(*) AS c FROM i GROUP BY i.u) AS b")  # fmt: skip
-    if rel.row_level or rel.one_row_per_unit:
-        # No window needed: every unit already contributes at most one row.
+    if not b.group_bound and not any(k.private for k in b.keys):
+        raw = ", ".join(f"{sql} AS r{name[1:]}" for name, (sql, _) in b.raw_of.items())
+        one_row = rel.row_level or rel.one_row_per_unit
+        # With one row per unit, rows outside a key's domain change nothing but their
+        # own (dropped) groups; otherwise they would count in their unit's weight.
+        rows = _inner_sql(b, map_keys=False, filter_keys=not one_row)
+        wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {raw} FROM i0)"] if raw else [
+            f"i AS ({rows})"]  # fmt: skip
+        # Rounding each group's sum to whole units can move it by one unit per group.
+        groups = MAX_GROUPS if any(k.domain_sql for k in b.keys) else _group_count(b.keys)
+        weighted = weighted_sql(wctes, keys, b.primitives, b.terms, rel.max_rows,
+                                inline=len(rel.sources) == 1, rounding_slack=groups,
+                                one_row_per_unit=one_row)  # fmt: skip
+        if weighted is not None:
+            sql, b.primitives = weighted
+            if any(not k.domain_sql for k in b.keys):
+                sql = _map_domain_keys(sql, b)
+            if any(k.domain_sql for k in b.keys):
+                sql = _complete_public_groups(sql, b)
+            return sql
+    units_only = not keys and set(b.primitives) <= b.unit_distinct
+    if rel.row_level or rel.one_row_per_unit or units_only:
+        # No window needed: every unit already contributes at most one row (or, counting
+        # distinct units without groups, adds at most 1 however many rows it has).
         source = "i AS b"
         where = ""
     else:

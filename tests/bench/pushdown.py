@@ -33,6 +33,11 @@ QUERIES = {
     "count_distinct_units": "SELECT COUNT(DISTINCT o_custkey) FROM orders",
     "lineitem_join": "SELECT l_returnflag, COUNT(*), SUM(l_quantity) FROM lineitem "
     "GROUP BY l_returnflag",
+    # The same join written by the analyst (the plain query pays for it too).
+    "lineitem_orders_join": "SELECT o_orderpriority, COUNT(*), SUM(l_quantity) FROM lineitem "
+    "JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority",
+    "avg_ungrouped": "SELECT COUNT(*), AVG(o_totalprice) FROM orders "
+    "WHERE o_orderdate >= '1995-01-01'",
 }
 
 

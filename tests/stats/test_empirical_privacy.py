@@ -189,17 +189,24 @@ VARIANTS = ["correct", "halved_sensitivity", "no_clamping", "no_contribution_bou
 def run(dsn: str, query: str, group: int | None, variant: str, mech: Mechanisms) -> float:
     plan = rewrite(parse_one(query), META)
     sql = plan.sql
+    factor = 1
     if variant == "no_clamping":
-        sql = rewrite(parse_one(query), WIDE).sql
+        wide = rewrite(parse_one(query), WIDE)
+        sql = wide.sql
+        # Weighted plans count in units of 1/denominator, which depends on the bounds.
+        factor = plan.primitives[0].denominator // wide.primitives[0].denominator
     if variant == "no_contribution_bounding":
-        # Both forms of bounding: the per-unit window, and least() for plain counts.
+        # Every form of bounding: the per-unit window, least() for plain counts, and
+        # the row weights (every unit treated as light).
         sql = sql.replace(" WHERE b.rn <= 3", "").replace("least(b.c, 3)", "b.c")
+        sql = sql.replace("WHEN q.n <= 3 THEN", "WHEN TRUE THEN")
     claimed = EPSILON * (2 if variant == "halved_sensitivity" else 1)
     (spec,) = mech.plan_noise(plan, claimed)
     outs = []
     for schema in ("d0", "d1"):
         rows = exact(dsn, sql, schema)
         value = rows[0][-1] if group is None else next(r[-1] for r in rows if r[0] == group)
+        value *= factor
         outs.append((value, mech.sample(spec, [value] * N)))
     (_, d_vals), (c1, d1_vals) = outs
     return epsilon_lower_bound(d_vals, d1_vals, c1)

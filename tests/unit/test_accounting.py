@@ -56,7 +56,8 @@ def test_release_fills_every_public_key_and_post_processes(mech: Mechanisms) -> 
     )
     specs = mech.plan_noise(p, Decimal(10_000_000))
     # Only group 1 ('O') has rows: the others must still be released (as ~0).
-    ans = release(p, [(1, 42)], specs, mech)
+    den = p.primitives[0].denominator  # weighted bounding: counts in units of 1/den
+    ans = release(p, [(1, 42 * den)], specs, mech)
     assert [r[0] for r in ans.rows] == ["P", "O"]
     assert dict(ans.rows)["O"] == 42 and dict(ans.rows)["P"] == 0
     assert ans.columns == [("s", "text"), ("n", "int8")]

@@ -30,12 +30,13 @@ def test_sum_alone_uses_plain_sum_with_max_abs_bound() -> None:
     p = plan("SELECT SUM(o_totalprice) FROM orders")
     (prim,) = p.primitives
     assert prim.kind == PrimitiveKind.SUM
-    assert prim.sensitivity == 8 * 60_000_000  # 600000 in steps of 0.01, 8 rows per unit
+    # 600000 in steps of 0.01, 8 rows per unit (in units of 1/denominator: weighted rows).
+    assert prim.sensitivity == 8 * 60_000_000 * prim.denominator
 
 
 def test_avg_shares_count_and_uses_normalized_sum() -> None:
     p = plan("SELECT COUNT(*), SUM(o_totalprice), AVG(o_totalprice) FROM orders")
-    kinds = {x.name: (x.kind, x.sensitivity) for x in p.primitives}
+    kinds = {x.name: (x.kind, x.sensitivity // x.denominator) for x in p.primitives}
     # COUNT(*), SUM and AVG are derived from two primitives, not three or four.
     assert kinds == {
         "p0": (PrimitiveKind.COUNT, 8),
@@ -48,20 +49,37 @@ def test_public_domain_group_keys_and_golden_sql() -> None:
     assert p.keys[0].domain == ("F", "O", "P")
     assert p.group_count == 3
     assert p.sql == (
-        'WITH i AS (SELECT d0.i AS k0, "t0"."o_custkey" AS u FROM "public"."orders" AS t0 '
-        "JOIN (VALUES (0, CAST('F' AS TEXT)), (1, CAST('O' AS TEXT)), (2, CAST('P' AS TEXT))) "
-        'AS d0(i, v) ON ("t0"."o_orderstatus") = d0.v WHERE ("t0"."o_totalprice" > 10)), '
-        "r AS (SELECT i.*, row_number() OVER (PARTITION BY i.u ORDER BY random()) AS rn FROM i) "
-        "SELECT b.k0, count(*) AS p0 FROM r AS b WHERE b.rn <= 8 GROUP BY b.k0"
+        "SELECT d0.i AS k0, a.p0 FROM (WITH i AS NOT MATERIALIZED (SELECT "
+        '"t0"."o_orderstatus" AS k0, "t0"."o_custkey" AS u FROM "public"."orders" AS t0 '
+        'WHERE ("t0"."o_totalprice" > 10) AND ("t0"."o_orderstatus") IN (CAST(\'F\' AS TEXT), '
+        "CAST('O' AS TEXT), CAST('P' AS TEXT))), n AS (SELECT i.u, count(*) AS c FROM i "
+        "GROUP BY i.u) SELECT q.k0, coalesce(sum(q.a0::numeric * (CASE WHEN q.nc <= 8 THEN "
+        "1000000 ELSE 8000000 / q.nc END)), 0) AS p0 FROM (SELECT b.k0, b.nc, count(*) AS a0 "
+        "FROM (SELECT i.*, coalesce(n.c, (SELECT count(*) FROM i AS z WHERE z.u IS NULL)) "
+        "AS nc FROM i LEFT JOIN n ON n.u = i.u) AS b GROUP BY b.k0, b.nc) AS q GROUP BY q.k0) "
+        "AS a JOIN (VALUES (0, CAST('F' AS TEXT)), (1, CAST('O' AS TEXT)), (2, CAST('P' AS "
+        "TEXT))) AS d0(i, v) ON a.k0 IS NOT DISTINCT FROM d0.v"
     )
+    assert p.primitives[0].denominator == 1_000_000
+
+
+def test_sampling_window_kept_where_weights_do_not_apply() -> None:
+    # Partition selection needs each unit's groups limited: rows are sampled.
+    p = plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1")
+    assert "ORDER BY random())" in p.sql and "q.nc" not in p.sql
+    assert all(x.denominator == 1 for x in p.primitives)
 
 
 def test_clamp_keeps_null() -> None:
     # GREATEST/LEAST would turn NULL into a bound: the fixed-point clamp is NULL-guarded,
     # and the value is scaled by multiplying with 1/step (100), once.
-    p = plan("SELECT SUM(c_acctbal) FROM customer")
+    p = plan("SELECT MEDIAN(c_acctbal) FROM customer")
     assert "IS NULL THEN NULL ELSE LEAST(GREATEST(round(((i0.w0)::numeric * 100))" in p.sql
     assert "/ 0.01" not in p.sql
+    # Summed expressions are clamped unscaled (scaled once per group), NULL-guarded too.
+    p = plan("SELECT SUM(c_acctbal * 2) FROM customer")
+    assert "IS NULL THEN NULL ELSE LEAST(GREATEST((i0.w0)::numeric, -2000.00), 20000.00)" in p.sql
+    assert "sum(b.r0), 0) * 100000 * 100)" in p.sql  # S = 10^5: 2^40 / (20000 / 0.01)
 
 
 def test_row_expression_comments_are_not_emitted() -> None:
@@ -153,8 +171,8 @@ def test_golden_public_join_on_unique_key() -> None:
 
 def test_bounding_kept_when_units_have_many_rows() -> None:
     p = plan("SELECT SUM(o_totalprice) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
-    assert "row_number() OVER (PARTITION BY i.u ORDER BY random())" in p.sql
-    assert p.sql.endswith("WHERE b.rn <= 8")
+    # Weighted rows: a unit with n > 8 rows counts each row 8/n (per-unit partial sums).
+    assert "WHEN q.c <= 8 THEN 10000 ELSE 80000 / q.c" in p.sql and "GROUP BY b.u" in p.sql
     # A plain COUNT(*) bounds each unit with least(rows, max_rows) instead: same count,
     # whichever rows a window would keep, and no sort.
     p = plan("SELECT COUNT(*) FROM orders o JOIN nation n ON o.o_orderkey = n.n_nationkey")
@@ -166,7 +184,7 @@ def test_division_by_a_column_is_guarded_and_bounded() -> None:
     assert "NULLIF(" in p.sql
     (prim,) = p.primitives
     # [1, 50] / [1, 7] lies in [1/7, 50]: 5000 steps of 0.01, 16 rows per unit.
-    assert prim.sensitivity == 16 * 5000
+    assert prim.sensitivity == 16 * 5000 * prim.denominator
 
 
 def test_integer_arithmetic_cannot_overflow() -> None:

@@ -80,7 +80,7 @@ def test_declared_95_percent_bounds_hold_for_each_aggregate(mech: Mechanisms) ->
                 agg = next(a for a in plan.aggregates if a.sum == p.name)
                 total = exact["cases"] if "CASE" in agg.label else exact["sum_steps"]
                 shift = agg.midpoint * exact["count"] if p.kind.value == "normalized_sum" else 0
-                row.append(total - shift)
+                row.append((total - shift) * p.denominator)
         rows.append(tuple(row))
     assert len(names) == 3
     truth = [400, Decimal(1_000_000), Decimal(2500), 300]

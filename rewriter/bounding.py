@@ -1,0 +1,189 @@
+"""Contribution bounding by weighting: each unit's rows count for at most `max_rows` rows.
+
+The sampling plan (a window `row_number() OVER (PARTITION BY unit ORDER BY random())`
+keeping `max_rows` rows per unit) sorts every row. This plan needs no sort and keeps
+every row: a unit with `n` rows has each row weighted by `min(1, max_rows / n)`. A row's
+term `t` (1 for a count; a clamped value for a sum) then contributes `t * w`, so one
+unit contributes at most `n * |t|max * max_rows / n = max_rows * |t|max` in total, over
+every group: the L1 bound of keeping `max_rows` rows, without the sampling error.
+
+The weights are exact integers: a primitive is computed in units of `1 / S` (S a power
+of ten, its `denominator`); the weight of a unit with `n` rows is `S` when
+`n <= max_rows` and `floor(max_rows * S / n)` otherwise, so rounding only ever shrinks
+a contribution, and the sensitivity in those units is the sampling plan's times `S`.
+A weight depends on the unit's own rows only, so adding or removing a unit changes no
+other unit's contribution.
+
+Ungrouped queries aggregate per unit (one hash aggregate) and weight and round each
+unit's partial sums. Grouped queries count each unit's rows (a hash aggregate), join
+that count back to the rows (a hash join), and sum the raw clamped terms per (group,
+row count of the unit):
+the units of one group with the same row count share one weight, so the weights are
+applied to a few dozen partial sums per group instead of to every row. Sums of values
+are then scaled to whole units of `step / S` and rounded once per group; rounding moves
+a group by at most one unit, so the sensitivity of a sum allows one unit per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+from rewriter.plan import NoisyPrimitive
+
+# A primitive's unit values stay below 2^40 (as fixed-point steps do, see rewrite.py),
+# so that exact totals of millions of rows fit the i64 samplers.
+_UNIT_LIMIT = 1 << 40
+# The largest denominator: rounding heavy units' weights down loses less than 1 / S
+# of a row per row, far below any noise scale.
+_MAX_DENOMINATOR = 10**6
+
+
+@dataclass(frozen=True, slots=True)
+class RowTerm:
+    """What one row adds to a primitive, in the value's own units.
+
+    `sql` (None: 1, a count) is summed only where `filt` (a boolean inner column) holds
+    and `nonnull` (an inner column) is not NULL; the sum times `per_unit` is in the
+    primitive's integer units (fixed-point steps). `bound` is the largest |term| of one
+    row in those units: the sampling plan's sensitivity is `max_rows * bound`.
+    """
+
+    sql: str | None
+    filt: str | None
+    nonnull: str | None
+    bound: int
+    step: Decimal = Decimal(1)
+
+    def condition(self) -> str | None:
+        """The FILTER condition over the row alias `b`, or None."""
+        parts = []
+        if self.filt is not None:
+            parts.append(f"b.{self.filt}")
+        if self.nonnull is not None:
+            parts.append(f"b.{self.nonnull} IS NOT NULL")
+        return " AND ".join(parts) or None
+
+
+def denominator(bound: int) -> int:
+    """The largest power of ten S <= 10^6 with bound * S <= 2^40 (at least 1)."""
+    s = _MAX_DENOMINATOR
+    while s > 1 and bound * s > _UNIT_LIMIT:
+        s //= 10
+    return s
+
+
+def _filtered(agg: str, cond: str | None) -> str:
+    return agg if cond is None else f"{agg} FILTER (WHERE {cond})"
+
+
+def _per_unit_sql(
+    ctes: list[str], primitives: dict[str, NoisyPrimitive], terms: dict[str, RowTerm], k: int
+) -> str:
+    """Ungrouped: partial sums per unit (one hash aggregate), weighted and rounded per
+    unit, so rounding stays inside each unit's contribution and needs no slack."""
+    partials = ["count(*) AS c"]
+    outer = []
+    for j, (name, p) in enumerate(primitives.items()):
+        term = terms[name]
+        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
+        partials.append(f"{_filtered(agg, term.condition())} AS a{j}")
+        s = p.denominator
+        weighted = f"q.a{j}::numeric * (CASE WHEN q.c <= {k} THEN {s} ELSE {k * s} / q.c END)"
+        value = weighted if term.sql is None else _to_units(weighted, term.step)
+        outer.append(f"coalesce(sum({value}), 0) AS {name}")
+    return (f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM "
+            f"(SELECT {', '.join(partials)} FROM i AS b GROUP BY b.u) AS q")  # fmt: skip
+
+
+def _unweighted_sql(
+    ctes: list[str], keys: list[str], primitives: dict[str, NoisyPrimitive],
+    terms: dict[str, RowTerm],
+) -> str:
+    """One row per unit: exact sums per group, scaled to units of `1 / S` once."""
+    outer = [f"b.{key}" for key in keys]
+    for name, p in primitives.items():
+        term = terms[name]
+        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
+        total = _filtered(agg, term.condition())
+        if term.sql is not None:
+            total = _to_units(f"coalesce({total}, 0) * {p.denominator}", term.step)
+        outer.append(f"{total} AS {name}")
+    sql = f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM i AS b"
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"b.{key}" for key in keys)
+    return sql
+
+
+def _to_units(total: str, step: Decimal) -> str:
+    """`total` (a numeric in the value's units) in whole units of `step`, rounded."""
+    if step == 1:
+        return f"round({total})"
+    inverse = Decimal(1) / step
+    if inverse == inverse.to_integral_value():
+        return f"round({total} * {int(inverse)})"
+    return f"round({total} / {format(step, 'f')})"
+
+
+def weighted_sql(
+    ctes: list[str],
+    keys: list[str],
+    primitives: dict[str, NoisyPrimitive],
+    terms: dict[str, RowTerm],
+    max_rows: int,
+    *,
+    inline: bool,
+    rounding_slack: int,
+    one_row_per_unit: bool = False,
+) -> tuple[str, dict[str, NoisyPrimitive]] | None:
+    """The weighted plan over the rows of CTE `i` (unit column `u`), or None when a
+    primitive has no row term.
+
+    `inline`: recompute the rows for each of their two reads (cheap for one table)
+    instead of materializing them (better when they come from a join).
+    `rounding_slack`: how many groups the answer can have (each may round by one unit).
+    `one_row_per_unit`: every unit has at most one row (a declared unique unit key, or a
+    row-level table), so no weights are needed; sums are still scaled once per group.
+    Returns the SQL and the primitives with their denominators and scaled sensitivities.
+    """
+    scaled: dict[str, NoisyPrimitive] = {}
+    for name, p in primitives.items():
+        term = terms.get(name)
+        if term is None:
+            return None
+        # Counts of units with one row are whole numbers: no finer unit needed.
+        s = 1 if one_row_per_unit and term.sql is None else denominator(term.bound)
+        slack = 0 if term.sql is None or (not keys and not one_row_per_unit) else rounding_slack
+        scaled[name] = replace(p, sensitivity=p.sensitivity * s + slack, denominator=s)
+    if one_row_per_unit:
+        return _unweighted_sql(ctes, keys, scaled, terms), scaled
+    if not keys:
+        return _per_unit_sql(ctes, scaled, terms, max_rows), scaled
+    mode = "NOT MATERIALIZED" if inline else "MATERIALIZED"
+    defs = [c.replace(" AS (", f" AS {mode} (", 1) for c in ctes]
+    defs.append("n AS (SELECT i.u, count(*) AS c FROM i GROUP BY i.u)")
+    k = max_rows
+    # Rows without a unit form one unit, as in the sampling plan; the subquery counting
+    # them runs only if such a row exists (an InitPlan is evaluated on first use).
+    rows = (
+        "(SELECT i.*, coalesce(n.c, (SELECT count(*) FROM i AS z WHERE z.u IS NULL)) AS nc "
+        "FROM i LEFT JOIN n ON n.u = i.u) AS b"
+    )
+    partials = [f"b.{key}" for key in keys] + ["b.nc"]
+    outer = [f"q.{key}" for key in keys]
+    for j, (name, p) in enumerate(scaled.items()):
+        term = terms[name]
+        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
+        partials.append(f"{_filtered(agg, term.condition())} AS a{j}")
+        s = p.denominator
+        weight = f"(CASE WHEN q.nc <= {k} THEN {s} ELSE {k * s} / q.nc END)"
+        total = f"coalesce(sum(q.a{j}::numeric * {weight}), 0)"
+        outer.append(f"{total if term.sql is None else _to_units(total, term.step)} AS {name}")
+    by = ", ".join(f"b.{key}" for key in keys + ["nc"])
+    sql = (
+        f"WITH {', '.join(defs)} SELECT {', '.join(outer)} FROM "
+        f"(SELECT {', '.join(partials)} FROM {rows} GROUP BY {by}) AS q"
+    )
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"q.{key}" for key in keys)
+    return sql, scaled
