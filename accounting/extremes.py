@@ -91,8 +91,8 @@ def extreme_bound_text(spec: AggregateSpec, noise: NoiseSpec, stride: str) -> st
         slack = "" if spec.stride == 1 else f" - {stride}"
         within = f"[smallest{slack}, {ordinal(2 * t)} smallest]"
         what = "smallest"
-    return (f"DP estimate of the {ordinal(t)} {what} value (rank target t = {t}): 95% within "
-            f"{within} for groups of at least {t} values")  # fmt: skip
+    return (f"within {within} (DP estimate of the {ordinal(t)} {what} value, rank target "
+            f"t = {t}, for groups of at least {t} values)")  # fmt: skip
 
 
 def ordinal(n: int) -> str:
