@@ -190,30 +190,54 @@ def exponential_rnm_group_wins(groups: list[tuple[float, int]]) -> list[float]:
 
 
 def test_min_choice_follows_the_rank_targeted_mechanism(mech: Mechanisms) -> None:
-    # 500 values far from the lower bound: candidates 0-49 lie below the minimum (a naive
+    # 500 values far from the lower bound: candidates 0-24 lie below the minimum (a naive
     # quantile 0 would pick among them half the time). The exact winning probability of
     # each score level is computed by integration and the frequencies of N releases must
     # match it; the probability of landing below the minimum is below the declared 5%.
-    # The grid is cut to 100 candidates (OpenDP's noisy max draws ~5 us per candidate);
+    # The grid is cut to 50 candidates (OpenDP's noisy max draws ~5 us per candidate);
     # MAX scores its mirrored histogram with the same function.
     plan = rewrite(parse_one("SELECT MIN(o_totalprice) FROM orders"), META)
-    agg = replace(plan.aggregates[0], candidates=100)
+    agg = replace(plan.aggregates[0], candidates=50)
     (spec,) = mech.plan_noise(plan, Decimal(1))
     t = rank_target(agg.candidates, spec.scale)
-    hist = {2 * j + 1: 10 for j in range(50, 100)}  # 10 values inside each cell 50-99
+    hist = {2 * j + 1: 20 for j in range(25, 50)}  # 20 values inside each cell 25-49
     scores = candidate_scores(agg, hist, spec)
-    assert scores[:50] == [t] * 50 and min(scores) == 0 and 2 * t < 500
+    assert scores[:25] == [t] * 25 and min(scores) == 0 and 2 * t < 500
     levels = sorted(set(scores))
     probs = exponential_rnm_group_wins([(s / spec.scale, scores.count(s)) for s in levels])
     assert abs(sum(probs) - 1) < 1e-3
     picks = [mech.pick_min(spec, scores) for _ in range(N)]
-    # Cells with 2t values or more below them score t too: the 50 below the minimum
+    # Cells with 2t values or more below them score t too: the 25 below the minimum
     # have their share of that level's probability (candidates of a level are alike).
-    p_below = probs[levels.index(t)] * 50 / scores.count(t)
+    p_below = probs[levels.index(t)] * 25 / scores.count(t)
     assert p_below <= 0.05
-    below = sum(j < 50 for j in picks) / N
+    below = sum(j < 25 for j in picks) / N
     assert abs(below - p_below) <= T_TWO_SIDED, (below, p_below)
     # The best level (the cell holding the t-th value) and the three next ones.
     for g in range(4):
         frac = sum(scores[j] == levels[g] for j in picks) / N
         assert abs(frac - probs[g]) <= T_TWO_SIDED, (levels[g], frac, probs[g])
+
+
+def test_selections_under_zcdp_use_the_zcdp_noisy_max_and_are_priced_in_rho(
+    mech: Mechanisms,
+) -> None:
+    # A quantile/MIN/MAX charged rho must be drawn by OpenDP's zCDP noisy max (Gumbel
+    # noise, the exponential mechanism): its choice probabilities are exp(-score / scale)
+    # normalized. The pure-DP sampler at the same scale would cost up to 4x that rho.
+    from proxy.dp import price
+
+    plan = rewrite(parse_one("SELECT COUNT(*), MIN(c_acctbal) FROM customer"), META)
+    noise = mech.plan_noise_gaussian(plan, Decimal("0.02"))
+    count, pick = noise
+    assert count.mechanism == "discrete_gaussian" and pick.mechanism == "gumbel_noisy_max"
+    assert pick.epsilon == 0 and 0 < pick.rho <= Decimal("0.01")
+    assert Decimal(mech.noisy_max_zcdp(pick.scale).map(pick.sensitivity)) == pick.rho
+    assert price(noise).rho <= Decimal("0.02") and price(noise).epsilon == 0
+    k = int(round(pick.scale))
+    scores = [0, k, 2 * k]
+    weights = [math.exp(-s / pick.scale) for s in scores]
+    probs = [w / sum(weights) for w in weights]
+    picks = [mech.pick_min(pick, scores) for _ in range(N)]
+    for i in range(3):
+        assert abs(picks.count(i) / N - probs[i]) <= T_TWO_SIDED, (i, picks.count(i) / N, probs[i])
