@@ -134,8 +134,10 @@ class Mechanisms:
                          mechanism="exponential_noisy_max")  # fmt: skip
 
     def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
-        """The index of a noisily smallest score."""
+        """The index of a noisily smallest score (with the sampler the spec was priced for)."""
         safe = [min(max(int(v), 0), I64_SAFE) for v in scores]
+        if spec.mechanism == "gumbel_noisy_max":
+            return int(self.noisy_max_zcdp(spec.scale)(safe))
         return int(self.noisy_max(spec.scale)(safe))
 
     def _calibrate_threshold(
@@ -209,8 +211,32 @@ class Mechanisms:
         if not plan.primitives:
             return []
         share = rho / len(plan.primitives)
-        return [self._calibrate_gaussian(p.label, p.name, p.sensitivity, share)
+        return [self._calibrate_noisy_max_zcdp(p.name, p.label, p.sensitivity, share)
+                if p.kind == PrimitiveKind.QUANTILE
+                else self._calibrate_gaussian(p.label, p.name, p.sensitivity, share)
                 for p in plan.primitives]  # fmt: skip
+
+    def noisy_max_zcdp(self, scale: float) -> Any:
+        """Report-noisy-min under zCDP (Gumbel noise: the exponential mechanism, OpenDP)."""
+        return self._measurement(("max_zcdp", scale), lambda: dp.m.make_noisy_max(
+            dp.vector_domain(dp.atom_domain(T="i64")),
+            dp.linf_distance(T="i64", monotonic=False),
+            dp.zero_concentrated_divergence(),
+            scale=scale,
+            negate=True,
+        ))  # fmt: skip
+
+    def _calibrate_noisy_max_zcdp(
+        self, name: str, label: str, sensitivity: int, share: Decimal
+    ) -> NoiseSpec:
+        # A selection priced in rho must use the zCDP measurement: the pure-DP one at the
+        # same scale is only (2 sens / scale)-DP, i.e. up to 4x the rho as zCDP.
+        # rho = (2 sens / scale)^2 / 8  =>  scale = 2 sens / sqrt(8 rho)
+        scale, cost = _fit_scale(self.noisy_max_zcdp, sensitivity, share,
+                                 float(2 * Decimal(sensitivity) / (8 * share).sqrt()))  # fmt: skip
+        return NoiseSpec(primitive=name, label=label, sensitivity=sensitivity, scale=scale,
+                         epsilon=Decimal(0), error95=0, mechanism="gumbel_noisy_max",
+                         rho=cost)  # fmt: skip
 
     def _calibrate_gaussian(self, label: str, name: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         # rho = d_in^2 / (2 scale^2)  =>  scale = d_in / sqrt(2 rho)
@@ -242,6 +268,10 @@ def _fit_scale(
         scale = math.nextafter(scale, math.inf)
         cost = make(scale).map(sensitivity)
     return scale, Decimal(cost)
+
+
+# Releases priced in rho (zCDP) rather than epsilon.
+ZCDP_MECHANISMS = frozenset({"discrete_gaussian", "gumbel_noisy_max"})
 
 
 def discrete_laplace_quantile(scale: float, coverage: float) -> int:

@@ -16,6 +16,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cmp_to_key
 from typing import Any
 
+from accounting.extremes import candidate_steps, extreme_bound_text, extreme_scores, rank_target
 from accounting.mechanisms import Mechanisms, NoiseSpec, discrete_laplace_quantile
 from rewriter.plan import AggFunc, AggregateSpec, DPPlan, PrimitiveKind
 from rewriter.postprocess import evaluate
@@ -97,12 +98,12 @@ def release(
         for s in noise
         if s.primitive != plan.selection and s.primitive not in hist_vectors
     }
-    specs = {a.sum: a for a in plan.aggregates if a.func == AggFunc.QUANTILE}
+    specs = {a.sum: a for a in plan.aggregates if a.func in _SELECTED}
     for s in noise:
         if s.primitive in hist_vectors:
             agg = specs[s.primitive]
             noisy[s.primitive] = [
-                mechanisms.pick_min(s, quantile_scores(agg, _histogram(h)))
+                mechanisms.pick_min(s, candidate_scores(agg, _histogram(h), s))
                 for h in hist_vectors[s.primitive]
             ]
     for p in plan.primitives:
@@ -131,6 +132,8 @@ def release(
 
 
 _VARIANCE = (AggFunc.VAR_POP, AggFunc.VAR_SAMP, AggFunc.STDDEV_POP, AggFunc.STDDEV_SAMP)
+# Aggregates released by noisy max over the candidates of a QUANTILE histogram.
+_SELECTED = (AggFunc.QUANTILE, AggFunc.MIN, AggFunc.MAX)
 
 
 def _aggregate_value(
@@ -143,9 +146,8 @@ def _aggregate_value(
         return _typed(Decimal(max(0, count)), "int8")
     assert spec.sum is not None
     s = noisy[spec.sum][g]
-    if spec.func == AggFunc.QUANTILE:
-        steps = spec.lower + s * spec.stride
-        return _typed(Decimal(min(steps, spec.upper)) * spec.step, spec.result_type)
+    if spec.func in _SELECTED:
+        return _typed(Decimal(candidate_steps(spec, s)) * spec.step, spec.result_type)
     if spec.func in _VARIANCE:
         return _variance(spec, count or 0, s, noisy[spec.sumsq][g] if spec.sumsq else 0)
     if kinds[spec.sum] == PrimitiveKind.NORMALIZED_SUM:
@@ -167,6 +169,13 @@ def _histogram(raw: Any) -> dict[int, int]:
     if isinstance(raw, str):
         raw = json.loads(raw)
     return {int(k): int(v) for k, v in raw.items()}
+
+
+def candidate_scores(spec: AggregateSpec, hist: dict[int, int], noise: NoiseSpec) -> list[int]:
+    """The noisy-max scores of a quantile, MIN or MAX over its candidates."""
+    if spec.func == AggFunc.QUANTILE:
+        return quantile_scores(spec, hist)
+    return extreme_scores(spec, hist, rank_target(spec.candidates, noise.scale))
 
 
 def quantile_scores(spec: AggregateSpec, hist: dict[int, int]) -> list[int]:
@@ -269,6 +278,9 @@ def error_bounds(plan: DPPlan, noise: list[NoiseSpec]) -> list[ErrorBound]:
         if spec.func == AggFunc.QUANTILE:
             out.append(ErrorBound(spec.label, "data-dependent (exponential mechanism over "
                                   f"candidates every {_fmt(spec.stride * step)})"))  # fmt: skip
+            continue
+        if spec.func in (AggFunc.MIN, AggFunc.MAX):
+            out.append(ErrorBound(spec.label, extreme_bound_text(spec, s, _fmt(spec.stride * step))))
             continue
         if kinds[spec.sum] == PrimitiveKind.SUM:
             out.append(ErrorBound(spec.label, f"±{_fmt(s.error95 * step / ds)}"))

@@ -27,7 +27,14 @@ from accounting.accountant import (
 from accounting.budget import budget_rows
 from accounting.cache import AnswerCache, CachedAnswer, cache_key
 from accounting.ledger import BudgetExhausted, Ledger
-from accounting.mechanisms import DeltaRequired, Mechanisms, NoiseSpec, total_delta, total_epsilon
+from accounting.mechanisms import (
+    ZCDP_MECHANISMS,
+    DeltaRequired,
+    Mechanisms,
+    NoiseSpec,
+    total_delta,
+    total_epsilon,
+)
 from accounting.release import error_bounds, release
 from proxy.commands import Result
 from proxy.config import AnalystConfig
@@ -267,7 +274,7 @@ def price(noise: list[NoiseSpec]) -> Cost:
     """A query's cost from its releases' own privacy maps (Laplace: epsilon, Gaussian: rho)."""
     total = ZERO
     for n in noise:
-        if n.mechanism == "discrete_gaussian":
+        if n.mechanism in ZCDP_MECHANISMS:
             total = total + gaussian_release(n.rho)
         else:
             # Partition selection is (epsilon, delta)-DP: its delta composes additively.

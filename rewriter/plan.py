@@ -24,7 +24,8 @@ class PrimitiveKind(StrEnum):
     SUM_SQUARES = "sum_squares"  # sum of ((value - midpoint) / scale)^2, for VAR/STDDEV
     COUNT_DISTINCT = "count_distinct"  # distinct non-NULL values (or distinct units)
     UNIT_COUNT = "unit_count"  # distinct units per group: partition selection only
-    QUANTILE = "quantile"  # per-group histogram over candidate cells, released by noisy max
+    # Per-group histogram over candidate cells, released by noisy max (quantiles, MIN, MAX).
+    QUANTILE = "quantile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,10 @@ class AggFunc(StrEnum):
     STDDEV_POP = "stddev_pop"
     STDDEV_SAMP = "stddev_samp"
     QUANTILE = "quantile"  # PERCENTILE_CONT/PERCENTILE_DISC/MEDIAN
+    # Estimates of the t-th smallest (largest) value, t a data-independent rank target
+    # fixed at release time from the noise scale (accounting/extremes.py).
+    MIN = "min"
+    MAX = "max"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,8 @@ class AggregateSpec:
     result_type: str = "int8"
     sumsq: str | None = None  # SUM_SQUARES primitive (variance and standard deviation)
     sq_scale: int = 1  # squares are summed in units of sq_scale steps, squared
-    # Quantiles: alpha = alpha_num / alpha_den; candidates lower + j * stride (steps).
+    # Quantiles: alpha = alpha_num / alpha_den; candidates lower + j * stride (steps),
+    # also for MIN and MAX (which have no alpha).
     alpha_num: int = 0
     alpha_den: int = 1
     stride: int = 1

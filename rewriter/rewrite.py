@@ -44,7 +44,9 @@ MAX_STEPS = Decimal(1 << 40)
 MAX_SQUARE_UNITS = 1 << 30
 AGG_HINT = (
     "supported aggregates: COUNT(*), COUNT(expr), COUNT(DISTINCT expr), SUM, AVG, VARIANCE, "
-    "VAR_SAMP, VAR_POP, STDDEV, STDDEV_SAMP, STDDEV_POP, each optionally with FILTER (WHERE ...)"
+    "VAR_SAMP, VAR_POP, STDDEV, STDDEV_SAMP, STDDEV_POP, MIN, MAX, MEDIAN, "
+    "PERCENTILE_CONT/PERCENTILE_DISC(f) WITHIN GROUP (ORDER BY expr), each optionally with "
+    "FILTER (WHERE ...)"
 )
 
 
@@ -483,12 +485,12 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
         node = node.this
     if isinstance(node, (exp.WithinGroup, exp.Median)):
         return _quantile_spec(node, filt_cond=cond, label=label, b=b)
-    if isinstance(node, (exp.Min, exp.Max, exp.Quantile, exp.PercentileCont,
-                         exp.PercentileDisc)):  # fmt: skip
+    if isinstance(node, (exp.Min, exp.Max)):
+        return _extreme_spec(node, filt_cond=cond, label=label, b=b)
+    if isinstance(node, (exp.Quantile, exp.PercentileCont, exp.PercentileDisc)):
         raise unsupported(
-            f"{label}: MIN and MAX are not supported (a DP minimum over declared bounds is "
-            "dominated by the bounds)",
-            "use PERCENTILE_CONT(0.05) WITHIN GROUP (ORDER BY col) or MEDIAN(col) instead",
+            f"{label}: a percentile needs WITHIN GROUP (ORDER BY ...)",
+            "write PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY col) or MEDIAN(col)",
         )
     if not isinstance(node, exp.AggFunc):
         raise unsupported(f"{label} is not a supported aggregate", AGG_HINT)
@@ -591,9 +593,77 @@ def _quantile_spec(
         alpha = 1 - alpha
     filt = _filter_column(filt_cond, b)
     t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    grid = _candidate_grid(t, label, "quantiles need", b)
+    num, den = alpha.as_integer_ratio()
+    # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
+    sens = b.rows * max(num, den - num)
+    # One primitive (and one noisy-max release) per fraction, even over the same values.
+    name = _prim(b, PrimitiveKind.QUANTILE, f"{grid.col}/{num}/{den}", filt, sens, label,
+                 grid.histogram_sql)  # fmt: skip
+    return AggregateSpec(AggFunc.QUANTILE, label, count=None, sum=name, step=grid.step,
+                         lower=grid.lo, upper=grid.hi,
+                         result_type="float8" if t.kind == "float" else "numeric",
+                         alpha_num=num, alpha_den=den, stride=grid.stride,
+                         candidates=grid.candidates)  # fmt: skip
+
+
+def _extreme_spec(
+    node: exp.Min | exp.Max, filt_cond: exp.Expression | None, label: str, b: _Builder
+) -> AggregateSpec:
+    """MIN(x) and MAX(x): a DP estimate of the t-th smallest (largest) value.
+
+    Quantile 0 would score every candidate below the minimum alike, so its answer would
+    be uniform between the lower bound and the minimum. Instead the proxy scores each
+    candidate by the distance between a small rank target t (fixed at release time from
+    the noise scale, never from the data) and the ranks its cell covers, using the same
+    histogram as a quantile; see accounting/extremes.py.
+    """
+    arg = node.this
+    if isinstance(arg, exp.Distinct):
+        raise unsupported(f"{label}: DISTINCT is only supported inside COUNT")
+    if any(isinstance(x, exp.AggFunc) for x in arg.walk()):
+        raise RewriteError(GROUPING_ERROR, f"{label}: aggregate calls cannot be nested")
+    filt = _filter_column(filt_cond, b)
+    t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    func = AggFunc.MIN if isinstance(node, exp.Min) else AggFunc.MAX
+    # MAX(x) is MIN(-x): its candidates are spaced down from the upper bound.
+    grid = _candidate_grid(t, label, f"{func.value.upper()} needs", b,
+                           descending=func == AggFunc.MAX)  # fmt: skip
+    # One unit's rows (at most max_rows) each move #(x < c) (or #(x > c)) by one, for
+    # every candidate c: the score's sensitivity.
+    name = _prim(b, PrimitiveKind.QUANTILE, f"{grid.col}/{func.value}", filt, b.rows, label,
+                 grid.histogram_sql)  # fmt: skip
+    # MIN and MAX keep PostgreSQL's result type: the value's own type.
+    rtype = t.type_name if t.kind in ("int", "float") else "numeric"
+    return AggregateSpec(func, label, count=None, sum=name, step=grid.step, lower=grid.lo,
+                         upper=grid.hi, result_type=rtype, stride=grid.stride,
+                         candidates=grid.candidates)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """Evenly spaced candidates lower + j * stride (in steps) and the histogram over them."""
+
+    col: str  # the inner column holding the clamped fixed-point value
+    lo: int
+    hi: int
+    step: Decimal
+    stride: int
+    candidates: int
+    histogram_sql: str
+
+
+def _candidate_grid(t: Typed, label: str, what: str, b: _Builder,
+                    descending: bool = False) -> _Grid:  # fmt: skip
+    """Up to MAX_CANDIDATES candidates within the value's bounds.
+
+    Cell 2j of the histogram counts values equal to candidate j, cell 2j + 1 those
+    strictly between candidates j and j + 1 (or beyond the last one). Candidates are
+    lower + j * stride, or upper - j * stride when `descending`.
+    """
     if t.kind not in NUMERIC_KINDS or not t.bounded:
         raise unsupported(
-            f"{label}: quantiles need a numeric value with finite bounds",
+            f"{label}: {what} a numeric value with finite bounds",
             "declare lower and upper bounds for the column in the metadata",
         )
     lo, hi, step = _steps(t)
@@ -601,18 +671,10 @@ def _quantile_spec(
     stride = max(1, -(-width // (MAX_CANDIDATES - 1)))
     candidates = width // stride + 1
     col = _fixed_column(t, lo, hi, step, b)
-    num, den = alpha.as_integer_ratio()
-    # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
-    sens = b.rows * max(num, den - num)
-    cell = (f"((b.{col} - {lo}) / {stride}) * 2 + "
-            f"(CASE WHEN (b.{col} - {lo}) % {stride} = 0 THEN 0 ELSE 1 END)")  # fmt: skip
-    # One primitive (and one noisy-max release) per fraction, even over the same values.
-    name = _prim(b, PrimitiveKind.QUANTILE, f"{col}/{num}/{den}", filt, sens, label,
-                 f"quantile_histogram({cell})")  # fmt: skip
-    return AggregateSpec(AggFunc.QUANTILE, label, count=None, sum=name, step=step, lower=lo,
-                         upper=hi, result_type="float8" if t.kind == "float" else "numeric",
-                         alpha_num=num, alpha_den=den, stride=stride,
-                         candidates=candidates)  # fmt: skip
+    offset = f"({hi} - b.{col})" if descending else f"(b.{col} - {lo})"
+    cell = (f"({offset} / {stride}) * 2 + "
+            f"(CASE WHEN {offset} % {stride} = 0 THEN 0 ELSE 1 END)")  # fmt: skip
+    return _Grid(col, lo, hi, step, stride, candidates, f"quantile_histogram({cell})")
 
 
 def _count_distinct(t: Typed, filt: str | None, label: str, b: _Builder) -> AggregateSpec:

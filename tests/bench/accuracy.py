@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,10 @@ QUERIES: list[tuple[str, str, int, str, str | None]] = [
      "SELECT PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY income) FROM public.pums", None),
     ("pums sum of income in thousands (expression)", "SUM", 0,
      "SELECT SUM(income / 1000) FROM public.pums", None),
+    ("pums min income", "MIN", 0, "SELECT MIN(income) FROM public.pums", None),
+    ("pums max age", "MAX", 0, "SELECT MAX(age) FROM public.pums", None),
+    ("pums educ: min, max income", "MIN/MAX", 1,
+     "SELECT educ, MIN(income), MAX(income) FROM public.pums GROUP BY educ", None),
     ("tpch orders count", "COUNT", 0, "SELECT COUNT(*) FROM public.orders", None),
     ("tpch orders sum price", "SUM", 0, "SELECT SUM(o_totalprice) FROM public.orders", None),
     ("tpch orders status: count, avg price", "multi", 1,
@@ -69,6 +74,10 @@ QUERIES: list[tuple[str, str, int, str, str | None]] = [
      "GROUP BY o_orderstatus", None),
     ("tpch customer segment: avg balance", "AVG", 1,
      "SELECT c_mktsegment, AVG(c_acctbal) FROM public.customer GROUP BY c_mktsegment", None),
+    ("tpch customer segment: min, max balance", "MIN/MAX", 1,
+     "SELECT c_mktsegment, MIN(c_acctbal), MAX(c_acctbal) FROM public.customer "
+     "GROUP BY c_mktsegment", None),
+    ("tpch orders max price", "MAX", 0, "SELECT MAX(o_totalprice) FROM public.orders", None),
 ]  # fmt: skip
 
 
@@ -183,7 +192,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smartnoise-python", help="python of a virtualenv with smartnoise-sql")
     ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--only", default="", help="run only the queries whose name matches this regex")
     args = ap.parse_args()
+    queries = [q for q in QUERIES if re.search(args.only, q[0])]
     meta = dpproxy_metadata()
     with PgCluster.start(durable=False) as cluster:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -196,7 +207,7 @@ def main() -> None:
         sn: dict[str, Any] = {}
         if args.smartnoise_python:
             job = {"dsn": dsn, "metadata": SMARTNOISE_METADATA, "trials": args.trials,
-                   "queries": [[q[0], q[4] or q[3]] for q in QUERIES]}  # fmt: skip
+                   "queries": [[q[0], q[4] or q[3]] for q in queries]}  # fmt: skip
             proc = subprocess.run(
                 [args.smartnoise_python, str(Path(__file__).with_name("_smartnoise_runner.py"))],
                 input=json.dumps(job), capture_output=True, text=True, check=False,
@@ -210,7 +221,7 @@ def main() -> None:
         print("| query | kind | dpproxy | SmartNoise | SmartNoise / dpproxy |")
         print("|---|---|---|---|---|")
         with psycopg.connect(dsn) as conn:
-            for name, kind, nkeys, sql, _ in QUERIES:
+            for name, kind, nkeys, sql, _ in queries:
                 truth = conn.execute(sql).fetchall()  # type: ignore[arg-type]
                 ours = median_relative_error(truth, run_dpproxy(dsn, meta, sql, args.trials), nkeys)
                 if name in sn and "error" in sn[name]:

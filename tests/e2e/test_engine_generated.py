@@ -29,6 +29,7 @@ EXPRS = [
 ]  # fmt: skip
 FUNCS = [
     "SUM({})", "AVG({})", "COUNT({})", "COUNT(DISTINCT {})", "MEDIAN({})", "VARIANCE({})",
+    "MIN({})", "MAX({})",
     "{} + 1", "{} * {}", "{} / {}", "{} % 3", "ABS({})", "ROUND({}, 1)", "GREATEST({}, 0)",
     "LEAST({}, {})", "COALESCE({}, 0)", "NULLIF({}, 1)", "CAST({} AS int)", "CAST({} AS text)",
     "LOWER({})", "{} || 'a'", "{} = {}", "{} IS NULL", "{} BETWEEN 1 AND 2", "{} IN (1, 2)",

@@ -102,7 +102,7 @@ def test_row_expression_comments_are_not_emitted() -> None:
         ("SELECT COUNT(*) FROM nation", "0A000"),
         ("SELECT COUNT(*) FROM missing", "42P01"),
         ("SELECT COUNT(*) FROM orders WHERE nosuch = 1", "42703"),
-        ("SELECT MAX(o_totalprice) FROM orders", "0A000"),
+        ("SELECT MAX(o_comment) FROM orders", "0A000"),
         ("SELECT COUNT(*) FROM orders; SELECT 1", "42501"),
         ("SELECT COUNT(*) FROM orders FOR UPDATE", "0A000"),
         ("SELECT COUNT(*) OVER () FROM orders", "42501"),
