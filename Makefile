@@ -19,3 +19,20 @@ test-quick: $(PY)
 
 lint: $(PY)
 	$(PY) -m ruff check .
+
+# SmartNoise SQL pins an older OpenDP than dpproxy, so it gets its own virtualenv,
+# used only by the accuracy benchmark.
+SNVENV := .venv-smartnoise
+
+$(SNVENV)/bin/python:
+	python3 -m venv $(SNVENV)
+	$(SNVENV)/bin/pip install -q smartnoise-sql psycopg2-binary
+
+# Every benchmark, each printing ratios against direct PostgreSQL from the same run.
+bench: $(PY) $(SNVENV)/bin/python
+	$(PY) -m tests.bench.pushdown
+	$(PY) -m tests.bench.throughput
+	$(PY) -m tests.bench.latency
+	$(PY) -m tests.bench.memory
+	$(PY) -m tests.bench.ledger
+	$(PY) -m tests.bench.accuracy --smartnoise-python $(SNVENV)/bin/python

@@ -132,15 +132,12 @@ def weighted_sql(
     terms: dict[str, RowTerm],
     max_rows: int,
     *,
-    inline: bool,
     rounding_slack: int,
     one_row_per_unit: bool = False,
 ) -> tuple[str, dict[str, NoisyPrimitive]] | None:
     """The weighted plan over the rows of CTE `i` (unit column `u`), or None when a
     primitive has no row term.
 
-    `inline`: recompute the rows for each of their two reads (cheap for one table)
-    instead of materializing them (better when they come from a join).
     `rounding_slack`: how many groups the answer can have (each may round by one unit).
     `one_row_per_unit`: every unit has at most one row (a declared unique unit key, or a
     row-level table), so no weights are needed; sums are still scaled once per group.
@@ -159,8 +156,9 @@ def weighted_sql(
         return _unweighted_sql(ctes, keys, scaled, terms), scaled
     if not keys:
         return _per_unit_sql(ctes, scaled, terms, max_rows), scaled
-    mode = "NOT MATERIALIZED" if inline else "MATERIALIZED"
-    defs = [c.replace(" AS (", f" AS {mode} (", 1) for c in ctes]
+    # The rows are read twice (to count each unit's rows, then to sum them): recomputing
+    # them, joins included, measured cheaper than materializing them.
+    defs = [c.replace(" AS (", " AS NOT MATERIALIZED (", 1) for c in ctes]
     defs.append("n AS (SELECT i.u, count(*) AS c FROM i GROUP BY i.u)")
     k = max_rows
     # Rows without a unit form one unit, as in the sampling plan; the subquery counting

@@ -922,7 +922,7 @@ def _emit_sql(b: _Builder) -> str:
         # Rounding each group's sum to whole units can move it by one unit per group.
         groups = MAX_GROUPS if any(k.domain_sql for k in b.keys) else _group_count(b.keys)
         weighted = weighted_sql(wctes, keys, b.primitives, b.terms, rel.max_rows,
-                                inline=len(rel.sources) == 1, rounding_slack=groups,
+                                rounding_slack=groups,
                                 one_row_per_unit=one_row)  # fmt: skip
         if weighted is not None:
             sql, b.primitives = weighted

@@ -17,7 +17,7 @@ from tests.support.proxy_process import ProxyProcess, free_port
 
 # Each test that spends budget uses its own analyst so tests stay independent.
 ANALYSTS = {
-    "alice": AnalystSpec("alice", "alice-pw", Decimal(100000), Decimal(10000)),
+    "alice": AnalystSpec("alice", "alice-pw", Decimal(1_000_000), Decimal(10000)),
     "bob": AnalystSpec("bob", "bob-pw", Decimal(3), Decimal(1)),
     "carol": AnalystSpec("carol", "carol-pw", Decimal(1000), Decimal(100)),
     "dave": AnalystSpec("dave", "dave-pw", Decimal(1000), Decimal(100)),

@@ -199,7 +199,8 @@ def run(dsn: str, query: str, group: int | None, variant: str, mech: Mechanisms)
         # Every form of bounding: the per-unit window, least() for plain counts, and
         # the row weights (every unit treated as light).
         sql = sql.replace(" WHERE b.rn <= 3", "").replace("least(b.c, 3)", "b.c")
-        sql = sql.replace("WHEN q.n <= 3 THEN", "WHEN TRUE THEN")
+        for weight in ("WHEN q.nc <= 3 THEN", "WHEN q.c <= 3 THEN"):
+            sql = sql.replace(weight, "WHEN TRUE THEN")
     claimed = EPSILON * (2 if variant == "halved_sensitivity" else 1)
     (spec,) = mech.plan_noise(plan, claimed)
     outs = []
