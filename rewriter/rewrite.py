@@ -550,11 +550,12 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
             scale *= 2
         sq_max = (-(-half // scale)) ** 2
         sq_sql = f"round(((b.{col} - {spec.midpoint})::numeric / {scale}) ^ 2)"
-        raw_sq = (f"((b.r{col[1:]} - {_dec(spec.midpoint * step)}) / "
-                  f"{_dec(scale * step)}) ^ 2")  # fmt: skip
+        # Unscaled squares are exact (numeric products); the sum is divided by
+        # (scale * step)^2 once per group.
+        dev = f"(b.r{col[1:]} - {_dec(spec.midpoint * step)})"
         sq = _prim(b, PrimitiveKind.SUM_SQUARES, col, filt, b.rows * sq_max,
                    f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})",
-                   RowTerm(raw_sq, filt, None, sq_max, Decimal(1)))  # fmt: skip
+                   RowTerm(f"{dev} * {dev}", filt, None, sq_max, (scale * step) ** 2))  # fmt: skip
         spec = replace(spec, sumsq=sq, sq_scale=scale)
     return spec
 
