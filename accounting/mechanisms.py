@@ -148,10 +148,19 @@ class Mechanisms:
                          epsilon=cost, error95=0,
                          mechanism="exponential_noisy_max")  # fmt: skip
 
-    def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
+    def pick_min(self, spec: NoiseSpec, scores: Sequence[int]) -> int:
         """The index of a noisily smallest score."""
-        safe = [min(max(int(v), 0), I64_SAFE) for v in scores]
-        return int(self.noisy_max(spec.scale)(safe))
+        return self.pick_min_all(spec, [scores])[0]
+
+    def pick_min_all(self, spec: NoiseSpec, score_lists: Sequence[Sequence[int]]) -> list[int]:
+        """The index of a noisily smallest score in each list: one OpenDP call per list.
+
+        The calls are independent releases (one per group), so a large batch runs on
+        the worker threads; each list's result is the same as on the calling thread.
+        """
+        meas = self.noisy_max(spec.scale)
+        arrays = [_i64_vector(s, lower=0) for s in score_lists]
+        return self._map(lambda a: int(meas(a)), arrays, sum(len(a) for a in arrays))
 
     def _calibrate_threshold(
         self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
@@ -185,10 +194,21 @@ class Mechanisms:
         )  # fmt: skip
 
     def select(self, spec: NoiseSpec, counts: dict[int, int]) -> dict[int, int]:
-        """Partition selection: the groups whose noisy unit count passes the threshold."""
+        """Partition selection: the groups whose noisy unit count passes the threshold.
+
+        The measurement noises each group's count independently and keeps it if it
+        passes, so a large map is split into disjoint chunks (run on the worker threads)
+        whose union is distributed exactly as the whole map's output.
+        """
         assert spec.threshold is not None
-        safe = {k: min(max(int(v), 0), I64_SAFE) for k, v in counts.items()}
-        return dict(self.threshold(spec.scale, spec.threshold)(safe))
+        meas = self.threshold(spec.scale, spec.threshold)
+        items = [(k, min(max(int(v), 0), I64_SAFE)) for k, v in counts.items()]
+        size = self._chunk_size(len(items))
+        chunks = [dict(items[a : a + size]) for a in range(0, len(items), size)] or [{}]
+        kept: dict[int, int] = {}
+        for part in self._map(meas, chunks, len(items)):
+            kept.update(part)
+        return kept
 
     def _calibrate(self, name: str, label: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         scale, cost = _fit_scale(self.laplace, sensitivity, share, float(Decimal(sensitivity) / share))
@@ -217,20 +237,29 @@ class Mechanisms:
         """
         vectors = [_i64_vector(values) for _, values in jobs]
         meas = [self._vector_measurement(spec) for spec, _ in jobs]
-        total = sum(len(v) for v in vectors)
-        if self._workers == 1 or total < PARALLEL_MIN_DRAWS:
-            return [list(m(v)) if len(v) else [] for m, v in zip(meas, vectors, strict=True)]
-        size = max(CHUNK_MIN, -(-total // self._workers))
+        size = self._chunk_size(sum(len(v) for v in vectors))
         tasks = [(i, m, v[a : a + size])
                  for i, (m, v) in enumerate(zip(meas, vectors, strict=True))
                  for a in range(0, len(v), size)]  # fmt: skip
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
-        chunks = self._pool.map(lambda t: list(t[1](t[2])), tasks)
+        chunks = self._map(lambda t: list(t[1](t[2])), tasks, sum(len(t[2]) for t in tasks))
         out: list[list[int]] = [[] for _ in jobs]
         for (i, _, _), chunk in zip(tasks, chunks, strict=True):
             out[i].extend(chunk)
         return out
+
+    def _chunk_size(self, draws: int) -> int:
+        """How many draws one OpenDP call takes in a release of `draws` draws."""
+        if self._workers == 1 or draws < PARALLEL_MIN_DRAWS:
+            return max(draws, 1)  # one call per vector (or map)
+        return max(CHUNK_MIN, -(-draws // self._workers))
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], draws: int) -> list[Any]:
+        """`fn` over `items`: on the worker threads when the release is large."""
+        if self._workers == 1 or draws < PARALLEL_MIN_DRAWS or len(items) < 2:
+            return [fn(x) for x in items]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
+        return list(self._pool.map(fn, items))
 
     def _vector_measurement(self, spec: NoiseSpec) -> Any:
         if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
@@ -275,8 +304,8 @@ class Mechanisms:
         )
 
 
-def _i64_vector(values: Sequence[int]) -> np.ndarray:
-    """`values` as an i64 array clamped into [-I64_SAFE, I64_SAFE].
+def _i64_vector(values: Sequence[int], lower: int = -I64_SAFE) -> np.ndarray:
+    """`values` as an i64 array clamped into [lower, I64_SAFE].
 
     An i64 array crosses into OpenDP as one buffer (a list is checked element by element
     in Python); integers beyond i64 are clamped in Python first.
@@ -284,9 +313,9 @@ def _i64_vector(values: Sequence[int]) -> np.ndarray:
     try:
         arr = np.fromiter(values, dtype=np.int64, count=len(values))
     except OverflowError:
-        arr = np.fromiter((min(max(int(v), -I64_SAFE), I64_SAFE) for v in values),
+        arr = np.fromiter((min(max(int(v), lower), I64_SAFE) for v in values),
                           dtype=np.int64, count=len(values))  # fmt: skip
-    return np.clip(arr, -I64_SAFE, I64_SAFE)
+    return np.clip(arr, lower, I64_SAFE)
 
 
 def _fit_scale(

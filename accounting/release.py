@@ -50,10 +50,8 @@ def release(
     for s in noise:
         if s.primitive in hist_vectors:
             agg = specs[s.primitive]
-            noisy[s.primitive] = [
-                mechanisms.pick_min(s, quantile_scores(agg, _histogram(h)))
-                for h in hist_vectors[s.primitive]
-            ]
+            scores = [quantile_scores(agg, _histogram(h)) for h in hist_vectors[s.primitive]]
+            noisy[s.primitive] = mechanisms.pick_min_all(s, scores)
     kinds = {p.name: p.kind for p in plan.primitives}
     columns = [_aggregate_column(spec, noisy, kinds[spec.sum] if spec.sum else None)
                for spec in plan.aggregates]  # fmt: skip

@@ -207,3 +207,48 @@ def test_aggregate_columns_equal_the_decimal_formula(rtype: str, step: str) -> N
     many = [10**30, 1]  # past the int fast path's bound: the Decimal formula is used
     got = _aggregate_column(spec, {"p0": [0, 0], "p1": many}, PrimitiveKind.SUM)
     assert got == [_typed(Decimal(v) * Decimal(step), rtype) for v in many]
+
+
+@pytest.mark.parametrize("path", ["chunked", "single"])
+def test_partition_selection_paths_match_the_threshold_rule(
+    path: str, chunked: Mechanisms, single: Mechanisms
+) -> None:
+    # A group is kept iff count + noise >= threshold; kept values are count + noise.
+    mech = chunked if path == "chunked" else single
+    scale, threshold = 3.0, 100
+    spec = NoiseSpec(primitive="p0", label="t", sensitivity=1, scale=scale, epsilon=Decimal(0),
+                     error95=0, mechanism="laplace_threshold", threshold=threshold)  # fmt: skip
+    at = dict.fromkeys(range(N_VECTOR), threshold)
+    # 200 below or above the threshold: noise that large has probability < 1e-28.
+    above = dict.fromkeys(range(N_VECTOR, N_VECTOR + 1000), threshold + 200)
+    below = dict.fromkeys(range(N_VECTOR + 1000, N_VECTOR + 2000), threshold - 200)
+    kept = mech.select(spec, at | above | below)
+    assert set(above) <= set(kept) and not set(below) & set(kept)
+    p = math.exp(-1 / scale)
+    n_at = sum(1 for k in kept if k < N_VECTOR)
+    assert abs(n_at / N_VECTOR - 1 / (1 + p)) <= dkw_threshold(N_VECTOR)  # Hoeffding
+    # The kept noise follows discrete Laplace conditioned on noise >= 0 (DKW given n_at).
+    cdf = laplace_cdf(scale)
+    noise = [v - threshold for k, v in kept.items() if k < N_VECTOR]
+
+    def conditional(k: int) -> float:
+        return max(0.0, (cdf(k) - cdf(-1)) / (1 - cdf(-1)))
+
+    assert dkw_distance(noise, conditional) <= dkw_threshold(n_at)
+
+
+def test_chunked_quantile_picks_follow_the_exponential_mechanism() -> None:
+    from tests.unit.test_rewriter_noise import exponential_rnm_win
+
+    mech = Mechanisms(workers=2)
+    scale, n = 2.0, 4_000  # one OpenDP call per list (~0.6 ms): a smaller sample
+    spec = NoiseSpec(primitive="p0", label="t", sensitivity=1, scale=scale, epsilon=Decimal(0),
+                     error95=0, mechanism="exponential_noisy_max")  # fmt: skip
+    scores = [0, 2, 4]
+    assert n * len(scores) >= PARALLEL_MIN_DRAWS  # the picks run on the worker threads
+    picks = mech.pick_min_all(spec, [scores] * n)
+    assert mech._pool is not None
+    t = math.sqrt(math.log(2 / FALSE_ALARM) / (2 * n))
+    for i in range(3):
+        win = exponential_rnm_win(i, [x / scale for x in scores])
+        assert abs(picks.count(i) / n - win) <= t, (i, picks.count(i) / n, win)
