@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class Mechanisms:
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._workers = max(1, workers if workers is not None else len(os.sched_getaffinity(0)))
         self._pool: ThreadPoolExecutor | None = None  # started on the first large release
+        self._pool_lock = threading.Lock()
 
     def _measurement(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """A cached measurement (building one costs ~0.3 ms); the cache is bounded."""
@@ -257,9 +259,11 @@ class Mechanisms:
         """`fn` over `items`: on the worker threads when the release is large."""
         if self._workers == 1 or draws < PARALLEL_MIN_DRAWS or len(items) < 2:
             return [fn(x) for x in items]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
-        return list(self._pool.map(fn, items))
+        with self._pool_lock:  # releases may run on several threads: start one pool
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
+            pool = self._pool
+        return list(pool.map(fn, items))
 
     def _vector_measurement(self, spec: NoiseSpec) -> Any:
         if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
