@@ -32,6 +32,7 @@ I64_SAFE = 1 << 62
 # chunks sample on every core at once. Smaller releases stay on the calling thread.
 PARALLEL_MIN_DRAWS = 1024
 CHUNK_MIN = 512
+CHUNKS_PER_WORKER = 4
 
 
 def enable_safe_features() -> None:
@@ -250,10 +251,14 @@ class Mechanisms:
         return out
 
     def _chunk_size(self, draws: int) -> int:
-        """How many draws one OpenDP call takes in a release of `draws` draws."""
+        """How many draws one OpenDP call takes in a release of `draws` draws.
+
+        A few chunks per worker, not one: a worker whose core is busy with other work
+        then takes fewer chunks instead of holding up the whole release.
+        """
         if self._workers == 1 or draws < PARALLEL_MIN_DRAWS:
             return max(draws, 1)  # one call per vector (or map)
-        return max(CHUNK_MIN, -(-draws // self._workers))
+        return max(CHUNK_MIN, -(-draws // (CHUNKS_PER_WORKER * self._workers)))
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], draws: int) -> list[Any]:
         """`fn` over `items`: on the worker threads when the release is large."""
