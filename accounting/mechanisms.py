@@ -9,11 +9,15 @@ measurement's own privacy map, never recomputed by hand.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import opendp.prelude as dp
 
 from rewriter.plan import DPPlan, PrimitiveKind
@@ -22,6 +26,13 @@ FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealiz
 # Exact per-group values are clamped into this range before sampling: clamping is
 # 1-Lipschitz, so it keeps the sensitivity, and it keeps i64 arithmetic from overflowing.
 I64_SAFE = 1 << 62
+# OpenDP's exact samplers cost ~13 us of CPU per draw (a few OpenSSL RNG calls each) and
+# ~0.3 ms per call. Releases with at least this many draws are split into chunks of at
+# least CHUNK_MIN draws that run on worker threads: the call releases the GIL, so the
+# chunks sample on every core at once. Smaller releases stay on the calling thread.
+PARALLEL_MIN_DRAWS = 1024
+CHUNK_MIN = 512
+CHUNKS_PER_WORKER = 4
 
 
 def enable_safe_features() -> None:
@@ -56,11 +67,18 @@ class NoiseSpec:
 
 
 class Mechanisms:
-    """Builds and caches discrete-Laplace measurements (building one costs ~0.3 ms)."""
+    """Builds and caches OpenDP measurements (building one costs ~0.3 ms) and runs them.
 
-    def __init__(self) -> None:
+    `workers` bounds how many threads sample one large release at once (default: the
+    CPUs this process may run on); 1 samples everything on the calling thread.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
         enable_safe_features()
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self._workers = max(1, workers if workers is not None else len(os.sched_getaffinity(0)))
+        self._pool: ThreadPoolExecutor | None = None  # started on the first large release
+        self._pool_lock = threading.Lock()
 
     def _measurement(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """A cached measurement (building one costs ~0.3 ms); the cache is bounded."""
@@ -133,12 +151,22 @@ class Mechanisms:
                          epsilon=cost, error95=0,
                          mechanism="exponential_noisy_max")  # fmt: skip
 
-    def pick_min(self, spec: NoiseSpec, scores: list[int]) -> int:
+    def pick_min(self, spec: NoiseSpec, scores: Sequence[int]) -> int:
         """The index of a noisily smallest score (with the sampler the spec was priced for)."""
-        safe = [min(max(int(v), 0), I64_SAFE) for v in scores]
+        return self.pick_min_all(spec, [scores])[0]
+
+    def pick_min_all(self, spec: NoiseSpec, score_lists: Sequence[Sequence[int]]) -> list[int]:
+        """The index of a noisily smallest score in each list: one OpenDP call per list.
+
+        The calls are independent releases (one per group), so a large batch runs on
+        the worker threads; each list's result is the same as on the calling thread.
+        """
         if spec.mechanism == "gumbel_noisy_max":
-            return int(self.noisy_max_zcdp(spec.scale)(safe))
-        return int(self.noisy_max(spec.scale)(safe))
+            meas = self.noisy_max_zcdp(spec.scale)
+        else:
+            meas = self.noisy_max(spec.scale)
+        arrays = [_i64_vector(s, lower=0) for s in score_lists]
+        return self._map(lambda a: int(meas(a)), arrays, sum(len(a) for a in arrays))
 
     def _calibrate_threshold(
         self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
@@ -172,10 +200,21 @@ class Mechanisms:
         )  # fmt: skip
 
     def select(self, spec: NoiseSpec, counts: dict[int, int]) -> dict[int, int]:
-        """Partition selection: the groups whose noisy unit count passes the threshold."""
+        """Partition selection: the groups whose noisy unit count passes the threshold.
+
+        The measurement noises each group's count independently and keeps it if it
+        passes, so a large map is split into disjoint chunks (run on the worker threads)
+        whose union is distributed exactly as the whole map's output.
+        """
         assert spec.threshold is not None
-        safe = {k: min(max(int(v), 0), I64_SAFE) for k, v in counts.items()}
-        return dict(self.threshold(spec.scale, spec.threshold)(safe))
+        meas = self.threshold(spec.scale, spec.threshold)
+        items = [(k, min(max(int(v), 0), I64_SAFE)) for k, v in counts.items()]
+        size = self._chunk_size(len(items))
+        chunks = [dict(items[a : a + size]) for a in range(0, len(items), size)] or [{}]
+        kept: dict[int, int] = {}
+        for part in self._map(meas, chunks, len(items)):
+            kept.update(part)
+        return kept
 
     def _calibrate(self, name: str, label: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         scale, cost = _fit_scale(self.laplace, sensitivity, share, float(Decimal(sensitivity) / share))
@@ -188,12 +227,58 @@ class Mechanisms:
             error95=discrete_laplace_quantile(scale, 0.95),
         )
 
-    def sample(self, spec: NoiseSpec, values: list[int]) -> list[int]:
+    def sample(self, spec: NoiseSpec, values: Sequence[int]) -> list[int]:
         """Noise an exact integer vector (values are clamped into the i64-safe range)."""
-        safe = [min(max(int(v), -I64_SAFE), I64_SAFE) for v in values]
+        return self.sample_all([(spec, values)])[0]
+
+    def sample_all(self, jobs: Sequence[tuple[NoiseSpec, Sequence[int]]]) -> list[list[int]]:
+        """Noise several exact integer vectors, each with its spec's vector measurement.
+
+        Each vector is one OpenDP call on the whole vector (the Rust side draws every
+        element), or, in a large release, a few calls on consecutive chunks of it run on
+        worker threads. The measurement adds independent noise of the same scale to every
+        element, so a chunk's output is distributed exactly as that slice of the whole
+        vector's output: chunking changes the speed, not the distribution or the privacy
+        map's charge (which is read from the whole-vector measurement at calibration).
+        """
+        vectors = [_i64_vector(values) for _, values in jobs]
+        meas = [self._vector_measurement(spec) for spec, _ in jobs]
+        size = self._chunk_size(sum(len(v) for v in vectors))
+        tasks = [(i, m, v[a : a + size])
+                 for i, (m, v) in enumerate(zip(meas, vectors, strict=True))
+                 for a in range(0, len(v), size)]  # fmt: skip
+        chunks = self._map(lambda t: list(t[1](t[2])), tasks, sum(len(t[2]) for t in tasks))
+        out: list[list[int]] = [[] for _ in jobs]
+        for (i, _, _), chunk in zip(tasks, chunks, strict=True):
+            out[i].extend(chunk)
+        return out
+
+    def _chunk_size(self, draws: int) -> int:
+        """How many draws one OpenDP call takes in a release of `draws` draws.
+
+        A few chunks per worker, not one: a worker whose core is busy with other work
+        then takes fewer chunks instead of holding up the whole release.
+        """
+        if self._workers == 1 or draws < PARALLEL_MIN_DRAWS:
+            return max(draws, 1)  # one call per vector (or map)
+        return max(CHUNK_MIN, -(-draws // (CHUNKS_PER_WORKER * self._workers)))
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any], draws: int) -> list[Any]:
+        """`fn` over `items`: on the worker threads when the release is large."""
+        if self._workers == 1 or draws < PARALLEL_MIN_DRAWS or len(items) < 2:
+            return [fn(x) for x in items]
+        with self._pool_lock:  # releases may run on several threads: start one pool
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
+            pool = self._pool
+        return list(pool.map(fn, items))
+
+    def _vector_measurement(self, spec: NoiseSpec) -> Any:
         if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
-            return list(self.gaussian(spec.scale)(safe))
-        return list(self.laplace(spec.scale)(safe))
+            return self.gaussian(spec.scale)
+        if spec.mechanism != "discrete_laplace":
+            raise ValueError(f"{spec.primitive} is not noised by a vector measurement")
+        return self.laplace(spec.scale)
 
     # --- discrete Gaussian (zCDP), added for issue #5 --------------------------------
 
@@ -253,6 +338,20 @@ class Mechanisms:
             mechanism="discrete_gaussian",
             rho=cost,
         )
+
+
+def _i64_vector(values: Sequence[int], lower: int = -I64_SAFE) -> np.ndarray:
+    """`values` as an i64 array clamped into [lower, I64_SAFE].
+
+    An i64 array crosses into OpenDP as one buffer (a list is checked element by element
+    in Python); integers beyond i64 are clamped in Python first.
+    """
+    try:
+        arr = np.fromiter(values, dtype=np.int64, count=len(values))
+    except OverflowError:
+        arr = np.fromiter((min(max(int(v), lower), I64_SAFE) for v in values),
+                          dtype=np.int64, count=len(values))  # fmt: skip
+    return np.clip(arr, lower, I64_SAFE)
 
 
 def _fit_scale(

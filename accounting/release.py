@@ -16,6 +16,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cmp_to_key
 from typing import Any
 
+from sqlglot import exp
+
 from accounting.extremes import candidate_steps, extreme_bound_text, extreme_scores, rank_target
 from accounting.mechanisms import Mechanisms, NoiseSpec, discrete_laplace_quantile
 from rewriter.plan import AggFunc, AggregateSpec, DPPlan, PrimitiveKind
@@ -41,125 +43,205 @@ def release(
     mechanisms: Mechanisms,
 ) -> Answer:
     """Noise the exact primitives of `exact_rows` and post-process them into the answer."""
-    nkeys = len(plan.keys)
-    names = [p.name for p in plan.primitives]
-    if not plan.keys_from_rows:
-        sizes = [len(k.domain) for k in plan.keys]
-        n_groups = plan.group_count
-        vectors = {p.name: [0] * n_groups for p in plan.primitives}
-        hist_vectors: dict[str, list[Any]] = {
-            p.name: [{}] * n_groups for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE
-        }
-        for row in exact_rows:
-            idx = 0
-            for i in range(nkeys):
-                idx = idx * sizes[i] + int(row[i])
-            for j, name in enumerate(names):
-                if name in hist_vectors:
-                    hist_vectors[name][idx] = row[nkeys + j]
-                else:
-                    vectors[name][idx] = int(row[nkeys + j])
-        groups: list[tuple[Any, ...]] = [
-            tuple(plan.keys[i].domain[ki] for i, ki in enumerate(key_idx))
-            for key_idx in itertools.product(*(range(s) for s in sizes))
-        ]
-    else:
-        rows = [tuple(r) for r in exact_rows]
-        if plan.selection is not None:
-            # Private keys: only groups whose noisy unit count passes the threshold are
-            # released; the other primitives are noised on those groups only.
-            sel = next(s for s in noise if s.primitive == plan.selection)
-            j_sel = names.index(plan.selection)
-            kept = mechanisms.select(sel, {g: int(r[nkeys + j_sel]) for g, r in enumerate(rows)})
-            order = sorted(kept)
-        else:
-            # Keys from public tables: the database returned every group of the public
-            # domains (empty ones with zeros), so every row is released.
-            order = list(range(len(rows)))
-        groups = [
-            tuple(k.domain[int(v)] if not k.domain_sql and not k.private else v
-                  for k, v in zip(plan.keys, rows[g][:nkeys], strict=True))
-            for g in order
-        ]  # fmt: skip
-        quantile = {p.name for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE}
-        vectors = {
-            name: [int(rows[g][nkeys + j]) for g in order]
-            for j, name in enumerate(names)
-            if name not in quantile
-        }
-        hist_vectors = {
-            name: [rows[g][nkeys + j] for g in order]
-            for j, name in enumerate(names)
-            if name in quantile
-        }
-
-    noisy: dict[str, list[Any]] = {
-        s.primitive: mechanisms.sample(s, vectors[s.primitive])
-        for s in noise
-        if s.primitive != plan.selection and s.primitive not in hist_vectors
-    }
+    groups, vectors, hist_vectors = _gather(plan, exact_rows, noise, mechanisms)
+    jobs = [s for s in noise if s.primitive != plan.selection and s.primitive not in hist_vectors]
+    sampled = mechanisms.sample_all([(s, vectors[s.primitive]) for s in jobs])
+    noisy: dict[str, list[Any]] = {s.primitive: v for s, v in zip(jobs, sampled, strict=True)}
     specs = {a.sum: a for a in plan.aggregates if a.func in _SELECTED}
     for s in noise:
         if s.primitive in hist_vectors:
             agg = specs[s.primitive]
-            noisy[s.primitive] = [
-                mechanisms.pick_min(s, candidate_scores(agg, _histogram(h), s))
-                for h in hist_vectors[s.primitive]
-            ]
+            scores = [candidate_scores(agg, _histogram(h), s) for h in hist_vectors[s.primitive]]
+            noisy[s.primitive] = mechanisms.pick_min_all(s, scores)
     for p in plan.primitives:
         if p.denominator != 1:
             # Weighted bounding computed this primitive in units of 1/denominator.
             noisy[p.name] = [Decimal(v) / p.denominator for v in noisy[p.name]]
     kinds = {p.name: p.kind for p in plan.primitives}
+    columns = [_aggregate_column(spec, noisy, kinds[spec.sum] if spec.sum else None)
+               for spec in plan.aggregates]  # fmt: skip
+    # One record per group: its key values, then its aggregates (the env's order).
+    records = [k + a for k, a in zip(groups, zip(*columns, strict=True), strict=True)] if columns else groups
+    return Answer(
+        columns=[(o.name, o.type_name) for o in plan.outputs],
+        rows=_post_process(plan, records),
+        noise=noise,
+    )
 
-    out_rows: list[tuple[Any, ...]] = []
+
+def _gather(
+    plan: DPPlan,
+    exact_rows: Iterable[Sequence[Any]],
+    noise: list[NoiseSpec],
+    mechanisms: Mechanisms,
+) -> tuple[list[tuple[Any, ...]], dict[str, list[int]], dict[str, list[Any]]]:
+    """The released groups' key values, and each primitive's exact vector over them.
+
+    Integer primitives become int vectors; quantile primitives keep their raw histograms.
+    With private keys, partition selection (one OpenDP call) decides the groups first.
+    """
+    nkeys = len(plan.keys)
+    names = [p.name for p in plan.primitives]
+    quantile = {p.name for p in plan.primitives if p.kind == PrimitiveKind.QUANTILE}
+    if not plan.keys_from_rows:
+        sizes = [len(k.domain) for k in plan.keys]
+        n_groups = plan.group_count
+        vectors = {name: [0] * n_groups for name in names if name not in quantile}
+        hist_vectors: dict[str, list[Any]] = {name: [{}] * n_groups for name in quantile}
+        targets = [(nkeys + j, hist_vectors[name] if name in quantile else vectors[name],
+                    name not in quantile) for j, name in enumerate(names)]  # fmt: skip
+        for row in exact_rows:
+            idx = 0
+            for i in range(nkeys):
+                idx = idx * sizes[i] + int(row[i])
+            for col, target, is_int in targets:
+                target[idx] = int(row[col]) if is_int else row[col]
+        # Row-major over the key domains, matching the index computed above.
+        groups = list(itertools.product(*(k.domain for k in plan.keys)))
+        return groups, vectors, hist_vectors
+    rows = [tuple(r) for r in exact_rows]
+    if plan.selection is not None:
+        # Private keys: only groups whose noisy unit count passes the threshold are
+        # released; the other primitives are noised on those groups only.
+        sel = next(s for s in noise if s.primitive == plan.selection)
+        j_sel = nkeys + names.index(plan.selection)
+        order = sorted(mechanisms.select(sel, {g: int(r[j_sel]) for g, r in enumerate(rows)}))
+    else:
+        # Keys from public tables: the database returned every group of the public
+        # domains (empty ones with zeros), so every row is released.
+        order = list(range(len(rows)))
+    groups = [
+        tuple(k.domain[int(v)] if not k.domain_sql and not k.private else v
+              for k, v in zip(plan.keys, rows[g][:nkeys], strict=True))
+        for g in order
+    ]  # fmt: skip
+    vectors = {
+        name: [int(rows[g][nkeys + j]) for g in order]
+        for j, name in enumerate(names)
+        if name not in quantile
+    }
+    hist_vectors = {
+        name: [rows[g][nkeys + j] for g in order]
+        for j, name in enumerate(names)
+        if name in quantile
+    }
+    return groups, vectors, hist_vectors
+
+
+def _post_process(plan: DPPlan, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """HAVING, ORDER BY, OFFSET/LIMIT and the output expressions over the group records.
+
+    Outputs that are a bare key or aggregate are read straight from the record; anything
+    else is evaluated over the same placeholder environment as before, and only where
+    it was before (outputs only on the rows kept, ORDER BY terms only when compared).
+    """
+    names = [f"{KEY_PREFIX}{i}" for i in range(len(plan.keys))]
+    names += [f"{AGG_PREFIX}{a}" for a in range(len(plan.aggregates))]
+    position = {n: i for i, n in enumerate(names)}
+    direct = [_placeholder(o.expr, position) for o in plan.outputs]
+    end = None if plan.limit is None else plan.offset + plan.limit
+    if plan.having is None and not plan.order_by and None not in direct:
+        # The common shape: no per-group expression at all.
+        return [tuple([r[i] for i in direct]) for r in records[plan.offset : end]]  # type: ignore[index]
     envs: list[dict[str, Any]] = []
-    for g, key_values in enumerate(groups):
-        env: dict[str, Any] = {}
-        for i, v in enumerate(key_values):
-            env[f"{KEY_PREFIX}{i}"] = v
-        for a, spec in enumerate(plan.aggregates):
-            env[f"{AGG_PREFIX}{a}"] = _aggregate_value(spec, noisy, kinds, g)
+    for r in records:
+        env = dict(zip(names, r, strict=True))
         if plan.having is not None and evaluate(plan.having, env) is not True:
             continue
         envs.append(env)
     if plan.order_by:
-        envs.sort(key=cmp_to_key(lambda x, y: _order_cmp(plan, x, y)))
-    end = None if plan.limit is None else plan.offset + plan.limit
-    for env in envs[plan.offset : end]:
-        out_rows.append(tuple(evaluate(o.expr, env) for o in plan.outputs))
-    return Answer(columns=[(o.name, o.type_name) for o in plan.outputs], rows=out_rows, noise=noise)
+        envs = _sorted(plan, envs)
+    return [
+        tuple(env[names[d]] if d is not None else evaluate(o.expr, env)
+              for d, o in zip(direct, plan.outputs, strict=True))
+        for env in envs[plan.offset : end]
+    ]  # fmt: skip
 
 
+def _placeholder(expr: exp.Expression, position: dict[str, int]) -> int | None:
+    """The record position an output reads, if it is a bare placeholder (else None)."""
+    if isinstance(expr, exp.Column) and not expr.table and expr.name in position:
+        return position[expr.name]
+    return None
+
+
+def _sorted(plan: DPPlan, envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`envs` in ORDER BY order; each term is evaluated at most once per row, lazily."""
+    terms = [item.expr for item in plan.order_by]
+    memo: list[list[Any]] = [[_UNSET] * len(terms) for _ in envs]
+
+    def value(r: int, t: int) -> Any:
+        v = memo[r][t]
+        if v is _UNSET:
+            v = memo[r][t] = evaluate(terms[t], envs[r])
+        return v
+
+    def cmp(x: int, y: int) -> int:
+        for t, item in enumerate(plan.order_by):
+            a, b = value(x, t), value(y, t)
+            if a == b:
+                continue
+            if a is None or b is None:
+                # PostgreSQL: NULLS LAST by default for ASC, NULLS FIRST for DESC.
+                first = item.nulls_first
+                return (-1 if first else 1) if a is None else (1 if first else -1)
+            c = -1 if a < b else 1
+            return -c if item.descending else c
+        return 0
+
+    return [envs[r] for r in sorted(range(len(envs)), key=cmp_to_key(cmp))]
+
+
+_UNSET = object()
 _VARIANCE = (AggFunc.VAR_POP, AggFunc.VAR_SAMP, AggFunc.STDDEV_POP, AggFunc.STDDEV_SAMP)
 # Aggregates released by noisy max over the candidates of a QUANTILE histogram.
 _SELECTED = (AggFunc.QUANTILE, AggFunc.MIN, AggFunc.MAX)
+_INT_TYPES = ("int8", "int4", "int2")
+_EXACT_DECIMAL_INT = 10**27  # below the default Decimal precision (28 digits)
 
 
-def _aggregate_value(
-    spec: AggregateSpec, noisy: dict[str, list[int]], kinds: dict[str, PrimitiveKind], g: int
-) -> Any:
-    count = noisy[spec.count][g] if spec.count is not None else None
+def _aggregate_column(
+    spec: AggregateSpec, noisy: dict[str, list[Any]], sum_kind: PrimitiveKind | None
+) -> list[Any]:
+    """One aggregate's released value in every group, from the noisy primitives.
+
+    Post-processing only. Per-aggregate constants are derived once, and integer results
+    of integer steps stay in int arithmetic; every value equals what the Decimal formula
+    (`_typed(Decimal(steps) * step, ...)`) gives.
+    """
+    counts = noisy[spec.count] if spec.count is not None else None
     if spec.func == AggFunc.COUNT:
-        assert count is not None
-        # A count below zero is impossible; clamping and rounding are post-processing.
-        return _typed(Decimal(max(0, count)), "int8")
+        assert counts is not None
+        # A count below zero is impossible; clamping (and rounding a count of weighted
+        # rows to a whole number) are post-processing.
+        return [(c if type(c) is int else _typed(c, "int8")) if c > 0 else 0 for c in counts]
     assert spec.sum is not None
-    s = noisy[spec.sum][g]
+    sums = noisy[spec.sum]
+    step, rtype = spec.step, spec.result_type
     if spec.func in _SELECTED:
-        return _typed(Decimal(candidate_steps(spec, s)) * spec.step, spec.result_type)
+        return [_typed(Decimal(candidate_steps(spec, s)) * step, rtype) for s in sums]
     if spec.func in _VARIANCE:
-        return _variance(spec, count or 0, s, noisy[spec.sumsq][g] if spec.sumsq else 0)
-    if kinds[spec.sum] == PrimitiveKind.NORMALIZED_SUM:
-        assert count is not None
-        total_steps = s + spec.midpoint * max(0, count)
+        sq = noisy[spec.sumsq] if spec.sumsq else [0] * len(sums)
+        cs = counts if counts is not None else [0] * len(sums)
+        return [_variance(spec, c or 0, s, s2) for c, s, s2 in zip(cs, sums, sq, strict=True)]
+    if sum_kind == PrimitiveKind.NORMALIZED_SUM:
+        assert counts is not None
         if spec.func == AggFunc.AVG:
-            mean_steps = Decimal(s) / max(1, count) + spec.midpoint
-            mean_steps = min(max(mean_steps, Decimal(spec.lower)), Decimal(spec.upper))
-            return _typed(mean_steps * spec.step, spec.result_type, digits=6)
+            lo, hi, mid = Decimal(spec.lower), Decimal(spec.upper), spec.midpoint
+            return [_typed(min(max(Decimal(s) / max(1, c) + mid, lo), hi) * step, rtype, digits=6)
+                    for s, c in zip(sums, counts, strict=True)]  # fmt: skip
+        totals = [s + spec.midpoint * (c if c > 0 else 0) for s, c in zip(sums, counts, strict=True)]
     else:
-        total_steps = s
-    return _typed(Decimal(total_steps) * spec.step, spec.result_type)
+        totals = sums
+    if rtype in _INT_TYPES and step == step.to_integral_value() and all(
+        type(t) is int for t in totals
+    ):
+        # Decimal(t) * step is then an exact integer (within the Decimal context's 28
+        # digits): rounding it to an int gives t * step.
+        k = int(step)
+        if max(map(abs, totals), default=0) * abs(k) < _EXACT_DECIMAL_INT:
+            return [t * k for t in totals]
+    return [_typed(Decimal(t) * step, rtype) for t in totals]
 
 
 def _histogram(raw: Any) -> dict[int, int]:
@@ -228,20 +310,6 @@ def _typed(value: Decimal, type_name: str, digits: int = 0) -> Any:
     if digits:
         return value.quantize(Decimal(1).scaleb(-digits))
     return value
-
-
-def _order_cmp(plan: DPPlan, x: dict[str, Any], y: dict[str, Any]) -> int:
-    for item in plan.order_by:
-        a, b = evaluate(item.expr, x), evaluate(item.expr, y)
-        if a == b:
-            continue
-        if a is None or b is None:
-            # PostgreSQL: NULLS LAST by default for ASC, NULLS FIRST for DESC.
-            first = item.nulls_first
-            return (-1 if first else 1) if a is None else (1 if first else -1)
-        c = -1 if a < b else 1
-        return -c if item.descending else c
-    return 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from accounting.mechanisms import Mechanisms, discrete_laplace_quantile, total_epsilon
+from accounting.mechanisms import (
+    Mechanisms,
+    NoiseSpec,
+    discrete_laplace_quantile,
+    total_epsilon,
+)
 from accounting.release import release
 from rewriter.metadata import load_metadata
 from rewriter.parse import parse_one
+from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
 
 META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
@@ -61,6 +68,42 @@ def test_release_fills_every_public_key_and_post_processes(mech: Mechanisms) -> 
     assert [r[0] for r in ans.rows] == ["P", "O"]
     assert dict(ans.rows)["O"] == 42 and dict(ans.rows)["P"] == 0
     assert ans.columns == [("s", "text"), ("n", "int8")]
+
+
+class NoNoise(Mechanisms):
+    """A test double that releases the exact values (to check post-processing only)."""
+
+    def sample_all(self, jobs: Sequence[tuple[NoiseSpec, Sequence[int]]]) -> list[list[int]]:
+        return [[int(v) for v in values] for _, values in jobs]
+
+
+def _in_units(p: DPPlan, rows: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Exact rows as the database returns them: primitives in units of 1/denominator."""
+    k = len(p.keys)
+    dens = [x.denominator for x in p.primitives]
+    return [r[:k] + tuple(v * d for v, d in zip(r[k:], dens, strict=True)) for r in rows]
+
+
+def test_release_without_post_processing_reads_every_group_in_domain_order() -> None:
+    p = rewrite(parse_one("SELECT o_orderpriority, COUNT(*) FROM orders GROUP BY 1"), META)
+    mech = NoNoise()
+    ans = release(p, _in_units(p, [(3, 7), (0, 2)]), mech.plan_noise(p, Decimal(1)), mech)
+    assert ans.rows == [("1-URGENT", 2), ("2-HIGH", 0), ("3-MEDIUM", 0),
+                        ("4-NOT SPECIFIED", 7), ("5-LOW", 0)]  # fmt: skip
+
+
+def test_release_having_order_by_offset_limit_and_expressions() -> None:
+    p = rewrite(parse_one(
+        "SELECT o_orderpriority AS p, COUNT(*) AS n, SUM(o_totalprice) / COUNT(*) AS mean "
+        "FROM orders GROUP BY 1 HAVING COUNT(*) > 1 ORDER BY n DESC, p LIMIT 2 OFFSET 1"), META)  # fmt: skip
+    mid = p.aggregates[1].midpoint  # the sum is released normalized: steps - mid * count
+    mech = NoNoise()
+    rows = [(0, 4, 40_000 - mid * 4), (1, 10, 25_000 - mid * 10),
+            (2, 1, 500 - mid), (3, 10, 3_000 - mid * 10)]  # fmt: skip
+    ans = release(p, _in_units(p, rows), mech.plan_noise(p, Decimal(1)), mech)
+    # HAVING drops 3-MEDIUM (1) and 5-LOW (0); ties on n break by p; OFFSET skips 2-HIGH.
+    assert [r[:2] for r in ans.rows] == [("4-NOT SPECIFIED", 10), ("1-URGENT", 4)]
+    assert [r[2] for r in ans.rows] == [Decimal("3"), Decimal("100")]
 
 
 def test_sampler_clamps_out_of_range_values(mech: Mechanisms) -> None:
