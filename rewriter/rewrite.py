@@ -552,7 +552,7 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
         sq_sql = f"round(((b.{col} - {spec.midpoint})::numeric / {scale}) ^ 2)"
         # Unscaled squares are exact (numeric products); the sum is divided by
         # (scale * step)^2 once per group.
-        dev = f"(b.r{col[1:]} - {_dec(spec.midpoint * step)})"
+        dev = f"(b.r{col[1:]}::numeric - {_dec(spec.midpoint * step)})"
         sq = _prim(b, PrimitiveKind.SUM_SQUARES, col, filt, b.rows * sq_max,
                    f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})",
                    RowTerm(f"{dev} * {dev}", filt, None, sq_max, (scale * step) ** 2))  # fmt: skip
@@ -769,9 +769,12 @@ def _raw_clamp_sql(value: str, lo: int, hi: int, step: Decimal, t: Typed) -> str
     clamped to its declared bounds (`t.value`), which [lo, hi] steps contain.
     """
     if t.value is not None:
-        return f"({value})::numeric" if t.kind == "float" else value
+        # bigint: differences from the midpoint of any int column fit (|bounds| < 2^40).
+        return f"({value})::numeric" if t.kind == "float" else (
+            f"({value})::bigint" if t.kind == "int" else value)  # fmt: skip
     if t.kind == "int" and step == 1:
-        inner = f"LEAST(GREATEST({value}, {lo}), {hi})"
+        # Clamp, then cast: the expression itself may exceed bigint (it is numeric then).
+        inner = f"(LEAST(GREATEST({value}, {lo}), {hi}))::bigint"
     else:
         inner = f"LEAST(GREATEST(({value})::numeric, {_dec(lo * step)}), {_dec(hi * step)})"
     return f"(CASE WHEN ({value}) IS NULL THEN NULL ELSE {inner} END)"

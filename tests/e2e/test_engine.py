@@ -196,7 +196,9 @@ def test_weighted_bounding_matches_its_definition(proxy: ProxyProcess, env: Env)
          "WHERE o_orderstatus = 'F'"),
     ]  # fmt: skip
     with connect(proxy, "alice") as conn:
-        conn.execute("SET dp.epsilon = 1000")  # noise ~1e-6 of the sums, ~0.02 of a count
+        # At epsilon 9000 the noise of a sum is a few thousand: 2e-3 of it is over 20
+        # noise scales (false alarm far below 1e-6).
+        conn.execute("SET dp.epsilon = 9000")
         for key, where, q in cases:
             got = conn.execute(q).fetchall()
             want = truth(env.tpch_dsn, WEIGHTED_TRUTH.format(key=key, where=where))
@@ -204,5 +206,5 @@ def test_weighted_bounding_matches_its_definition(proxy: ProxyProcess, env: Env)
             for g, w in zip(got, want, strict=True):
                 assert g[0] == w[0]
                 assert abs(g[1] - w[1]) <= 1  # the noisy count is rounded
-                assert abs(Decimal(g[2]) - w[2]) <= Decimal("1e-4") * w[2]
-                assert abs(Decimal(g[3]) - w[2] / w[1]) <= Decimal("1e-4") * (w[2] / w[1])
+                assert abs(Decimal(g[2]) - w[2]) <= Decimal("2e-3") * w[2]
+                assert abs(Decimal(g[3]) - w[2] / w[1]) <= Decimal("2e-3") * (w[2] / w[1])
