@@ -513,7 +513,7 @@ class Connection:
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         # A prepared DP statement's plan is cached under its text and parameter values,
         # so repeated executions skip binding and SQL regeneration.
-        key = st.text if not params else f"{st.text}\x00{params!r}"
+        key = _plan_key(st.text, params)
         if params and not (routed.route == Route.DP and self.ctx.engine.has_plan(key)):
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
@@ -691,9 +691,13 @@ class Connection:
             return None  # DECLARE, CLOSE, DEALLOCATE and COPY return no rows
         routed = command
         if routed.route == Route.DP and routed.tree is not None:
+            # The same plan key as execution: a Describe before each Execute (psycopg,
+            # pgjdbc) then neither binds parameters nor regenerates SQL again.
             n = count_parameters(routed.tree)
-            tree = bind_parameters(routed.tree, params if params else [None] * n)
-            plan = self.ctx.engine.plan(tree.sql(dialect="postgres"), tree)
+            bound = params if params else [None] * n
+            key = _plan_key(routed.statement.text, bound)
+            tree = routed.tree if self.ctx.engine.has_plan(key) or not n else bind_parameters(routed.tree, bound)
+            plan = self.ctx.engine.plan(key, tree)
             return [(o.name, o.type_name) for o in plan.outputs]
         if routed.route == Route.SESSION and routed.statement.keyword == "SHOW":
             name = routed.statement.text.split()[-1].strip(";").lower()
@@ -776,6 +780,11 @@ class Connection:
             return
         tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
         self._send(codec.command_complete(tag))
+
+
+def _plan_key(text: str, params: list[Any] | None) -> str:
+    """The DP plan cache key of a statement's text with its parameter values."""
+    return text if not params else f"{text}\x00{params!r}"
 
 
 def _is_catalog(command: Command | None) -> bool:

@@ -159,28 +159,19 @@ class DPEngine:
         lap("parse_rewrite")  # issue #8
         delta = self.default_delta if delta is None else delta
         cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
-        noise: list[NoiseSpec] | None = None
         if cache_key is not None:
             assert self.cache is not None
-            lookup = asyncio.ensure_future(self.cache.get(cache_key))
-            try:
-                await asyncio.sleep(0)  # let the lookup send its query before calibrating
-                # Calibrating is CPU work: do it while the lookup is on the wire (a hit
-                # wastes it; the measurements it built stay cached for the next query).
-                noise = self._noise(plan, epsilon, delta)
-            except BaseException:
-                _discard(lookup)
-                raise
-            hit = await lookup
+            hit = await self.cache.get(cache_key)
             lap("cache_lookup")  # issue #8
             note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
             if hit is not None:
                 return await self._cached_result(hit, plan, analyst)
-        if noise is None:
-            noise = self._noise(plan, epsilon, delta)
-        cost = price(noise)
+        # The bounded SQL starts now: calibrating and charging overlap its run.
         backend = asyncio.ensure_future(self.data.fetch(plan.sql))
         try:
+            await asyncio.sleep(0)  # let it send the query before the CPU work below
+            noise = self._noise(plan, epsilon, delta)
+            cost = price(noise)
             charge = await self._charge(analyst.name, plan, cost, noise)
             try:
                 rows = await backend
