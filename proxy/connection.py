@@ -94,6 +94,7 @@ class Connection:
         self.failed = False  # extended protocol: after an error, discard messages until Sync
         self.tls = False
         self.reported: dict[str, str] = {}  # ParameterStatus values the client last saw
+        self._reported_list: list[tuple[str, str]] = []  # the same, as Session.reported() lists them
         self.pid = 0
         self.secret = b""
         self.running: asyncio.Task[Any] | None = None
@@ -107,7 +108,11 @@ class Connection:
             timeout, state, text = self._idle_limit()
             self.idle = True  # issue #8: a graceful shutdown may end a session waiting here
             try:
-                data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
+                # (wait_for costs a coroutine and a timer per message: only with a limit)
+                if timeout is None:
+                    data = await self.reader.read(1 << 16)
+                else:
+                    data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
             except TimeoutError:
                 await self._fatal(state, text)
             finally:
@@ -246,7 +251,8 @@ class Connection:
         self._send(codec.auth_ok())
         for name, value in self.session.reported():
             self._send(codec.parameter_status(name, value))
-        self.reported = dict(self.session.reported())
+        self._reported_list = self.session.reported()
+        self.reported = dict(self._reported_list)
         self._send(codec.backend_key_data(self.pid, self.secret))
         self._send(codec.ready_for_query("I"))
         await self._flush()
@@ -351,11 +357,14 @@ class Connection:
     async def _ready(self) -> None:
         """ParameterStatus for every reported setting that changed, then ReadyForQuery."""
         assert self.session is not None
-        now = dict(self.session.reported())
-        for name, value in now.items():
-            if self.reported.get(name) != value:
-                self._send(codec.parameter_status(name, value))
-        self.reported = now
+        listed = self.session.reported()
+        if listed != self._reported_list:  # (one list comparison when nothing changed)
+            now = dict(listed)
+            for name, value in now.items():
+                if self.reported.get(name) != value:
+                    self._send(codec.parameter_status(name, value))
+            self.reported = now
+            self._reported_list = listed
         self._send(codec.ready_for_query(self.session.tx_status))
         await self._flush()
 
@@ -400,9 +409,7 @@ class Connection:
 
     def _send_result(self, result: Result | CatalogResult, formats: tuple[int, ...]) -> None:
         if isinstance(result, CatalogResult):  # the mirror's fields and raw rows
-            if result.fields is not None:
-                self._send(result.row_description(formats) + result.data_rows(formats))
-            self._send(codec.command_complete(result.tag))
+            self._send(result.reply(formats))
             return
         for sqlstate, text in result.warnings:
             self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
@@ -534,6 +541,10 @@ class Connection:
 
     async def _on_mirror(self, sql: str, portal: Portal | None) -> CatalogResult:
         """Run a statement on the catalog mirror with the client's raw parameters."""
+        if portal is None or not portal.raw_params:
+            known = self.ctx.catalog.remembered(sql)
+            if known is not None and (portal is None or not any(portal.formats)):
+                return known
         if portal is None:
             return await self._cancellable(self.ctx.catalog.execute(sql))
         return await self._cancellable(self.ctx.catalog.execute(
