@@ -261,7 +261,7 @@ class DPEngine:
         )  # fmt: skip
 
     async def _cached_result(self, hit: CachedAnswer, plan: DPPlan, analyst: AnalystConfig) -> Result:
-        rows = await budget_rows(self.ledger.pool, analyst.name, plan.dataset)
+        rows = await budget_rows(self.ledger.pool, analyst.name, plan.dataset, count_queries=False)
         tail = ""
         if rows:
             r = rows[0]
