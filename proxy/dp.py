@@ -44,6 +44,7 @@ from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
 
 PLAN_CACHE_SIZE = 1024
+STORED_KEYS = 4096
 
 
 def fmt_decimal(d: Decimal, places: int = 6) -> str:
@@ -76,6 +77,9 @@ class DPEngine:
         self.data_version = data_version
         self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
+        # Cache keys this process has seen stored: their next lookup is probably a hit,
+        # so the bounded SQL waits for it instead of starting alongside (issue #7).
+        self._stored: OrderedDict[str, None] = OrderedDict()
 
     def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
         """Calibrate the plan's noise; delta is spent only by plans that need it."""
@@ -159,16 +163,20 @@ class DPEngine:
         lap("parse_rewrite")  # issue #8
         delta = self.default_delta if delta is None else delta
         cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
-        if cache_key is not None:
-            assert self.cache is not None
-            hit = await self.cache.get(cache_key)
-            lap("cache_lookup")  # issue #8
-            note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
-            if hit is not None:
-                return await self._cached_result(hit, plan, analyst)
-        # The bounded SQL starts now: calibrating and charging overlap its run.
-        backend = asyncio.ensure_future(self.data.fetch(plan.sql))
+        # The bounded SQL starts at once, alongside the cache lookup, unless this process
+        # knows the answer is stored (then a hit is likely, and the run would be wasted).
+        backend = None if cache_key in self._stored else self._run(plan)
         try:
+            if cache_key is not None:
+                assert self.cache is not None
+                hit = await self.cache.get(cache_key)
+                lap("cache_lookup")  # issue #8
+                note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
+                if hit is not None:
+                    self._remember(cache_key)
+                    return await self._cached_result(hit, plan, analyst)
+            if backend is None:
+                backend = self._run(plan)
             await asyncio.sleep(0)  # let it send the query before the CPU work below
             noise = self._noise(plan, epsilon, delta)
             cost = price(noise)
@@ -184,7 +192,8 @@ class DPEngine:
                     "could reveal private data); its privacy cost has been charged",
                 ) from e
         finally:
-            _discard(backend)
+            if backend is not None:
+                _discard(backend)
         answer = release(plan, rows, noise, self.mechanisms)
         lap("noise")  # issue #8
         bounds = _bounds(noise, plan)
@@ -198,6 +207,7 @@ class DPEngine:
                 plan.fingerprint, CachedAnswer(columns, out_rows, bounds),
             )  # fmt: skip
             columns, out_rows = stored.columns, stored.rows
+            self._remember(cache_key)
         cost_text = _cost_text(charge.epsilon, cost, self.ledger.accountant.kind)
         notice = (
             f'dpproxy: {cost_text} spent on dataset "{plan.dataset}", '
@@ -208,6 +218,17 @@ class DPEngine:
         return Result(
             tag=f"SELECT {len(out_rows)}", columns=columns, rows=out_rows, notices=[notice]
         )
+
+    def _run(self, plan: DPPlan) -> asyncio.Future[Any]:
+        """Start the bounded SQL; its rows are read only after the charge has committed."""
+        return asyncio.ensure_future(self.data.fetch(plan.sql))
+
+    def _remember(self, key: str) -> None:
+        """Note that the shared cache holds an answer for `key` (a hint, never an answer)."""
+        self._stored[key] = None
+        self._stored.move_to_end(key)
+        if len(self._stored) > STORED_KEYS:
+            self._stored.popitem(last=False)
 
     async def _charge(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec]) -> Charge:
         """Commit the query's cost in the ledger, or refuse it with 53Z01 (nothing charged)."""

@@ -157,3 +157,26 @@ def test_select_1_from_memory_is_the_mirrors_answer(overlap_proxy: tuple[ProxyPr
             conn.execute("SELECT 1")  # an aborted transaction refuses it, remembered or not
         conn.execute("ROLLBACK")
         assert conn.execute("SELECT 1").fetchall() == [(1,)]
+
+
+def test_hit_from_another_replica_cancels_the_speculative_run(
+    overlap_proxy: tuple[ProxyProcess, Path], env: Env
+) -> None:
+    proxy, cfg = overlap_proxy
+    q = "SELECT COUNT(*) FROM orders WHERE o_totalprice > 26"
+    with _connect(proxy, "mallory") as conn:
+        first = conn.execute(q).fetchall()
+    replica = ProxyProcess(cfg).start()  # the same ledger: the answer is stored there
+    try:
+        with psycopg.connect(env.tpch_dsn) as lock, _connect(replica, "mallory") as conn:
+            lock.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            try:
+                # This replica never saw the answer, so the bounded SQL starts alongside
+                # the lookup; the hit is answered without waiting for it, and it stops.
+                assert conn.execute(q).fetchall() == first
+                assert _until(lambda: _waiters(env.tpch_dsn) == 0)
+            finally:
+                lock.rollback()
+    finally:
+        replica.stop()
+    assert _charges(cfg, "mallory") == 1
