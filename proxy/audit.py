@@ -79,9 +79,10 @@ def statement_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditEntry:
-    """One statement as the audit log records it."""
+    """One statement as the audit log records it (not frozen: one is built per statement,
+    and a frozen dataclass sets each of its 15 fields through object.__setattr__)."""
 
     at: datetime
     instance: str
