@@ -485,7 +485,11 @@ class Catalog:
         self, sql: str, param_oids: Sequence[int] = ()
     ) -> tuple[list[int], list[CatalogField] | None]:
         """Parameter type OIDs and result fields of a catalog statement, without running it."""
-        checked = self.check(sql)
+        checked, constant = self._check(sql)
+        if constant and not param_oids:
+            # A constant statement takes no parameters, and running it has no effect: its
+            # remembered answer describes it (pool pings Describe `SELECT 1` every time).
+            return [], (await self.execute(sql)).fields
         results = await self._run([
             ("send_prepare", (b"", checked.encode(), list(param_oids) or None)),
             ("send_describe_prepared", (b"",)),

@@ -180,3 +180,12 @@ def test_hit_from_another_replica_cancels_the_speculative_run(
     finally:
         replica.stop()
     assert _charges(cfg, "mallory") == 1
+
+
+def test_select_1_extended_protocol_describes_from_memory(overlap_proxy: tuple[ProxyProcess, Path]) -> None:
+    proxy, _ = overlap_proxy
+    with _connect(proxy, "carol") as conn:
+        for prepare in (False, True, True):  # Parse/Describe/Execute, then a prepared statement
+            cur = conn.execute("SELECT 1 AS ping", prepare=prepare)
+            assert cur.fetchall() == [(1,)]
+            assert [(d.name, d.type_code) for d in cur.description] == [("ping", 23)]
