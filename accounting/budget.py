@@ -163,16 +163,19 @@ class BudgetRow:
 
 async def budget_rows(
     conn: asyncpg.Connection | asyncpg.Pool, analyst: str | None = None,
-    dataset: str | None = None,
+    dataset: str | None = None, count_queries: bool = True,
 ) -> list[BudgetRow]:  # fmt: skip
     """Budgets and spend, per (analyst, dataset), under each dataset's own accountant.
 
     A renewal period that has ended shows as a fresh budget (the next charge resets it).
+    Without `count_queries`, `queries` is 0: counting reads every charge of the analyst,
+    which a cache hit's NOTICE (remaining budget only) need not pay for.
     """
+    queries = ("(SELECT count(*) FROM dpproxy.charges c WHERE c.analyst = b.analyst "
+               " AND c.dataset = b.dataset)" if count_queries else "0")  # fmt: skip
     rows = await conn.fetch(
         "SELECT b.*, a.enabled, d.accountant, d.accounting_delta, now() AS now, "
-        "(SELECT count(*) FROM dpproxy.charges c WHERE c.analyst = b.analyst "
-        " AND c.dataset = b.dataset) AS queries "
+        f"{queries} AS queries "
         "FROM dpproxy.budget_spent b JOIN dpproxy.analysts a ON a.name = b.analyst "
         "JOIN dpproxy.datasets d ON d.dataset = b.dataset "
         "WHERE ($1::text IS NULL OR b.analyst = $1) AND ($2::text IS NULL OR b.dataset = $2) "

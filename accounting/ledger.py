@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
+from accounting.pool import create_pool
 
 log = logging.getLogger("dpproxy.ledger")
 
@@ -234,8 +235,7 @@ class Ledger:
         group: GroupCommit | None = None,
     ) -> Ledger:  # fmt: skip
         """Open a pool to the ledger database and create its schema if missing."""
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size)
-        assert pool is not None
+        pool = await create_pool(dsn, min_size=1, max_size=size)
         ledger = cls(pool, accountant, group)
         await ledger.ensure_schema()
         return ledger

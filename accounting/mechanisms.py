@@ -79,6 +79,30 @@ class Mechanisms:
         self._workers = max(1, workers if workers is not None else len(os.sched_getaffinity(0)))
         self._pool: ThreadPoolExecutor | None = None  # started on the first large release
         self._pool_lock = threading.Lock()
+        # Calibrations by (sampler, sensitivity, share): each is a pure function of
+        # those (it reads the privacy maps of deterministic measurements), and a map
+        # call costs ~0.2 ms, paid by every query at a repeated epsilon otherwise.
+        self._fits: dict[tuple[Any, ...], tuple[float, Decimal]] = {}
+        # Domains and metrics are immutable descriptors; building them through the FFI
+        # costs more than building the measurement on them, so they are made once.
+        self._i64_vectors = dp.vector_domain(dp.atom_domain(T="i64"))
+        self._l1 = dp.l1_distance(T="i64")
+        self._l2 = dp.l2_distance(T="i64")
+        self._i64_maps = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
+        self._l01inf = dp.l01inf_distance(dp.absolute_distance(T="i64"))
+        self._thresholds: dict[tuple[Any, ...], NoiseSpec] = {}
+
+    def _fit(self, kind: str, make: Callable[[float], Any], sensitivity: int, share: Decimal,
+             scale: float) -> tuple[float, Decimal]:  # fmt: skip
+        """`_fit_scale`, remembered per (kind, sensitivity, share); the cache is bounded."""
+        key = (kind, sensitivity, share)
+        fit = self._fits.get(key)
+        if fit is None:
+            fit = _fit_scale(make, sensitivity, share, scale)
+            if len(self._fits) > 4096:
+                self._fits.clear()
+            self._fits[key] = fit
+        return fit
 
     def _measurement(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """A cached measurement (building one costs ~0.3 ms); the cache is bounded."""
@@ -93,13 +117,13 @@ class Mechanisms:
     def laplace(self, scale: float) -> Any:
         """A discrete Laplace measurement on i64 vectors under the L1 distance."""
         return self._measurement(("laplace", scale), lambda: dp.m.make_laplace(
-            dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64"), scale=scale))  # fmt: skip
+            self._i64_vectors, self._l1, scale=scale))  # fmt: skip
 
     def threshold(self, scale: float, threshold: int) -> Any:
         """A discrete-Laplace threshold measurement on {group index: unit count} maps."""
         return self._measurement(("threshold", scale, threshold), lambda: dp.m.make_laplace_threshold(
-            dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64")),
-            dp.l01inf_distance(dp.absolute_distance(T="i64")),
+            self._i64_maps,
+            self._l01inf,
             scale=scale,
             threshold=threshold,
         ))  # fmt: skip
@@ -133,7 +157,7 @@ class Mechanisms:
     def noisy_max(self, scale: float) -> Any:
         """Report-noisy-min over i64 score vectors (exponential mechanism, OpenDP)."""
         return self._measurement(("max", scale), lambda: dp.m.make_noisy_max(
-            dp.vector_domain(dp.atom_domain(T="i64")),
+            self._i64_vectors,
             # One unit raises some scores and lowers others: not monotonic.
             dp.linf_distance(T="i64", monotonic=False),
             dp.max_divergence(),
@@ -144,8 +168,8 @@ class Mechanisms:
     def _calibrate_noisy_max(
         self, name: str, label: str, sensitivity: int, share: Decimal
     ) -> NoiseSpec:
-        scale, cost = _fit_scale(
-            self.noisy_max, sensitivity, share, float(2 * Decimal(sensitivity) / share)
+        scale, cost = self._fit(
+            "max", self.noisy_max, sensitivity, share, float(2 * Decimal(sensitivity) / share)
         )
         return NoiseSpec(primitive=name, label=label, sensitivity=sensitivity, scale=scale,
                          epsilon=cost, error95=0,
@@ -169,6 +193,19 @@ class Mechanisms:
         return self._map(lambda a: int(meas(a)), arrays, sum(len(a) for a in arrays))
 
     def _calibrate_threshold(
+        self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
+    ) -> NoiseSpec:
+        # The threshold search reads dozens of privacy maps: remember its outcome.
+        key = (name, label, l1, l0, share, delta)
+        spec = self._thresholds.get(key)
+        if spec is None:
+            spec = self._search_threshold(name, label, l1, l0, share, delta)
+            if len(self._thresholds) > 4096:
+                self._thresholds.clear()
+            self._thresholds[key] = spec
+        return spec
+
+    def _search_threshold(
         self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
     ) -> NoiseSpec:
         scale = float(Decimal(l1) / share)
@@ -217,7 +254,8 @@ class Mechanisms:
         return kept
 
     def _calibrate(self, name: str, label: str, sensitivity: int, share: Decimal) -> NoiseSpec:
-        scale, cost = _fit_scale(self.laplace, sensitivity, share, float(Decimal(sensitivity) / share))
+        scale, cost = self._fit("laplace", self.laplace, sensitivity, share,
+                                float(Decimal(sensitivity) / share))  # fmt: skip
         return NoiseSpec(
             primitive=name,
             label=label,
@@ -285,7 +323,7 @@ class Mechanisms:
     def gaussian(self, scale: float) -> Any:
         """A discrete Gaussian measurement on i64 vectors under the L2 distance (zCDP)."""
         return self._measurement(("gaussian", scale), lambda: dp.m.make_gaussian(
-            dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64"), scale=scale))  # fmt: skip
+            self._i64_vectors, self._l2, scale=scale))  # fmt: skip
 
     def plan_noise_gaussian(self, plan: DPPlan, rho: Decimal) -> list[NoiseSpec]:
         """Split `rho` over the plan's primitives and calibrate discrete Gaussian noise.
@@ -325,9 +363,10 @@ class Mechanisms:
 
     def _calibrate_gaussian(self, label: str, name: str, sensitivity: int, share: Decimal) -> NoiseSpec:
         # rho = d_in^2 / (2 scale^2)  =>  scale = d_in / sqrt(2 rho)
-        scale, cost = _fit_scale(
-            self.gaussian, sensitivity, share, float(Decimal(sensitivity) / (2 * share).sqrt())
-        )
+        scale, cost = self._fit(
+            "gaussian", self.gaussian, sensitivity, share,
+            float(Decimal(sensitivity) / (2 * share).sqrt()),
+        )  # fmt: skip
         return NoiseSpec(
             primitive=name,
             label=label,

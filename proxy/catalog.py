@@ -27,7 +27,7 @@ from sqlglot.tokens import TokenType
 from proxy.errors import QUERY_FAILED, QUERY_NOT_ALLOWED, ProxyError
 from proxy.mirror import STUB_FUNCTIONS, STUB_SCHEMA, STUB_VIEWS, refresh_mirror
 from proxy.wire import oids
-from proxy.wire.codec import FieldDescription, data_row, row_description
+from proxy.wire.codec import FieldDescription, command_complete, data_row, row_description
 from proxy.wire.types import decode_param, encode_binary
 from rewriter.metadata import Metadata
 
@@ -146,6 +146,50 @@ def mentions_any(sql: str, names: Iterable[str]) -> bool:
     return any(t.token_type not in _STRING_TOKENS and t.text.lower() in wanted for t in tokens)
 
 
+_LITERALS = frozenset({TokenType.NUMBER, TokenType.STRING, TokenType.TRUE, TokenType.FALSE,
+                       TokenType.NULL})  # fmt: skip
+_ALIASES = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+
+
+def is_constant_select(sql: str) -> bool:
+    """Whether `sql` is a SELECT of plain literals only (`SELECT 1`, `SELECT 'a' AS x, -2`).
+
+    Such a statement reads nothing and calls nothing: the mirror's answer depends only on
+    its text and the mirror connections' fixed settings (see `_MIRROR_OPTIONS`), so it is
+    the same every time and may be remembered. Anything else (functions, casts, operators
+    other than a leading minus, escape strings, FROM...) is not constant by this test.
+    """
+    try:
+        tokens = Postgres().tokenize(sql)
+    except Exception:  # noqa: BLE001 - not tokenizable: certainly not a plain literal list
+        return False
+    if tokens and tokens[-1].token_type == TokenType.SEMICOLON:
+        tokens = tokens[:-1]
+    if len(tokens) < 2 or tokens[0].token_type != TokenType.SELECT:
+        return False
+    i, n = 1, len(tokens)
+    while True:  # item := [-] literal [[AS] alias], items separated by commas
+        if i < n and tokens[i].token_type == TokenType.DASH:
+            i += 1
+            if i >= n or tokens[i].token_type != TokenType.NUMBER:
+                return False
+        if i >= n or tokens[i].token_type not in _LITERALS:
+            return False
+        i += 1
+        if i < n and tokens[i].token_type == TokenType.ALIAS:
+            i += 1
+            if i >= n or tokens[i].token_type not in _ALIASES:
+                return False
+            i += 1
+        elif i < n and tokens[i].token_type in _ALIASES:
+            i += 1
+        if i == n:
+            return True
+        if tokens[i].token_type != TokenType.COMMA:
+            return False
+        i += 1
+
+
 # --- results --------------------------------------------------------------------------------
 
 
@@ -199,14 +243,39 @@ class CatalogResult:
     row_format: int = 0
     notices: list[str] = field(default_factory=list)
     reported: list[tuple[str, str]] = field(default_factory=list)
+    # Encoded messages of a remembered constant answer, by (kind, formats): it is sent
+    # again and again unchanged (None: this result is not remembered, encode each time).
+    encoded: dict[tuple[str, tuple[int, ...]], bytes] | None = field(default=None, repr=False)
 
     def row_description(self, formats: Sequence[int] = ()) -> bytes:
         """RowDescription for this result in the formats a Bind requested."""
         assert self.fields is not None
-        return describe_fields(self.fields, formats)
+        return self._memo("T", formats, lambda: describe_fields(self.fields or [], formats))
 
     def data_rows(self, formats: Sequence[int] = (), start: int = 0, stop: int | None = None) -> bytes:
         """DataRow messages for rows[start:stop], each value in the format announced."""
+        if start == 0 and (stop is None or stop >= len(self.rows)):
+            return self._memo("D", formats, lambda: self._data_rows(formats, 0, None))
+        return self._data_rows(formats, start, stop)
+
+    def reply(self, formats: Sequence[int] = ()) -> bytes:
+        """The whole answer: RowDescription and DataRows (if it has rows), CommandComplete."""
+        def encode() -> bytes:
+            head = b"" if self.fields is None else self.row_description(formats) + self.data_rows(formats)
+            return head + command_complete(self.tag)
+
+        return self._memo("reply", formats, encode)
+
+    def _memo(self, kind: str, formats: Sequence[int], encode: Any) -> bytes:
+        if self.encoded is None:
+            return bytes(encode())
+        key = (kind, tuple(formats))
+        out = self.encoded.get(key)
+        if out is None:
+            out = self.encoded[key] = bytes(encode())
+        return out
+
+    def _data_rows(self, formats: Sequence[int], start: int, stop: int | None) -> bytes:
         assert self.fields is not None
         fmts = output_formats(self.fields, formats)
         out = []
@@ -293,7 +362,9 @@ class Catalog:
     def __init__(self, pool: _Pool | None, tables: list[str] | None = None) -> None:
         self.pool = pool
         self.tables = tables or []
-        self._prepared: OrderedDict[str, str] = OrderedDict()  # client SQL -> checked SQL
+        self._prepared: OrderedDict[str, tuple[str, bool]] = OrderedDict()  # -> (checked SQL, constant)
+        # Text answers of constant statements (`is_constant_select`), by (SQL, binary).
+        self._constants: OrderedDict[tuple[str, bool], CatalogResult] = OrderedDict()
 
     @classmethod
     async def open(
@@ -324,13 +395,18 @@ class Catalog:
 
     def check(self, sql: str) -> str:
         """The SQL to send for a client's catalog statement (refusals raise ProxyError)."""
-        checked = self._prepared.get(sql)
-        if checked is None:
+        return self._check(sql)[0]
+
+    def _check(self, sql: str) -> tuple[str, bool]:
+        """(SQL to send, whether its answer is constant), remembered per client text."""
+        entry = self._prepared.get(sql)
+        if entry is None:
             checked = prepare_catalog_sql(sql)
-            self._prepared[sql] = checked
+            entry = (checked, is_constant_select(checked))
+            self._prepared[sql] = entry
             if len(self._prepared) > 512:
                 self._prepared.popitem(last=False)
-        return checked
+        return entry
 
     async def _run(self, send: list[tuple[str, tuple[object, ...]]]) -> list[pq.abc.PGresult]:
         """Send libpq requests in order on one pooled connection; the last one's results."""
@@ -350,6 +426,17 @@ class Catalog:
         finally:
             pool.release(conn, ok)
 
+    def remembered(self, sql: str) -> CatalogResult | None:
+        """The remembered answer of a constant statement without parameters, if any.
+
+        Lets the connection answer `SELECT 1` without starting a task; refusals and
+        unknown statements return None (`execute` then checks and runs them).
+        """
+        entry = self._prepared.get(sql)
+        if entry is None or not entry[1]:
+            return None
+        return self._constants.get((entry[0], False))
+
     async def execute(
         self, sql: str, params: Sequence[bytes | None] = (), param_oids: Sequence[int] = (),
         param_formats: Sequence[int] = (), result_formats: Sequence[int] = (),
@@ -359,11 +446,28 @@ class Catalog:
         Rows come back as the mirror's text output, or in binary straight from the mirror
         when every column is requested in binary (`result_formats`, optional).
         """
-        checked = self.check(sql)
+        checked, constant = self._check(sql)
         n = len(params)
         fmts = list(param_formats) if len(param_formats) != 1 else [param_formats[0]] * n
         types = [param_oids[i] if i < len(param_oids) else 0 for i in range(n)]
         want_binary = bool(result_formats) and all(f == 1 for f in result_formats)
+        if constant and not n and not want_binary:
+            # `SELECT 1` (pgbench, pool pings): the mirror's first answer, remembered.
+            known = self._constants.get((checked, False))
+            if known is not None:
+                return known
+            result = await self._execute(checked, [], [], [], result_formats, False)
+            result.encoded = {}
+            self._constants[(checked, False)] = result
+            if len(self._constants) > 256:
+                self._constants.popitem(last=False)
+            return result
+        return await self._execute(checked, params, types, fmts, result_formats, want_binary)
+
+    async def _execute(
+        self, checked: str, params: Sequence[bytes | None], types: list[int], fmts: list[int],
+        result_formats: Sequence[int], want_binary: bool,
+    ) -> CatalogResult:  # fmt: skip
         results = await self._run([("send_query_params", (
             checked.encode(), list(params), types or None, fmts or None, 1 if want_binary else 0))])  # fmt: skip
         res = results[-1]
@@ -381,7 +485,11 @@ class Catalog:
         self, sql: str, param_oids: Sequence[int] = ()
     ) -> tuple[list[int], list[CatalogField] | None]:
         """Parameter type OIDs and result fields of a catalog statement, without running it."""
-        checked = self.check(sql)
+        checked, constant = self._check(sql)
+        if constant and not param_oids:
+            # A constant statement takes no parameters, and running it has no effect: its
+            # remembered answer describes it (pool pings Describe `SELECT 1` every time).
+            return [], (await self.execute(sql)).fields
         results = await self._run([
             ("send_prepare", (b"", checked.encode(), list(param_oids) or None)),
             ("send_describe_prepared", (b"",)),

@@ -94,6 +94,7 @@ class Connection:
         self.failed = False  # extended protocol: after an error, discard messages until Sync
         self.tls = False
         self.reported: dict[str, str] = {}  # ParameterStatus values the client last saw
+        self._reported_list: list[tuple[str, str]] = []  # the same, as Session.reported() lists them
         self.pid = 0
         self.secret = b""
         self.running: asyncio.Task[Any] | None = None
@@ -107,7 +108,11 @@ class Connection:
             timeout, state, text = self._idle_limit()
             self.idle = True  # issue #8: a graceful shutdown may end a session waiting here
             try:
-                data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
+                # (wait_for costs a coroutine and a timer per message: only with a limit)
+                if timeout is None:
+                    data = await self.reader.read(1 << 16)
+                else:
+                    data = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
             except TimeoutError:
                 await self._fatal(state, text)
             finally:
@@ -246,7 +251,8 @@ class Connection:
         self._send(codec.auth_ok())
         for name, value in self.session.reported():
             self._send(codec.parameter_status(name, value))
-        self.reported = dict(self.session.reported())
+        self._reported_list = self.session.reported()
+        self.reported = dict(self._reported_list)
         self._send(codec.backend_key_data(self.pid, self.secret))
         self._send(codec.ready_for_query("I"))
         await self._flush()
@@ -351,11 +357,14 @@ class Connection:
     async def _ready(self) -> None:
         """ParameterStatus for every reported setting that changed, then ReadyForQuery."""
         assert self.session is not None
-        now = dict(self.session.reported())
-        for name, value in now.items():
-            if self.reported.get(name) != value:
-                self._send(codec.parameter_status(name, value))
-        self.reported = now
+        listed = self.session.reported()
+        if listed != self._reported_list:  # (one list comparison when nothing changed)
+            now = dict(listed)
+            for name, value in now.items():
+                if self.reported.get(name) != value:
+                    self._send(codec.parameter_status(name, value))
+            self.reported = now
+            self._reported_list = listed
         self._send(codec.ready_for_query(self.session.tx_status))
         await self._flush()
 
@@ -400,9 +409,7 @@ class Connection:
 
     def _send_result(self, result: Result | CatalogResult, formats: tuple[int, ...]) -> None:
         if isinstance(result, CatalogResult):  # the mirror's fields and raw rows
-            if result.fields is not None:
-                self._send(result.row_description(formats) + result.data_rows(formats))
-            self._send(codec.command_complete(result.tag))
+            self._send(result.reply(formats))
             return
         for sqlstate, text in result.warnings:
             self._send(codec.notice_response(codec.ErrorFields("WARNING", sqlstate, text)))
@@ -513,7 +520,7 @@ class Connection:
         tree = routed.tree if routed.tree is not None else parse_one(st.text)
         # A prepared DP statement's plan is cached under its text and parameter values,
         # so repeated executions skip binding and SQL regeneration.
-        key = st.text if not params else f"{st.text}\x00{params!r}"
+        key = _plan_key(st.text, params)
         if params and not (routed.route == Route.DP and self.ctx.engine.has_plan(key)):
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
@@ -534,6 +541,10 @@ class Connection:
 
     async def _on_mirror(self, sql: str, portal: Portal | None) -> CatalogResult:
         """Run a statement on the catalog mirror with the client's raw parameters."""
+        if portal is None or not portal.raw_params:
+            known = self.ctx.catalog.remembered(sql)
+            if known is not None and (portal is None or not any(portal.formats)):
+                return known
         if portal is None:
             return await self._cancellable(self.ctx.catalog.execute(sql))
         return await self._cancellable(self.ctx.catalog.execute(
@@ -691,9 +702,13 @@ class Connection:
             return None  # DECLARE, CLOSE, DEALLOCATE and COPY return no rows
         routed = command
         if routed.route == Route.DP and routed.tree is not None:
+            # The same plan key as execution: a Describe before each Execute (psycopg,
+            # pgjdbc) then neither binds parameters nor regenerates SQL again.
             n = count_parameters(routed.tree)
-            tree = bind_parameters(routed.tree, params if params else [None] * n)
-            plan = self.ctx.engine.plan(tree.sql(dialect="postgres"), tree)
+            bound = params if params else [None] * n
+            key = _plan_key(routed.statement.text, bound)
+            tree = routed.tree if self.ctx.engine.has_plan(key) or not n else bind_parameters(routed.tree, bound)
+            plan = self.ctx.engine.plan(key, tree)
             return [(o.name, o.type_name) for o in plan.outputs]
         if routed.route == Route.SESSION and routed.statement.keyword == "SHOW":
             name = routed.statement.text.split()[-1].strip(";").lower()
@@ -776,6 +791,11 @@ class Connection:
             return
         tag = result.tag if not result.tag.startswith("SELECT") else f"SELECT {portal.sent}"
         self._send(codec.command_complete(tag))
+
+
+def _plan_key(text: str, params: list[Any] | None) -> str:
+    """The DP plan cache key of a statement's text with its parameter values."""
+    return text if not params else f"{text}\x00{params!r}"
 
 
 def _is_catalog(command: Command | None) -> bool:

@@ -1,16 +1,19 @@
 """The DP path: rewrite, charge, run the bounded SQL, noise, post-process.
 
-The order matters: the charge is committed in the ledger before the bounded SQL runs,
-so no answer can leave without being paid for, and a query that fails after reaching
-the database keeps its charge.
+The order matters: the bounded SQL runs while the charge is committed in the ledger,
+and its rows are noised and released only after the charge has committed, so no answer
+can leave without being paid for; a refused charge discards the run, and a query that
+fails in the database after its charge committed keeps the charge.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import replace
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import asyncpg
 from sqlglot import exp
@@ -26,7 +29,7 @@ from accounting.accountant import (
 )
 from accounting.budget import budget_rows
 from accounting.cache import AnswerCache, CachedAnswer, cache_key
-from accounting.ledger import BudgetExhausted, Ledger
+from accounting.ledger import BudgetExhausted, Charge, Ledger
 from accounting.mechanisms import (
     ZCDP_MECHANISMS,
     DeltaRequired,
@@ -48,6 +51,7 @@ from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
 
 PLAN_CACHE_SIZE = 1024
+STORED_KEYS = 4096
 
 
 def fmt_decimal(d: Decimal, places: int = 6) -> str:
@@ -80,6 +84,9 @@ class DPEngine:
         self.data_version = data_version
         self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
+        # Cache keys this process has seen stored: their next lookup is probably a hit,
+        # so the bounded SQL waits for it instead of starting alongside (issue #7).
+        self._stored: OrderedDict[str, None] = OrderedDict()
 
     def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
         """Calibrate the plan's noise; delta is spent only by plans that need it."""
@@ -155,47 +162,47 @@ class DPEngine:
         epsilon: Decimal,
         delta: Decimal | None = None,
     ) -> Result:
-        """Answer one DP query: from the cache for free, or charged, run and released."""
+        """Answer one DP query: from the cache for free, or charged, run and released.
+
+        The bounded SQL runs on the database while the ledger commits the charge; its
+        rows are used only once the charge has committed. A refused charge discards the
+        run (and costs nothing); a run that fails after the charge committed keeps it.
+        """
         plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
         delta = self.default_delta if delta is None else delta
         cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
-        if cache_key is not None:
-            assert self.cache is not None
-            hit = await self.cache.get(cache_key)
-            lap("cache_lookup")  # issue #8
-            note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
-            if hit is not None:
-                return await self._cached_result(hit, plan, analyst)
-        noise = self._noise(plan, epsilon, delta)
-        cost = price(noise)
+        # The bounded SQL starts at once, alongside the cache lookup, unless this process
+        # knows the answer is stored (then a hit is likely, and the run would be wasted).
+        backend = None if cache_key in self._stored else self._run(plan)
         try:
-            charge = await self.ledger.charge(
-                analyst.name,
-                plan.dataset,
-                plan.fingerprint,
-                cost,
-                mechanisms=[_mech_record(n) for n in noise],
-            )
-            lap("ledger_charge")  # issue #8
-            note(epsilon=charge.epsilon, delta=cost.delta)  # issue #8
-        except BudgetExhausted as e:
-            raise ProxyError(
-                BUDGET_EXHAUSTED,
-                e.message,
-                hint="lower dp.epsilon (SET dp.epsilon = ...), repeat an earlier query "
-                "(repeats are answered from the cache for free), or ask an admin for more budget",
-            ) from e
-        try:
-            rows = await self.data.fetch(plan.sql)
-            lap("backend")  # issue #8
-        except (asyncpg.PostgresError, OSError) as e:
-            # The backend's text may quote private values: never forward it.
-            raise ProxyError(
-                QUERY_FAILED,
-                "the query failed in the database (details are withheld because they could "
-                "reveal private data); its privacy cost has been charged",
-            ) from e
+            if cache_key is not None:
+                assert self.cache is not None
+                hit = await self.cache.get(cache_key)
+                lap("cache_lookup")  # issue #8
+                note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
+                if hit is not None:
+                    self._remember(cache_key)
+                    return await self._cached_result(hit, plan, analyst)
+            if backend is None:
+                backend = self._run(plan)
+            await asyncio.sleep(0)  # let it send the query before the CPU work below
+            noise = self._noise(plan, epsilon, delta)
+            cost = price(noise)
+            charge = await self._charge(analyst.name, plan, cost, noise)
+            try:
+                rows = await backend
+                lap("backend")  # issue #8: the wait for the database after the charge
+            except (asyncpg.PostgresError, OSError) as e:
+                # The backend's text may quote private values: never forward it.
+                raise ProxyError(
+                    QUERY_FAILED,
+                    "the query failed in the database (details are withheld because they "
+                    "could reveal private data); its privacy cost has been charged",
+                ) from e
+        finally:
+            if backend is not None:
+                _discard(backend)
         answer = release(plan, rows, noise, self.mechanisms)
         lap("noise")  # issue #8
         bounds = _bounds(noise, plan)
@@ -209,6 +216,7 @@ class DPEngine:
                 plan.fingerprint, CachedAnswer(columns, out_rows, bounds),
             )  # fmt: skip
             columns, out_rows = stored.columns, stored.rows
+            self._remember(cache_key)
         cost_text = _cost_text(charge.epsilon, cost, self.ledger.accountant.kind)
         notice = (
             f'dpproxy: {cost_text} spent on dataset "{plan.dataset}", '
@@ -219,6 +227,35 @@ class DPEngine:
         return Result(
             tag=f"SELECT {len(out_rows)}", columns=columns, rows=out_rows, notices=[notice]
         )
+
+    def _run(self, plan: DPPlan) -> asyncio.Future[Any]:
+        """Start the bounded SQL; its rows are read only after the charge has committed."""
+        return asyncio.ensure_future(self.data.fetch(plan.sql))
+
+    def _remember(self, key: str) -> None:
+        """Note that the shared cache holds an answer for `key` (a hint, never an answer)."""
+        self._stored[key] = None
+        self._stored.move_to_end(key)
+        if len(self._stored) > STORED_KEYS:
+            self._stored.popitem(last=False)
+
+    async def _charge(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec]) -> Charge:
+        """Commit the query's cost in the ledger, or refuse it with 53Z01 (nothing charged)."""
+        try:
+            charge = await self.ledger.charge(
+                analyst, plan.dataset, plan.fingerprint, cost,
+                mechanisms=[_mech_record(n) for n in noise],
+            )  # fmt: skip
+        except BudgetExhausted as e:
+            raise ProxyError(
+                BUDGET_EXHAUSTED,
+                e.message,
+                hint="lower dp.epsilon (SET dp.epsilon = ...), repeat an earlier query "
+                "(repeats are answered from the cache for free), or ask an admin for more budget",
+            ) from e
+        lap("ledger_charge")  # issue #8: until the charge has committed
+        note(epsilon=charge.epsilon, delta=cost.delta)  # issue #8
+        return charge
 
     # --- budgets and the answer cache (issue #5) --------------------------------------
 
@@ -254,7 +291,7 @@ class DPEngine:
         )  # fmt: skip
 
     async def _cached_result(self, hit: CachedAnswer, plan: DPPlan, analyst: AnalystConfig) -> Result:
-        rows = await budget_rows(self.ledger.pool, analyst.name, plan.dataset)
+        rows = await budget_rows(self.ledger.pool, analyst.name, plan.dataset, count_queries=False)
         tail = ""
         if rows:
             r = rows[0]
@@ -280,6 +317,17 @@ def price(noise: list[NoiseSpec]) -> Cost:
             # Partition selection is (epsilon, delta)-DP: its delta composes additively.
             total = total + replace(laplace_release(n.epsilon), delta=as_fraction(n.delta))
     return total
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    """Cancel a backend run whose rows will not be used (refused charge, cancellation).
+
+    Nothing waits for it: the reply must not depend on how long the database takes to
+    stop. Its outcome is retrieved so that asyncio does not log it.
+    """
+    if not task.done():
+        task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def _dec(f: Fraction) -> Decimal:

@@ -314,7 +314,9 @@ async def serve_until_stopped(
         await runtime.shutdown()
         raise
     meta = config.metadata
-    progress(f"listening on {host}:{port} (dataset {meta.dataset if meta else '?'})")
+    # The event loop in use: uvloop when the `fast` extra is installed (see proxy/cli.py).
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    progress(f"listening on {host}:{port} (dataset {meta.dataset if meta else '?'}, {loop} event loop)")
     if runtime.http_address is not None:
         progress(f"metrics on http://{runtime.http_address[0]}:{runtime.http_address[1]}/metrics")
     if ready:

@@ -33,6 +33,8 @@ from sqlglot import exp
 from proxy.audit import AuditEntry, AuditWriter, statement_hash
 from proxy.logging_json import StatementLog, log_statement
 from proxy.metrics import Metrics
+from proxy.router import Routed
+from proxy.statements import CopyOut, Declare
 
 if TYPE_CHECKING:
     from proxy.config import Config
@@ -98,9 +100,6 @@ def normalize(raw: str | None, tree: exp.Expression | None) -> tuple[str | None,
 
 def describe_command(command: Any, raw: str | None) -> tuple[str, exp.Expression | None]:
     """The route label and parsed tree of a routed command (see proxy.statements)."""
-    from proxy.router import Routed
-    from proxy.statements import CopyOut, Declare
-
     if isinstance(command, Routed):
         return command.route.value, command.tree
     if isinstance(command, (Declare, CopyOut)):

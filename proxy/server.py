@@ -12,6 +12,7 @@ import asyncpg
 
 from accounting.ledger import Ledger
 from accounting.mechanisms import Mechanisms
+from accounting.pool import create_pool
 from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -86,13 +87,12 @@ class Server:
         # Load the certificate first: a bad one should stop start-up before any pool opens.
         tls = load_tls(listen.tls_cert, listen.tls_key) if listen.tls_cert and listen.tls_key else None
         timeout = str(config.backend.statement_timeout_ms)
-        data = await asyncpg.create_pool(
+        data = await create_pool(
             config.backend.dsn,
             min_size=1,
             max_size=config.backend.pool_size,
             server_settings={"statement_timeout": timeout, "default_transaction_read_only": "on"},
         )
-        assert data is not None
         version = await data.fetchval("SHOW server_version")
         # Issue #5: the ledger (accountant, group commit, analysts synced from the
         # config) and the answer cache come from proxy/admin.py.

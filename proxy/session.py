@@ -272,13 +272,14 @@ class Session:
         to send, whatever changed the setting (SET, RESET, ROLLBACK, DISCARD).
         """
         # REPORTED names are canonical already: look them up without canonical().
+        local, settings, defaults = self.local, self.settings, self.defaults
         out = []
         for k in REPORTED:
-            v = self.local.get(k)
+            v = local.get(k)
             if v is None:
-                v = self.settings.get(k)
-            if v is None:
-                v = self.defaults.get(k)
+                v = settings.get(k)
+                if v is None:
+                    v = defaults.get(k)
             if v is not None:
                 out.append((k, v))
         return out

@@ -107,11 +107,15 @@ def backend_key_data(pid: int, secret: bytes) -> bytes:
     return _message(b"K", _I32.pack(pid) + secret)
 
 
+_READY = {s: _message(b"Z", s.encode("ascii")) for s in ("I", "T", "E")}
+
+
 def ready_for_query(status: str) -> bytes:
     """ReadyForQuery with transaction status 'I' (idle), 'T' (in block) or 'E' (failed)."""
-    if status not in ("I", "T", "E"):
+    ready = _READY.get(status)
+    if ready is None:
         raise ValueError(f"invalid transaction status {status!r}")
-    return _message(b"Z", status.encode("ascii"))
+    return ready
 
 
 def row_description(fields: Sequence[FieldDescription]) -> bytes:

@@ -124,9 +124,15 @@ def main() -> None:
             with psycopg.connect(proxy.dsn("bench", "bench-pw"), autocommit=True) as via, \
                  psycopg.connect(cluster.dsn("tpch"), autocommit=True) as direct:  # fmt: skip
                 via.execute(DP)  # warm: plan cache, pools
-                through = timed_runs(via, DP, args.runs, before="SET dp.epsilon = 1.{i:06d}1")
-                plain = timed_runs(direct, DP, args.runs)
-                rewritten = timed_runs(direct, bounded, args.runs)
+                through: list[float] = []
+                plain: list[float] = []
+                rewritten: list[float] = []
+                # Interleaved, one of each per round: a busy machine then slows all three
+                # alike instead of whichever phase it happened to overlap.
+                for i in range(args.runs):
+                    through += timed_runs(via, DP, 1, before=f"SET dp.epsilon = 1.{i:06d}1")
+                    plain += timed_runs(direct, DP, 1)
+                    rewritten += timed_runs(direct, bounded, 1)
             stages = stage_means(f"http://127.0.0.1:{metrics_port}/metrics")
         finally:
             proxy.stop()
