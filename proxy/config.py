@@ -49,6 +49,12 @@ class BackendConfig(BaseModel):
     )
     pool_size: int = Field(default=8, ge=1, le=1000)
     statement_timeout_ms: int = Field(default=30_000, ge=0)
+    max_parallel_workers_per_gather: int | None = Field(
+        default=0, ge=0, le=64,
+        description="For the bounded SQL's sessions; None keeps the server's setting. "
+        "Parallel workers barely speed one bounded query up and cost throughput once "
+        "several run at once (measured on 2 cores, 8 clients: 15.7 tps without, 9.9 with).",
+    )
 
 
 class AnalystConfig(BaseModel):
