@@ -69,6 +69,7 @@ class _Builder:
     unit_distinct: set[str] = field(default_factory=set)  # COUNT(DISTINCT unit) primitives
     # x column -> (its raw clamped value over i0, in the value's own units; its step)
     raw_of: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
+    literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
     group_bound: bool = False
 
     @property
@@ -859,13 +860,15 @@ def _inner_sql(b: _Builder, *, map_keys: bool, filter_keys: bool = True) -> str:
             continue
         if not map_keys:
             listed = [v for v in key.domain if v is not None]
-            cond = f"({expr}) IN ({', '.join(_literal(v, t) for v in listed)})" if listed else ""
+            lits = [lit for v, lit in zip(key.domain, _domain_literals(b, i), strict=True)
+                    if v is not None]  # fmt: skip
+            cond = f"({expr}) IN ({', '.join(lits)})" if listed else ""
             if None in key.domain:
                 cond = f"({cond} OR ({expr}) IS NULL)" if cond else f"({expr}) IS NULL"
             filters.append(cond)
             cols.append(f"{expr} AS k{i}")
             continue
-        values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
+        values = ", ".join(f"({j}, {lit})" for j, lit in enumerate(_domain_literals(b, i)))
         op = "IS NOT DISTINCT FROM" if None in key.domain else "="
         joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON ({expr}) {op} d{i}.v")
         cols.append(f"d{i}.i AS k{i}")
@@ -883,15 +886,29 @@ def _inner_sql(b: _Builder, *, map_keys: bool, filter_keys: bool = True) -> str:
     return inner
 
 
+def _domain_literals(b: _Builder, i: int) -> list[str]:
+    """Key `i`'s listed domain as typed SQL literals (rendered once: sqlglot is slow)."""
+    if i not in b.literals:
+        t = b.key_typed[i]
+        domain = b.keys[i].domain
+        if t.kind != "null" and all(isinstance(v, str) and "\\" not in v for v in domain):
+            # Plain strings: the type is rendered once, the quoting is by hand.
+            typ = exp.DataType.build(t.type_name).sql(dialect="postgres")
+            b.literals[i] = ["CAST('" + str(v).replace("'", "''") + f"' AS {typ})" for v in domain]
+        else:
+            b.literals[i] = [_literal(v, t) for v in domain]
+    return b.literals[i]
+
+
 def _map_domain_keys(sql: str, b: _Builder) -> str:
     """Replace raw listed-domain keys of `sql`'s groups by their domain indexes."""
     cols = []
     joins = []
-    for i, (key, t) in enumerate(zip(b.keys, b.key_typed, strict=True)):
+    for i, key in enumerate(b.keys):
         if key.private or key.domain_sql:
             cols.append(f"a.k{i}")
             continue
-        values = ", ".join(f"({j}, {_literal(v, t)})" for j, v in enumerate(key.domain))
+        values = ", ".join(f"({j}, {lit})" for j, lit in enumerate(_domain_literals(b, i)))
         joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON a.k{i} IS NOT DISTINCT FROM d{i}.v")
         cols.append(f"d{i}.i AS k{i}")
     cols += [f"a.{name}" for name in b.primitives]
@@ -900,16 +917,11 @@ def _map_domain_keys(sql: str, b: _Builder) -> str:
 
 def _emit_sql(b: _Builder) -> str:
     rel = b.rel
-    inner = _inner_sql(b, map_keys=True)
     keys = [f"k{i}" for i in range(len(b.keys))]
-    if b.fixed_index:
-        fixed = ", ".join(f"{sql} AS {name}" for sql, name in b.fixed_index.items())
-        ctes = [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
-    else:
-        ctes = [f"i AS ({inner})"]
     if not rel.row_level and not rel.one_row_per_unit and not keys and _row_counts_only(b):
         # An ungrouped COUNT(*) over bounded rows is sum(min(rows of the unit, max_rows))
         # whichever rows a window would keep: a hash aggregate per unit, no sort.
+        ctes = _window_ctes(b)
         outer = ", ".join(
             f"coalesce(sum(least(b.c, {rel.max_rows})), 0) AS {p.name}" for p in b.primitives.values()
         )
@@ -935,6 +947,7 @@ def _emit_sql(b: _Builder) -> str:
             if any(k.domain_sql for k in b.keys):
                 sql = _complete_public_groups(sql, b)
             return sql
+    ctes = _window_ctes(b)
     units_only = not keys and set(b.primitives) <= b.unit_distinct
     if rel.row_level or rel.one_row_per_unit or units_only:
         # No window needed: every unit already contributes at most one row (or, counting
@@ -982,6 +995,15 @@ def _emit_sql(b: _Builder) -> str:
     if any(k.domain_sql for k in b.keys):
         sql = _complete_public_groups(sql, b)
     return sql
+
+
+def _window_ctes(b: _Builder) -> list[str]:
+    """The rows (`i0`) and their fixed-point values (`i`) for the sampling plans."""
+    inner = _inner_sql(b, map_keys=True)
+    if b.fixed_index:
+        fixed = ", ".join(f"{sql} AS {name}" for sql, name in b.fixed_index.items())
+        return [f"i0 AS ({inner})", f"i AS (SELECT i0.*, {fixed} FROM i0)"]
+    return [f"i AS ({inner})"]
 
 
 def _row_counts_only(b: _Builder) -> bool:
