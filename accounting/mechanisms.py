@@ -156,11 +156,15 @@ class Mechanisms:
 
     def noisy_max(self, scale: float) -> Any:
         """Report-noisy-min over i64 score vectors (exponential mechanism, OpenDP)."""
-        return self._measurement(("max", scale), lambda: dp.m.make_noisy_max(
+        return self._noisy_max(scale, zcdp=False)
+
+    def _noisy_max(self, scale: float, *, zcdp: bool) -> Any:
+        """Report-noisy-min, priced under max divergence (pure DP) or under zCDP."""
+        return self._measurement(("max_zcdp" if zcdp else "max", scale), lambda: dp.m.make_noisy_max(
             self._i64_vectors,
             # One unit raises some scores and lowers others: not monotonic.
             dp.linf_distance(T="i64", monotonic=False),
-            dp.max_divergence(),
+            dp.zero_concentrated_divergence() if zcdp else dp.max_divergence(),
             scale=scale,
             negate=True,
         ))  # fmt: skip
@@ -341,13 +345,7 @@ class Mechanisms:
 
     def noisy_max_zcdp(self, scale: float) -> Any:
         """Report-noisy-min under zCDP (Gumbel noise: the exponential mechanism, OpenDP)."""
-        return self._measurement(("max_zcdp", scale), lambda: dp.m.make_noisy_max(
-            dp.vector_domain(dp.atom_domain(T="i64")),
-            dp.linf_distance(T="i64", monotonic=False),
-            dp.zero_concentrated_divergence(),
-            scale=scale,
-            negate=True,
-        ))  # fmt: skip
+        return self._noisy_max(scale, zcdp=True)
 
     def _calibrate_noisy_max_zcdp(
         self, name: str, label: str, sensitivity: int, share: Decimal
