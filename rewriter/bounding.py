@@ -44,7 +44,7 @@ class RowTerm:
     """What one row adds to a primitive, in the value's own units.
 
     `sql` (None: 1, a count) is summed only where `filt` (a boolean inner column) holds
-    and `nonnull` (an inner column) is not NULL; the sum times `per_unit` is in the
+    and `nonnull` (an inner column) is not NULL; the sum divided by `step` is in the
     primitive's integer units (fixed-point steps). `bound` is the largest |term| of one
     row in those units: the sampling plan's sensitivity is `max_rows * bound`.
     """
