@@ -368,7 +368,10 @@ def _strip_explain(text: str) -> str:
 
 def _bounding_line(plan: DPPlan) -> str:
     """How the plan bounds each unit's contribution, in words."""
-    if any(p.denominator != 1 for p in plan.primitives):
+    if plan.bounding == "none":
+        return ("Contribution bounding: none needed (each privacy unit has one row, or "
+                "adds at most one to a count of distinct units)")  # fmt: skip
+    if plan.bounding == "weighted":
         return (f"Contribution bounding: a privacy unit with n > {plan.max_rows} rows (after "
                 f"joins) has each row weighted by {plan.max_rows}/n")  # fmt: skip
     return (f"Contribution bounding: each privacy unit keeps at most {plan.max_rows} rows "

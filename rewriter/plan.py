@@ -150,6 +150,9 @@ class DPPlan:
     selection: str | None = None
     max_rows: int = 1  # rows per unit after contribution bounding
     max_groups: int = 1  # groups per unit after contribution bounding
+    # How contributions are bounded: "weighted" rows, "sampled" rows, or "none" needed
+    # (one row per unit, or distinct units counted without groups).
+    bounding: str = "sampled"
 
     @property
     def group_count(self) -> int:

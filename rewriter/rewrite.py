@@ -71,6 +71,7 @@ class _Builder:
     raw_of: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
     literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
     group_bound: bool = False
+    bounding: str = "sampled"  # set by _emit_sql: "weighted", "sampled" or "none"
 
     @property
     def rows(self) -> int:
@@ -131,6 +132,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         selection=selection,
         max_rows=b.rows,
         max_groups=_groups_per_unit(b),
+        bounding=b.bounding,
     )
 
 
@@ -942,6 +944,7 @@ def _emit_sql(b: _Builder) -> str:
                                 one_row_per_unit=one_row)  # fmt: skip
         if weighted is not None:
             sql, b.primitives = weighted
+            b.bounding = "none" if one_row else "weighted"
             if any(not k.domain_sql for k in b.keys):
                 sql = _map_domain_keys(sql, b)
             if any(k.domain_sql for k in b.keys):
@@ -950,6 +953,7 @@ def _emit_sql(b: _Builder) -> str:
     ctes = _window_ctes(b)
     units_only = not keys and set(b.primitives) <= b.unit_distinct
     if rel.row_level or rel.one_row_per_unit or units_only:
+        b.bounding = "none"
         # No window needed: every unit already contributes at most one row (or, counting
         # distinct units without groups, adds at most 1 however many rows it has).
         source = "i AS b"

@@ -193,3 +193,14 @@ def test_integer_arithmetic_cannot_overflow() -> None:
     # bigint * bigint * bigint leaves int8's range: computed in numeric instead.
     p = plan("SELECT SUM(o_orderkey * o_orderkey * o_orderkey) FROM orders")
     assert "AS DECIMAL" in p.sql
+
+
+def test_plan_names_how_it_bounds_contributions() -> None:
+    assert plan("SELECT SUM(o_totalprice) FROM orders").bounding == "weighted"
+    assert plan("SELECT o_orderstatus, AVG(o_totalprice) FROM orders GROUP BY 1").bounding == (
+        "weighted"
+    )
+    assert plan("SELECT SUM(c_acctbal) FROM customer").bounding == "none"  # unique unit key
+    assert plan("SELECT COUNT(DISTINCT o_custkey) FROM orders").bounding == "none"
+    assert plan("SELECT MEDIAN(o_totalprice) FROM orders").bounding == "sampled"
+    assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "sampled"
