@@ -77,6 +77,17 @@ def _filtered(agg: str, cond: str | None) -> str:
     return agg if cond is None else f"{agg} FILTER (WHERE {cond})"
 
 
+def _partial(term: RowTerm) -> str:
+    """The exact aggregate of one primitive's row terms (its FILTER included)."""
+    return _filtered("count(*)" if term.sql is None else f"sum({term.sql})", term.condition())
+
+
+def _weight(rows: str, k: int, s: int) -> str:
+    """The integer weight, in units of 1/s, of a unit with `rows` rows: s, or
+    floor(k * s / rows) when it has more than k (rounding shrinks it)."""
+    return f"(CASE WHEN {rows} <= {k} THEN {s} ELSE {k * s} / {rows} END)"
+
+
 def _per_unit_sql(
     ctes: list[str], primitives: dict[str, NoisyPrimitive], terms: dict[str, RowTerm], k: int
 ) -> str:
@@ -86,10 +97,8 @@ def _per_unit_sql(
     outer = []
     for j, (name, p) in enumerate(primitives.items()):
         term = terms[name]
-        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
-        partials.append(f"{_filtered(agg, term.condition())} AS a{j}")
-        s = p.denominator
-        weighted = f"q.a{j}::numeric * (CASE WHEN q.c <= {k} THEN {s} ELSE {k * s} / q.c END)"
+        partials.append(f"{_partial(term)} AS a{j}")
+        weighted = f"q.a{j}::numeric * {_weight('q.c', k, p.denominator)}"
         value = weighted if term.sql is None else _to_units(weighted, term.step)
         outer.append(f"coalesce(sum({value}), 0) AS {name}")
     return (f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM "
@@ -104,8 +113,7 @@ def _unweighted_sql(
     outer = [f"b.{key}" for key in keys]
     for name, p in primitives.items():
         term = terms[name]
-        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
-        total = _filtered(agg, term.condition())
+        total = _partial(term)
         if term.sql is not None:
             total = _to_units(f"coalesce({total}, 0) * {p.denominator}", term.step)
         outer.append(f"{total} AS {name}")
@@ -171,11 +179,8 @@ def weighted_sql(
     outer = [f"q.{key}" for key in keys]
     for j, (name, p) in enumerate(scaled.items()):
         term = terms[name]
-        agg = "count(*)" if term.sql is None else f"sum({term.sql})"
-        partials.append(f"{_filtered(agg, term.condition())} AS a{j}")
-        s = p.denominator
-        weight = f"(CASE WHEN q.nc <= {k} THEN {s} ELSE {k * s} / q.nc END)"
-        total = f"coalesce(sum(q.a{j}::numeric * {weight}), 0)"
+        partials.append(f"{_partial(term)} AS a{j}")
+        total = f"coalesce(sum(q.a{j}::numeric * {_weight('q.nc', k, p.denominator)}), 0)"
         outer.append(f"{total if term.sql is None else _to_units(total, term.step)} AS {name}")
     by = ", ".join(f"b.{key}" for key in keys + ["nc"])
     sql = (
