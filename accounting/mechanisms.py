@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import opendp.prelude as dp
 
+from accounting.ffi import VectorInvoker
 from rewriter.plan import DPPlan, PrimitiveKind
 
 FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealized-numerics"})
@@ -27,7 +28,7 @@ FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealiz
 # 1-Lipschitz, so it keeps the sensitivity, and it keeps i64 arithmetic from overflowing.
 I64_SAFE = 1 << 62
 # OpenDP's exact samplers cost ~13 us of CPU per draw (a few OpenSSL RNG calls each) and
-# ~0.3 ms per call. Releases with at least this many draws are split into chunks of at
+# ~50 us per call through accounting.ffi. Releases with at least this many draws are split into chunks of at
 # least CHUNK_MIN draws that run on worker threads: the call releases the GIL, so the
 # chunks sample on every core at once. Smaller releases stay on the calling thread.
 PARALLEL_MIN_DRAWS = 1024
@@ -91,6 +92,7 @@ class Mechanisms:
         self._i64_maps = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
         self._l01inf = dp.l01inf_distance(dp.absolute_distance(T="i64"))
         self._thresholds: dict[tuple[Any, ...], NoiseSpec] = {}
+        self._invoke = VectorInvoker()  # OpenDP's samplers without its binding's per-call cost
 
     def _fit(self, kind: str, make: Callable[[float], Any], sensitivity: int, share: Decimal,
              scale: float) -> tuple[float, Decimal]:  # fmt: skip
@@ -194,7 +196,7 @@ class Mechanisms:
         else:
             meas = self.noisy_max(spec.scale)
         arrays = [_i64_vector(s, lower=0) for s in score_lists]
-        return self._map(lambda a: int(meas(a)), arrays, sum(len(a) for a in arrays))
+        return self._map(lambda a: self._invoke.index(meas, a), arrays, sum(len(a) for a in arrays))
 
     def _calibrate_threshold(
         self, name: str, label: str, l1: int, l0: int, share: Decimal, delta: Decimal
@@ -289,7 +291,7 @@ class Mechanisms:
         tasks = [(i, m, v[a : a + size])
                  for i, (m, v) in enumerate(zip(meas, vectors, strict=True))
                  for a in range(0, len(v), size)]  # fmt: skip
-        chunks = self._map(lambda t: list(t[1](t[2])), tasks, sum(len(t[2]) for t in tasks))
+        chunks = self._map(lambda t: self._invoke(t[1], t[2]).tolist(), tasks, sum(len(t[2]) for t in tasks))
         out: list[list[int]] = [[] for _ in jobs]
         for (i, _, _), chunk in zip(tasks, chunks, strict=True):
             out[i].extend(chunk)

@@ -91,6 +91,8 @@ class Server:
         if config.backend.max_parallel_workers_per_gather is not None:
             workers = config.backend.max_parallel_workers_per_gather
             settings["max_parallel_workers_per_gather"] = str(workers)
+        if config.backend.work_mem is not None:
+            settings["work_mem"] = config.backend.work_mem.replace(" ", "")
         data = await create_pool(
             config.backend.dsn, min_size=1, max_size=config.backend.pool_size,
             server_settings=settings,

@@ -54,6 +54,10 @@ class RowTerm:
     nonnull: str | None
     bound: int
     step: Decimal = Decimal(1)
+    # The term is `sql - offset` (a midpoint): subtracted once per partial sum, as
+    # `sum(sql) - offset * count(sql)`, because numeric arithmetic on every row costs
+    # more than the sum itself (TPC-H SF 1 orders: +260 ms on a 700 ms query).
+    offset: Decimal = Decimal(0)
 
     def condition(self) -> str | None:
         """The FILTER condition over the row alias `b`, or None."""
@@ -77,9 +81,16 @@ def _filtered(agg: str, cond: str | None) -> str:
     return agg if cond is None else f"{agg} FILTER (WHERE {cond})"
 
 
-def _partial(term: RowTerm) -> str:
-    """The exact aggregate of one primitive's row terms (its FILTER included)."""
-    return _filtered("count(*)" if term.sql is None else f"sum({term.sql})", term.condition())
+def _partial(term: RowTerm, cell: str | None = None) -> str:
+    """The exact aggregate of one primitive's row terms (its FILTER included), over
+    the rows where `cell` (a condition) also holds."""
+    cond = " AND ".join(c for c in (cell, term.condition()) if c) or None
+    if term.sql is None:
+        return _filtered("count(*)", cond)
+    total = _filtered(f"sum({term.sql})", cond)
+    if not term.offset:
+        return total
+    return f"({total} - {format(term.offset, 'f')} * {_filtered(f'count({term.sql})', cond)})"
 
 
 def _weight(rows: str, k: int, s: int) -> str:
@@ -103,6 +114,46 @@ def _per_unit_sql(
         outer.append(f"coalesce(sum({value}), 0) AS {name}")
     return (f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM "
             f"(SELECT {', '.join(partials)} FROM i AS b GROUP BY b.u) AS q")  # fmt: skip
+
+
+def _pivot_sql(
+    ctes: list[str], keys: list[str], primitives: dict[str, NoisyPrimitive],
+    terms: dict[str, RowTerm], k: int, cells: list[tuple[int, ...]],
+) -> str:
+    """Grouped by keys from short listed domains: one pass, one hash aggregate per unit.
+
+    Each row of `i` carries `g`, the index of its cell (its keys' domain indexes, row
+    major; NULL outside the domains). Per unit, one partial per (cell, primitive) and
+    the unit's row count in the domains; then the partials are summed per row count (a
+    few dozen rows), unpivoted into one row per cell, weighted and rounded per cell.
+    """
+    names = list(primitives)
+    parts = ["count(*) FILTER (WHERE b.g IS NOT NULL) AS c"]
+    cols = []
+    for g in range(len(cells)):
+        for j, name in enumerate(names):
+            parts.append(f"{_partial(terms[name], f'b.g = {g}')} AS x{g}_{j}")
+            cols.append(f"x{g}_{j}")
+    per_count = ", ".join(f"sum(pu.{c}) AS {c}" for c in cols)
+    rows = ", ".join(
+        "(" + ", ".join([str(i) for i in cell] + [f"pc.x{g}_{j}" for j in range(len(names))]) + ")"
+        for g, cell in enumerate(cells)
+    )
+    alias = ", ".join(keys + [f"a{j}" for j in range(len(names))])
+    outer = [f"v.{key}" for key in keys]
+    for j, (name, p) in enumerate(primitives.items()):
+        term = terms[name]
+        total = f"coalesce(sum(v.a{j}::numeric * {_weight('pc.c', k, p.denominator)}), 0)"
+        outer.append(f"{total if term.sql is None else _to_units(total, term.step)} AS {name}")
+    return (
+        f"WITH {', '.join(ctes)}, "
+        # OFFSET 0 keeps `i` a subquery: inlined, its `g` and clamps would be evaluated
+        # again in every FILTER and sum of every row (TPC-H SF 1: 5.6 s against 1.5 s).
+        f"pu AS (SELECT {', '.join(parts)} FROM (SELECT * FROM i OFFSET 0) AS b GROUP BY b.u), "
+        f"pc AS (SELECT pu.c, {per_count} FROM pu GROUP BY pu.c) "
+        f"SELECT {', '.join(outer)} FROM pc CROSS JOIN LATERAL (VALUES {rows}) AS v({alias}) "
+        f"GROUP BY {', '.join(f'v.{key}' for key in keys)}"
+    )
 
 
 def _unweighted_sql(
@@ -142,6 +193,7 @@ def weighted_sql(
     *,
     rounding_slack: int,
     one_row_per_unit: bool = False,
+    cells: list[tuple[int, ...]] | None = None,
 ) -> tuple[str, dict[str, NoisyPrimitive]] | None:
     """The weighted plan over the rows of CTE `i` (unit column `u`), or None when a
     primitive has no row term.
@@ -149,6 +201,9 @@ def weighted_sql(
     `rounding_slack`: how many groups the answer can have (each may round by one unit).
     `one_row_per_unit`: every unit has at most one row (a declared unique unit key, or a
     row-level table), so no weights are needed; sums are still scaled once per group.
+    `cells`: every combination of the keys' domain indexes, when each key is a listed
+    public domain and `i` has the cell column `g` (see `_pivot_sql`); the plan's keys are
+    then domain indexes, not raw keys.
     Returns the SQL and the primitives with their denominators and scaled sensitivities.
     """
     scaled: dict[str, NoisyPrimitive] = {}
@@ -164,6 +219,8 @@ def weighted_sql(
         return _unweighted_sql(ctes, keys, scaled, terms), scaled
     if not keys:
         return _per_unit_sql(ctes, scaled, terms, max_rows), scaled
+    if cells is not None:
+        return _pivot_sql(ctes, keys, scaled, terms, max_rows, cells), scaled
     # The rows are read twice (to count each unit's rows, then to sum them): recomputing
     # them, joins included, measured cheaper than materializing them.
     defs = [c.replace(" AS (", " AS NOT MATERIALIZED (", 1) for c in ctes]

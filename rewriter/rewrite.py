@@ -11,6 +11,7 @@ SQL that bounds contributions per unit after the join and aggregates exactly.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -34,6 +35,11 @@ from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
 from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe
 
 MAX_GROUPS = 100_000
+# Grouped weighted plans over short listed domains keep one partial per (cell,
+# primitive) in each unit's hash-table entry (see bounding._pivot_sql); past these
+# sizes the per-row FILTER checks and the entries outgrow the second scan they save.
+PIVOT_MAX_CELLS = 64
+PIVOT_MAX_PARTIALS = 128
 MAX_PUBLIC_DOMAIN = 10_000
 AGG_PREFIX = "__a"
 KEY_PREFIX = "__k"
@@ -735,10 +741,9 @@ def _choose_sum_forms(b: _Builder) -> None:
         if count_name is not None:
             term = f"b.{col} - {mid}" if mid else f"b.{col}"
             half = max(hi - mid, mid - lo)
-            raw_term = f"{raw} - {_dec(mid * step)}" if mid else raw
             s = _prim(b, PrimitiveKind.NORMALIZED_SUM, col, filt, rows * half,
                       f"normalized {label}", f"sum({term})",
-                      RowTerm(raw_term, filt, None, half, step))  # fmt: skip
+                      RowTerm(raw, filt, None, half, step, offset=mid * step))  # fmt: skip
             b.aggregates[idx] = replace(spec, count=count_name, sum=s)
         else:
             top = max(abs(lo), abs(hi))
@@ -902,6 +907,32 @@ def _domain_literals(b: _Builder, i: int) -> list[str]:
     return b.literals[i]
 
 
+def _pivot_cells(b: _Builder) -> list[tuple[int, ...]] | None:
+    """Every combination of the keys' domain indexes, when the grouped weighted plan can
+    pivot (every key a short listed public domain); None otherwise."""
+    if not b.keys or any(k.private or k.domain_sql for k in b.keys):
+        return None
+    n = _group_count(b.keys)
+    if n > PIVOT_MAX_CELLS or n * len(b.primitives) > PIVOT_MAX_PARTIALS:
+        return None
+    return list(itertools.product(*(range(len(k.domain)) for k in b.keys)))
+
+
+def _cell_index_sql(b: _Builder) -> str:
+    """A row's cell: its keys' domain indexes in row-major order (NULL outside them)."""
+    index = ""
+    for i, key in enumerate(b.keys):
+        lits = _domain_literals(b, i)
+        whens = " ".join(f"WHEN {lit} THEN {j}"
+                         for j, (v, lit) in enumerate(zip(key.domain, lits, strict=True))
+                         if v is not None)  # fmt: skip
+        case = f"CASE i0.k{i} {whens} END" if whens else "NULL::int"
+        if None in key.domain:
+            case = f"CASE WHEN i0.k{i} IS NULL THEN {key.domain.index(None)} ELSE {case} END"
+        index = f"({case})" if not index else f"({index}) * {len(key.domain)} + ({case})"
+    return index
+
+
 def _map_domain_keys(sql: str, b: _Builder) -> str:
     """Replace raw listed-domain keys of `sql`'s groups by their domain indexes."""
     cols = []
@@ -932,20 +963,23 @@ def _emit_sql(b: _Builder) -> str:
     if not b.group_bound and not any(k.private for k in b.keys):
         raw = ", ".join(f"{sql} AS r{name[1:]}" for name, (sql, _) in b.raw_of.items())
         one_row = rel.row_level or rel.one_row_per_unit
+        cells = None if one_row else _pivot_cells(b)
         # With one row per unit, rows outside a key's domain change nothing but their
-        # own (dropped) groups; otherwise they would count in their unit's weight.
-        rows = _inner_sql(b, map_keys=False, filter_keys=not one_row)
-        wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {raw} FROM i0)"] if raw else [
+        # own (dropped) groups; otherwise they would count in their unit's weight (the
+        # pivot plan counts only rows inside the domains, so it needs no filter either).
+        rows = _inner_sql(b, map_keys=False, filter_keys=not one_row and cells is None)
+        extra = ([raw] if raw else []) + ([f"{_cell_index_sql(b)} AS g"] if cells else [])
+        wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {', '.join(extra)} FROM i0)"] if extra else [
             f"i AS ({rows})"]  # fmt: skip
         # Rounding each group's sum to whole units can move it by one unit per group.
         groups = MAX_GROUPS if any(k.domain_sql for k in b.keys) else _group_count(b.keys)
         weighted = weighted_sql(wctes, keys, b.primitives, b.terms, rel.max_rows,
                                 rounding_slack=groups,
-                                one_row_per_unit=one_row)  # fmt: skip
+                                one_row_per_unit=one_row, cells=cells)  # fmt: skip
         if weighted is not None:
             sql, b.primitives = weighted
             b.bounding = "none" if one_row else "weighted"
-            if any(not k.domain_sql for k in b.keys):
+            if cells is None and any(not k.domain_sql for k in b.keys):
                 sql = _map_domain_keys(sql, b)
             if any(k.domain_sql for k in b.keys):
                 sql = _complete_public_groups(sql, b)

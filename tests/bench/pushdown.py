@@ -1,6 +1,8 @@
 """Pushdown cost: database time of dpproxy's rewritten SQL over the plain query's.
 
-Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5]
+Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5] [--dsn URI]
+
+(`--dsn`: a database that already holds TPC-H, instead of a fresh cluster.)
 
 For each TPC-H DP query, the plain SQL (what an analyst would run without dpproxy) and
 the bounded SQL the rewriter emits both run directly on the same PostgreSQL, in the
@@ -17,10 +19,11 @@ from pathlib import Path
 
 import psycopg
 
+from proxy.config import BackendConfig
 from proxy.pgcluster import PgCluster
 from proxy.provision import example_metadata_path
 from proxy.sampledata import load_tpch
-from rewriter.metadata import load_metadata
+from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
 
@@ -73,35 +76,49 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dsn", help="an existing TPC-H database (no cluster is started)")
     args = ap.parse_args()
     meta = load_metadata(example_metadata_path())
-    with PgCluster.start(durable=False, base_dir=Path(tempfile.gettempdir())) as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
-            c.execute("CREATE DATABASE tpch")
-        dsn = cluster.dsn("tpch")
-        load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
-        rows = []
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SET max_parallel_workers_per_gather = 0")  # comparable, 2 cores
-            for name, sql in QUERIES.items():
-                try:
-                    bounded = rewrite(parse_one(sql), meta).sql
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    print(f"{name}: not rewritten ({e})")
-                    continue
-                plain, plain_cpu = timed(conn, sql, args.runs)
-                dp, dp_cpu = timed(conn, bounded, args.runs)
-                cpu_ratio = dp_cpu / plain_cpu if dp_cpu is not None and plain_cpu else None
-                rows.append((name, plain, dp, dp / plain, cpu_ratio))
-                print(f"{name:22} plain {plain:8.1f} ms  rewritten {dp:8.1f} ms  ratio {dp / plain:5.2f}"
-                      + (f"  (backend CPU ratio {cpu_ratio:5.2f})" if cpu_ratio else ""),
-                      flush=True)  # fmt: skip
+    if args.dsn:
+        rows = measure(args.dsn, meta, args.runs)
+    else:
+        with PgCluster.start(durable=False, base_dir=Path(tempfile.gettempdir())) as cluster:
+            with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+                c.execute("CREATE DATABASE tpch")
+            dsn = cluster.dsn("tpch")
+            load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
+            rows = measure(dsn, meta, args.runs)
     print(f"\nTPC-H scale {args.scale}, median of {args.runs} runs\n")
     print("| query | plain ms | rewritten ms | wall ratio | backend CPU ratio |")
     print("|---|---|---|---|---|")
     for name, plain, dp, ratio, cpu_ratio in rows:
         cpu = f"{cpu_ratio:.2f}" if cpu_ratio is not None else "n/a"
         print(f"| {name} | {plain:.1f} | {dp:.1f} | {ratio:.2f} | {cpu} |")
+
+
+def measure(dsn: str, meta: Metadata, runs: int) -> list[tuple[str, float, float, float, float | None]]:
+    """Time every plain/rewritten pair on `dsn`, printing each as it is measured."""
+    rows = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # The session settings dpproxy gives its bounded-SQL sessions, for both queries.
+        backend = BackendConfig.model_fields
+        conn.execute(f"SET max_parallel_workers_per_gather = "
+                     f"{backend['max_parallel_workers_per_gather'].default}")  # fmt: skip
+        conn.execute(f"SET work_mem = '{backend['work_mem'].default}'")
+        for name, sql in QUERIES.items():
+            try:
+                bounded = rewrite(parse_one(sql), meta).sql
+            except Exception as e:  # noqa: BLE001 - report and go on
+                print(f"{name}: not rewritten ({e})")
+                continue
+            plain, plain_cpu = timed(conn, sql, runs)
+            dp, dp_cpu = timed(conn, bounded, runs)
+            cpu_ratio = dp_cpu / plain_cpu if dp_cpu is not None and plain_cpu else None
+            rows.append((name, plain, dp, dp / plain, cpu_ratio))
+            print(f"{name:22} plain {plain:8.1f} ms  rewritten {dp:8.1f} ms  ratio {dp / plain:5.2f}"
+                  + (f"  (backend CPU ratio {cpu_ratio:5.2f})" if cpu_ratio else ""),
+                  flush=True)  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":

@@ -49,16 +49,16 @@ def test_public_domain_group_keys_and_golden_sql() -> None:
     assert p.keys[0].domain == ("F", "O", "P")
     assert p.group_count == 3
     assert p.sql == (
-        "SELECT d0.i AS k0, a.p0 FROM (WITH i AS NOT MATERIALIZED (SELECT "
-        '"t0"."o_orderstatus" AS k0, "t0"."o_custkey" AS u FROM "public"."orders" AS t0 '
-        'WHERE ("t0"."o_totalprice" > 10) AND ("t0"."o_orderstatus") IN (CAST(\'F\' AS TEXT), '
-        "CAST('O' AS TEXT), CAST('P' AS TEXT))), n AS (SELECT i.u, count(*) AS c FROM i "
-        "GROUP BY i.u) SELECT q.k0, coalesce(sum(q.a0::numeric * (CASE WHEN q.nc <= 8 THEN "
-        "1000000 ELSE 8000000 / q.nc END)), 0) AS p0 FROM (SELECT b.k0, b.nc, count(*) AS a0 "
-        "FROM (SELECT i.*, coalesce(n.c, (SELECT count(*) FROM i AS z WHERE z.u IS NULL)) "
-        "AS nc FROM i LEFT JOIN n ON n.u = i.u) AS b GROUP BY b.k0, b.nc) AS q GROUP BY q.k0) "
-        "AS a JOIN (VALUES (0, CAST('F' AS TEXT)), (1, CAST('O' AS TEXT)), (2, CAST('P' AS "
-        "TEXT))) AS d0(i, v) ON a.k0 IS NOT DISTINCT FROM d0.v"
+        "WITH i0 AS (SELECT \"t0\".\"o_orderstatus\" AS k0, \"t0\".\"o_custkey\" AS u FROM \"public\".\""
+        "orders\" AS t0 WHERE (\"t0\".\"o_totalprice\" > 10)), i AS (SELECT i0.*, (CASE i0.k0 WHEN"
+        " CAST('F' AS TEXT) THEN 0 WHEN CAST('O' AS TEXT) THEN 1 WHEN CAST('P' AS TEXT) THEN "
+        "2 END) AS g FROM i0), pu AS (SELECT count(*) FILTER (WHERE b.g IS NOT NULL) AS c, co"
+        "unt(*) FILTER (WHERE b.g = 0) AS x0_0, count(*) FILTER (WHERE b.g = 1) AS x1_0, coun"
+        "t(*) FILTER (WHERE b.g = 2) AS x2_0 FROM (SELECT * FROM i OFFSET 0) AS b GROUP BY b."
+        "u), pc AS (SELECT pu.c, sum(pu.x0_0) AS x0_0, sum(pu.x1_0) AS x1_0, sum(pu.x2_0) AS "
+        "x2_0 FROM pu GROUP BY pu.c) SELECT v.k0, coalesce(sum(v.a0::numeric * (CASE WHEN pc."
+        "c <= 8 THEN 1000000 ELSE 8000000 / pc.c END)), 0) AS p0 FROM pc CROSS JOIN LATERAL ("
+        "VALUES (0, pc.x0_0), (1, pc.x1_0), (2, pc.x2_0)) AS v(k0, a0) GROUP BY v.k0"
     )
     assert p.primitives[0].denominator == 1_000_000
 
