@@ -52,13 +52,13 @@ def test_public_domain_group_keys_and_golden_sql() -> None:
         "WITH i0 AS (SELECT \"t0\".\"o_orderstatus\" AS k0, \"t0\".\"o_custkey\" AS u FROM \"public\".\""
         "orders\" AS t0 WHERE (\"t0\".\"o_totalprice\" > 10)), i AS (SELECT i0.*, (CASE i0.k0 WHEN"
         " CAST('F' AS TEXT) THEN 0 WHEN CAST('O' AS TEXT) THEN 1 WHEN CAST('P' AS TEXT) THEN "
-        "2 END) AS g FROM i0), pu AS (SELECT count(*) FILTER (WHERE b.g IS NOT NULL) AS c, co"
-        "unt(*) FILTER (WHERE b.g = 0) AS x0_0, count(*) FILTER (WHERE b.g = 1) AS x1_0, coun"
-        "t(*) FILTER (WHERE b.g = 2) AS x2_0 FROM (SELECT * FROM i OFFSET 0) AS b GROUP BY b."
-        "u), pc AS (SELECT pu.c, sum(pu.x0_0) AS x0_0, sum(pu.x1_0) AS x1_0, sum(pu.x2_0) AS "
-        "x2_0 FROM pu GROUP BY pu.c) SELECT v.k0, coalesce(sum(v.a0::numeric * (CASE WHEN pc."
-        "c <= 8 THEN 1000000 ELSE 8000000 / pc.c END)), 0) AS p0 FROM pc CROSS JOIN LATERAL ("
-        "VALUES (0, pc.x0_0), (1, pc.x1_0), (2, pc.x2_0)) AS v(k0, a0) GROUP BY v.k0"
+        "2 END) AS g FROM i0 OFFSET 0), pu AS (SELECT count(*) FILTER (WHERE b.g IS NOT NULL)"
+        " AS c, count(*) FILTER (WHERE b.g = 0) AS x0_0, count(*) FILTER (WHERE b.g = 1) AS x"
+        "1_0, count(*) FILTER (WHERE b.g = 2) AS x2_0 FROM i AS b GROUP BY b.u), pc AS (SELEC"
+        "T pu.c, sum(pu.x0_0) AS x0_0, sum(pu.x1_0) AS x1_0, sum(pu.x2_0) AS x2_0 FROM pu GRO"
+        "UP BY pu.c) SELECT v.k0, coalesce(sum(v.a0::numeric * (CASE WHEN pc.c <= 8 THEN 1000"
+        "000 ELSE 8000000 / pc.c END)), 0) AS p0 FROM pc CROSS JOIN LATERAL (VALUES (0, pc.x0"
+        "_0), (1, pc.x1_0), (2, pc.x2_0)) AS v(k0, a0) GROUP BY v.k0"
     )
     assert p.primitives[0].denominator == 1_000_000
 
