@@ -14,17 +14,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from proxy.config import Config, ConfigError, load_config
+from proxy.workers import WorkerSpec
 
 
 def _progress(msg: str) -> None:
     print(f"dpproxy: {msg}", flush=True)
 
 
-async def _serve(config: Config, ready: str | None = None, config_path: Path | None = None) -> None:
+async def _serve(config: Config, ready: str | None = None, config_path: Path | None = None,
+                 worker: WorkerSpec | None = None) -> None:  # fmt: skip
     # Issue #8: metrics/health, SIGHUP reload and graceful shutdown live in proxy/lifecycle.py.
     from proxy.lifecycle import serve_until_stopped
 
-    await serve_until_stopped(config, config_path, ready, _progress)
+    progress = _progress
+    if worker is not None:
+        def progress(msg: str) -> None:
+            _progress(f"worker {worker.index}: {msg}")
+
+    await serve_until_stopped(config, config_path, ready, progress, worker)
 
 
 def _run(coro: object) -> None:
@@ -45,7 +52,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.port is not None:
         config.listen.port = args.port
-    _run(_serve(config, config_path=Path(args.config)))
+    path = Path(args.config)
+    if config.listen.workers > 1:
+        from proxy.workers import serve_workers, worker_config
+
+        return serve_workers(
+            config,
+            lambda spec: _run(_serve(worker_config(config, spec), config_path=path, worker=spec)),
+            _progress,
+        )
+    _run(_serve(config, config_path=path))
     return 0
 
 

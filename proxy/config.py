@@ -27,6 +27,11 @@ class ListenConfig(BaseModel):
     tls_cert: Path | None = Field(default=None, description="PEM certificate chain for TLS.")
     tls_key: Path | None = Field(default=None, description="PEM private key for TLS.")
     require_tls: bool = Field(default=False, description="Refuse clients that do not use TLS.")
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Processes accepting on the port (see proxy/workers.py): one process "
+        "uses one core; each worker is a replica with its share of the connection limits.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ListenConfig:

@@ -34,6 +34,7 @@ from proxy.http import HttpServer, Response
 from proxy.logging_json import configure_logging
 from proxy.metrics import Metrics
 from proxy.observe import ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE, Ops
+from proxy.workers import WorkerSpec
 
 if TYPE_CHECKING:
     from proxy.server import Server
@@ -232,9 +233,7 @@ class Runtime:
         """Drain sessions, flush the audit log, close everything (see the module doc)."""
         server, ops = self.server, self.ops
         ops.draining = True
-        listener = server._server
-        if listener is not None:
-            listener.close()  # stop accepting; the sessions already open keep running
+        server.stop_accepting()  # the sessions already open keep running
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + server.ctx.config.lifecycle.shutdown_timeout_seconds
@@ -300,12 +299,13 @@ def install_signals(stop: asyncio.Event, reload: Callable[[], None]) -> None:
 
 async def serve_until_stopped(
     config: Config, config_path: Path | None, ready: str | None, progress: Callable[[str], None],
+    worker: WorkerSpec | None = None,
 ) -> None:  # fmt: skip
     """`dpproxy serve`: start, serve until SIGTERM/SIGINT, reload on SIGHUP, shut down gracefully."""
     from proxy.server import Server
 
     configure_logging(config.observability.log_format, logging.getLogger().level <= logging.DEBUG)
-    server = await Server.create(config)
+    server = await Server.create(config, worker)
     runtime = Runtime(server, config_path)
     try:
         await runtime.start()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -21,6 +22,13 @@ from proxy.limits import Admission
 from proxy.observe import Ops
 from proxy.route_cache import RouteCache
 from proxy.tls import TLSSetup, load_tls
+from proxy.workers import (
+    WorkerSpec,
+    forward_cancel,
+    open_cancel_socket,
+    read_cancels,
+    receive_clients,
+)
 from rewriter.metadata import Metadata
 
 if TYPE_CHECKING:
@@ -44,6 +52,8 @@ class ServerContext:
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
     ops: Ops = field(default_factory=Ops)  # issue #8: metrics, statement log, audit, draining
+    worker: WorkerSpec | None = None  # one of `listen.workers` processes (proxy/workers.py)
+    cancel_socket: socket.socket | None = None  # where sibling workers forward cancels
 
     def __post_init__(self) -> None:
         self.routes = RouteCache(self.meta)
@@ -51,7 +61,10 @@ class ServerContext:
     def register(self, conn: Connection) -> tuple[int, bytes]:
         """Give a connection a (pid, secret) pair for BackendKeyData and cancels."""
         while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
+            if self.worker is None:
+                pid = secrets.randbelow(2**31 - 2) + 1
+            else:  # the worker's index in the high bits routes a cancel back to it
+                pid = self.worker.session_pid(secrets.randbelow(2**24 - 1) + 1)
             if pid not in self.connections:
                 break
         secret = secrets.token_bytes(4)
@@ -64,6 +77,9 @@ class ServerContext:
 
     def cancel(self, pid: int, secret: bytes) -> None:
         """Handle a CancelRequest: a wrong key is ignored silently, as in PostgreSQL."""
+        if self.worker is not None and self.cancel_socket is not None and not self.worker.owns(pid):
+            forward_cancel(self.cancel_socket, self.worker, pid, secret)
+            return
         entry = self.connections.get(pid)
         if entry is not None and secrets.compare_digest(entry[0], secret):
             entry[1].cancel_running()
@@ -78,9 +94,11 @@ class Server:
         self._ledger = ledger
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = False  # a worker reading client sockets from its channel
+        self._adopting: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def create(cls, config: Config) -> Server:
+    async def create(cls, config: Config, worker: WorkerSpec | None = None) -> Server:
         """Connect to the backends, prepare the ledger and the catalog mirror."""
         assert config.metadata is not None
         listen = config.listen
@@ -112,6 +130,7 @@ class Server:
 
         ops = await open_ops(config, ledger.pool)  # issue #8: audit table and writer, metrics
         ctx = ServerContext(
+            worker=worker,
             ops=ops,
             config=config,
             meta=config.metadata,
@@ -130,9 +149,46 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """Start listening; returns the bound (host, port)."""
         listen = self.ctx.config.listen
-        self._server = await asyncio.start_server(self._handle, listen.host, listen.port)
-        sock = self._server.sockets[0].getsockname()
-        return sock[0], sock[1]
+        worker = self.ctx.worker
+        if worker is None:
+            self._server = await asyncio.start_server(self._handle, listen.host, listen.port)
+            sock = self._server.sockets[0].getsockname()
+            return sock[0], sock[1]
+        # A worker: the parent accepts and hands the client sockets over.
+        loop = asyncio.get_running_loop()
+        cancels = open_cancel_socket(worker)
+        self.ctx.cancel_socket = cancels
+        loop.add_reader(cancels.fileno(), self._forwarded_cancels)
+        loop.add_reader(worker.channel.fileno(), self._adopt_clients)
+        self._accepting = True
+        return listen.host, listen.port
+
+    def _adopt_clients(self) -> None:
+        """Serve the client sockets the parent handed to this worker."""
+        assert self.ctx.worker is not None
+        loop = asyncio.get_running_loop()
+        for client in receive_clients(self.ctx.worker.channel):
+            client.setblocking(False)
+            reader = asyncio.StreamReader(limit=2**16)
+            protocol = asyncio.StreamReaderProtocol(reader, self._handle)
+            adopt = asyncio.ensure_future(loop.connect_accepted_socket(lambda p=protocol: p, client))
+            self._adopting.add(adopt)
+            adopt.add_done_callback(self._adopting.discard)
+
+    def stop_accepting(self) -> None:
+        """Take no new client connections (sessions already open go on)."""
+        if self._server is not None:
+            self._server.close()
+        if self._accepting and self.ctx.worker is not None:
+            asyncio.get_running_loop().remove_reader(self.ctx.worker.channel.fileno())
+            self._accepting = False
+
+    def _forwarded_cancels(self) -> None:
+        """Cancels a sibling worker accepted for sessions of this one."""
+        assert self.ctx.cancel_socket is not None
+        for pid, secret in read_cancels(self.ctx.cancel_socket):
+            if self.ctx.worker is not None and self.ctx.worker.owns(pid):
+                self.ctx.cancel(pid, secret)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from proxy.connection import Connection
@@ -149,14 +205,17 @@ class Server:
 
     async def close(self) -> None:
         """Stop listening, end client connections, close backend pools."""
-        if self._server is not None:
-            self._server.close()
+        self.stop_accepting()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
+        if self.ctx.cancel_socket is not None:
+            asyncio.get_running_loop().remove_reader(self.ctx.cancel_socket.fileno())
+            self.ctx.cancel_socket.close()
+            self.ctx.cancel_socket = None
         await self.ctx.catalog.close()
         await self._ledger.close()
         await self._data.close()

@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+import yaml
 
 from proxy.pgcluster import PgCluster
 from proxy.provision import AnalystSpec, provision
@@ -62,6 +63,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--modes", default="simple,extended,prepared")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                    help="dpproxy's listen.workers (default: one per CPU)")  # fmt: skip
+    ap.add_argument("--scripts", default=",".join(SCRIPTS))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dpproxy-bench-"))
     with PgCluster.start(durable=False) as cluster:
@@ -70,12 +74,15 @@ def main() -> None:
         # Direct runs use the same SQL on the data database, as the superuser.
         for name, body in SCRIPTS.items():
             (work / f"{name}.sql").write_text(body)
+        settings = yaml.safe_load(cfg.read_text())
+        settings["listen"]["workers"] = args.workers
+        cfg.write_text(yaml.safe_dump(settings))
         proxy = ProxyProcess(cfg).start()
         try:
             with psycopg.connect(proxy.dsn("bench", "bench-pw")) as c:
                 c.execute("SELECT COUNT(*) FROM orders")  # warm the plan and pools
             rows = []
-            for name in SCRIPTS:
+            for name in args.scripts.split(","):
                 for mode in args.modes.split(","):
                     for clients in (int(x) for x in args.clients.split(",")):
                         script = work / f"{name}.sql"

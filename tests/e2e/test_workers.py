@@ -1,0 +1,139 @@
+"""`listen.workers`: several processes behind one port (proxy/workers.py).
+
+Sessions are handed to the workers in turn; a cancel accepted by one worker reaches the
+session on another; the budget is one budget; connection limits are shared out; the
+whole stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy.pgcluster import PgCluster
+from tests.e2e.conftest import Env
+from tests.support.ledgers import dpproxy_cli, fresh_ledger_config
+from tests.support.ops import wait_for
+from tests.support.proxy_process import ProxyProcess
+
+WORKER_SHIFT = 24  # a session's pid carries its worker's index above these bits
+
+
+@pytest.fixture(scope="module")
+def two_workers(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> Iterator[tuple[ProxyProcess, Path]]:
+    cfg = fresh_ledger_config(pg_cluster, env.config, "workers", unique_name,
+                              listen={"workers": 2},
+                              limits={"max_connections_per_analyst": 4})  # fmt: skip
+    for name, budget in (("wk", "1000"), ("wkb", "2")):
+        out = dpproxy_cli("analyst", "add", name, "--budget-epsilon", budget, "--config", str(cfg),
+                          stdin="pw\n")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+    proxy = ProxyProcess(cfg).start()
+    yield proxy, cfg
+    proxy.stop()
+
+
+def test_sessions_alternate_between_workers(two_workers: tuple[ProxyProcess, Path]) -> None:
+    proxy, _ = two_workers
+    conns = [psycopg.connect(proxy.dsn("wk", "pw"), autocommit=True) for _ in range(4)]
+    try:
+        workers = [c.info.backend_pid >> WORKER_SHIFT for c in conns]
+        assert sorted(workers) == [0, 0, 1, 1]
+        for c in conns:
+            (count,) = c.execute("SELECT COUNT(*) FROM orders").fetchone()  # type: ignore[misc]
+            assert count > 0
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_budget_is_one_budget_across_workers(two_workers: tuple[ProxyProcess, Path]) -> None:
+    proxy, _ = two_workers
+    conns = [psycopg.connect(proxy.dsn("wkb", "pw"), autocommit=True) for _ in range(2)]
+    try:
+        assert {c.info.backend_pid >> WORKER_SHIFT for c in conns} == {0, 1}
+        outcomes = []
+        for i, c in enumerate((conns[0], conns[1], conns[0])):
+            c.execute("SET dp.epsilon = 1")
+            try:
+                c.execute(f"SELECT COUNT(*) FROM orders WHERE o_custkey > {i}").fetchall()
+                outcomes.append("answered")
+            except psycopg.Error as e:
+                outcomes.append(str(e.sqlstate))
+        assert outcomes == ["answered", "answered", "53Z01"]
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _blocked(env: Env, blocked: bool, timeout: float = 20.0) -> bool:
+    """Whether some backend waits (or none waits) on a lock, within the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(env.tpch_dsn, autocommit=True) as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+        if (row is not None and row[0] > 0) == blocked:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cancel_reaches_the_session_on_any_worker(two_workers: tuple[ProxyProcess, Path], env: Env) -> None:
+    proxy, _ = two_workers
+    # Each cancel request is a connection of its own, handed to the next worker in turn:
+    # of two consecutive cancels, one lands on the other worker and is forwarded.
+    with psycopg.connect(proxy.dsn("wk", "pw"), autocommit=True) as conn:
+        for attempt in range(2):
+            with psycopg.connect(env.tpch_dsn) as lock:
+                lock.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+                errors: list[BaseException] = []
+
+                def victim(n: int = attempt, errors: list[BaseException] = errors) -> None:
+                    try:
+                        conn.execute(f"SELECT COUNT(*) FROM orders WHERE o_totalprice > {30 + n}")
+                    except BaseException as e:  # noqa: BLE001 - collected for the assertion
+                        errors.append(e)
+
+                t = threading.Thread(target=victim)
+                t.start()
+                assert _blocked(env, True), "the DP query never reached the backend"
+                conn.cancel()
+                t.join(30)
+                assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
+                assert _blocked(env, False)
+                lock.rollback()
+
+
+def test_connection_limits_are_shared_out(two_workers: tuple[ProxyProcess, Path]) -> None:
+    proxy, _ = two_workers
+    # max_connections_per_analyst 4 over 2 workers: 2 each, 4 in all.
+    conns = [psycopg.connect(proxy.dsn("wk", "pw"), autocommit=True) for _ in range(4)]
+    try:
+        with pytest.raises(psycopg.OperationalError, match="too many connections"):
+            psycopg.connect(proxy.dsn("wk", "pw"), autocommit=True)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_sigterm_stops_every_worker(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> None:
+    cfg = fresh_ledger_config(pg_cluster, env.config, "workers_stop", unique_name,
+                              listen={"workers": 2})  # fmt: skip
+    proxy = ProxyProcess(cfg).start()
+    assert proxy.proc is not None
+    # The parent's socket accepts at once; wait until both workers serve.
+    wait_for(lambda: proxy.log.read_text().count("listening on") == 2 or None,
+             what="two workers listening")  # fmt: skip
+    proxy.proc.terminate()
+    assert proxy.proc.wait(20) == 0
+    log = proxy.log.read_text()
+    assert log.count("stopped") == 2, log
