@@ -100,6 +100,7 @@ class Connection:
         self.running: asyncio.Task[Any] | None = None
         self.admitted = ""  # the analyst counted in by the connection limits
         self.idle = False  # issue #8: blocked reading the next message (see proxy/lifecycle.py)
+        self.idle_since = 0.0  # time.monotonic() when it last became idle
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -107,6 +108,7 @@ class Connection:
         while not self.pending:
             timeout, state, text = self._idle_limit()
             self.idle = True  # issue #8: a graceful shutdown may end a session waiting here
+            self.idle_since = time.monotonic()
             try:
                 # (wait_for costs a coroutine and a timer per message: only with a limit)
                 if timeout is None:

@@ -9,6 +9,7 @@ fails in the database after its charge committed keeps the charge.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from dataclasses import replace
 from decimal import Decimal
@@ -53,6 +54,8 @@ from rewriter.rewrite import rewrite
 PLAN_CACHE_SIZE = 1024
 STORED_KEYS = 4096
 
+log = logging.getLogger("dpproxy.dp")
+
 
 def fmt_decimal(d: Decimal, places: int = 6) -> str:
     """A short human rendering of an exact epsilon (trailing zeros dropped)."""
@@ -87,6 +90,10 @@ class DPEngine:
         # Cache keys this process has seen stored: their next lookup is probably a hit,
         # so the bounded SQL waits for it instead of starting alongside (issue #7).
         self._stored: OrderedDict[str, None] = OrderedDict()
+        # Answers being written to the cache after they were sent (issue #7): a lookup
+        # of the same key in this process waits for the write, so a session's repeat
+        # is always a hit; `flush` waits for them all at shutdown.
+        self._storing: dict[str, asyncio.Task[CachedAnswer]] = {}
 
     def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
         """Calibrate the plan's noise; delta is spent only by plans that need it."""
@@ -178,6 +185,9 @@ class DPEngine:
         try:
             if cache_key is not None:
                 assert self.cache is not None
+                storing = self._storing.get(cache_key)
+                if storing is not None:
+                    await asyncio.wait([storing])
                 hit = await self.cache.get(cache_key)
                 lap("cache_lookup")  # issue #8
                 note(cache_hit=hit is not None, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
@@ -208,15 +218,7 @@ class DPEngine:
         bounds = _bounds(noise, plan)
         columns, out_rows = answer.columns, answer.rows
         if cache_key is not None:
-            assert self.cache is not None
-            # A concurrent identical query may have stored its answer first: everyone
-            # then gets that one (both were charged; the answer stays consistent).
-            stored = await self.cache.put(
-                cache_key, plan.dataset, None if self.cache_shared else analyst.name,
-                plan.fingerprint, CachedAnswer(columns, out_rows, bounds),
-            )  # fmt: skip
-            columns, out_rows = stored.columns, stored.rows
-            self._remember(cache_key)
+            self._store(cache_key, plan, analyst, CachedAnswer(columns, out_rows, bounds))
         cost_text = _cost_text(charge.epsilon, cost, self.ledger.accountant.kind)
         notice = (
             f'dpproxy: {cost_text} spent on dataset "{plan.dataset}", '
@@ -227,6 +229,37 @@ class DPEngine:
         return Result(
             tag=f"SELECT {len(out_rows)}", columns=columns, rows=out_rows, notices=[notice]
         )
+
+    def _store(self, key: str, plan: DPPlan, analyst: AnalystConfig, answer: CachedAnswer) -> None:
+        """Write a new answer to the cache without holding up its reply.
+
+        The write is a round trip to the ledger database (~0.5 ms of the added latency).
+        Sending first is safe: the answer is released either way, and both it and any
+        answer a concurrent identical query stored first were charged; the first one
+        stored is what repeats get.
+        """
+        assert self.cache is not None
+        task = asyncio.ensure_future(self.cache.put(
+            key, plan.dataset, None if self.cache_shared else analyst.name, plan.fingerprint, answer,
+        ))  # fmt: skip
+        self._storing[key] = task
+
+        def stored(t: asyncio.Task[CachedAnswer]) -> None:
+            if self._storing.get(key) is t:
+                del self._storing[key]
+            if t.cancelled():
+                return
+            if t.exception() is not None:  # a later repeat is then charged as new: no leak
+                log.warning("answer cache: storing an answer failed (%s)", type(t.exception()).__name__)
+                return
+            self._remember(key)
+
+        task.add_done_callback(stored)
+
+    async def flush(self) -> None:
+        """Wait for the answers still being written to the cache (at shutdown)."""
+        if self._storing:
+            await asyncio.wait(list(self._storing.values()))
 
     def _run(self, plan: DPPlan) -> asyncio.Future[Any]:
         """Start the bounded SQL; its rows are read only after the charge has committed."""

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dpproxy.lifecycle")
 
+# How long a session must have been idle before a graceful shutdown ends it.
+IDLE_GRACE_S = 0.1
 # Fields SIGHUP applies; every other difference is reported as needing a restart.
 RELOADABLE = frozenset({
     "analysts", "privacy.default_epsilon", "privacy.default_delta",
@@ -240,7 +243,10 @@ class Runtime:
         while loop.time() < deadline:
             busy = 0
             for _pid, (_secret, conn) in list(server.ctx.connections.items()):
-                if getattr(conn, "idle", False):
+                # A session idle for a moment is between statements: it is ended. One that
+                # just answered gets the moment to send its next statement, which is then
+                # refused with 57P01 (and audited) rather than lost in the close.
+                if getattr(conn, "idle", False) and time.monotonic() - conn.idle_since >= IDLE_GRACE_S:
                     _terminate(conn)
                 else:
                     busy += 1

@@ -217,5 +217,6 @@ class Server:
             self.ctx.cancel_socket.close()
             self.ctx.cancel_socket = None
         await self.ctx.catalog.close()
+        await self.ctx.engine.flush()  # answers still being written to the cache
         await self._ledger.close()
         await self._data.close()

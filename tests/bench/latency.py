@@ -33,6 +33,7 @@ from proxy.provision import AnalystSpec, example_metadata_path, provision
 from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
+from tests.bench._settings import as_dpproxy_sessions
 from tests.support.proxy_process import ProxyProcess, free_port
 
 DP = "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders WHERE o_totalprice > 1000 GROUP BY o_orderpriority"
@@ -123,6 +124,7 @@ def main() -> None:
             bounded = rewrite(parse_one(DP), meta).sql
             with psycopg.connect(proxy.dsn("bench", "bench-pw"), autocommit=True) as via, \
                  psycopg.connect(cluster.dsn("tpch"), autocommit=True) as direct:  # fmt: skip
+                as_dpproxy_sessions(direct)
                 via.execute(DP)  # warm: plan cache, pools
                 through: list[float] = []
                 plain: list[float] = []

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import psycopg
 
-from proxy.config import BackendConfig
 from proxy.pgcluster import PgCluster
 from proxy.provision import example_metadata_path
 from proxy.sampledata import load_tpch
 from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
+from tests.bench._settings import as_dpproxy_sessions
 
 QUERIES = {
     "count": "SELECT COUNT(*) FROM orders",
@@ -100,11 +100,7 @@ def measure(dsn: str, meta: Metadata, runs: int) -> list[tuple[str, float, float
     """Time every plain/rewritten pair on `dsn`, printing each as it is measured."""
     rows = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        # The session settings dpproxy gives its bounded-SQL sessions, for both queries.
-        backend = BackendConfig.model_fields
-        conn.execute(f"SET max_parallel_workers_per_gather = "
-                     f"{backend['max_parallel_workers_per_gather'].default}")  # fmt: skip
-        conn.execute(f"SET work_mem = '{backend['work_mem'].default}'")
+        as_dpproxy_sessions(conn)  # for both queries
         for name, sql in QUERIES.items():
             try:
                 bounded = rewrite(parse_one(sql), meta).sql
