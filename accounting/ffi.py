@@ -14,12 +14,14 @@ error is handed to OpenDP's own `unwrap`, which raises its usual exception.
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from opendp._lib import FfiResult, FfiSlice, lib, unwrap
 
 _VEC_I64 = b"Vec<i64>"
+T = TypeVar("T")
 
 
 def _function(name: str, argtypes: list[Any]) -> Any:
@@ -44,29 +46,22 @@ class VectorInvoker:
 
     def __call__(self, measurement: Any, values: np.ndarray) -> np.ndarray:
         """The measurement's release on `values` (a 1-d int64 array), as a new array."""
-        data = np.ascontiguousarray(values, dtype=np.int64)
-        arg = FfiSlice(data.ctypes.data_as(ctypes.c_void_p), len(data))
-        meas = ctypes.cast(measurement, ctypes.c_void_p)
-        obj_in = self._ok(self._as_object(ctypes.byref(arg), _VEC_I64))
-        try:
-            obj_out = self._ok(self._invoke(meas, obj_in))
-        finally:
-            self._free(self._object_free(obj_in))
-        try:
-            raw = self._ok(self._as_slice(obj_out))
-            try:
-                view = ctypes.cast(raw, ctypes.POINTER(FfiSlice)).contents
-                if view.len == 0:
-                    return np.zeros(0, dtype=np.int64)
-                ints = ctypes.cast(view.ptr, ctypes.POINTER(ctypes.c_int64))
-                return np.ctypeslib.as_array(ints, shape=(view.len,)).copy()
-            finally:
-                self._free(self._slice_free(raw))
-        finally:
-            self._free(self._object_free(obj_out))
+
+        def read(view: FfiSlice) -> np.ndarray:
+            if view.len == 0:
+                return np.zeros(0, dtype=np.int64)
+            ints = ctypes.cast(view.ptr, ctypes.POINTER(ctypes.c_int64))
+            return np.ctypeslib.as_array(ints, shape=(view.len,)).copy()
+
+        return self._release(measurement, values, read)
 
     def index(self, measurement: Any, values: np.ndarray) -> int:
         """The release of a selection measurement (`Vec<i64>` in, one `usize` out)."""
+        return self._release(measurement, values, lambda view: int(
+            ctypes.cast(view.ptr, ctypes.POINTER(ctypes.c_size_t)).contents.value))  # fmt: skip
+
+    def _release(self, measurement: Any, values: np.ndarray, read: Callable[[FfiSlice], T]) -> T:
+        """Invoke on an i64 vector and `read` the output's data before it is freed."""
         data = np.ascontiguousarray(values, dtype=np.int64)
         arg = FfiSlice(data.ctypes.data_as(ctypes.c_void_p), len(data))
         meas = ctypes.cast(measurement, ctypes.c_void_p)
@@ -78,8 +73,7 @@ class VectorInvoker:
         try:
             raw = self._ok(self._as_slice(obj_out))
             try:
-                view = ctypes.cast(raw, ctypes.POINTER(FfiSlice)).contents
-                return int(ctypes.cast(view.ptr, ctypes.POINTER(ctypes.c_size_t)).contents.value)
+                return read(ctypes.cast(raw, ctypes.POINTER(FfiSlice)).contents)
             finally:
                 self._free(self._slice_free(raw))
         finally:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import ANALYSTS, Env, truth
-from tests.e2e.test_client_psql import _wait_blocked
+from tests.support.ops import wait_lock_waiters
 from tests.support.proxy_process import ProxyProcess
 
 JAVA, JAVAC = shutil.which("java"), shutil.which("javac")
@@ -136,7 +136,7 @@ def test_query_timeout_cancels(probe: Path, proxy: ProxyProcess, env: Env) -> No
         result: list[list[str]] = []
         t = threading.Thread(target=lambda: result.append(run_probe(probe, proxy, "timeout")))
         t.start()
-        assert _wait_blocked(env, True), "the DP query never reached the backend"
+        assert wait_lock_waiters(env.tpch_dsn, True), "the DP query never reached the backend"
         t.join(60)
         lock.rollback()
     assert result and result[0] == ["sqlstate 57014", "after 1.0"]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
 from tests.e2e.conftest import ANALYSTS, Env
+from tests.support.ops import cancel_blocked_query, wait_lock_waiters
 from tests.support.proxy_process import ProxyProcess
 
 PSQL = shutil.which("psql")
@@ -100,36 +99,9 @@ def locked_orders(env: Env) -> Iterator[psycopg.Connection]:
         conn.rollback()
 
 
-def _wait_blocked(env: Env, blocked: bool, timeout: float = 20.0) -> bool:
-    """Whether some backend waits (or no backend waits) on the lock, within the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with psycopg.connect(env.tpch_dsn, autocommit=True) as c:
-            n = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
-        if (n is not None and n[0] > 0) == blocked:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_psycopg_cancel_reaches_backend(proxy: ProxyProcess, env: Env, locked_orders: psycopg.Connection) -> None:
     with psycopg.connect(proxy.dsn("alice", ANALYSTS["alice"].password), autocommit=True) as conn:
-        errors: list[BaseException] = []
-
-        def victim() -> None:
-            try:
-                conn.execute("SELECT COUNT(*) FROM orders WHERE o_totalprice > 17")
-            except BaseException as e:  # noqa: BLE001 - collected for the assertion
-                errors.append(e)
-
-        t = threading.Thread(target=victim)
-        t.start()
-        assert _wait_blocked(env, True), "the DP query never reached the backend"
-        conn.cancel()
-        t.join(30)
-        assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
-        # The backend query itself was cancelled, not just abandoned.
-        assert _wait_blocked(env, False)
+        cancel_blocked_query(conn, env.tpch_dsn, "SELECT COUNT(*) FROM orders WHERE o_totalprice > 17")
         locked_orders.rollback()
         assert conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] > 0
 
@@ -141,11 +113,11 @@ def test_psql_ctrl_c_cancels(proxy: ProxyProcess, env: Env, locked_orders: psyco
                           "VERBOSITY=verbose", "-c", "SELECT COUNT(*) FROM orders WHERE o_totalprice > 18"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        assert _wait_blocked(env, True), "the DP query never reached the backend"
+        assert wait_lock_waiters(env.tpch_dsn, True), "the DP query never reached the backend"
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
     finally:
         if p.poll() is None:
             p.kill()
     assert "57014" in err and "canceling statement due to user request" in err
-    assert _wait_blocked(env, False)
+    assert wait_lock_waiters(env.tpch_dsn, False)

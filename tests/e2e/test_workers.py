@@ -7,8 +7,6 @@ whole stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
 from tests.support.ledgers import dpproxy_cli, fresh_ledger_config
-from tests.support.ops import wait_for
+from tests.support.ops import cancel_blocked_query, wait_for
 from tests.support.proxy_process import ProxyProcess
 
 WORKER_SHIFT = 24  # a session's pid carries its worker's index above these bits
@@ -73,18 +71,6 @@ def test_budget_is_one_budget_across_workers(two_workers: tuple[ProxyProcess, Pa
             c.close()
 
 
-def _blocked(env: Env, blocked: bool, timeout: float = 20.0) -> bool:
-    """Whether some backend waits (or none waits) on a lock, within the timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with psycopg.connect(env.tpch_dsn, autocommit=True) as c:
-            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
-        if (row is not None and row[0] > 0) == blocked:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_cancel_reaches_the_session_on_any_worker(two_workers: tuple[ProxyProcess, Path], env: Env) -> None:
     proxy, _ = two_workers
     # Each cancel request is a connection of its own, handed to the next worker in turn:
@@ -93,21 +79,8 @@ def test_cancel_reaches_the_session_on_any_worker(two_workers: tuple[ProxyProces
         for attempt in range(2):
             with psycopg.connect(env.tpch_dsn) as lock:
                 lock.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-                errors: list[BaseException] = []
-
-                def victim(n: int = attempt, errors: list[BaseException] = errors) -> None:
-                    try:
-                        conn.execute(f"SELECT COUNT(*) FROM orders WHERE o_totalprice > {30 + n}")
-                    except BaseException as e:  # noqa: BLE001 - collected for the assertion
-                        errors.append(e)
-
-                t = threading.Thread(target=victim)
-                t.start()
-                assert _blocked(env, True), "the DP query never reached the backend"
-                conn.cancel()
-                t.join(30)
-                assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled)
-                assert _blocked(env, False)
+                cancel_blocked_query(conn, env.tpch_dsn,
+                                     f"SELECT COUNT(*) FROM orders WHERE o_totalprice > {30 + attempt}")
                 lock.rollback()
 
 

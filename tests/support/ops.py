@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,3 +63,37 @@ def audit_rows(config: Path, where: str = "true", params: tuple[Any, ...] = ()) 
         cur = c.execute(f"SELECT * FROM dpproxy.audit WHERE {where} ORDER BY id", params)  # type: ignore[arg-type]
         cols = [d.name for d in cur.description or []]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def wait_lock_waiters(tpch_dsn: str, blocked: bool, timeout: float = 20.0) -> bool:
+    """Whether some backend waits on a lock (or none does, `blocked` False) within the
+    timeout: how tests see a DP query reach the database, and a cancel reach it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(tpch_dsn, autocommit=True) as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+        if (row is not None and row[0] > 0) == blocked:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def cancel_blocked_query(conn: psycopg.Connection, tpch_dsn: str, sql: str) -> None:
+    """Run `sql` through `conn` (it must block on a lock someone holds on its table),
+    cancel it with `conn.cancel()`, and check that the query failed with 57014 and that
+    the backend query itself stopped (not just the client's wait)."""
+    errors: list[BaseException] = []
+
+    def victim() -> None:
+        try:
+            conn.execute(sql)
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    t = threading.Thread(target=victim)
+    t.start()
+    assert wait_lock_waiters(tpch_dsn, True), "the DP query never reached the backend"
+    conn.cancel()
+    t.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.errors.QueryCanceled), errors
+    assert wait_lock_waiters(tpch_dsn, False)
