@@ -26,12 +26,8 @@ async def _serve(config: Config, ready: str | None = None, config_path: Path | N
     # Issue #8: metrics/health, SIGHUP reload and graceful shutdown live in proxy/lifecycle.py.
     from proxy.lifecycle import serve_until_stopped
 
-    progress = _progress
-    if worker is not None:
-        def progress(msg: str) -> None:
-            _progress(f"worker {worker.index}: {msg}")
-
-    await serve_until_stopped(config, config_path, ready, progress, worker)
+    prefix = "" if worker is None else f"worker {worker.index}: "
+    await serve_until_stopped(config, config_path, ready, lambda msg: _progress(prefix + msg), worker)
 
 
 def _run(coro: object) -> None:
