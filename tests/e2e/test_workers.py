@@ -7,17 +7,19 @@ whole stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
 from tests.support.ledgers import dpproxy_cli, fresh_ledger_config
 from tests.support.ops import cancel_blocked_query, wait_for
-from tests.support.proxy_process import ProxyProcess
+from tests.support.proxy_process import ProxyProcess, free_port
 
 WORKER_SHIFT = 24  # a session's pid carries its worker's index above these bits
 
@@ -96,7 +98,23 @@ def test_connection_limits_are_shared_out(two_workers: tuple[ProxyProcess, Path]
             c.close()
 
 
-def test_sigterm_stops_every_worker(
+def test_a_worker_failing_at_start_up_stops_the_whole(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> None:
+    # An unreachable data database: each worker fails at start; restarting it would only
+    # fail again, so the parent stops and exits non-zero, naming what happened.
+    closed = free_port()
+    cfg = fresh_ledger_config(pg_cluster, env.config, "workers_fail", unique_name,
+                              listen={"workers": 2})  # fmt: skip
+    settings = yaml.safe_load(cfg.read_text())
+    settings["backend"]["dsn"] = f"postgresql://nobody@127.0.0.1:{closed}/tpch"
+    cfg.write_text(yaml.safe_dump(settings))
+    out = dpproxy_cli("serve", "--config", str(cfg), "--port", str(free_port()))
+    assert out.returncode == 1
+    assert "exited at start-up" in out.stdout, out.stdout + out.stderr
+
+
+def test_sighup_and_sigterm_reach_every_worker(
     pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
 ) -> None:
     cfg = fresh_ledger_config(pg_cluster, env.config, "workers_stop", unique_name,
@@ -106,6 +124,9 @@ def test_sigterm_stops_every_worker(
     # The parent's socket accepts at once; wait until both workers serve.
     wait_for(lambda: proxy.log.read_text().count("listening on") == 2 or None,
              what="two workers listening")  # fmt: skip
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: proxy.log.read_text().count("reload: applied") == 2 or None,
+             what="both workers to reload")  # fmt: skip
     proxy.proc.terminate()
     assert proxy.proc.wait(20) == 0
     log = proxy.log.read_text()
