@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
-from opendp._lib import FfiResult, FfiSlice, lib, unwrap
+from opendp._lib import FfiResult, FfiSlice, lib, unwrap  # internals: opendp is pinned to 0.16.x
 
 _VEC_I64 = b"Vec<i64>"
 T = TypeVar("T")
@@ -92,3 +92,23 @@ class VectorInvoker:
         """Check a free call (a failure here is a bug in the library, not the input)."""
         if result.tag != 0:
             unwrap(result, ctypes.c_void_p)
+
+
+class BindingInvoker:
+    """The same interface through OpenDP's own Python binding (slower, always there)."""
+
+    def __call__(self, measurement: Any, values: np.ndarray) -> np.ndarray:
+        """The measurement's release on `values`, as an int64 array."""
+        return np.asarray(measurement(values), dtype=np.int64)
+
+    def index(self, measurement: Any, values: np.ndarray) -> int:
+        """The release of a selection measurement."""
+        return int(measurement(values))
+
+
+def invoker() -> VectorInvoker | BindingInvoker:
+    """The lean path when this OpenDP build exports what it needs, else the binding."""
+    try:
+        return VectorInvoker()
+    except AttributeError:  # a build without one of the exported functions
+        return BindingInvoker()

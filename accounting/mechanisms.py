@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import opendp.prelude as dp
 
-from accounting.ffi import VectorInvoker
+from accounting.ffi import invoker
 from rewriter.plan import DPPlan, PrimitiveKind
 
 FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealized-numerics"})
@@ -92,7 +92,7 @@ class Mechanisms:
         self._i64_maps = dp.map_domain(dp.atom_domain(T="i64"), dp.atom_domain(T="i64"))
         self._l01inf = dp.l01inf_distance(dp.absolute_distance(T="i64"))
         self._thresholds: dict[tuple[Any, ...], NoiseSpec] = {}
-        self._invoke = VectorInvoker()  # OpenDP's samplers without its binding's per-call cost
+        self._invoke = invoker()  # OpenDP's samplers without its binding's per-call cost
 
     def _fit(self, kind: str, make: Callable[[float], Any], sensitivity: int, share: Decimal,
              scale: float) -> tuple[float, Decimal]:  # fmt: skip

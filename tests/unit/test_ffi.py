@@ -7,7 +7,7 @@ import opendp.prelude as dp
 import pytest
 from opendp.mod import OpenDPException
 
-from accounting.ffi import VectorInvoker
+from accounting.ffi import BindingInvoker, VectorInvoker
 from accounting.mechanisms import Mechanisms
 
 
@@ -50,3 +50,10 @@ def test_library_errors_surface_as_opendp_exceptions() -> None:
                                dp.l1_distance(T=float), scale=1.0)  # fmt: skip
     with pytest.raises(OpenDPException):
         VectorInvoker()(floats, np.zeros(3, dtype=np.int64))
+
+
+def test_the_binding_fallback_gives_the_same_shapes(mech: Mechanisms) -> None:
+    values = np.arange(10, dtype=np.int64)
+    out = BindingInvoker()(mech.laplace(0.5), values)
+    assert out.dtype == np.int64 and np.all(np.abs(out - values) <= 30)
+    assert BindingInvoker().index(mech.noisy_max(0.1), np.array([50, 0, 50], dtype=np.int64)) == 1
