@@ -7,7 +7,9 @@ whole stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,3 +133,36 @@ def test_sighup_and_sigterm_reach_every_worker(
     assert proxy.proc.wait(20) == 0
     log = proxy.log.read_text()
     assert log.count("stopped") == 2, log
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_later_is_replaced(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> None:
+    cfg = fresh_ledger_config(pg_cluster, env.config, "workers_respawn", unique_name,
+                              listen={"workers": 2})  # fmt: skip
+    out = dpproxy_cli("analyst", "add", "wr", "--budget-epsilon", "100", "--config", str(cfg), stdin="pw\n")
+    assert out.returncode == 0, out.stderr
+    proxy = ProxyProcess(cfg).start()
+    try:
+        assert proxy.proc is not None
+        wait_for(lambda: proxy.log.read_text().count("listening on") == 2 or None,
+                 what="two workers listening")  # fmt: skip
+        time.sleep(10.5)  # past the start-up window, inside which a death stops the whole
+        parent = proxy.proc.pid
+        kids = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        assert len(kids) == 2
+        os.kill(int(kids[0]), signal.SIGKILL)
+        wait_for(lambda: proxy.log.read_text().count("listening on") == 3 or None,
+                 what="a new worker listening")  # fmt: skip
+        assert "starting a new one" in proxy.log.read_text()
+        conns = [psycopg.connect(proxy.dsn("wr", "pw"), autocommit=True) for _ in range(2)]
+        try:
+            assert {c.info.backend_pid >> WORKER_SHIFT for c in conns} == {0, 1}
+            for c in conns:
+                assert c.execute("SELECT COUNT(*) FROM orders").fetchone() is not None
+        finally:
+            for c in conns:
+                c.close()
+    finally:
+        proxy.stop()
