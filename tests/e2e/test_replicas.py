@@ -12,7 +12,7 @@ import psycopg
 
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
-from tests.support.ledgers import dpproxy_cli, fresh_ledger_config
+from tests.support.ledgers import add_analyst, fresh_ledger_config
 from tests.support.ops import audit_rows, wait_for
 from tests.support.proxy_process import ProxyProcess
 
@@ -22,8 +22,7 @@ def test_two_replicas_share_budget_cache_and_audit(
 ) -> None:
     cfg = fresh_ledger_config(pg_cluster, env.config, "replicas", unique_name,
                               observability={"audit_flush_ms": 20})  # fmt: skip
-    out = dpproxy_cli("analyst", "add", "rep", "--budget-epsilon", "3", "--config", str(cfg), stdin="pw\n")
-    assert out.returncode == 0, out.stderr
+    add_analyst(cfg, "rep", "3")
     a, b = ProxyProcess(cfg).start(), ProxyProcess(cfg).start()
     try:
         notices: list[str] = []

@@ -19,7 +19,7 @@ import yaml
 
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
-from tests.support.ledgers import dpproxy_cli, fresh_ledger_config
+from tests.support.ledgers import add_analyst, dpproxy_cli, fresh_ledger_config
 from tests.support.ops import cancel_blocked_query, wait_for
 from tests.support.proxy_process import ProxyProcess, free_port
 
@@ -34,9 +34,7 @@ def two_workers(
                               listen={"workers": 2},
                               limits={"max_connections_per_analyst": 4})  # fmt: skip
     for name, budget in (("wk", "1000"), ("wkb", "2")):
-        out = dpproxy_cli("analyst", "add", name, "--budget-epsilon", budget, "--config", str(cfg),
-                          stdin="pw\n")  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        add_analyst(cfg, name, budget)
     proxy = ProxyProcess(cfg).start()
     yield proxy, cfg
     proxy.stop()
@@ -141,8 +139,7 @@ def test_a_worker_that_dies_later_is_replaced(
 ) -> None:
     cfg = fresh_ledger_config(pg_cluster, env.config, "workers_respawn", unique_name,
                               listen={"workers": 2})  # fmt: skip
-    out = dpproxy_cli("analyst", "add", "wr", "--budget-epsilon", "100", "--config", str(cfg), stdin="pw\n")
-    assert out.returncode == 0, out.stderr
+    add_analyst(cfg, "wr", "100")
     proxy = ProxyProcess(cfg).start()
     try:
         assert proxy.proc is not None

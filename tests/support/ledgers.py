@@ -49,3 +49,10 @@ def dpproxy_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedPro
         [sys.executable, "-m", "proxy.cli", *args], input=stdin, capture_output=True,
         text=True, timeout=60, env=env,
     )  # fmt: skip
+
+
+def add_analyst(config: Path, name: str, budget_epsilon: str, password: str = "pw") -> None:
+    """`dpproxy analyst add` through the CLI, as an admin would; fails the test if it fails."""
+    out = dpproxy_cli("analyst", "add", name, "--budget-epsilon", budget_epsilon,
+                      "--config", str(config), stdin=f"{password}\n")  # fmt: skip
+    assert out.returncode == 0, out.stderr
