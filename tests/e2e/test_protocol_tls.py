@@ -54,15 +54,19 @@ def make_certificates(d: Path) -> tuple[Path, Path, Path]:
     return d / "ca.pem", d / "server.pem", d / "server.key"
 
 
-@pytest.fixture(scope="module")
-def tls_proxy(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSProxy]:
-    """A second dpproxy on the same backend, with TLS required."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["one process", "two workers"])
+def tls_proxy(
+    env: Env, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[TLSProxy]:
+    """A second dpproxy on the same backend, with TLS required; also with two workers,
+    whose sockets are handed over before the TLS handshake (see proxy/workers.py)."""
     d = tmp_path_factory.mktemp("tls")
     ca, cert, key = make_certificates(d)
     cfg = yaml.safe_load(env.config.read_text())
-    cfg["listen"] = {**cfg.get("listen", {}), "tls_cert": str(cert), "tls_key": str(key), "require_tls": True}
+    cfg["listen"] = {**cfg.get("listen", {}), "tls_cert": str(cert), "tls_key": str(key),
+                     "require_tls": True, "workers": request.param}  # fmt: skip
     cfg["metadata_file"] = str((env.config.parent / cfg["metadata_file"]).resolve())
-    path = env.config.parent / "dpproxy-tls.yaml"
+    path = env.config.parent / f"dpproxy-tls-{request.param}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     p = ProxyProcess(path).start()
     yield TLSProxy(p, ca)
