@@ -94,6 +94,7 @@ class DPEngine:
         # of the same key in this process waits for the write, so a session's repeat
         # is always a hit; `flush` waits for them all at shutdown.
         self._storing: dict[str, asyncio.Task[CachedAnswer]] = {}
+        self._writes: set[asyncio.Task[CachedAnswer]] = set()  # every write not yet done
 
     def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
         """Calibrate the plan's noise; delta is spent only by plans that need it."""
@@ -243,8 +244,10 @@ class DPEngine:
             key, plan.dataset, None if self.cache_shared else analyst.name, plan.fingerprint, answer,
         ))  # fmt: skip
         self._storing[key] = task
+        self._writes.add(task)
 
         def stored(t: asyncio.Task[CachedAnswer]) -> None:
+            self._writes.discard(t)
             if self._storing.get(key) is t:
                 del self._storing[key]
             if t.cancelled():
@@ -258,8 +261,8 @@ class DPEngine:
 
     async def flush(self) -> None:
         """Wait for the answers still being written to the cache (at shutdown)."""
-        if self._storing:
-            await asyncio.wait(list(self._storing.values()))
+        if self._writes:
+            await asyncio.wait(list(self._writes))
 
     def _run(self, plan: DPPlan) -> asyncio.Future[Any]:
         """Start the bounded SQL; its rows are read only after the charge has committed."""
