@@ -123,14 +123,14 @@ class AnswerCache:
     async def put(
         self, key: str, dataset: str, analyst: str | None, fingerprint: str,
         answer: CachedAnswer,
-    ) -> CachedAnswer:  # fmt: skip
-        """Store an answer; if a valid one raced in first, return that one instead.
+    ) -> bool:  # fmt: skip
+        """Store an answer unless a valid one is stored already; whether this one was.
 
-        Returning the first stored answer keeps every client of a key on one answer.
+        The first valid answer stored for a key stays: every repeat gets that one.
         """
         cols = json.dumps([list(c) for c in answer.columns])
         rows = json.dumps([[encode_value(v) for v in r] for r in answer.rows])
-        stored = await self._pool.fetchrow(
+        stored = await self._pool.fetchval(
             "INSERT INTO dpproxy.answers AS a (key, dataset, analyst, fingerprint, epoch, "
             "columns, rows, bounds) SELECT $1, $2, $3, $4, d.cache_epoch, $5::jsonb, "
             "$6::jsonb, $7 FROM dpproxy.datasets d WHERE d.dataset = $2 "
@@ -138,13 +138,10 @@ class AnswerCache:
             "columns = EXCLUDED.columns, rows = EXCLUDED.rows, bounds = EXCLUDED.bounds "
             "WHERE a.epoch <> EXCLUDED.epoch OR ($8::float8 IS NOT NULL "
             "AND a.created_at <= now() - make_interval(secs => $8)) "
-            "RETURNING a.columns, a.rows, a.bounds",
+            "RETURNING true",
             key, dataset, analyst or "*", fingerprint, cols, rows, answer.bounds, self._ttl,
         )  # fmt: skip
-        if stored is not None:
-            return answer
-        raced = await self.get(key)
-        return raced if raced is not None else answer
+        return bool(stored)
 
     async def clear(self, dataset: str) -> int:
         """Invalidate every cached answer of a dataset (bumps its epoch; returns it)."""

@@ -93,8 +93,8 @@ class DPEngine:
         # Answers being written to the cache after they were sent (issue #7): a lookup
         # of the same key in this process waits for the write, so a session's repeat
         # is always a hit; `flush` waits for them all at shutdown.
-        self._storing: dict[str, asyncio.Task[CachedAnswer]] = {}
-        self._writes: set[asyncio.Task[CachedAnswer]] = set()  # every write not yet done
+        self._storing: dict[str, asyncio.Task[bool]] = {}
+        self._writes: set[asyncio.Task[bool]] = set()  # every write not yet done
 
     def noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[NoiseSpec]:
         """Calibrate the plan's noise; delta is spent only by plans that need it."""
@@ -246,7 +246,7 @@ class DPEngine:
         self._storing[key] = task
         self._writes.add(task)
 
-        def stored(t: asyncio.Task[CachedAnswer]) -> None:
+        def stored(t: asyncio.Task[bool]) -> None:
             self._writes.discard(t)
             if self._storing.get(key) is t:
                 del self._storing[key]

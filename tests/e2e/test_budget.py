@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -228,3 +229,33 @@ def test_admin_cli_changes_apply_to_a_running_proxy(
     # Nothing is ever deleted: the charge log refuses deletes even from the ledger owner.
     with psycopg.connect(ledger_dsn(cfg)) as conn, pytest.raises(psycopg.Error):
         conn.execute("DELETE FROM dpproxy.charges")
+
+
+def test_the_first_answer_stored_is_the_one_repeats_get(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> None:
+    # Two identical queries answered at the same moment both write their answer after
+    # replying; the cache keeps the first, so every later repeat sees one answer.
+    from accounting.cache import CachedAnswer
+    from proxy.admin import open_ledger
+    from proxy.config import load_config
+
+    cfg = load_config(fresh_ledger_config(pg_cluster, env.config, "first_stored", unique_name))
+    assert cfg.metadata is not None
+    dataset = cfg.metadata.dataset
+
+    async def race() -> tuple[bool, bool, CachedAnswer | None]:
+        ledger, cache = await open_ledger(cfg)
+        assert cache is not None
+        try:
+            first = CachedAnswer([("count", "int8")], [(101,)], "COUNT(*) ±5")
+            second = CachedAnswer([("count", "int8")], [(97,)], "COUNT(*) ±5")
+            a = await cache.put("k", dataset, None, "fp", first)
+            b = await cache.put("k", dataset, None, "fp", second)
+            return a, b, await cache.get("k")
+        finally:
+            await ledger.close()
+
+    stored_first, stored_second, got = asyncio.run(race())
+    assert (stored_first, stored_second) == (True, False)
+    assert got is not None and got.rows == [(101,)]
