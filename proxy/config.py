@@ -65,8 +65,18 @@ class BackendConfig(BaseModel):
         description="For the bounded SQL's sessions; None keeps the server's setting. "
         "Contribution bounding aggregates per privacy unit (one hash-table entry per "
         "unit); at PostgreSQL's default 4MB that table spills to disk from ~50k units "
-        "(TPC-H SF 1 orders, 100k units: 1.9 s at 4MB, 1.3 s at 64MB).",
+        "(see README: pushdown benchmark with --work-mem 4MB against the default).",
     )
+
+    def session_settings(self) -> dict[str, str]:
+        """The settings every data-database session starts with (the bounded SQL's)."""
+        settings = {"statement_timeout": str(self.statement_timeout_ms),
+                    "default_transaction_read_only": "on"}  # fmt: skip
+        if self.max_parallel_workers_per_gather is not None:
+            settings["max_parallel_workers_per_gather"] = str(self.max_parallel_workers_per_gather)
+        if self.work_mem is not None:
+            settings["work_mem"] = self.work_mem.replace(" ", "")
+        return settings
 
 
 class AnalystConfig(BaseModel):

@@ -104,16 +104,9 @@ class Server:
         listen = config.listen
         # Load the certificate first: a bad one should stop start-up before any pool opens.
         tls = load_tls(listen.tls_cert, listen.tls_key) if listen.tls_cert and listen.tls_key else None
-        timeout = str(config.backend.statement_timeout_ms)
-        settings = {"statement_timeout": timeout, "default_transaction_read_only": "on"}
-        if config.backend.max_parallel_workers_per_gather is not None:
-            workers = config.backend.max_parallel_workers_per_gather
-            settings["max_parallel_workers_per_gather"] = str(workers)
-        if config.backend.work_mem is not None:
-            settings["work_mem"] = config.backend.work_mem.replace(" ", "")
         data = await create_pool(
             config.backend.dsn, min_size=1, max_size=config.backend.pool_size,
-            server_settings=settings,
+            server_settings=config.backend.session_settings(),
         )  # fmt: skip
         version = await data.fetchval("SHOW server_version")
         # Issue #5: the ledger (accountant, group commit, analysts synced from the

@@ -4,7 +4,7 @@ One dpproxy process runs one event loop, so it uses one core. With `listen.worke
 `dpproxy serve` forks N workers and keeps the listening socket itself: it accepts each
 client connection and hands the socket to the next worker in turn (SCM_RIGHTS over a
 Unix socket pair). Workers sharing one listening socket instead split connections
-unevenly (8 pgbench clients: 7 on one worker, 1 on the other), and round robin keeps
+unevenly (in development, 8 pgbench clients landed 7 and 1), and round robin keeps
 them even. Each worker is a whole dpproxy: its own backend pools, plan and route caches and
 audit writer. Budgets, the answer cache and the audit log live in the shared ledger
 database, so the workers are replicas of one another, exactly as separate dpproxy
@@ -45,7 +45,6 @@ from proxy.config import Config
 
 log = logging.getLogger("dpproxy.workers")
 
-MAX_WORKERS = 64
 _INDEX_SHIFT = 24  # session pids: worker index above, a random number below
 _CANCEL = struct.Struct("!i4s")  # pid, secret
 # A worker that dies sooner than this after its start is not restarted.
@@ -113,10 +112,10 @@ def receive_clients(channel: socket.socket) -> list[socket.socket]:
     out = []
     while True:
         try:
-            _msg, fds, _flags, _addr = socket.recv_fds(channel, 16, 16)
+            msg, fds, _flags, _addr = socket.recv_fds(channel, 16, 16)
         except (BlockingIOError, InterruptedError):
             return out
-        if not fds and not _msg:
+        if not fds and not msg:
             return out  # the parent is gone
         out += [socket.socket(fileno=fd) for fd in fds]
 

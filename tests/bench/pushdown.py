@@ -1,8 +1,9 @@
 """Pushdown cost: database time of dpproxy's rewritten SQL over the plain query's.
 
-Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5] [--dsn URI]
+Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5] [--dsn URI] [--work-mem 4MB]
 
-(`--dsn`: a database that already holds TPC-H, instead of a fresh cluster.)
+(`--dsn`: a database that already holds TPC-H, instead of a fresh cluster; `--work-mem`:
+another `backend.work_mem` than dpproxy's default, e.g. PostgreSQL's 4MB, to compare.)
 
 For each TPC-H DP query, the plain SQL (what an analyst would run without dpproxy) and
 the bounded SQL the rewriter emits both run directly on the same PostgreSQL, in the
@@ -77,17 +78,18 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dsn", help="an existing TPC-H database (no cluster is started)")
+    ap.add_argument("--work-mem", help="work_mem for both queries (default: dpproxy's)")
     args = ap.parse_args()
     meta = load_metadata(example_metadata_path())
     if args.dsn:
-        rows = measure(args.dsn, meta, args.runs)
+        rows = measure(args.dsn, meta, args.runs, args.work_mem)
     else:
         with PgCluster.start(durable=False, base_dir=Path(tempfile.gettempdir())) as cluster:
             with psycopg.connect(cluster.dsn(), autocommit=True) as c:
                 c.execute("CREATE DATABASE tpch")
             dsn = cluster.dsn("tpch")
             load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
-            rows = measure(dsn, meta, args.runs)
+            rows = measure(dsn, meta, args.runs, args.work_mem)
     print(f"\nTPC-H scale {args.scale}, median of {args.runs} runs\n")
     print("| query | plain ms | rewritten ms | wall ratio | backend CPU ratio |")
     print("|---|---|---|---|---|")
@@ -96,11 +98,13 @@ def main() -> None:
         print(f"| {name} | {plain:.1f} | {dp:.1f} | {ratio:.2f} | {cpu} |")
 
 
-def measure(dsn: str, meta: Metadata, runs: int) -> list[tuple[str, float, float, float, float | None]]:
+def measure(
+    dsn: str, meta: Metadata, runs: int, work_mem: str | None = None
+) -> list[tuple[str, float, float, float, float | None]]:
     """Time every plain/rewritten pair on `dsn`, printing each as it is measured."""
     rows = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        as_dpproxy_sessions(conn)  # for both queries
+        as_dpproxy_sessions(conn, work_mem)  # for both queries
         for name, sql in QUERIES.items():
             try:
                 bounded = rewrite(parse_one(sql), meta).sql
