@@ -158,7 +158,7 @@ class LedgerConfig(BaseModel):
 
     pool_size: int = Field(default=4, ge=1, le=100)
     group_commit: bool = True
-    group_commit_window_us: int = Field(default=300, ge=0, le=100_000)
+    group_commit_window_us: int = Field(default=0, ge=0, le=100_000)
     group_commit_max_batch: int = Field(default=128, ge=1, le=10_000)
 
 
