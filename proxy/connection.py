@@ -674,6 +674,12 @@ class Connection:
             self._send_description(cursor.columns, (1,) if cursor.binary else ())
         elif _is_catalog(self.state.portal(msg.name).prepared.command):
             portal = self.state.portal(msg.name)
+            known = (None if portal.raw_params or portal.prepared.param_oids
+                     else self.ctx.catalog.remembered(portal.prepared.sql))
+            if known is not None and known.fields is not None:
+                # A pool ping's portal (`SELECT 1`): its remembered answer's encoded description.
+                self._send(known.row_description(portal.formats))
+                return
             _, fields = await self.ctx.catalog.describe(portal.prepared.sql, portal.prepared.param_oids)
             self._send(codec.no_data() if fields is None else describe_fields(fields, portal.formats))
         else:

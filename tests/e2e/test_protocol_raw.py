@@ -163,6 +163,24 @@ def test_execute_row_limit_and_binary(raw: Raw) -> None:
     assert msgs[-2][1] == b"SELECT 5\x00"
 
 
+def test_constant_portal_described_in_the_formats_it_is_sent(raw: Raw) -> None:
+    # The first run remembers `SELECT 1, 'x'`'s answer; later Describes of its portals
+    # come from that memory and must still announce each Bind's formats.
+    q = "SELECT 1 AS one, 'x' AS letter"
+    for rfmt in ((), (), (1,), (0, 1), (1, 1), ()):
+        raw.send(parse(q), bind(rfmt=rfmt), describe("P"), execute(), SYNC)
+        msgs = raw.until_ready()
+        assert types(msgs) == "12TDCZ", (rfmt, msgs)
+        fields = codec.parse_row_description(next(p for t, p in msgs if t == "T"))
+        assert [f.name for f in fields] == ["one", "letter"]
+        want = [0, 0] if not rfmt else [rfmt[0]] * 2 if len(rfmt) == 1 else list(rfmt)
+        # dpproxy sends binary for a column it can encode (int4 here, and text as is)
+        assert [f.format for f in fields] == want, rfmt
+        row = codec.parse_data_row(next(p for t, p in msgs if t == "D"))
+        assert row[0] == (struct.pack("!i", 1) if want[0] == 1 else b"1")
+        assert row[1] == b"x"
+
+
 def test_error_discards_until_sync(raw: Raw) -> None:
     raw.send(parse("SELECT COUNT(*) FROM orders"), bind(), execute(),
              parse("SELECT o_totalprice FROM orders"), bind(), execute(),
