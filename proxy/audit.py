@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -72,6 +73,7 @@ COLUMNS = ("id", "at", "instance", "analyst", "dataset", "protocol", "route", "s
            "cache_hit", "duration_ms")  # fmt: skip
 
 _INSERT_COLUMNS = COLUMNS[1:]
+_INSERT_VALUES = attrgetter(*_INSERT_COLUMNS)  # one C call per entry instead of 15 getattr
 
 
 def statement_hash(text: str) -> str:
@@ -102,7 +104,7 @@ class AuditEntry:
 
     def values(self) -> tuple[Any, ...]:
         """The entry in `_INSERT_COLUMNS` order."""
-        return tuple(getattr(self, c) for c in _INSERT_COLUMNS)
+        return _INSERT_VALUES(self)  # type: ignore[no-any-return]
 
 
 async def ensure_audit_schema(pool: asyncpg.Pool) -> None:
@@ -144,6 +146,15 @@ class AuditWriter:
     def pending(self) -> int:
         """Entries accepted and waiting in the queue (the batch being committed excluded)."""
         return self._queue.qsize()
+
+    def offer(self, entry: AuditEntry) -> bool:
+        """Accept an entry without waiting, if the queue has room (else False: `write` it)."""
+        self.start()
+        try:
+            self._queue.put_nowait(_Pending(entry))
+        except asyncio.QueueFull:
+            return False
+        return True
 
     async def write(self, entry: AuditEntry, wait: bool = False) -> None:
         """Accept an entry; with `wait`, return only once it has committed."""

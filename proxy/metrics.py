@@ -53,7 +53,8 @@ def _simple_series(name: str, help_: str, kind: str, values: dict[Labels, float]
 
 
 def _key(labels: dict[str, str]) -> Labels:
-    return tuple(sorted(labels.items()))
+    items = tuple(labels.items())
+    return items if len(items) < 2 else tuple(sorted(items))
 
 
 @dataclass

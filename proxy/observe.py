@@ -217,7 +217,9 @@ class Ops:
                 sqlstate=sqlstate, epsilon=obs.epsilon, delta=obs.delta, cache_hit=obs.cache_hit,
                 duration_ms=total * 1000,
             )  # fmt: skip
-            await self.audit.write(entry, wait=self.audit_sync)
+            # (a plain call, not a coroutine, for the usual case: the queue has room)
+            if self.audit_sync or not self.audit.offer(entry):
+                await self.audit.write(entry, wait=self.audit_sync)
 
     async def failed(self, conn: Any, error: Any, raw: str | None, protocol: str) -> None:
         """A statement was refused or failed: end the current one, or record `raw` alone."""

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
-from proxy.audit import statement_hash
+from accounting.ledger import SCHEMA_SQL
+from proxy.audit import AuditEntry, AuditWriter, ensure_audit_schema, read_audit, statement_hash
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
-from tests.support.ledgers import dpproxy_cli, ledger_dsn
+from tests.support.ledgers import dpproxy_cli, fresh_ledger_config, ledger_dsn
 from tests.support.ops import audit_rows, ops_config, wait_for
 from tests.support.proxy_process import ProxyProcess
 
@@ -148,3 +152,37 @@ def test_synchronous_audit_commits_before_the_answer(
                 assert len(audit_rows(cfg, "analyst = 'erin'")) == i + 2
     finally:
         p.stop()
+
+
+def test_a_full_audit_queue_holds_the_statement_back_and_loses_nothing(
+    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> None:
+    cfg = fresh_ledger_config(pg_cluster, env.config, "auditq", unique_name)
+
+    def entry(i: int) -> AuditEntry:
+        return AuditEntry(at=datetime.now(UTC), instance="t", analyst="q", dataset="d",
+                          protocol="simple", route="catalog", statement=f"SELECT {i}",
+                          statement_hash=statement_hash(f"SELECT {i}"), statement_length=8,
+                          decision="answered", sqlstate="00000", epsilon=None, delta=None,
+                          cache_hit=None, duration_ms=0.1)  # fmt: skip
+
+    async def go() -> tuple[list[bool], int, list[str]]:
+        pool = await asyncpg.create_pool(ledger_dsn(cfg), min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(SCHEMA_SQL)  # the ledger's schema, which the audit joins
+            await ensure_audit_schema(pool)
+            writer = AuditWriter(pool, flush_ms=20, max_queue=2)
+            # Nothing has yielded to the writer yet: the third entry finds the queue full.
+            offered = [writer.offer(entry(i)) for i in range(3)]
+            await writer.write(entry(2))  # what Ops.end does then: wait for room
+            left = await writer.close()
+            rows = await read_audit(pool, analyst="q")
+            return offered, left, [r["statement"] for r in rows]
+        finally:
+            await pool.close()
+
+    offered, left, statements = asyncio.run(go())
+    assert offered == [True, True, False]
+    assert left == 0
+    assert statements == ["SELECT 0", "SELECT 1", "SELECT 2"]
