@@ -227,15 +227,30 @@ def _cast(v: Value, to: exp.Expression) -> Value:
     try:
         if name in ("INT", "BIGINT", "SMALLINT"):
             return int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
+        params = [int(str(e.this.this)) for e in to.expressions] if isinstance(to, exp.DataType) else []
         if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
-            return Decimal(str(v)) if isinstance(v, float) else Decimal(v)
+            return _numeric_typmod(Decimal(str(v)) if isinstance(v, float) else Decimal(v), params)
         if name in ("DOUBLE", "FLOAT"):
             return float(v)
         if name in ("TEXT", "VARCHAR"):
-            return str(v)
+            text = str(v)
+            return text[: params[0]] if params else text  # varchar(n) truncates, as PostgreSQL does
     except (InvalidOperation, ValueError) as e:
         raise PostProcessError("22P02", f"invalid value for type {name.lower()}") from e
     raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")
+
+
+def _numeric_typmod(d: Decimal, params: list[int]) -> Decimal:
+    """`d` as numeric(precision, scale): rounded half away from zero to `scale` digits,
+    and 22003 if it then needs more than `precision` digits (PostgreSQL's rules)."""
+    if not params or not d.is_finite():
+        return d
+    precision, scale = params[0], params[1] if len(params) > 1 else 0
+    out = d.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    if out != 0 and out.adjusted() + 1 > precision - scale:
+        raise PostProcessError("22003", f"numeric field overflow: numeric({precision},{scale}) must "
+                               f"round to an absolute value below 10^{precision - scale}")  # fmt: skip
+    return out
 
 
 # --- static types --------------------------------------------------------------------------

@@ -335,7 +335,7 @@ _POST_NODES: tuple[type[exp.Expression], ...] = (
     exp.Literal, exp.Null, exp.Boolean, exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div,
     exp.Neg, exp.Mod, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or,
     exp.Not, exp.Is, exp.Round, exp.Abs, exp.Coalesce, exp.Greatest, exp.Least, exp.Case,
-    exp.If, exp.Cast, exp.DataType, exp.Ceil, exp.Floor, exp.Sqrt, exp.Column,
+    exp.If, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Ceil, exp.Floor, exp.Sqrt, exp.Column,
     exp.Identifier, exp.Between, exp.In, exp.Nullif,
 )  # fmt: skip
 

@@ -19,6 +19,7 @@ from accounting.release import release
 from rewriter.metadata import load_metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
+from rewriter.postprocess import PostProcessError
 from rewriter.rewrite import rewrite
 
 META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
@@ -104,6 +105,25 @@ def test_release_having_order_by_offset_limit_and_expressions() -> None:
     # HAVING drops 3-MEDIUM (1) and 5-LOW (0); ties on n break by p; OFFSET skips 2-HIGH.
     assert [r[:2] for r in ans.rows] == [("4-NOT SPECIFIED", 10), ("1-URGENT", 4)]
     assert [r[2] for r in ans.rows] == [Decimal("3"), Decimal("100")]
+
+
+def test_release_casts_to_typed_numeric_and_varchar_as_postgresql_does() -> None:
+    p = rewrite(parse_one(
+        "SELECT o_orderpriority AS p, AVG(o_totalprice)::numeric(10,1) AS a, "
+        "CAST(COUNT(*) AS varchar(1)) AS c FROM orders GROUP BY 1"), META)  # fmt: skip
+    mid = next(a.midpoint for a in p.aggregates if a.sum)  # released as steps - mid * count
+    mech = NoNoise()
+    # 1-URGENT: 4 orders of mean 100.25 (steps of 0.01); 2-HIGH: 10 of mean 0.04.
+    rows = [(0, 4, 40_100 - mid * 4), (1, 10, 40 - mid * 10)]
+    ans = release(p, _in_units(p, rows), mech.plan_noise(p, Decimal(1)), mech)
+    got = {r[0]: r[1:] for r in ans.rows}
+    assert got["1-URGENT"] == (Decimal("100.3"), "4")  # half away from zero; varchar(1) cuts "4"
+    assert got["2-HIGH"] == (Decimal("0.0"), "1")  # "10" cut to one character
+    assert [t for _, t in ans.columns] == ["text", "numeric", "text"]
+    tight = rewrite(parse_one("SELECT SUM(o_totalprice)::numeric(4,2) FROM orders"), META)
+    with pytest.raises(PostProcessError) as e:  # 401.00 needs 3 digits before the point
+        release(tight, _in_units(tight, [(40_100,)]), mech.plan_noise(tight, Decimal(1)), mech)
+    assert e.value.sqlstate == "22003"
 
 
 def test_sampler_clamps_out_of_range_values(mech: Mechanisms) -> None:
