@@ -787,8 +787,20 @@ def describe(n: exp.Expression) -> str:
     if isinstance(n, exp.Anonymous):
         return f"the function {str(n.this).upper()}()"
     if isinstance(n, exp.Func):
-        return f"the function {n.sql_name().upper()}()"
+        return f"the function {_written_name(n)}()"
     return f"the construct {type(n).__name__.upper()}"
+
+
+def _written_name(n: exp.Func) -> str:
+    """The function's name as PostgreSQL spells it (`TO_CHAR`, not sqlglot's TIME_TO_STR)."""
+    try:
+        rendered = n.sql(dialect="postgres")
+    except Exception:  # noqa: BLE001 - a node sqlglot cannot render: its own name will do
+        rendered = ""
+    name = rendered.split("(", 1)[0].strip()
+    if "(" not in rendered or not name.replace("_", "").isalnum():
+        name = n.sql_name()
+    return name.upper()
 
 
 def _cols(*parts: Typed) -> frozenset[tuple[str, str]]:

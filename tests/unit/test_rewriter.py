@@ -115,6 +115,17 @@ def test_refusals(sql: str, state: str) -> None:
     assert info.value.message
 
 
+@pytest.mark.parametrize(("sql", "named"), [
+    ("SELECT to_char(o_orderdate, 'YYYY-MM'), COUNT(*) FROM orders GROUP BY 1", "TO_CHAR()"),
+    ("SELECT COUNT(*) FROM orders WHERE regexp_replace(o_comment, 'a', 'b') = 'x'", "REGEXP_REPLACE()"),
+    ("SELECT COUNT(*) FROM orders WHERE md5(o_comment) = 'x'", "MD5()"),
+])  # fmt: skip
+def test_refusals_name_functions_as_the_analyst_wrote_them(sql: str, named: str) -> None:
+    with pytest.raises(RewriteError) as info:
+        plan(sql)
+    assert f"the function {named} is not allowed" in info.value.message
+
+
 def test_split_statements_respects_quotes_and_comments() -> None:
     parts = split_statements("select 'a;b'; select $$x;y$$ /* ; */; -- c;\n select 3;;")
     assert [p.keyword for p in parts] == ["SELECT", "SELECT", "SELECT"]
