@@ -227,7 +227,7 @@ def _cast(v: Value, to: exp.Expression) -> Value:
     try:
         if name in ("INT", "BIGINT", "SMALLINT"):
             return int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
-        params = [int(str(e.this.this)) for e in to.expressions] if isinstance(to, exp.DataType) else []
+        params = _type_params(to)
         if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
             return _numeric_typmod(Decimal(str(v)) if isinstance(v, float) else Decimal(v), params)
         if name in ("DOUBLE", "FLOAT"):
@@ -238,6 +238,19 @@ def _cast(v: Value, to: exp.Expression) -> Value:
     except (InvalidOperation, ValueError) as e:
         raise PostProcessError("22P02", f"invalid value for type {name.lower()}") from e
     raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")
+
+
+def _type_params(to: exp.Expression) -> list[int]:
+    """A type's integer modifiers (`numeric(10,2)` -> [10, 2]); 0A000 for any other kind."""
+    if not isinstance(to, exp.DataType):
+        return []
+    out = []
+    for param in to.expressions:
+        value = param.this if isinstance(param, exp.DataTypeParam) else param
+        if not (isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit()):
+            raise PostProcessError("0A000", f"cast to {to.sql(dialect='postgres')} is not supported after noise")
+        out.append(int(str(value.this)))
+    return out
 
 
 def _numeric_typmod(d: Decimal, params: list[int]) -> Decimal:

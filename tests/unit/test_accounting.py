@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlglot import exp
 
 from accounting.mechanisms import (
     Mechanisms,
@@ -19,7 +20,7 @@ from accounting.release import release
 from rewriter.metadata import load_metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
-from rewriter.postprocess import PostProcessError
+from rewriter.postprocess import PostProcessError, evaluate
 from rewriter.rewrite import rewrite
 
 META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
@@ -124,6 +125,12 @@ def test_release_casts_to_typed_numeric_and_varchar_as_postgresql_does() -> None
     with pytest.raises(PostProcessError) as e:  # 401.00 needs 3 digits before the point
         release(tight, _in_units(tight, [(40_100,)]), mech.plan_noise(tight, Decimal(1)), mech)
     assert e.value.sqlstate == "22003"
+    cast = exp.cast(exp.column("v"), exp.DataType.build("numeric(5,1)", dialect="postgres"))
+    assert evaluate(cast, {"v": Decimal("1.25")}) == Decimal("1.3")
+    odd = exp.DataType(this=exp.DataType.Type.DECIMAL, expressions=[exp.DataTypeParam(this=exp.column("p"))])
+    with pytest.raises(PostProcessError) as e:  # a modifier that is not a whole number
+        evaluate(exp.cast(exp.column("v"), odd), {"v": Decimal(1)})
+    assert e.value.sqlstate == "0A000"
 
 
 def test_sampler_clamps_out_of_range_values(mech: Mechanisms) -> None:
