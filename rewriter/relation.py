@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
+from rewriter.commajoin import inner_joins_from_where
 from rewriter.errors import (
     UNDEFINED_COLUMN,
     UNDEFINED_TABLE,
@@ -188,6 +189,7 @@ class FromResolver:
                 raise unsupported("WITH RECURSIVE is not supported on private tables")
             for cte in with_.expressions:
                 self.ctes[cte.alias_or_name.lower()] = cte.this
+        select = inner_joins_from_where(select, self._columns_of)
         from_ = select.args.get("from_") or select.args.get("from")
         if from_ is None:
             raise not_allowed("the query has no FROM clause over a private table")
@@ -204,6 +206,23 @@ class FromResolver:
         return rel, scope
 
     # -- FROM items -------------------------------------------------------------------
+
+    def _columns_of(self, item: exp.Expression) -> frozenset[str] | None:
+        """The column names a FROM item exposes, when they can be told without resolving it."""
+        body: exp.Expression | None = None
+        if isinstance(item, exp.Subquery):
+            body = item.this
+        elif isinstance(item, exp.Table):
+            cname = item.name.lower()
+            body = self.ctes.get(cname) if not item.db and cname not in self.expanding else None
+            if body is None:
+                found = self.meta.find(item.name, item.db or None)
+                return frozenset(c.lower() for c in found[1].columns) if found else None
+        if not isinstance(body, exp.Select) or any(
+            isinstance(e, exp.Star) or (isinstance(e, exp.Column) and e.is_star) for e in body.expressions
+        ):
+            return None
+        return frozenset(e.alias_or_name.lower() for e in body.expressions)
 
     def _add_item(
         self, item: exp.Expression, rel: Relation, scope: Scope, join: exp.Join | None

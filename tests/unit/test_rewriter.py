@@ -215,3 +215,36 @@ def test_plan_names_how_it_bounds_contributions() -> None:
     assert plan("SELECT COUNT(DISTINCT o_custkey) FROM orders").bounding == "none"
     assert plan("SELECT MEDIAN(o_totalprice) FROM orders").bounding == "sampled"
     assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "sampled"
+
+
+@pytest.mark.parametrize(
+    ("comma", "explicit"),
+    [
+        (
+            "SELECT r_name, COUNT(*) FROM customer, nation, region "
+            "WHERE c_nationkey = n_nationkey AND n_regionkey = r_regionkey AND c_acctbal > 0 GROUP BY r_name",
+            "SELECT r_name, COUNT(*) FROM customer JOIN nation ON c_nationkey = n_nationkey "
+            "JOIN region ON n_regionkey = r_regionkey WHERE c_acctbal > 0 GROUP BY r_name",
+        ),
+        (  # written out of join order: orders is taken before customer
+            "SELECT COUNT(*) FROM lineitem l, customer c, orders o "
+            "WHERE o.o_custkey = c.c_custkey AND l.l_orderkey = o.o_orderkey AND c.c_mktsegment = 'BUILDING'",
+            "SELECT COUNT(*) FROM lineitem l JOIN orders o ON l.l_orderkey = o.o_orderkey "
+            "JOIN customer c ON o.o_custkey = c.c_custkey WHERE c.c_mktsegment = 'BUILDING'",
+        ),
+        (
+            "SELECT COUNT(*) FROM orders o CROSS JOIN customer c WHERE o.o_custkey = c.c_custkey",
+            "SELECT COUNT(*) FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey",
+        ),
+    ],
+)
+def test_comma_joins_rewrite_as_the_explicit_join(comma: str, explicit: str) -> None:
+    assert plan(comma).sql == plan(explicit).sql
+
+
+def test_comma_join_without_a_linking_equality_stays_refused() -> None:
+    for sql in ("SELECT COUNT(*) FROM orders, customer WHERE o_totalprice > c_acctbal",
+                "SELECT COUNT(*) FROM customer, nation WHERE c_nationkey = n_nationkey OR c_acctbal > 0"):  # fmt: skip
+        with pytest.raises(RewriteError, match="CROSS JOIN, comma joins") as e:
+            plan(sql)
+        assert e.value.sqlstate == "0A000"
