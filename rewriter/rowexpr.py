@@ -116,6 +116,17 @@ _EXTRACT_RANGES: dict[str, tuple[int, int] | None] = {
     "millennium": None,
     "epoch": None,
 }
+# The same fields over finite dates and timestamps (PostgreSQL's years run from 4713 BC
+# to 5874897 AD; epoch seconds of those): what an integer cast of them may assume once
+# infinite values are mapped to NULL.
+_FINITE_RANGES: dict[str, tuple[int, int]] = {
+    "year": (-4714, 5874898),
+    "isoyear": (-4714, 5874898),
+    "decade": (-472, 587490),
+    "century": (-48, 58749),
+    "millennium": (-5, 5875),
+    "epoch": (-210_900_000_000, 185_400_000_000_000),
+}
 _SMALL_DOMAIN_FIELDS = {"month", "quarter", "dow", "isodow", "hour", "day", "week"}
 _TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day", "week",
                 "month", "quarter", "year", "decade", "century", "millennium"}  # fmt: skip
@@ -578,6 +589,9 @@ class Analyzer:
                 return Typed(exp.Cast(this=a.sql, to=sqlto), "int", Decimal(0), Decimal(1),
                              (0, 1, None) if a.nullable else (0, 1), a.nullable,
                              columns=a.columns, pg_type="int4")  # fmt: skip
+            if not a.bounded and isinstance(n.this, exp.Extract):
+                # EXTRACT(YEAR ...)::int fails only for infinite dates: those become NULL.
+                a = self._n_Extract(n.this, finite=True)
             if a.kind not in NUMERIC_KINDS or not a.bounded:
                 raise unsupported(
                     f"a cast of {a.type_name} to {to.lower()} can fail for some rows",
@@ -623,7 +637,9 @@ class Analyzer:
 
     # -- dates ------------------------------------------------------------------------
 
-    def _n_Extract(self, n: exp.Extract) -> Typed:
+    def _n_Extract(self, n: exp.Extract, finite: bool = False) -> Typed:
+        """EXTRACT(field FROM d); with `finite`, of finite values only (others give NULL),
+        so year-like fields and epoch get bounds an integer cast can be checked against."""
         field = n.this.name.lower() if isinstance(n.this, (exp.Var, exp.Identifier, exp.Literal)) else ""
         field = {"dayofweek": "dow", "dayofyear": "doy", "days": "day", "months": "month",
                  "years": "year", "hours": "hour", "minutes": "minute"}.get(field, field)  # fmt: skip
@@ -636,6 +652,13 @@ class Analyzer:
         if field in ("hour", "minute") and a.kind == "date":
             raise RewriteError("0A000", f"EXTRACT({field.upper()}) of a date is not supported")
         rng = _EXTRACT_RANGES[field]
+        if rng is None and finite:
+            src = exp.Case(ifs=[exp.If(this=exp.Anonymous(this="isfinite", expressions=[a.sql.copy()]),
+                                       true=a.sql.copy())])  # fmt: skip
+            sql = exp.Extract(this=exp.var(field.upper()), expression=src)
+            flo, fhi = _FINITE_RANGES[field]
+            return Typed(sql, "numeric", Decimal(flo), Decimal(fhi), None, True, columns=a.columns,
+                         step=None if field == "epoch" else Decimal(1))  # fmt: skip
         sql = exp.Extract(this=exp.var(field.upper()), expression=a.sql)
         if rng is None:
             return Typed(sql, "numeric", nullable=a.nullable, columns=a.columns)

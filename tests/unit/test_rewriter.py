@@ -248,3 +248,12 @@ def test_comma_join_without_a_linking_equality_stays_refused() -> None:
         with pytest.raises(RewriteError, match="CROSS JOIN, comma joins") as e:
             plan(sql)
         assert e.value.sqlstate == "0A000"
+
+
+def test_integer_cast_of_a_year_maps_infinite_dates_to_null() -> None:
+    # EXTRACT(YEAR FROM 'infinity'::date)::int raises in PostgreSQL: a data-dependent error.
+    p = plan("SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1")
+    assert 'EXTRACT(YEAR FROM CASE WHEN ISFINITE("t0"."o_orderdate") THEN "t0"."o_orderdate" END)' in p.sql
+    with pytest.raises(RewriteError, match="can overflow") as e:
+        plan("SELECT COUNT(*) FROM orders WHERE EXTRACT(EPOCH FROM o_orderdate)::int > 0")
+    assert e.value.sqlstate == "0A000"
