@@ -329,6 +329,8 @@ class Analyzer:
         dflt = self.analyze(default) if default is not None else None
         every = branches + ([dflt] if dflt is not None else [])
         out = _union(every, "CASE")
+        branches = _widened(branches, out)
+        dflt = _widened([dflt], out)[0] if dflt is not None else None
         ifs = [exp.If(this=c, true=b.operand) for c, b in zip(conds, branches, strict=True)]
         sql = exp.Case(ifs=ifs, default=dflt.operand if dflt is not None else None)
         dom = out.domain
@@ -344,6 +346,7 @@ class Analyzer:
     def _n_Coalesce(self, n: exp.Coalesce) -> Typed:
         parts = [self.analyze(e) for e in [n.this, *n.expressions]]
         out = _union(parts, "COALESCE")
+        parts = _widened(parts, out)
         dom = out.domain
         if dom is not None and not all(p.nullable for p in parts):
             dom = tuple(v for v in dom if v is not None)
@@ -365,6 +368,7 @@ class Analyzer:
     def _n_Greatest(self, n: exp.Expression) -> Typed:
         parts = [self.analyze(e) for e in [n.this, *n.expressions]]
         out = _union(parts, type(n).__name__.upper())
+        parts = _widened(parts, out)
         if out.kind in NUMERIC_KINDS:
             # GREATEST ignores NULLs, so it is at least every non-NULL argument's lower
             # bound, and at most the largest upper bound if all are finite (LEAST mirrors
@@ -627,6 +631,7 @@ class Analyzer:
             if a.kind not in TEMPORAL_KINDS:
                 raise unsupported(f"a cast of {a.type_name} to {to.lower()} can fail for some rows")
             if a.kind == "date" and target != "date" or a.kind != "date" and target == "date":
+                a = _date_as_timestamp(a) if target != "date" else a
                 return Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=a.nullable,
                              columns=a.columns)  # fmt: skip
             return replace(a, sql=exp.Cast(this=a.sql, to=sqlto), kind=target, unit=False)
@@ -679,10 +684,43 @@ class Analyzer:
         if a.kind not in TEMPORAL_KINDS:
             raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
+        a = _date_as_timestamp(a)
         sql = exp.Anonymous(this="date_trunc", expressions=[exp.Literal.string(uname), a.sql])
         return Typed(sql, kind, nullable=a.nullable, columns=a.columns)
 
     _n_DateTrunc = _n_TimestampTrunc
+
+    def _n_TimeToStr(self, n: exp.TimeToStr) -> Typed:
+        """TO_CHAR(date or timestamp, 'format'): never fails once dates are guarded."""
+        a = self.analyze(n.this)
+        fmt = n.args.get("format")
+        if a.kind not in TEMPORAL_KINDS:
+            raise unsupported(f"TO_CHAR of {a.type_name} is not supported on private rows",
+                              "TO_CHAR formats dates and timestamps; for numbers use ROUND or a cast to text")  # fmt: skip
+        if not (isinstance(fmt, exp.Literal) and fmt.is_string):
+            raise unsupported("TO_CHAR needs a string literal as its format")
+        a = _date_as_timestamp(a)
+        # Infinite dates and timestamps give NULL.
+        return Typed(exp.TimeToStr(this=a.sql, format=fmt.copy()), "text", nullable=True,
+                     columns=a.columns)  # fmt: skip
+
+    def _n_WidthBucket(self, n: exp.Expression) -> Typed:
+        """WIDTH_BUCKET(x, low, high, count): the bucket index, a small public domain."""
+        a = self.analyze(n.this)
+        if a.kind not in NUMERIC_KINDS or not a.bounded:
+            raise unsupported("WIDTH_BUCKET needs a number with declared bounds (NaN would make it fail)")
+        low, high = (self.analyze(n.args[k]) for k in ("min_value", "max_value"))
+        if not all(b.constant and b.kind in NUMERIC_KINDS and b.lo is not None for b in (low, high)):
+            raise unsupported("WIDTH_BUCKET needs number literals as its bounds")
+        if low.lo == high.lo:
+            raise RewriteError("2201G", "lower bound cannot equal upper bound")
+        count = self._const_int(n.args.get("num_buckets"), "WIDTH_BUCKET", 1)
+        buckets = int(Decimal(str(count.this)))
+        # The clamped operand: no NaN or infinity reaches it.
+        sql = exp.Anonymous(this="width_bucket", expressions=[a.operand, low.sql, high.sql, count])
+        dom = (*range(buckets + 2), *((None,) if a.nullable else ())) if buckets <= 1000 else None
+        return Typed(sql, "int", Decimal(0), Decimal(buckets + 1), dom, a.nullable, columns=a.columns,
+                     step=Decimal(1), pg_type="int4")  # fmt: skip
 
     # -- strings ----------------------------------------------------------------------
 
@@ -812,6 +850,34 @@ def describe(n: exp.Expression) -> str:
     if isinstance(n, exp.Func):
         return f"the function {_written_name(n)}()"
     return f"the construct {type(n).__name__.upper()}"
+
+
+# The last day a timestamp can hold: a later date raises when cast to a timestamp.
+_LAST_TIMESTAMP_DATE = "294276-12-31"
+
+
+def _date_as_timestamp(a: Typed) -> Typed:
+    """A date column about to be read as a timestamp, made total.
+
+    PostgreSQL raises for dates after 294276 AD (which a date can hold): an error that
+    would tell whether such a row exists. Those dates become 'infinity', which a
+    timestamp holds and which sorts after every finite timestamp, as they do.
+    (Comparisons of a date with a timestamp need no guard: PostgreSQL's cross-type
+    operators saturate instead of raising.)
+    """
+    if a.kind != "date" or a.constant:
+        return a
+    late = exp.GT(this=a.sql.copy(), expression=exp.cast(exp.Literal.string(_LAST_TIMESTAMP_DATE), "date"))
+    guarded = exp.Case(ifs=[exp.If(this=late, true=exp.cast(exp.Literal.string("infinity"), "date"))],
+                       default=a.sql.copy())  # fmt: skip
+    return replace(a, sql=guarded, value=None)
+
+
+def _widened(parts: list[Typed], out: Typed) -> list[Typed]:
+    """The parts of a CASE/COALESCE/GREATEST whose result is a timestamp, dates guarded."""
+    if out.kind not in ("timestamp", "timestamptz"):
+        return parts
+    return [_date_as_timestamp(p) for p in parts]
 
 
 def _written_name(n: exp.Func) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import psycopg
+import pytest
 
 from tests.e2e.conftest import ANALYSTS, Env, truth
 from tests.support.proxy_process import ProxyProcess
@@ -225,3 +226,31 @@ def test_weighted_bounding_matches_its_definition(proxy: ProxyProcess, env: Env)
                 assert abs(g[0] - w[0]) <= 1  # the noisy count is rounded
                 assert abs(Decimal(g[1]) - w[1]) <= Decimal("2e-3") * w[1]
                 assert abs(Decimal(g[2]) - w[1] / w[0]) <= Decimal("2e-3") * (w[1] / w[0])
+
+
+def test_dates_past_the_timestamp_range_raise_no_error(env: Env) -> None:
+    # A date after 294276 AD raises when PostgreSQL reads it as a timestamp: an error
+    # would tell whether such a row exists. The rewritten SQL must answer instead; the
+    # planted rows are rolled back.
+    queries = [
+        "SELECT date_trunc('month', o_orderdate) AS m, COUNT(*) FROM orders GROUP BY 1",
+        "SELECT to_char(o_orderdate, 'YYYY-MM') AS m, COUNT(*) FROM orders GROUP BY 1",
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate::timestamp >= TIMESTAMP '1995-01-01'",
+        "SELECT COUNT(*) FROM orders WHERE GREATEST(o_orderdate, TIMESTAMP '1995-01-01') > TIMESTAMP '1996-01-01'",
+        "SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1",
+    ]
+    with psycopg.connect(env.tpch_dsn) as conn:
+        conn.execute(
+            "INSERT INTO orders SELECT o_orderkey + 1000000000 * k, o_custkey, o_orderstatus, o_totalprice, "
+            "d, o_orderpriority, o_clerk, o_shippriority, o_comment FROM (SELECT * FROM orders LIMIT 1) o, "
+            "(VALUES (1, DATE '300000-01-01'), (2, DATE 'infinity')) AS v(k, d)"
+        )
+        for sql in queries:
+            # Fetched as text: the client could not convert a date of 300000 AD.
+            with pytest.raises((psycopg.errors.DatetimeFieldOverflow, psycopg.errors.FeatureNotSupported)):
+                # The analyst's own SQL fails on these rows...
+                with conn.transaction():
+                    conn.execute(f"SELECT q::text FROM ({sql}) q").fetchall()  # type: ignore[call-overload]
+            # ...the rewritten SQL does not.
+            conn.execute(f"SELECT q::text FROM ({plan_of(sql).sql}) q").fetchall()  # type: ignore[call-overload]
+        conn.rollback()
