@@ -319,7 +319,8 @@ class DPEngine:
         return self.noise(plan, epsilon, delta)
 
     def _cache_key(self, plan: DPPlan, analyst: str, epsilon: Decimal, delta: Decimal) -> str | None:
-        if self.cache is None:
+        # An answer relative to the clock (CURRENT_DATE - 30) would go stale in the cache.
+        if self.cache is None or plan.reads_clock:
             return None
         return cache_key(
             plan.dataset, None if self.cache_shared else analyst, plan.fingerprint, epsilon,

@@ -153,6 +153,8 @@ class DPPlan:
     # How contributions are bounded: "weighted" rows, "sampled" rows, or "none" needed
     # (one row per unit, or distinct units counted without groups).
     bounding: str = "sampled"
+    # The answer depends on when it runs (CURRENT_DATE, now()): never a cached answer.
+    reads_clock: bool = False
 
     @property
     def group_count(self) -> int:

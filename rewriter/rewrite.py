@@ -32,7 +32,7 @@ from rewriter.plan import (
 )
 from rewriter.postprocess import infer_type
 from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
-from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe
+from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe, reads_clock
 
 MAX_GROUPS = 100_000
 # Grouped weighted plans over short listed domains keep one partial per (cell,
@@ -139,6 +139,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         max_rows=b.rows,
         max_groups=_groups_per_unit(b),
         bounding=b.bounding,
+        reads_clock=reads_clock(tree),
     )
 
 

@@ -633,7 +633,7 @@ class Analyzer:
             if a.kind == "date" and target != "date" or a.kind != "date" and target == "date":
                 a = _date_as_timestamp(a) if target != "date" else a
                 return Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=a.nullable,
-                             columns=a.columns)  # fmt: skip
+                             columns=a.columns, constant=a.constant)  # fmt: skip
             return replace(a, sql=exp.Cast(this=a.sql, to=sqlto), kind=target, unit=False)
         if to == "BOOLEAN" and a.kind == "bool":
             return a
@@ -686,9 +686,36 @@ class Analyzer:
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
         a = _date_as_timestamp(a)
         sql = exp.Anonymous(this="date_trunc", expressions=[exp.Literal.string(uname), a.sql])
-        return Typed(sql, kind, nullable=a.nullable, columns=a.columns)
+        return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant)
 
     _n_DateTrunc = _n_TimestampTrunc
+
+    # The statement's clock: one value for every row (PostgreSQL fixes it when the
+    # transaction starts), public, and never failing. Plans reading it are not answered
+    # from the answer cache (see `reads_clock`).
+
+    def _n_CurrentDate(self, n: exp.Expression) -> Typed:
+        return Typed(exp.CurrentDate(), "date", nullable=False, constant=True)
+
+    def _n_CurrentTimestamp(self, n: exp.Expression) -> Typed:
+        return Typed(exp.CurrentTimestamp(), "timestamptz", nullable=False, constant=True)
+
+    def _n_Localtimestamp(self, n: exp.Expression) -> Typed:
+        return Typed(exp.Localtimestamp(), "timestamp", nullable=False, constant=True)
+
+    def _n_StrToTime(self, n: exp.Expression) -> Typed:
+        """TO_TIMESTAMP('literal', 'format') (BI tools' time filters): a checked constant."""
+        value, fmt = n.this, n.args.get("format")
+        what = "TO_DATE" if isinstance(n, exp.StrToDate) else "TO_TIMESTAMP"
+        if not all(isinstance(x, exp.Literal) and x.is_string for x in (value, fmt)):
+            raise unsupported(f"{what} is supported on string literals only (a column could "
+                              "fail to parse for some rows)", "compare with a typed literal, e.g. DATE '1995-01-01'")  # fmt: skip
+        assert isinstance(value, exp.Literal) and isinstance(fmt, exp.Literal)
+        _check_time_literal(str(value.this), str(fmt.this), what)
+        kind = "date" if isinstance(n, exp.StrToDate) else "timestamptz"
+        return Typed(n.copy(), kind, nullable=False, constant=True)
+
+    _n_StrToDate = _n_StrToTime
 
     def _n_TimeToStr(self, n: exp.TimeToStr) -> Typed:
         """TO_CHAR(date or timestamp, 'format'): never fails once dates are guarded."""
@@ -826,6 +853,9 @@ class Analyzer:
                                      parts)  # fmt: skip
         if name in ("char_length", "character_length", "octet_length") and len(args) == 1:
             return self._n_Length(exp.Length(this=args[0]))
+        if name in _CLOCK_FUNCTIONS and not args:
+            return Typed(exp.Anonymous(this=name, expressions=[]), "timestamptz", nullable=False,
+                         constant=True)  # fmt: skip
         if name == "date_part" and len(args) == 2 and isinstance(args[0], exp.Literal):
             return self._n_Extract(exp.Extract(this=exp.var(args[0].this), expression=args[1]))
         if name == "split_part" and len(args) == 3:
@@ -850,6 +880,34 @@ def describe(n: exp.Expression) -> str:
     if isinstance(n, exp.Func):
         return f"the function {_written_name(n)}()"
     return f"the construct {type(n).__name__.upper()}"
+
+
+# strftime directives (sqlglot's spelling of PostgreSQL's YYYY, MM, DD, HH24, MI, SS, US)
+# that Python parses as PostgreSQL does; a format with any other is refused.
+_TIME_DIRECTIVES = re.compile(r"%[YmdHMSf]")
+
+
+def _check_time_literal(value: str, fmt: str, what: str) -> None:
+    """Refuse, before anything is charged, a literal that TO_TIMESTAMP would reject."""
+    if "%" in _TIME_DIRECTIVES.sub("", fmt):
+        raise unsupported(f"{what} with this format is not supported",
+                          "use the fields YYYY, MM, DD, HH24, MI, SS and US, or a typed literal")  # fmt: skip
+    try:
+        datetime.strptime(value, fmt)
+    except ValueError:
+        raise RewriteError("22007", f'invalid value "{value}" for {what} with this format') from None
+
+
+# Clock functions with a value fixed for the statement (not clock_timestamp()).
+_CLOCK_FUNCTIONS = frozenset({"transaction_timestamp", "statement_timestamp"})
+_CLOCK_NODES = (exp.CurrentDate, exp.CurrentTimestamp, exp.Localtimestamp)
+
+
+def reads_clock(tree: exp.Expression) -> bool:
+    """True when the statement's answer depends on when it runs (CURRENT_DATE, now()...)."""
+    return any(isinstance(n, _CLOCK_NODES)
+               or isinstance(n, exp.Anonymous) and str(n.this).lower() in _CLOCK_FUNCTIONS
+               for n in tree.walk())  # fmt: skip
 
 
 # The last day a timestamp can hold: a later date raises when cast to a timestamp.

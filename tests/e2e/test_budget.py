@@ -98,6 +98,27 @@ def test_cache_hit_is_free_identical_and_durable(
     assert len(charges(cfg, "carol")) == 5
 
 
+def test_an_answer_relative_to_the_clock_is_never_served_from_the_cache(
+    budget_proxy: tuple[ProxyProcess, Path],
+) -> None:
+    proxy, cfg = budget_proxy
+    # Metabase's relative filter; BI tools' TO_TIMESTAMP literal with it.
+    q = ("SELECT COUNT(*) FROM orders WHERE o_orderdate >= CAST((CAST(now() AS timestamp) + "
+         "(INTERVAL '-40 year')) AS date) AND o_orderdate < TO_TIMESTAMP('2000-01-01 00:00:00.000000', "
+         "'YYYY-MM-DD HH24:MI:SS.US')")  # fmt: skip
+    before = len(charges(cfg, "dave"))
+    with connect(proxy, "dave") as conn:
+        conn.execute("SET dp.epsilon = 0.1")
+        for _ in range(2):
+            (n,) = conn.execute(q).fetchone()  # type: ignore[misc]
+            assert isinstance(n, int)
+            assert "new answer" in conn.notices[-1] and "cached for repeats" not in conn.notices[-1]  # type: ignore[attr-defined]
+        with pytest.raises(psycopg.Error) as bad:
+            conn.execute("SELECT COUNT(*) FROM orders WHERE o_orderdate < TO_DATE('1995-13-01', 'YYYY-MM-DD')")
+        assert bad.value.sqlstate == "22007"
+    assert len(charges(cfg, "dave")) == before + 2  # each run is a new release; the bad literal costs nothing
+
+
 def test_dp_budget_in_sql_and_dp_delta(budget_proxy: tuple[ProxyProcess, Path]) -> None:
     proxy, _cfg = budget_proxy
     with connect(proxy, "bob") as conn:
