@@ -30,6 +30,7 @@ from rewriter.errors import (
     unsupported,
 )
 from rewriter.metadata import ColumnMeta, ColumnType, Metadata, TableMeta
+from rewriter.perunit import per_unit_table
 from rewriter.rowexpr import Analyzer, Typed
 
 AMBIGUOUS_COLUMN = "42702"
@@ -66,6 +67,7 @@ class Source:
     hidden: bool = False  # joined by dpproxy to reach a privacy unit
     left: bool = False  # LEFT JOINed (public tables only)
     on: exp.Expression | None = None  # rendered condition
+    subquery: str | None = None  # a derived table grouped by the unit (see perunit.py)
 
 
 @dataclass
@@ -112,7 +114,8 @@ class Relation:
         """The FROM clause of the rewritten SQL."""
         parts = []
         for i, s in enumerate(self.sources):
-            ref = f'"{s.table.schema_}"."{s.name}" AS {s.alias}'
+            ref = f'"{s.table.schema_}"."{s.name}" AS {s.alias}' if s.subquery is None \
+                else f"({s.subquery}) AS {s.alias}"  # fmt: skip
             if i == 0:
                 parts.append(ref)
             else:
@@ -295,8 +298,11 @@ class FromResolver:
             raise unsupported("LEFT JOIN to a subquery is not supported", JOIN_HINT)
         if not isinstance(body, exp.Select):
             raise unsupported("set operations (UNION...) in a derived table are not supported")
-        _check_row_level(body)
         hidden = self.expanding | ({expanding} if expanding else set())
+        if body.args.get("group"):
+            self._add_per_unit(body, qual, rel, scope, frozenset(hidden))
+            return
+        _check_row_level(body)
         inner = FromResolver(self.meta, self.ctes, frozenset(hidden))
         _, inner_scope = inner.resolve(body, rel)
         analyzer = Analyzer(lambda c: lookup(inner_scope, c), "a derived table")
@@ -314,6 +320,17 @@ class FromResolver:
             body_e = e.this if isinstance(e, exp.Alias) else e
             cols[name.lower()] = analyzer.analyze(body_e)
         scope[qual] = cols
+
+    def _add_per_unit(self, body: exp.Select, qual: str, rel: Relation, scope: Scope,
+                      hidden: frozenset[str]) -> None:  # fmt: skip
+        """A derived table grouped by the privacy unit: one source with one row per unit."""
+        inner = FromResolver(self.meta, self.ctes, hidden)
+        inner_rel, inner_scope = inner.resolve(body)
+        bind_units(inner_rel)
+        table = per_unit_table(body, inner_rel, inner_scope)
+        src = Source(alias=rel.fresh_alias(), name=qual, table=table.table, subquery=table.sql)
+        rel.sources.append(src)
+        scope[qual] = {c: column_typed(src.alias, c, m, table.table) for c, m in table.table.columns.items()}
 
     def _join_condition(
         self, join: exp.Join, rel: Relation, scope: Scope, added: list[Source], left: bool
@@ -395,7 +412,7 @@ def _check_row_level(body: exp.Select) -> None:
         raise unsupported(
             "aggregates inside a derived table or CTE are not supported (a per-unit "
             "aggregate would need its own contribution bound)",
-            "aggregate in the outer query only",
+            "aggregate in the outer query, or group the derived table by the privacy unit",
         )
 
 

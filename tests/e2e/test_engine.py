@@ -254,3 +254,31 @@ def test_dates_past_the_timestamp_range_raise_no_error(env: Env) -> None:
             # ...the rewritten SQL does not.
             conn.execute(f"SELECT q::text FROM ({plan_of(sql).sql}) q").fetchall()  # type: ignore[call-overload]
         conn.rollback()
+
+
+def test_statistics_over_units_from_a_derived_table_grouped_by_the_unit(
+    proxy: ProxyProcess, env: Env
+) -> None:
+    # One row per customer: its order count clamped to max_rows (8) and its spend
+    # clamped to 8 x 600000. The histogram of counts has the public domain 0..8.
+    q = ("SELECT AVG(n), SUM(spend), COUNT(*) FROM (SELECT o_custkey, COUNT(*) AS n, "
+         "SUM(o_totalprice) AS spend FROM orders WHERE o_orderstatus = 'F' GROUP BY o_custkey) t")  # fmt: skip
+    exact = ("SELECT AVG(LEAST(n, 8)), SUM(spend), COUNT(*) FROM (SELECT o_custkey, COUNT(*) AS n, "
+             "SUM(o_totalprice) AS spend FROM orders WHERE o_orderstatus = 'F' GROUP BY o_custkey) t")  # fmt: skip
+    hist = ("SELECT n, COUNT(*) FROM (SELECT o_custkey, COUNT(*) AS n FROM orders GROUP BY o_custkey "
+            "HAVING COUNT(*) > 2) t GROUP BY n ORDER BY n")  # fmt: skip
+    hist_exact = ("SELECT LEAST(n, 8), COUNT(*) FROM (SELECT o_custkey, COUNT(*) AS n FROM orders "
+                  "GROUP BY o_custkey HAVING COUNT(*) > 2) t GROUP BY 1 ORDER BY 1")  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        avg, spend, units = conn.execute(q).fetchone()  # type: ignore[misc]
+        counts = {int(k): int(v) for k, v in conn.execute(hist).fetchall()}
+    t_avg, t_spend, t_units = truth(env.tpch_dsn, exact)[0]
+    # At epsilon 9000 the noise is a few units of the primitives' fixed-point steps.
+    assert abs(Decimal(avg) - t_avg) < Decimal("0.01")
+    assert abs(Decimal(spend) - t_spend) / t_spend < Decimal("0.0001")
+    assert abs(units - t_units) <= 2
+    t_counts = {int(k): int(v) for k, v in truth(env.tpch_dsn, hist_exact)}
+    assert set(counts) == set(range(9))  # every key of the domain, empty ones included
+    for k in range(9):
+        assert abs(counts[k] - t_counts.get(k, 0)) <= 2, k
