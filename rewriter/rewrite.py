@@ -19,6 +19,7 @@ from sqlglot import exp
 
 from rewriter.bounding import RowTerm, weighted_sql
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
+from rewriter.fold import fold_outer_select
 from rewriter.metadata import Metadata
 from rewriter.plan import (
     AggFunc,
@@ -98,7 +99,8 @@ class _Builder:
 
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
-    select = _check_shape(tree)
+    # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
+    select = _check_shape(fold_outer_select(_check_shape(tree)))
     rel, scope = FromResolver(meta).resolve(select)
     bind_units(rel)
     b = _Builder(rel=rel, scope=scope)

@@ -282,3 +282,19 @@ def test_statistics_over_units_from_a_derived_table_grouped_by_the_unit(
     assert set(counts) == set(range(9))  # every key of the domain, empty ones included
     for k in range(9):
         assert abs(counts[k] - t_counts.get(k, 0)) <= 2, k
+
+
+def test_an_outer_select_over_an_aggregate_is_post_processing(proxy: ProxyProcess, env: Env) -> None:
+    # Metabase nests a question to filter, sort and limit its aggregate.
+    q = ('SELECT "source"."c_mktsegment" AS "segment", "source"."count" AS "count" FROM (SELECT '
+         '"public"."customer"."c_mktsegment" AS "c_mktsegment", COUNT(*) AS "count" FROM "public"."customer" '
+         'GROUP BY "public"."customer"."c_mktsegment") AS "source" WHERE "source"."count" > 10 '
+         'AND "source"."c_mktsegment" <> \'MACHINERY\' ORDER BY "source"."count" DESC, 1 LIMIT 3')  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        cur = conn.execute(q)
+        rows = cur.fetchall()
+        assert cur.description is not None
+        assert [d.name for d in cur.description] == ["segment", "count"]
+    # customer has one row per unit: at this epsilon the answer is the exact one.
+    assert rows == [tuple(r) for r in truth(env.tpch_dsn, q)]

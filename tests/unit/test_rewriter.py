@@ -263,3 +263,16 @@ def test_plans_reading_the_clock_are_marked() -> None:
     assert plan("SELECT COUNT(*) FROM orders WHERE o_orderdate >= CURRENT_DATE - 30").reads_clock
     assert plan("SELECT COUNT(*) FROM orders WHERE o_orderdate < transaction_timestamp()").reads_clock
     assert not plan("SELECT COUNT(*) FROM orders WHERE o_orderdate >= DATE '1995-01-01'").reads_clock
+
+
+def test_an_outer_select_over_an_aggregate_folds_into_it() -> None:
+    nested = plan("SELECT p, c FROM (SELECT o_orderpriority AS p, COUNT(*) AS c FROM orders GROUP BY 1) s "
+                  "WHERE c > 10 ORDER BY c DESC LIMIT 2")  # fmt: skip
+    flat = plan("SELECT o_orderpriority AS p, COUNT(*) AS c FROM orders GROUP BY o_orderpriority "
+                "HAVING COUNT(*) > 10 ORDER BY COUNT(*) DESC LIMIT 2")  # fmt: skip
+    assert nested.sql == flat.sql
+    assert [o.name for o in nested.outputs] == ["p", "c"] and nested.limit == 2
+    # An outer aggregate over groups is not post-processing of one release: refused.
+    with pytest.raises(RewriteError) as e:
+        plan("SELECT SUM(c) FROM (SELECT o_orderpriority, COUNT(*) AS c FROM orders GROUP BY 1) s")
+    assert e.value.sqlstate == "42501"
