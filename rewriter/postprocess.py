@@ -66,9 +66,8 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
     if isinstance(n, exp.Is):
         v = _eval(n.this, env)
         target = n.expression
-        if isinstance(target, exp.Null):
-            return v is None
-        return v is bool(_eval(target, env))
+        holds = v is None if isinstance(target, exp.Null) else v is bool(_eval(target, env))
+        return holds != bool(n.args.get("negate"))  # IS NOT is Is(negate=True)
     if isinstance(n, exp.Between):
         v, lo, hi = _eval(n.this, env), _eval(n.args["low"], env), _eval(n.args["high"], env)
         if v is None or lo is None or hi is None:

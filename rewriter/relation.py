@@ -65,7 +65,7 @@ class Source:
     name: str
     table: TableMeta
     hidden: bool = False  # joined by dpproxy to reach a privacy unit
-    left: bool = False  # LEFT JOINed (public tables only)
+    left: bool = False  # LEFT JOINed (public tables, or private ones on their unit)
     on: exp.Expression | None = None  # rendered condition
     subquery: str | None = None  # a derived table grouped by the unit (see perunit.py)
 
@@ -268,8 +268,9 @@ class FromResolver:
                     hint="declared tables: " + ", ".join(sorted(self.meta.tables)),
                 )
             tname, table = found
-            if left and not table.public:
-                raise unsupported("LEFT JOIN is only supported to a public table", JOIN_HINT)
+            if left and not table.public and table.privacy_unit is None:
+                raise unsupported("LEFT JOIN to a private table is only supported on its privacy "
+                                  "unit column", JOIN_HINT)  # fmt: skip
             src = Source(alias=rel.fresh_alias(), name=tname, table=table, left=left)
             rel.sources.append(src)
             cols = {c: column_typed(src.alias, c, m, table) for c, m in table.columns.items()}
@@ -337,8 +338,17 @@ class FromResolver:
     ) -> None:
         on = join.args["on"]
         cond = Analyzer(lambda c: lookup(scope, c), "JOIN ... ON").predicate(on)
-        eqs = self._record_equalities(on, scope, rel, keep=not left)
         first = added[0]
+        private_left = left and not first.table.public
+        eqs = self._record_equalities(on, scope, rel, keep=not left or private_left)
+        if private_left and not any(_links_units(eq, first, rel) for eq in eqs):
+            # The preserved rows must belong to a unit already: a public row kept only
+            # because no private row matched it would depend on other units' data.
+            raise unsupported(
+                f'a LEFT JOIN to the private table "{first.name}" must equate its privacy unit '
+                "with the privacy unit of a private table before it",
+                "e.g. customer LEFT JOIN orders ON o_custkey = c_custkey",
+            )
         if first.table.public:
             aliases = {s.alias for s in added}
             if not any(_unique_side(eq, aliases, self.meta, rel) for eq in eqs):
@@ -372,6 +382,18 @@ class FromResolver:
         if keep:
             rel.equalities.extend(out)
         return out
+
+
+def _links_units(eq: tuple[tuple[str, str], tuple[str, str]], src: Source, rel: Relation) -> bool:
+    """True when `eq` equates `src`'s unit column with an earlier private source's unit column."""
+    for mine, other in (eq, eq[::-1]):
+        if mine != (src.alias, src.table.privacy_unit):
+            continue
+        before = next((s for s in rel.sources if s.alias == other[0] and s is not src), None)
+        if before is not None and not before.table.public and before.table.privacy_unit == other[1] \
+                and not before.left:  # fmt: skip
+            return True
+    return False
 
 
 def _unique_side(eq: tuple[tuple[str, str], tuple[str, str]], aliases: set[str],

@@ -249,7 +249,9 @@ class Analyzer:
         target = n.expression
         if not isinstance(target, (exp.Null, exp.Boolean)):
             raise unsupported(f"IS must be followed by NULL, TRUE or FALSE in {self.context}")
-        t = Typed(exp.Is(this=a.sql, expression=target.copy()), "bool", domain=(True, False),
+        # sqlglot spells IS NOT as Is(negate=True): it must be carried over.
+        t = Typed(exp.Is(this=a.sql, expression=target.copy(), negate=n.args.get("negate")), "bool",
+                  domain=(True, False),
                   nullable=False, columns=a.columns)  # fmt: skip
         return t
 
@@ -279,11 +281,21 @@ class Analyzer:
 
     _n_NEQ = _n_GT = _n_GTE = _n_LT = _n_LTE = _n_EQ
 
+    def _n_NullSafeEQ(self, n: exp.Expression) -> Typed:
+        """IS [NOT] DISTINCT FROM: a comparison that is never NULL."""
+        a, b = self.analyze(n.this), self.analyze(n.expression)
+        self._comparable(a, b, self.context)
+        return replace(self._bool(type(n)(this=a.sql, expression=b.sql), [a, b]),
+                       nullable=False, domain=(True, False))  # fmt: skip
+
+    _n_NullSafeNEQ = _n_NullSafeEQ
+
     def _n_Between(self, n: exp.Between) -> Typed:
         a, lo, hi = (self.analyze(x) for x in (n.this, n.args["low"], n.args["high"]))
         self._comparable(a, lo, "BETWEEN")
         self._comparable(a, hi, "BETWEEN")
-        return self._bool(exp.Between(this=a.sql, low=lo.sql, high=hi.sql), [a, lo, hi])
+        return self._bool(exp.Between(this=a.sql, low=lo.sql, high=hi.sql,
+                                      symmetric=n.args.get("symmetric")), [a, lo, hi])  # fmt: skip
 
     def _n_In(self, n: exp.In) -> Typed:
         if n.args.get("query") is not None or n.args.get("unnest") or n.args.get("field"):
@@ -308,7 +320,8 @@ class Analyzer:
             raise RewriteError("22025", "LIKE pattern must not end with escape character")
         if n.args.get("escape") is not None:
             raise unsupported("LIKE ... ESCAPE is not supported")
-        return self._bool(type(n)(this=a.sql, expression=p.sql), [a, p])
+        # NOT LIKE is Like(negate=True) in sqlglot: it must be carried over.
+        return self._bool(type(n)(this=a.sql, expression=p.sql, negate=n.args.get("negate")), [a, p])
 
     _n_ILike = _n_Like
 
@@ -685,7 +698,13 @@ class Analyzer:
             raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
         a = _date_as_timestamp(a)
-        sql = exp.Anonymous(this="date_trunc", expressions=[exp.Literal.string(uname), a.sql])
+        args = [exp.Literal.string(uname), a.sql]
+        zone = n.args.get("zone")
+        if zone is not None:  # date_trunc(unit, timestamptz, 'time zone')
+            if not (isinstance(zone, exp.Literal) and zone.is_string) or a.kind == "timestamp":
+                raise unsupported("DATE_TRUNC with a time zone needs a timestamptz and a string literal zone")
+            args.append(zone.copy())
+        sql = exp.Anonymous(this="date_trunc", expressions=args)
         return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant)
 
     _n_DateTrunc = _n_TimestampTrunc

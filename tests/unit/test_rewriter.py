@@ -276,3 +276,16 @@ def test_an_outer_select_over_an_aggregate_folds_into_it() -> None:
     with pytest.raises(RewriteError) as e:
         plan("SELECT SUM(c) FROM (SELECT o_orderpriority, COUNT(*) AS c FROM orders GROUP BY 1) s")
     assert e.value.sqlstate == "42501"
+
+
+@pytest.mark.parametrize(("where", "rendered"), [
+    ("o_comment NOT LIKE '%x%'", """"t0"."o_comment" NOT LIKE '%x%'"""),
+    ("o_comment NOT ILIKE '%x%'", """"t0"."o_comment" NOT ILIKE '%x%'"""),
+    ("o_comment IS NOT NULL", """"t0"."o_comment" IS NOT NULL"""),
+    ("o_totalprice BETWEEN SYMMETRIC 5 AND 1", "BETWEEN SYMMETRIC 5 AND 1"),
+    ("o_clerk IS DISTINCT FROM 'a'", """"t0"."o_clerk" IS DISTINCT FROM 'a'"""),
+])  # fmt: skip
+def test_negations_and_modifiers_are_kept(where: str, rendered: str) -> None:
+    # sqlglot spells these with flags on the node (negate, symmetric): a rebuilt node
+    # that dropped one would silently invert the filter.
+    assert rendered in plan(f"SELECT COUNT(*) FROM orders WHERE {where}").sql
