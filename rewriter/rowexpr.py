@@ -863,6 +863,20 @@ class Analyzer:
                      MAX_TEXT_LENGTH, None, a.nullable or s.nullable, columns=_cols(a, s),
                      step=Decimal(1), pg_type="int4")  # fmt: skip
 
+    def _split_part(self, text: exp.Expression, delimiter: exp.Expression, field: exp.Expression) -> Typed:
+        """SPLIT_PART(text, delimiter, n): fails only for n = 0, so n must be a literal."""
+        a = self._text(text, "SPLIT_PART")
+        d = self._text(delimiter, "SPLIT_PART")
+        k = self.analyze(field)
+        if not (k.constant and k.kind == "int" and k.lo is not None and k.lo != 0):
+            raise unsupported("SPLIT_PART needs a non-zero integer literal as its field number")
+        return self._text_result(exp.Anonymous(this="split_part",
+                                               expressions=[a.sql, d.sql, k.sql]), [a, d])  # fmt: skip
+
+    def _n_SplitPart(self, n: exp.Expression) -> Typed:
+        """SPLIT_PART as sqlglot 30 parses it."""
+        return self._split_part(n.this, n.args["delimiter"], n.args["part_index"])
+
     def _n_Anonymous(self, n: exp.Anonymous) -> Typed:
         name = str(n.this).lower()
         args = n.expressions
@@ -878,13 +892,7 @@ class Analyzer:
         if name == "date_part" and len(args) == 2 and isinstance(args[0], exp.Literal):
             return self._n_Extract(exp.Extract(this=exp.var(args[0].this), expression=args[1]))
         if name == "split_part" and len(args) == 3:
-            a = self._text(args[0], "SPLIT_PART")
-            d = self._text(args[1], "SPLIT_PART")
-            k = self.analyze(args[2])
-            if not (k.constant and k.kind == "int" and k.lo is not None and k.lo != 0):
-                raise unsupported("SPLIT_PART needs a non-zero integer literal as its field number")
-            return self._text_result(exp.Anonymous(this="split_part",
-                                                   expressions=[a.sql, d.sql, k.sql]), [a, d])  # fmt: skip
+            return self._split_part(*args)
         raise unsupported(f"the function {name.upper()}() is not allowed in {self.context}",
                           ROW_HINT)  # fmt: skip
 
