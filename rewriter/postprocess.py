@@ -79,6 +79,9 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
             return None
         opts = [_eval(e, env) for e in n.expressions]
         return any(o is not None and _eq(v, o) for o in opts) or (None if None in opts else False)
+    if isinstance(n, exp.Nullif):
+        a, b = _eval(n.this, env), _eval(n.expression, env)
+        return None if a is not None and b is not None and _eq(a, b) else a
     if isinstance(n, exp.Coalesce):
         for e in [n.this, *n.expressions]:
             v = _eval(e, env)
@@ -283,8 +286,12 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
     if isinstance(n, (exp.Boolean, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And,
                       exp.Or, exp.Not, exp.Is, exp.Between, exp.In)):  # fmt: skip
         return "bool"
-    if isinstance(n, (exp.Paren, exp.Neg, exp.Abs)):
+    if isinstance(n, (exp.Paren, exp.Neg, exp.Abs, exp.Nullif)):
         return infer_type(n.this, env)
+    if isinstance(n, exp.If):
+        false = n.args.get("false")
+        t = infer_type(n.args["true"], env)
+        return _wider(t, infer_type(false, env)) if false is not None else t
     if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
         return _wider(infer_type(n.this, env), infer_type(n.expression, env))
     if isinstance(n, exp.Round):

@@ -172,3 +172,32 @@ def test_two_processes_started_identically_draw_different_noise() -> None:
     # Scale 800, 50 draws each: identical vectors have probability far below 1e-100, so
     # equal outputs would mean the noise is seeded from something the processes share.
     assert outs[0] != outs[1] and outs[0].startswith("[")
+
+
+# One expression per node a post-processing expression may hold (rewrite._POST_NODES),
+# with its PostgreSQL value for a = 6, b = 4. A node admitted by the rewriter but not
+# evaluated would fail after the query was charged.
+POST_SAMPLES = {
+    "Literal": ("a + 1", 7), "Null": ("COALESCE(NULL, a)", 6), "Boolean": ("a > 1 AND TRUE", True),
+    "Paren": ("(a)", 6), "Add": ("a + b", 10), "Sub": ("a - b", 2), "Mul": ("a * b", 24),
+    "Div": ("a / b", 1), "Neg": ("-a", -6), "Mod": ("a % b", 2), "EQ": ("a = 6", True),
+    "NEQ": ("a <> 6", False), "GT": ("a > b", True), "GTE": ("a >= 7", False), "LT": ("a < b", False),
+    "LTE": ("b <= 4", True), "And": ("a > 1 AND b > 1", True), "Or": ("a > 9 OR b > 9", False),
+    "Not": ("NOT a > 1", False), "Is": ("a IS NOT NULL", True), "Round": ("ROUND(a / 4.0, 1)", Decimal("1.5")),
+    "Abs": ("ABS(b - a)", 2), "Coalesce": ("COALESCE(a, b)", 6), "Greatest": ("GREATEST(a, b)", 6),
+    "Least": ("LEAST(a, b)", 4), "Case": ("CASE WHEN a > b THEN 'x' ELSE 'y' END", "x"),
+    "If": ("CASE WHEN a < b THEN 1 END", None), "Cast": ("CAST(a AS text)", "6"), "Ceil": ("CEIL(a / 4.0)", 2),
+    "Floor": ("FLOOR(a / 4.0)", 1), "Sqrt": ("SQRT(b)", 2.0), "Column": ("a", 6),
+    "Between": ("a BETWEEN b AND 10", True), "In": ("a IN (1, 6)", True), "Nullif": ("NULLIF(a, 6)", None),
+}  # fmt: skip
+
+
+def test_every_post_processing_node_evaluates_as_postgresql_does() -> None:
+    from rewriter.parse import parse_one
+    from rewriter.rewrite import _POST_NODES
+
+    arg_only = {"DataType", "DataTypeParam", "Identifier"}
+    assert {c.__name__ for c in _POST_NODES} - arg_only == set(POST_SAMPLES)
+    for name, (sql, want) in POST_SAMPLES.items():
+        node = parse_one(f"SELECT {sql}").expressions[0]
+        assert evaluate(node, {"a": 6, "b": 4}) == want, name
