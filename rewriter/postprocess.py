@@ -9,7 +9,8 @@ NULL propagates, three-valued logic).
 from __future__ import annotations
 
 import math
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+import struct
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from sqlglot import exp
@@ -104,8 +105,17 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
             return _eval(n.args["true"], env)
         false = n.args.get("false")
         return _eval(false, env) if false is not None else None
-    if isinstance(n, exp.Round):
-        return _round(_eval(n.this, env), n.args.get("decimals"), env)
+    if isinstance(n, (exp.Round, exp.Trunc)):
+        v = _eval(n.this, env)
+        if isinstance(v, int) and n.args.get("decimals") is None:
+            v = float(v)  # round(int) is round(double precision) in PostgreSQL
+        return _round(v, n.args.get("decimals"), env, truncate=isinstance(n, exp.Trunc))
+    if isinstance(n, exp.Sign):
+        v = _eval(n.this, env)
+        if v is None:
+            return None
+        sign = (v > 0) - (v < 0)
+        return Decimal(sign) if isinstance(v, Decimal) else float(sign)
     if isinstance(n, exp.Abs):
         v = _eval(n.this, env)
         return None if v is None else abs(v)
@@ -113,7 +123,7 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
         v = _eval(n.this, env)
         if v is None:
             return None
-        if isinstance(v, float):
+        if isinstance(v, (float, int)):  # ceil(int) is ceil(double precision) in PostgreSQL
             return float(math.ceil(v) if isinstance(n, exp.Ceil) else math.floor(v))
         rounding = ROUND_CEILING if isinstance(n, exp.Ceil) else ROUND_FLOOR
         return Decimal(v).to_integral_value(rounding=rounding)
@@ -210,15 +220,18 @@ def _compare(n: exp.Expression, a: Value, b: Value) -> Value:
         raise PostProcessError("42883", "cannot compare values of different types") from e
 
 
-def _round(v: Value, decimals: exp.Expression | None, env: dict[str, Value]) -> Value:
+def _round(v: Value, decimals: exp.Expression | None, env: dict[str, Value], truncate: bool = False) -> Value:
+    """ROUND (half away from zero for numeric, half to even for double) or TRUNC."""
     if v is None:
         return None
     places = 0 if decimals is None else _eval(decimals, env)
     if places is None:
         return None
     if isinstance(v, float):
+        if truncate:
+            return float(math.trunc(v))
         return float(round(v, int(places))) if decimals is not None else float(round(v))
-    return Decimal(v).quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_HALF_UP)
+    return Decimal(v).quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_DOWN if truncate else ROUND_HALF_UP)
 
 
 def _cast(v: Value, to: exp.Expression) -> Value:
@@ -232,11 +245,16 @@ def _cast(v: Value, to: exp.Expression) -> Value:
         params = _type_params(to)
         if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
             return _numeric_typmod(Decimal(str(v)) if isinstance(v, float) else Decimal(v), params)
-        if name in ("DOUBLE", "FLOAT"):
+        if name == "DOUBLE":
             return float(v)
+        if name == "FLOAT":  # real
+            return float(struct.unpack("f", struct.pack("f", float(v)))[0])
         if name in ("TEXT", "VARCHAR"):
             text = str(v)
             return text[: params[0]] if params else text  # varchar(n) truncates, as PostgreSQL does
+        if name == "CHAR":  # char(n): cut or padded to n
+            n = params[0] if params else 1
+            return str(v)[:n].ljust(n)
     except (InvalidOperation, ValueError) as e:
         raise PostProcessError("22P02", f"invalid value for type {name.lower()}") from e
     raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")
@@ -294,10 +312,11 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
         return _wider(t, infer_type(false, env)) if false is not None else t
     if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
         return _wider(infer_type(n.this, env), infer_type(n.expression, env))
-    if isinstance(n, exp.Round):
-        return "float8" if infer_type(n.this, env) in ("float4", "float8") else "numeric"
-    if isinstance(n, (exp.Ceil, exp.Floor)):
-        return "float8" if infer_type(n.this, env) in ("float4", "float8") else "numeric"
+    if isinstance(n, (exp.Round, exp.Trunc)) and n.args.get("decimals") is not None:
+        return "numeric"  # round(x, n) and trunc(x, n) exist for numeric only
+    if isinstance(n, (exp.Round, exp.Trunc, exp.Ceil, exp.Floor, exp.Sign)):
+        # PostgreSQL resolves these for integers to their double precision versions.
+        return "numeric" if infer_type(n.this, env) == "numeric" else "float8"
     if isinstance(n, exp.Sqrt):
         return "float8"
     if isinstance(n, (exp.Coalesce, exp.Greatest, exp.Least)):
@@ -317,11 +336,13 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
     if isinstance(n, exp.Cast):
         name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
         return {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8",
-                "FLOAT": "float8", "TEXT": "text", "VARCHAR": "text"}.get(name, "numeric")  # fmt: skip
+                "FLOAT": "float4", "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar"}.get(name, "numeric")  # fmt: skip
     return "text"
 
 
 def _wider(a: str, b: str) -> str:
+    if "float4" in (a, b) and a != b and a in _NUMERIC_RANK and b in _NUMERIC_RANK:
+        return "float8"  # real with anything but real is computed in double precision
     if a in _NUMERIC_RANK and b in _NUMERIC_RANK:
         wa = max(_NUMERIC_RANK[a], _NUMERIC_RANK[b])
         out = next(k for k, v in _NUMERIC_RANK.items() if v == wa)

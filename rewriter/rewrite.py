@@ -339,7 +339,7 @@ _POST_NODES: tuple[type[exp.Expression], ...] = (
     exp.Neg, exp.Mod, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or,
     exp.Not, exp.Is, exp.Round, exp.Abs, exp.Coalesce, exp.Greatest, exp.Least, exp.Case,
     exp.If, exp.Cast, exp.DataType, exp.DataTypeParam, exp.Ceil, exp.Floor, exp.Sqrt, exp.Column,
-    exp.Identifier, exp.Between, exp.In, exp.Nullif,
+    exp.Identifier, exp.Between, exp.In, exp.Nullif, exp.Trunc, exp.Sign,
 )  # fmt: skip
 
 _AGG_NODES = (exp.AggFunc, exp.Filter, exp.WithinGroup)

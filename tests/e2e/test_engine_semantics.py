@@ -92,3 +92,49 @@ def test_generated_group_keys_group_as_postgresql_does(env: Env) -> None:
             if got != want:
                 wrong.append(f"{k}: rewritten {sorted(got.items(), key=str)}, PostgreSQL {sorted(want.items(), key=str)}")
     assert not wrong, "\n".join(wrong)
+
+
+C = "COUNT(*)"
+POST_EXPRESSIONS = [
+    f"{C} / 7", f"{C} % 7", f"-{C} % 7", f"{C} / 7.0", f"{C} * 1.5", f"{C}::float / 3", f"{C}::numeric / 3",
+    f"ROUND({C} / 7.0)", f"ROUND({C} / 7.0, 3)", f"ROUND({C}, -2)", f"ROUND({C}::float / 7)", f"ROUND({C})",
+    f"CEIL({C} / 7.0)", f"FLOOR({C} / 7.0)", f"CEIL({C})", f"FLOOR({C}::float / 7)", f"TRUNC({C}::numeric / 7, 1)",
+    f"SIGN({C}::numeric - 300)", f"SIGN({C} - 300)", f"ABS(100 - {C})", f"GREATEST({C}, 300.5)", f"LEAST({C}, 2)",
+    f"COALESCE({C}, 0)", f"NULLIF({C}, 0)", f"NULLIF({C} % 2, 0)", f"CASE WHEN {C} > 300 THEN {C} ELSE 0 END",
+    f"CASE WHEN {C} > 300 THEN 1.5 ELSE 0 END", f"{C}::text", f"{C}::int", f"{C}::smallint", f"{C}::numeric(10,2)",
+    f"{C}::real", f"{C}::real / 7", f"{C}::varchar(2)", f"{C}::char(5)", f"{C} > 300", f"{C} BETWEEN 290 AND 310",
+    f"{C} IN (300, 301)", f"{C} * {C}", f"100.0 * {C} / 1500", f"({C} + 0.5)::int", f"ROUND(100.0 * {C} / 1500, 2)",
+    f"{C}::float * 2", f"{C} = 300 OR {C} IS NULL", f"{C} IS NOT NULL",
+]  # fmt: skip
+
+
+def test_post_processing_matches_postgresql_text_and_types(env: Env) -> None:
+    # Expressions over counts are computed by dpproxy after the noise; with the noise
+    # made negligible (epsilon 1e9), each value's wire text and type must be PostgreSQL's.
+    from decimal import Decimal
+
+    from psycopg.types.string import TextLoader
+
+    from accounting.mechanisms import Mechanisms
+    from accounting.release import release
+    from proxy.results import type_oid
+    from proxy.wire.types import encode_text
+
+    mech = Mechanisms(workers=1)
+    wrong = []
+    with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
+        for oid in (16, 20, 21, 23, 25, 700, 701, 1042, 1043, 1700):
+            conn.adapters.register_loader(oid, TextLoader)  # raw wire text
+        for e in POST_EXPRESSIONS:
+            q = f"SELECT c_mktsegment, {e} AS v FROM customer GROUP BY 1 ORDER BY 1"
+            plan = rewrite(parse_one(q), META)
+            rows = conn.execute(plan.sql).fetchall()  # type: ignore[arg-type]
+            ans = release(plan, rows, mech.plan_noise(plan, Decimal(10**9)), mech)
+            oid = type_oid(ans.columns[1][1])
+            got = [(r[0], None if r[1] is None else encode_text(r[1], oid).decode()) for r in ans.rows]
+            cur = conn.execute(q)  # type: ignore[arg-type]
+            want = cur.fetchall()
+            want_oid = cur.description[1].type_code if cur.description else None
+            if got != want or oid != want_oid:
+                wrong.append(f"{e}: ours {got[:2]} oid {oid}, PostgreSQL {want[:2]} oid {want_oid}")
+    assert not wrong, "\n".join(wrong)

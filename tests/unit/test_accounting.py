@@ -120,7 +120,7 @@ def test_release_casts_to_typed_numeric_and_varchar_as_postgresql_does() -> None
     got = {r[0]: r[1:] for r in ans.rows}
     assert got["1-URGENT"] == (Decimal("100.3"), "4")  # half away from zero; varchar(1) cuts "4"
     assert got["2-HIGH"] == (Decimal("0.0"), "1")  # "10" cut to one character
-    assert [t for _, t in ans.columns] == ["text", "numeric", "text"]
+    assert [t for _, t in ans.columns] == ["text", "numeric", "varchar"]
     tight = rewrite(parse_one("SELECT SUM(o_totalprice)::numeric(4,2) FROM orders"), META)
     with pytest.raises(PostProcessError) as e:  # 401.00 needs 3 digits before the point
         release(tight, _in_units(tight, [(40_100,)]), mech.plan_noise(tight, Decimal(1)), mech)
@@ -189,6 +189,7 @@ POST_SAMPLES = {
     "If": ("CASE WHEN a < b THEN 1 END", None), "Cast": ("CAST(a AS text)", "6"), "Ceil": ("CEIL(a / 4.0)", 2),
     "Floor": ("FLOOR(a / 4.0)", 1), "Sqrt": ("SQRT(b)", 2.0), "Column": ("a", 6),
     "Between": ("a BETWEEN b AND 10", True), "In": ("a IN (1, 6)", True), "Nullif": ("NULLIF(a, 6)", None),
+    "Trunc": ("TRUNC(a / 4.0, 1)", Decimal("1.5")), "Sign": ("SIGN(b - a)", -1.0),
 }  # fmt: skip
 
 
