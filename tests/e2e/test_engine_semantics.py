@@ -40,6 +40,8 @@ KEYS = [
     "c_mktsegment", "LOWER(c_mktsegment)", "c_nationkey % 5", "c_acctbal > 0",
     "width_bucket(c_acctbal, -1000, 10000, 4)", "CASE WHEN c_nationkey < 10 THEN 'a' ELSE 'b' END",
     "FLOOR(c_acctbal / 2500)", "c_nationkey IN (1, 2)", "c_comment LIKE '%final%'",
+    "c_nationkey", "SUBSTRING(c_phone FROM 1 FOR 2)", "c_comment NOT LIKE '%final%'",
+    "c_phone IS NOT NULL", "width_bucket(c_acctbal, 0, 10000, 3) * 10",
 ]  # fmt: skip
 
 
