@@ -32,6 +32,7 @@ from rewriter.errors import (
 from rewriter.metadata import ColumnMeta, ColumnType, Metadata, TableMeta
 from rewriter.perunit import per_unit_table
 from rewriter.rowexpr import Analyzer, Typed
+from rewriter.semijoin import SemiJoins
 
 AMBIGUOUS_COLUMN = "42702"
 JOIN_HINT = (
@@ -202,7 +203,8 @@ class FromResolver:
             self._add_item(j.this, rel, scope, join=j)
         where = select.args.get("where")
         if where is not None:
-            analyzer = Analyzer(lambda c: lookup(scope, c), "WHERE")
+            analyzer = Analyzer(lambda c: lookup(scope, c), "WHERE",
+                                SemiJoins(self.meta, rel, lambda c: lookup(scope, c)))  # fmt: skip
             cond = analyzer.predicate(where.this)
             rel.conditions.append(cond.sql)
             self._record_equalities(where.this, scope, rel)

@@ -148,14 +148,21 @@ ROW_HINT = (
 class Analyzer:
     """Analyzes row expressions against a column resolver (see module docstring)."""
 
-    def __init__(self, resolve: Resolver, context: str) -> None:
+    def __init__(self, resolve: Resolver, context: str,
+                 semijoins: Callable[[exp.Expression, Analyzer], Typed] | None = None) -> None:  # fmt: skip
         self.resolve = resolve
         self.context = context
+        # EXISTS / IN (subquery) are analyzed by the FROM clause's owner (semijoin.py),
+        # which knows the tables; elsewhere they are refused.
+        self.semijoins = semijoins
 
     # -- entry points -----------------------------------------------------------------
 
     def analyze(self, node: exp.Expression) -> Typed:
         """The Typed of `node`, or a RewriteError naming the refused construct."""
+        if self.semijoins is not None and (
+                isinstance(node, exp.Exists) or isinstance(node, exp.In) and node.args.get("query") is not None):  # fmt: skip
+            return self.semijoins(node, self)
         handler = getattr(self, f"_n_{type(node).__name__}", None)
         if handler is None:
             if isinstance(node, exp.AggFunc):

@@ -1,0 +1,183 @@
+"""`[NOT] EXISTS (...)` and `x [NOT] IN (SELECT y ...)` in WHERE: semi-joins kept inside one unit.
+
+Contribution bounding assumes a row's presence depends on its own unit's data only. A
+subquery over a private table keeps that when the match itself ties the subquery's
+rows to the outer row's unit:
+- on the privacy unit: `o_custkey IN (SELECT c_custkey FROM customer WHERE ...)`;
+- on the foreign key that gives the subquery's table its unit:
+  `EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND ...)` (TPC-H Q4).
+Any match against a public table is fine. Anything else (a match on another column)
+would let one unit's rows decide whether other units' rows count, and is refused.
+
+The subquery reads one declared table (no joins, grouping or limits); its conditions
+are analyzed like any WHERE clause, and it is regenerated with its own alias (s0,
+s1, ...), so the SQL PostgreSQL runs is the checked one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from rewriter.errors import UNDEFINED_TABLE, RewriteError, not_allowed, unsupported
+from rewriter.metadata import Metadata, TableMeta
+from rewriter.rowexpr import Analyzer, Typed
+
+if TYPE_CHECKING:
+    from rewriter.relation import Relation, Scope
+
+_HINT = ("match the subquery on the privacy unit (o_custkey IN (SELECT c_custkey ...)) or on "
+         "the foreign key that gives its table a unit (EXISTS (SELECT 1 FROM lineitem WHERE "
+         "l_orderkey = o_orderkey ...))")  # fmt: skip
+_SHAPE_ARGS = ("joins", "group", "having", "distinct", "limit", "offset", "order", "windows", "with", "with_")
+
+
+class SemiJoins:
+    """Analyzes EXISTS and IN (subquery) for one query's WHERE clause."""
+
+    def __init__(self, meta: Metadata, rel: Relation, outer: Callable[[exp.Column], Typed]) -> None:
+        self.meta = meta
+        self.rel = rel
+        self.outer = outer
+        self.count = 0
+
+    def __call__(self, node: exp.Expression, analyzer: Analyzer) -> Typed:
+        """The Typed of an EXISTS or IN (subquery) node of `analyzer`'s clause."""
+        if isinstance(node, exp.Exists):
+            return self._exists(node)
+        assert isinstance(node, exp.In)
+        return self._in(node, analyzer)
+
+    def _in(self, node: exp.In, analyzer: Analyzer) -> Typed:
+        query = node.args["query"]
+        select = query.this if isinstance(query, exp.Subquery) else query
+        alias, table, inner = self._table(select)
+        if len(select.expressions) != 1:
+            raise RewriteError("42601", "subquery has too many columns")
+        x = analyzer.analyze(node.this)
+        inner_analyzer = Analyzer(inner, "a subquery")
+        y = inner_analyzer.analyze(select.expressions[0].unalias())
+        where = select.args.get("where")
+        cond = inner_analyzer.predicate(where.this) if where is not None else None
+        if not self._unit_local(x, y, table):
+            raise not_allowed(f'IN (SELECT ... FROM "{table.name}") must match on the privacy unit', _HINT)
+        sub = self._select(y.sql, alias, table, cond.sql if cond is not None else None)
+        return Typed(exp.In(this=x.sql, query=exp.Subquery(this=sub)), "bool", domain=(True, False, None),
+                     columns=x.columns)  # fmt: skip
+
+    def _exists(self, node: exp.Exists) -> Typed:
+        select = node.this
+        if not isinstance(select, exp.Select):
+            raise unsupported("EXISTS needs a SELECT")
+        alias, table, inner = self._table(select)
+        outer_cols: list[exp.Column] = []
+
+        def resolve(c: exp.Column) -> Typed:
+            # The subquery's own columns first, as PostgreSQL resolves names.
+            try:
+                return inner(c)
+            except RewriteError:
+                outer_cols.append(c)
+                return self.outer(c)
+
+        analyzer = Analyzer(resolve, "EXISTS")
+        where = select.args.get("where")
+        if where is None:
+            raise not_allowed("EXISTS must be correlated with the outer row on its privacy unit", _HINT)
+        cond = analyzer.predicate(where.this)
+        linked = False
+        for part in _conjuncts(where.this):
+            if isinstance(part, exp.EQ) and all(isinstance(s, exp.Column) for s in (part.this, part.expression)):
+                sides = [(s, _try(inner, s)) for s in (part.this, part.expression)]
+                mine = [t for _, t in sides if t is not None]
+                other = [s for s, t in sides if t is None]
+                if len(mine) == 1 and len(other) == 1:
+                    linked = linked or self._unit_local(self.outer(other[0]), mine[0], table)
+        if not linked:
+            raise not_allowed(f'EXISTS (SELECT ... FROM "{table.name}") must be correlated on the privacy '
+                              "unit or the foreign key to it", _HINT)  # fmt: skip
+        sub = self._select(exp.Literal.number(1), alias, table, cond.sql)
+        return Typed(exp.Exists(this=sub), "bool", domain=(True, False), nullable=False,
+                     columns=frozenset(c for col in outer_cols for c in self.outer(col).columns))  # fmt: skip
+
+    def _table(self, select: exp.Expression) -> tuple[str, _Table, Callable[[exp.Column], Typed]]:
+        """The subquery's one table: its alias, metadata and a resolver for its columns."""
+        from rewriter.relation import column_typed, lookup  # relation imports this module
+
+        if not isinstance(select, exp.Select):
+            raise unsupported("set operations in a subquery are not supported")
+        for arg in _SHAPE_ARGS:
+            if select.args.get(arg):
+                raise unsupported("a subquery in WHERE may read one table with a WHERE clause only "
+                                  "(no joins, grouping, DISTINCT, ORDER BY or LIMIT)", _HINT)  # fmt: skip
+        from_ = select.args.get("from_") or select.args.get("from")
+        item = from_.this if from_ is not None else None
+        if not isinstance(item, exp.Table) or not item.name:
+            raise unsupported("a subquery in WHERE must read a declared table", _HINT)
+        found = self.meta.find(item.name, item.db or None)
+        if found is None:
+            raise RewriteError(UNDEFINED_TABLE, f'relation "{item.name}" does not exist or is not declared')
+        name, meta = found
+        alias = f"s{self.count}"
+        self.count += 1
+        cols = {c: column_typed(alias, c, m, meta) for c, m in meta.columns.items()}
+        scope: Scope = {(item.alias or item.name).lower(): cols}
+        if not item.alias:
+            scope[f"{meta.schema_}.{name}".lower()] = cols
+        return alias, _Table(name, meta), lambda c: lookup(scope, c)
+
+    def _unit_local(self, x: Typed, y: Typed, table: _Table) -> bool:
+        """True when x = y ties the subquery's row to the outer row's unit."""
+        if table.meta.public:
+            return True
+        ycol = _base(y)
+        xcol = _base(x)
+        if ycol is None or xcol is None:
+            return False
+        if table.meta.privacy_unit is not None:
+            return ycol[1] == table.meta.privacy_unit and x.unit
+        if table.meta.unit_path is not None:
+            hop = table.meta.unit_path[0]
+            src = next((s for s in self.rel.sources if s.alias == xcol[0]), None)
+            return ycol[1] == hop.column and src is not None and src.name == hop.table \
+                and xcol[1] == hop.references  # fmt: skip
+        return False
+
+    @staticmethod
+    def _select(what: exp.Expression, alias: str, table: _Table, cond: exp.Expression | None) -> exp.Select:
+        ref = exp.Table(this=exp.to_identifier(table.name, quoted=True),
+                        db=exp.to_identifier(table.meta.schema_, quoted=True),
+                        alias=exp.TableAlias(this=exp.to_identifier(alias)))  # fmt: skip
+        sub = exp.Select(expressions=[what]).from_(ref)
+        return sub.where(cond) if cond is not None else sub
+
+
+class _Table:
+    """A declared table read by a subquery."""
+
+    def __init__(self, name: str, meta: TableMeta) -> None:
+        self.name = name
+        self.meta = meta
+
+
+def _base(t: Typed) -> tuple[str, str] | None:
+    if isinstance(t.sql, exp.Column) and len(t.columns) == 1:
+        return next(iter(t.columns))
+    return None
+
+
+def _try(resolve: Callable[[exp.Column], Typed], c: exp.Column) -> Typed | None:
+    try:
+        return resolve(c)
+    except RewriteError:
+        return None
+
+
+def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    while isinstance(cond, exp.Paren):
+        cond = cond.this
+    if isinstance(cond, exp.And):
+        return _conjuncts(cond.this) + _conjuncts(cond.expression)
+    return [cond]
