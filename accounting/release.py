@@ -20,11 +20,12 @@ from sqlglot import exp
 
 from accounting.extremes import candidate_steps, extreme_bound_text, extreme_scores, rank_target
 from accounting.mechanisms import Mechanisms, NoiseSpec, discrete_laplace_quantile
-from rewriter.plan import AggFunc, AggregateSpec, DPPlan, PrimitiveKind
+from rewriter.plan import AggFunc, AggregateSpec, DPPlan, OrderItem, PrimitiveKind, WindowSpec
 from rewriter.postprocess import evaluate
 
 AGG_PREFIX = "__a"
 KEY_PREFIX = "__k"
+WIN_PREFIX = "__w"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,9 @@ def _post_process(plan: DPPlan, records: list[tuple[Any, ...]]) -> list[tuple[An
         if plan.having is not None and evaluate(plan.having, env) is not True:
             continue
         envs.append(env)
+    for i, w in enumerate(plan.windows):  # after HAVING, before ORDER BY, as in SQL
+        for env, value in zip(envs, window_values(w, envs), strict=True):
+            env[f"{WIN_PREFIX}{i}"] = value
     if plan.order_by:
         envs = _sorted(plan, envs)
     return [
@@ -167,7 +171,12 @@ def _placeholder(expr: exp.Expression, position: dict[str, int]) -> int | None:
 
 def _sorted(plan: DPPlan, envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`envs` in ORDER BY order; each term is evaluated at most once per row, lazily."""
-    terms = [item.expr for item in plan.order_by]
+    return [envs[r] for r in _order(plan.order_by, envs)]
+
+
+def _order(items: Sequence[OrderItem], envs: list[dict[str, Any]]) -> list[int]:
+    """The positions of `envs` sorted by `items` (stable; terms evaluated lazily, once)."""
+    terms = [item.expr for item in items]
     memo: list[list[Any]] = [[_UNSET] * len(terms) for _ in envs]
 
     def value(r: int, t: int) -> Any:
@@ -177,7 +186,7 @@ def _sorted(plan: DPPlan, envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return v
 
     def cmp(x: int, y: int) -> int:
-        for t, item in enumerate(plan.order_by):
+        for t, item in enumerate(items):
             a, b = value(x, t), value(y, t)
             if a == b:
                 continue
@@ -189,7 +198,64 @@ def _sorted(plan: DPPlan, envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return -c if item.descending else c
         return 0
 
-    return [envs[r] for r in sorted(range(len(envs)), key=cmp_to_key(cmp))]
+    return sorted(range(len(envs)), key=cmp_to_key(cmp))
+
+
+def window_values(w: WindowSpec, envs: list[dict[str, Any]]) -> list[Any]:
+    """A window function's value on each released row (PostgreSQL's default frame:
+    the whole partition without ORDER BY, else up to the current row and its peers)."""
+    out: list[Any] = [None] * len(envs)
+    parts: dict[tuple[Any, ...], list[int]] = {}
+    for i, env in enumerate(envs):
+        key = tuple(_hashable(evaluate(p, env)) for p in w.partition)
+        parts.setdefault(key, []).append(i)
+    for members in parts.values():
+        rows = [envs[i] for i in members]
+        ordered = [members[j] for j in _order(w.order, rows)] if w.order else members
+        order_keys = [tuple(_hashable(evaluate(o.expr, envs[i])) for o in w.order) for i in ordered]
+        args = {i: evaluate(w.arg, envs[i]) if w.arg is not None else 1 for i in ordered}
+        rank = dense = 0
+        for pos, i in enumerate(ordered):
+            new_peer_group = pos == 0 or order_keys[pos] != order_keys[pos - 1]
+            if new_peer_group:
+                rank, dense = pos + 1, dense + 1
+            if w.func == "row_number":
+                out[i] = pos + 1
+            elif w.func == "rank":
+                out[i] = rank
+            elif w.func == "dense_rank":
+                out[i] = dense
+            else:
+                # The frame: the whole partition, or (with ORDER BY) through the last peer.
+                end = len(ordered)
+                if w.order:
+                    end = pos + 1
+                    while end < len(ordered) and order_keys[end] == order_keys[pos]:
+                        end += 1
+                out[i] = _window_aggregate(w, [args[k] for k in ordered[:end]])
+    return out
+
+
+def _window_aggregate(w: WindowSpec, values: list[Any]) -> Any:
+    """SUM/AVG/COUNT/MIN/MAX over a frame's values (NULLs ignored, as in SQL)."""
+    present = [v for v in values if v is not None]
+    if w.func == "count":
+        return len(present)
+    if not present:
+        return None
+    if w.func == "min":
+        return min(present)
+    if w.func == "max":
+        return max(present)
+    total = sum(present, start=0.0 if w.type_name == "float8" else 0)
+    if w.func == "sum":
+        return Decimal(total) if w.type_name == "numeric" else total
+    return evaluate(exp.Div(this=exp.column("s"), expression=exp.column("n")),
+                    {"s": Decimal(total) if w.type_name == "numeric" else total, "n": len(present)})
+
+
+def _hashable(v: Any) -> Any:
+    return v if not isinstance(v, list) else tuple(v)
 
 
 _UNSET = object()

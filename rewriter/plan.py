@@ -130,6 +130,21 @@ class OrderItem:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """A window function over the released groups (post-processing: `SUM(COUNT(*)) OVER ()`).
+
+    `func` is sum, avg, count, min, max, row_number, rank or dense_rank; `arg` its
+    argument over keys and aggregates (None for COUNT(*) and the rankings).
+    """
+
+    func: str
+    arg: exp.Expression | None
+    partition: tuple[exp.Expression, ...]
+    order: tuple[OrderItem, ...]
+    type_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class DPPlan:
     """Everything needed to answer one DP query, independent of epsilon and of the data."""
 
@@ -155,6 +170,8 @@ class DPPlan:
     bounding: str = "sampled"
     # The answer depends on when it runs (CURRENT_DATE, now()): never a cached answer.
     reads_clock: bool = False
+    # Window functions over the released groups, read by outputs as __w<i>.
+    windows: tuple[WindowSpec, ...] = ()
 
     @property
     def group_count(self) -> int:

@@ -30,6 +30,7 @@ from rewriter.plan import (
     OrderItem,
     OutputColumn,
     PrimitiveKind,
+    WindowSpec,
 )
 from rewriter.postprocess import infer_type
 from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
@@ -44,6 +45,7 @@ PIVOT_MAX_PARTIALS = 128
 MAX_PUBLIC_DOMAIN = 10_000
 AGG_PREFIX = "__a"
 KEY_PREFIX = "__k"
+WIN_PREFIX = "__w"
 # Fixed-point values are kept below 2^40 steps so that exact sums of up to 2^22 rows fit
 # the i64 samplers (larger totals are clamped there, which keeps the sensitivity).
 MAX_STEPS = Decimal(1 << 40)
@@ -79,6 +81,7 @@ class _Builder:
     literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
     group_bound: bool = False
     bounding: str = "sampled"  # set by _emit_sql: "weighted", "sampled" or "none"
+    windows: list[WindowSpec] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -142,6 +145,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         max_groups=_groups_per_unit(b),
         bounding=b.bounding,
         reads_clock=reads_clock(tree),
+        windows=tuple(b.windows),
     )
 
 
@@ -174,8 +178,6 @@ def _check_shape(tree: exp.Expression) -> exp.Select:
             "SELECT DISTINCT is not supported on private tables",
             "use GROUP BY, or COUNT(DISTINCT col)",
         )
-    if tree.find(exp.Window):
-        raise not_allowed("window functions are not allowed on private tables")
     return tree
 
 
@@ -331,6 +333,7 @@ def _default_name(body: exp.Expression) -> str:
 def _types(b: _Builder) -> dict[str, str]:
     types = {f"{AGG_PREFIX}{i}": a.result_type for i, a in enumerate(b.aggregates)}
     types.update({f"{KEY_PREFIX}{i}": k.type_name for i, k in enumerate(b.keys)})
+    types.update({f"{WIN_PREFIX}{i}": w.type_name for i, w in enumerate(b.windows)})
     return types
 
 
@@ -349,6 +352,8 @@ def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression
     """Copy `node`, replacing aggregates and group keys by placeholders; check the rest."""
 
     def replace_node(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, exp.Window):
+            return exp.column(f"{WIN_PREFIX}{_register_window(n, b, clause)}")
         if isinstance(n, _AGG_NODES):
             return exp.column(f"{AGG_PREFIX}{_register_aggregate(n, b)}")
         if isinstance(n, exp.Column) and n.is_star:
@@ -377,6 +382,49 @@ def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression
                 "use arithmetic, ROUND, COALESCE, NULLIF, CASE and comparisons over aggregates",
             )
     return out
+
+
+_WINDOW_AGGS = {exp.Sum: "sum", exp.Avg: "avg", exp.Count: "count", exp.Min: "min", exp.Max: "max"}
+_RANKINGS = {exp.RowNumber: "row_number", exp.Rank: "rank", exp.DenseRank: "dense_rank"}
+
+
+def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
+    """A window function over the released groups: post-processing of noisy values."""
+    if clause not in ("SELECT", "ORDER BY"):
+        raise RewriteError("42P20", f"window functions are not allowed in {clause}")
+    if n.args.get("spec") is not None:
+        raise unsupported("window frames (ROWS/RANGE ...) are not supported",
+                          "use the default frame: OVER (PARTITION BY ... ORDER BY ...)")  # fmt: skip
+    fn = n.this
+    if any(isinstance(x, exp.Window) for x in n.walk() if x is not n):
+        raise RewriteError("42P20", "window function calls cannot be nested")
+    arg: exp.Expression | None = None
+    if type(fn) in _RANKINGS:
+        func = _RANKINGS[type(fn)]
+    elif type(fn) in _WINDOW_AGGS and not isinstance(fn.this, exp.Distinct):
+        func = _WINDOW_AGGS[type(fn)]
+        if not (func == "count" and isinstance(fn.this, exp.Star)):
+            arg = _post_expr(fn.this, b, clause)
+    else:
+        raise unsupported(f"{describe(fn)} is not supported as a window function",
+                          "use SUM, AVG, COUNT, MIN, MAX, ROW_NUMBER, RANK or DENSE_RANK OVER (...)")  # fmt: skip
+    partition = tuple(_post_expr(p, b, clause) for p in n.args.get("partition_by") or [])
+    order = []
+    for o in (n.args["order"].expressions if n.args.get("order") is not None else []):
+        desc = bool(o.args.get("desc"))
+        nulls_first = o.args.get("nulls_first")
+        order.append(OrderItem(expr=_post_expr(o.this, b, clause), descending=desc,
+                               nulls_first=bool(nulls_first) if nulls_first is not None else desc))  # fmt: skip
+    arg_type = infer_type(arg, _types(b)) if arg is not None else "int8"
+    if func in ("count", "row_number", "rank", "dense_rank"):
+        type_name = "int8"
+    elif func in ("min", "max"):
+        type_name = arg_type
+    else:  # sum and avg of integers and numerics are numeric; of floats, double
+        type_name = "float8" if arg_type in ("float4", "float8") else "numeric"
+    b.windows.append(WindowSpec(func=func, arg=arg, partition=partition, order=tuple(order),
+                                type_name=type_name))  # fmt: skip
+    return len(b.windows) - 1
 
 
 def _match_key(n: exp.Expression, b: _Builder) -> int | None:

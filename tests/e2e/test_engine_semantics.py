@@ -112,6 +112,13 @@ POST_EXPRESSIONS = [
     f"{C}::real", f"{C}::real / 7", f"{C}::varchar(2)", f"{C}::char(5)", f"{C} > 300", f"{C} BETWEEN 290 AND 310",
     f"{C} IN (300, 301)", f"{C} * {C}", f"100.0 * {C} / 1500", f"({C} + 0.5)::int", f"ROUND(100.0 * {C} / 1500, 2)",
     f"{C}::float * 2", f"{C} = 300 OR {C} IS NULL", f"{C} IS NOT NULL",
+    # window functions over the released groups
+    f"SUM({C}) OVER ()", f"100.0 * {C} / SUM({C}) OVER ()", f"RANK() OVER (ORDER BY {C} DESC)",
+    f"ROW_NUMBER() OVER (ORDER BY c_mktsegment DESC) * {C}", f"DENSE_RANK() OVER (ORDER BY {C} % 3)",
+    f"SUM({C}) OVER (ORDER BY c_mktsegment)", f"AVG({C}) OVER ()", f"MIN({C}) OVER ()", f"COUNT({C}) OVER ()",
+    f"MAX({C}::float) OVER (PARTITION BY {C} > 300)", f"AVG({C}::float) OVER ()",
+    f"COUNT({C}) OVER (ORDER BY {C} % 2)", f"SUM({C} % 2) OVER (PARTITION BY {C} % 2 ORDER BY c_mktsegment)",
+    f"RANK() OVER (PARTITION BY {C} > 300 ORDER BY c_mktsegment)", f"AVG({C} / 7.0) OVER (ORDER BY {C} % 2)",
 ]  # fmt: skip
 
 
