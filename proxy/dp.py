@@ -113,6 +113,10 @@ class DPEngine:
         """EXPLAIN <query>: the plan, mechanisms and error bounds; runs and charges nothing."""
         body = _strip_explain(text)
         plan = self.plan(body, parse_one(body))
+        if plan.public_only:
+            return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(
+                f'The declared public values of dataset "{plan.dataset}", from its metadata: '
+                "the database is not read and nothing is spent",)])  # fmt: skip
         noise = self.noise(plan, epsilon, delta)
         lines = [
             f'DP query on dataset "{plan.dataset}": would cost epsilon '
@@ -178,6 +182,8 @@ class DPEngine:
         """
         plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
+        if plan.public_only:
+            return _public_values(plan, self.mechanisms)
         delta = self.default_delta if delta is None else delta
         cache_key = self._cache_key(plan, analyst.name, epsilon, delta)
         # The bounded SQL starts at once, alongside the cache lookup, unless this process
@@ -383,6 +389,15 @@ def _bounds(noise: list[NoiseSpec], plan: DPPlan) -> str:
         sel = next(n for n in noise if n.primitive == plan.selection)
         bars.append(f"groups with fewer than about {sel.threshold} units are not shown")
     return "; ".join(bars)
+
+
+def _public_values(plan: DPPlan, mechanisms: Mechanisms) -> Result:
+    """A query that only lists declared public values: answered from the metadata."""
+    answer = release(plan, [], [], mechanisms)
+    notice = (f'dpproxy: the declared public values of dataset "{plan.dataset}" (every value '
+              "the metadata lists, whether or not the data holds it): nothing spent")  # fmt: skip
+    return Result(tag=f"SELECT {len(answer.rows)}", columns=answer.columns, rows=answer.rows,
+                  notices=[notice])  # fmt: skip
 
 
 def _strip_explain(text: str) -> str:

@@ -17,6 +17,23 @@ from sqlglot import exp
 from rewriter.errors import UNDEFINED_COLUMN, RewriteError, unsupported
 
 
+def distinct_as_group_by(select: exp.Expression) -> exp.Expression:
+    """`SELECT DISTINCT a, b FROM ...` (no aggregates) as the `GROUP BY a, b` it means."""
+    if not isinstance(select, exp.Select):
+        return select
+    distinct = select.args.get("distinct")
+    if distinct is None or distinct.args.get("on") is not None or select.args.get("group"):
+        return select
+    if any(isinstance(n, (exp.AggFunc, exp.Window)) for e in select.expressions for n in e.walk()):
+        return select
+    if any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and e.is_star) for e in select.expressions):
+        return select
+    out = select.copy()
+    out.set("distinct", None)
+    out.set("group", exp.Group(expressions=[exp.Literal.number(i + 1) for i in range(len(select.expressions))]))
+    return out
+
+
 def fold_outer_select(select: exp.Select) -> exp.Select:
     """`select` with an outer projection over an aggregate subquery folded in, else itself."""
     inner, name = _aggregate_source(select)

@@ -172,6 +172,9 @@ class DPPlan:
     reads_clock: bool = False
     # Window functions over the released groups, read by outputs as __w<i>.
     windows: tuple[WindowSpec, ...] = ()
+    # No aggregate, only keys with declared public domains: answered from the metadata
+    # (every declared value), without the database or the ledger.
+    public_only: bool = False
 
     @property
     def group_count(self) -> int:

@@ -19,7 +19,7 @@ from sqlglot import exp
 
 from rewriter.bounding import RowTerm, weighted_sql
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
-from rewriter.fold import fold_outer_select
+from rewriter.fold import distinct_as_group_by, fold_outer_select
 from rewriter.metadata import Metadata
 from rewriter.plan import (
     AggFunc,
@@ -103,7 +103,7 @@ class _Builder:
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
     # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
-    select = _check_shape(fold_outer_select(_check_shape(tree)))
+    select = _check_shape(fold_outer_select(_check_shape(distinct_as_group_by(tree))))
     rel, scope = FromResolver(meta).resolve(select)
     bind_units(rel)
     b = _Builder(rel=rel, scope=scope)
@@ -117,9 +117,19 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     _choose_sum_forms(b)
 
     if not b.aggregates:
+        if b.keys and all(not k.private and k.domain and k.domain_sql is None for k in b.keys):
+            # Only declared public values are asked for (a BI tool listing a column's
+            # values for a filter): the answer is the declared domain, never the data.
+            return DPPlan(
+                dataset=meta.dataset, tables=tuple(dict.fromkeys(s.name for s in rel.sources)),
+                sql="", keys=tuple(b.keys), primitives=(), aggregates=(), outputs=tuple(outputs),
+                having=having_expr, order_by=tuple(order_by), limit=limit, offset=offset,
+                fingerprint="", bounding="none", public_only=True,
+            )  # fmt: skip
         raise not_allowed(
             "the query reads private rows without aggregating them",
-            "use aggregates such as COUNT(*), SUM(col), AVG(col), grouped by public keys",
+            "use aggregates such as COUNT(*), SUM(col), AVG(col), grouped by public keys; "
+            "a column's declared public values can be listed with SELECT DISTINCT col",
         )
     selection = _selection_primitive(b)
     if selection is None and _group_count(b.keys) > MAX_GROUPS:

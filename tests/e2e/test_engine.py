@@ -29,6 +29,8 @@ def test_every_accepted_corpus_query_runs_on_postgres(env: Env) -> None:
     with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
         for case in ACCEPTED:
             p = plan_of(case.sql)
+            if p.public_only:
+                continue  # answered from the metadata: no SQL runs
             try:
                 cur = conn.execute(p.sql)  # type: ignore[arg-type]
             except psycopg.Error as e:
@@ -374,3 +376,24 @@ def test_post_processing_expressions_compute_as_postgresql_does(proxy: ProxyProc
         want_types = [d.type_code for d in want_cur.description or []]
     assert got == want
     assert types[1:] == want_types[1:]  # announced types match (the key is declared text, stored varchar)
+
+
+def test_listing_declared_public_values_reads_nothing_and_spends_nothing(proxy: ProxyProcess) -> None:
+    # BI tools fill filter drop-downs with SELECT DISTINCT col: for a column with a
+    # declared public domain that is the domain itself, from the metadata.
+    with connect(proxy, "dave") as conn:
+        before = conn.execute("SHOW dp.budget").fetchone()
+        rows = conn.execute("SELECT DISTINCT o_orderpriority FROM orders ORDER BY 1 DESC LIMIT 3").fetchall()
+        grouped = conn.execute('SELECT "o"."o_orderstatus" FROM "public"."orders" "o" GROUP BY 1').fetchall()
+        assert "nothing spent" in conn.notices[-1]  # type: ignore[attr-defined]
+        after = conn.execute("SHOW dp.budget").fetchone()
+        with psycopg.ClientCursor(conn) as cur:  # the same through the simple protocol
+            cur.execute("SELECT DISTINCT o_orderstatus, o_shippriority FROM orders")
+            pairs = cur.fetchall()
+        with pytest.raises(psycopg.Error) as private:
+            conn.execute("SELECT DISTINCT o_comment FROM orders")
+    assert before == after
+    assert rows == [("5-LOW",), ("4-NOT SPECIFIED",), ("3-MEDIUM",)]
+    assert sorted(grouped) == [("F",), ("O",), ("P",)]
+    assert sorted(pairs) == [("F", 0), ("O", 0), ("P", 0)]
+    assert private.value.sqlstate == "42501"

@@ -75,6 +75,9 @@ def test_accepted_shape_and_cost(case: Case, mech: Mechanisms) -> None:
     assert p.needs_delta == case.delta
     for prim in p.primitives:
         assert prim.sensitivity >= 1
+    if p.public_only:  # declared public values only: no SQL, no cost
+        assert not p.primitives and not p.sql and all(not k.private for k in p.keys)
+        return
     # The whole query costs exactly the epsilon asked for (never more), and delta only
     # when partition selection runs.
     noise = mech.plan_noise(p, Decimal("1"), Decimal("1e-7"))
