@@ -157,8 +157,9 @@ def _is_unit(t: Typed, unit: Typed) -> bool:
     return t.unit and t.columns == unit.columns
 
 
-def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int) -> Typed:
-    """A select item over per-unit aggregates, each clamped to what `rows` rows can reach."""
+def _swap_aggregates(e: exp.Expression, analyzer: Analyzer, rows: int) -> tuple[exp.Expression, dict[str, Typed]]:
+    """`e` with each aggregate replaced by a placeholder column, and the placeholders'
+    Typed (each per-unit aggregate clamped to what `rows` rows can reach)."""
     placeholders: dict[str, Typed] = {}
 
     def swap(node: exp.Expression) -> exp.Expression:
@@ -168,27 +169,28 @@ def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int) -> T
             return exp.column(name)
         return node
 
-    tree = e.copy().transform(swap)
-    outer = analyzer
+    return e.copy().transform(swap), placeholders
+
+
+def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int) -> Typed:
+    """A select item over per-unit aggregates (and the unit's own columns)."""
+    tree, placeholders = _swap_aggregates(e, analyzer, rows)
 
     def resolve(c: exp.Column) -> Typed:
-        return placeholders[c.name] if c.name in placeholders and not c.table else outer.resolve(c)
+        if c.name in placeholders and not c.table:
+            return placeholders[c.name]
+        t = analyzer.resolve(c)
+        if not t.unit:  # outside an aggregate only the unit it is grouped by may be read
+            raise RewriteError(GROUPING_ERROR, f'column "{c.name}" must appear in the GROUP BY clause '
+                               "or be used in an aggregate function")  # fmt: skip
+        return t
 
     return Analyzer(resolve, "a derived table").analyze(tree)
 
 
 def _having(cond: exp.Expression, analyzer: Analyzer, rows: int) -> Typed:
     """HAVING over per-unit aggregates (it keeps or drops the unit's one row)."""
-    placeholders: dict[str, Typed] = {}
-
-    def swap(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.AggFunc):
-            name = f"__agg{len(placeholders)}"
-            placeholders[name] = _aggregate(node, analyzer, rows)
-            return exp.column(name)
-        return node
-
-    tree = cond.copy().transform(swap)
+    tree, placeholders = _swap_aggregates(cond, analyzer, rows)
 
     def resolve(c: exp.Column) -> Typed:
         if c.name in placeholders and not c.table:
