@@ -442,6 +442,8 @@ class Analyzer:
         return exp.cast(exp.Paren(this=t.operand), "bigint" if kind == "int" else "numeric")
 
     def _temporal_arith(self, n: exp.Expression, a: Typed, b: Typed) -> Typed:
+        if isinstance(n, exp.Sub) and a.kind == b.kind == "date" and not (a.constant and b.constant):
+            return _days_between(a, b)
         if not (a.constant and b.constant):
             raise unsupported(
                 f"date arithmetic over columns is not allowed in {self.context}: it fails "
@@ -942,6 +944,20 @@ def reads_clock(tree: exp.Expression) -> bool:
     return any(isinstance(n, _CLOCK_NODES)
                or isinstance(n, exp.Anonymous) and str(n.this).lower() in _CLOCK_FUNCTIONS
                for n in tree.walk())  # fmt: skip
+
+
+# Days between PostgreSQL's first and last dates (4713 BC to 5874897 AD): date - date fits int4.
+_MAX_DAYS = Decimal(2147483494)
+
+
+def _days_between(a: Typed, b: Typed) -> Typed:
+    """date - date in days, NULL when either is infinite (PostgreSQL raises there: an
+    error that would tell whether such a row exists; a constant is guarded too, since
+    the error would then tell whether any row is read at all)."""
+    finite = exp.and_(*(exp.Anonymous(this="isfinite", expressions=[t.sql.copy()]) for t in (a, b)))
+    sql = exp.Case(ifs=[exp.If(this=finite, true=exp.Sub(this=a.sql.copy(), expression=b.sql.copy()))])
+    return Typed(sql, "int", -_MAX_DAYS, _MAX_DAYS, None, True, columns=_cols(a, b), step=Decimal(1),
+                 pg_type="int4")  # fmt: skip
 
 
 # The last day a timestamp can hold: a later date raises when cast to a timestamp.

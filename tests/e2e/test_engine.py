@@ -240,6 +240,8 @@ def test_dates_past_the_timestamp_range_raise_no_error(env: Env) -> None:
         "SELECT COUNT(*) FROM orders WHERE o_orderdate::timestamp >= TIMESTAMP '1995-01-01'",
         "SELECT COUNT(*) FROM orders WHERE GREATEST(o_orderdate, TIMESTAMP '1995-01-01') > TIMESTAMP '1996-01-01'",
         "SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1",
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate - DATE '1995-01-01' > 30",
+        "SELECT AVG(DATE '2000-01-01' - o_orderdate) FROM orders",
     ]
     with psycopg.connect(env.tpch_dsn) as conn:
         conn.execute(
