@@ -208,6 +208,8 @@ def _collect_group_keys(select: exp.Select, b: _Builder) -> None:
     items = list(select.expressions)
     analyzer = b.analyzer("GROUP BY")
     for g in group.expressions:
+        if isinstance(g, exp.Tuple) and not g.expressions:
+            continue  # GROUP BY (): the empty grouping, one group
         if isinstance(g, (exp.GroupingSets, exp.Cube, exp.Rollup)):
             raise unsupported(
                 "GROUPING SETS, ROLLUP and CUBE are not supported: each grouping would be a "
