@@ -75,3 +75,52 @@ def test_every_accepted_generated_query_runs_without_error(env: Env) -> None:
             except psycopg.Error as e:
                 failures.append(f"{q}: {str(e).splitlines()[0]}")
     assert not failures, "\n".join(failures[:20])
+
+
+# This release's constructs crossed with each other: semi-joins, date differences, the
+# clock, TO_CHAR, WIDTH_BUCKET, windows over groups, folded outer SELECTs, per-unit
+# derived tables, DISTINCT of public values, comma and private LEFT joins.
+NEW_CONDITIONS = [
+    "EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey)", "o_custkey IN (SELECT c_custkey FROM customer)",
+    "o_orderdate - DATE '1995-01-01' > 3", "to_char(o_orderdate, 'YYYY') = '1995'",
+    "o_orderdate >= CURRENT_DATE - 1000", "NOT (o_comment NOT LIKE '%a%')", "o_totalprice BETWEEN SYMMETRIC 1 AND 2",
+    "o_clerk IS DISTINCT FROM 'x'", "width_bucket(o_totalprice, 0, 1000, 3) = 1", "o_orderdate::timestamp > now()",
+]  # fmt: skip
+NEW_OUTPUTS = [
+    "COUNT(*)", "SUM(COUNT(*)) OVER ()", "RANK() OVER (ORDER BY COUNT(*))", "NULLIF(COUNT(*), 0)",
+    "TRUNC(AVG(o_totalprice), 1)", "SIGN(SUM(o_totalprice))", "AVG(o_orderdate - DATE '1990-01-01')",
+    "COUNT(*) FILTER (WHERE o_orderstatus = 'F')",
+]  # fmt: skip
+NEW_SHAPES = [
+    "SELECT o_orderpriority, {o} FROM orders WHERE {w} GROUP BY 1",
+    "SELECT {o} FROM orders, customer WHERE o_custkey = c_custkey AND {w}",
+    "SELECT * FROM (SELECT o_orderpriority AS p, {o} AS v FROM orders WHERE {w} GROUP BY 1) s WHERE v > 0 ORDER BY v",
+    "SELECT AVG(n) FROM (SELECT o_custkey, COUNT(*) AS n FROM orders WHERE {w} GROUP BY o_custkey HAVING {o} > 0) t",
+    "SELECT DISTINCT o_orderstatus FROM orders WHERE {w}",
+    "WITH x AS (SELECT o_orderstatus, {o} AS v FROM orders WHERE {w} GROUP BY 1) SELECT * FROM x",
+    "SELECT c_mktsegment, {o} FROM customer LEFT JOIN orders ON o_custkey = c_custkey WHERE {w} GROUP BY 1",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_this_release_constructs_crossed_run_without_error(env: Env) -> None:
+    ran, failures = 0, []
+    with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '60s'")
+        for shape in NEW_SHAPES:
+            for o in NEW_OUTPUTS:
+                for w in NEW_CONDITIONS:
+                    q = shape.format(o=o, w=w)
+                    try:
+                        p = rewrite(parse_one(q), META)
+                    except RewriteError:
+                        continue
+                    if p.public_only:
+                        continue
+                    ran += 1
+                    try:
+                        conn.execute(p.sql).fetchall()  # type: ignore[arg-type]
+                    except psycopg.Error as e:
+                        failures.append(f"{q}: {str(e).splitlines()[0]}")
+    assert ran > 300
+    assert not failures, "\n".join(failures[:20])
