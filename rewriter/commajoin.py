@@ -46,6 +46,7 @@ def inner_joins_from_where(select: exp.Select, columns_of: ColumnsOf) -> exp.Sel
     names = [_qualifier(i) for i in items]
     owner = _owners(items, names, columns_of)
     conjuncts = _conjuncts(where.this)
+    conjuncts += _common_to_all_disjuncts(conjuncts)
     links = [_link(c, owner) for c in conjuncts]
     order = _order(joins, names, links)
     taken = {names[0]}
@@ -126,6 +127,34 @@ def _link(cond: exp.Expression, owner: dict[str, str | None]) -> frozenset[str] 
     if None in sides or sides[0] == sides[1]:
         return None
     return frozenset(s for s in sides if s is not None)
+
+
+def _common_to_all_disjuncts(conjuncts: list[exp.Expression]) -> list[exp.Expression]:
+    """Equalities that every branch of an OR conjunct requires (TPC-H Q19 repeats its join
+    condition in each branch): each is implied by the OR, so it may be a conjunct too."""
+    out: list[exp.Expression] = []
+    for c in conjuncts:
+        inner = c
+        while isinstance(inner, exp.Paren):
+            inner = inner.this
+        if not isinstance(inner, exp.Or):
+            continue
+        branches = [_conjuncts(d) for d in _disjuncts(inner)]
+        common = {e.sql(): e for e in branches[0] if isinstance(e, exp.EQ)}
+        for b in branches[1:]:
+            texts = {e.sql() for e in b}
+            common = {k: v for k, v in common.items() if k in texts}
+        out += [e.copy() for e in common.values()]
+    return out
+
+
+def _disjuncts(cond: exp.Expression) -> list[exp.Expression]:
+    """The top-level OR branches of a condition (parentheses looked through)."""
+    while isinstance(cond, exp.Paren):
+        cond = cond.this
+    if isinstance(cond, exp.Or):
+        return _disjuncts(cond.this) + _disjuncts(cond.expression)
+    return [cond]
 
 
 def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
