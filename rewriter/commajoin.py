@@ -45,9 +45,9 @@ def inner_joins_from_where(select: exp.Select, columns_of: ColumnsOf) -> exp.Sel
     items = [from_.this] + [j.this for j in joins]
     names = [_qualifier(i) for i in items]
     owner = _owners(items, names, columns_of)
-    conjuncts = _conjuncts(where.this)
-    conjuncts += _common_to_all_disjuncts(conjuncts)
-    links = [_link(c, owner) for c in conjuncts]
+    parts = conjuncts(where.this)
+    parts += _common_to_all_disjuncts(parts)
+    links = [_link(c, owner) for c in parts]
     order = _order(joins, names, links)
     taken = {names[0]}
     moved: set[int] = set()
@@ -60,7 +60,7 @@ def inner_joins_from_where(select: exp.Select, columns_of: ColumnsOf) -> exp.Sel
                   if i not in moved and link is not None and name in link and link <= taken | {name}]  # fmt: skip
             if on:
                 moved.update(on)
-                cond = exp.and_(*(conjuncts[i].copy() for i in on))
+                cond = exp.and_(*(parts[i].copy() for i in on))
                 join = exp.Join(this=join.this.copy(), on=cond)
         new_joins.append(join)
         taken.add(name)
@@ -68,7 +68,7 @@ def inner_joins_from_where(select: exp.Select, columns_of: ColumnsOf) -> exp.Sel
         return select
     out = select.copy()
     out.set("joins", [j.copy() for j in new_joins])
-    rest = [conjuncts[i].copy() for i in range(len(conjuncts)) if i not in moved]
+    rest = [parts[i].copy() for i in range(len(parts)) if i not in moved]
     out.set("where", exp.Where(this=exp.and_(*rest)) if rest else None)
     return out
 
@@ -129,17 +129,17 @@ def _link(cond: exp.Expression, owner: dict[str, str | None]) -> frozenset[str] 
     return frozenset(s for s in sides if s is not None)
 
 
-def _common_to_all_disjuncts(conjuncts: list[exp.Expression]) -> list[exp.Expression]:
+def _common_to_all_disjuncts(parts: list[exp.Expression]) -> list[exp.Expression]:
     """Equalities that every branch of an OR conjunct requires (TPC-H Q19 repeats its join
     condition in each branch): each is implied by the OR, so it may be a conjunct too."""
     out: list[exp.Expression] = []
-    for c in conjuncts:
+    for c in parts:
         inner = c
         while isinstance(inner, exp.Paren):
             inner = inner.this
         if not isinstance(inner, exp.Or):
             continue
-        branches = [_conjuncts(d) for d in _disjuncts(inner)]
+        branches = [conjuncts(d) for d in _disjuncts(inner)]
         common = {e.sql(): e for e in branches[0] if isinstance(e, exp.EQ)}
         for b in branches[1:]:
             texts = {e.sql() for e in b}
@@ -150,17 +150,17 @@ def _common_to_all_disjuncts(conjuncts: list[exp.Expression]) -> list[exp.Expres
 
 def _disjuncts(cond: exp.Expression) -> list[exp.Expression]:
     """The top-level OR branches of a condition (parentheses looked through)."""
-    while isinstance(cond, exp.Paren):
-        cond = cond.this
-    if isinstance(cond, exp.Or):
-        return _disjuncts(cond.this) + _disjuncts(cond.expression)
-    return [cond]
+    return _split(cond, exp.Or)
 
 
-def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
+def conjuncts(cond: exp.Expression) -> list[exp.Expression]:
     """The top-level AND parts of a condition (parentheses looked through)."""
+    return _split(cond, exp.And)
+
+
+def _split(cond: exp.Expression, node: type[exp.Connector]) -> list[exp.Expression]:
     while isinstance(cond, exp.Paren):
         cond = cond.this
-    if isinstance(cond, exp.And):
-        return _conjuncts(cond.this) + _conjuncts(cond.expression)
+    if isinstance(cond, node):
+        return _split(cond.this, node) + _split(cond.expression, node)
     return [cond]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlglot import exp
 
-from rewriter.commajoin import inner_joins_from_where
+from rewriter.commajoin import conjuncts, inner_joins_from_where
 from rewriter.errors import (
     UNDEFINED_COLUMN,
     UNDEFINED_TABLE,
@@ -373,7 +373,7 @@ class FromResolver:
     ) -> list[tuple[tuple[str, str], tuple[str, str]]]:
         """Column = column equalities among the top-level AND parts of a condition."""
         out = []
-        for part in _conjuncts(cond):
+        for part in conjuncts(cond):
             if isinstance(part, exp.EQ):
                 a, b = part.this, part.expression
                 if isinstance(a, exp.Column) and isinstance(b, exp.Column):
@@ -412,14 +412,6 @@ def _base_column(t: Typed) -> tuple[str, str] | None:
     if isinstance(t.sql, exp.Column) and len(t.columns) == 1:
         return next(iter(t.columns))
     return None
-
-
-def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
-    while isinstance(cond, exp.Paren):
-        cond = cond.this
-    if isinstance(cond, exp.And):
-        return _conjuncts(cond.this) + _conjuncts(cond.expression)
-    return [cond]
 
 
 def _check_row_level(body: exp.Select) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
+from rewriter.commajoin import conjuncts
 from rewriter.errors import UNDEFINED_TABLE, RewriteError, not_allowed, unsupported
 from rewriter.metadata import Metadata, TableMeta
 from rewriter.rowexpr import Analyzer, Typed
@@ -88,7 +89,7 @@ class SemiJoins:
             raise not_allowed("EXISTS must be correlated with the outer row on its privacy unit", _HINT)
         cond = analyzer.predicate(where.this)
         linked = False
-        for part in _conjuncts(where.this):
+        for part in conjuncts(where.this):
             if isinstance(part, exp.EQ) and all(isinstance(s, exp.Column) for s in (part.this, part.expression)):
                 sides = [(s, _try(inner, s)) for s in (part.this, part.expression)]
                 mine = [t for _, t in sides if t is not None]
@@ -175,9 +176,3 @@ def _try(resolve: Callable[[exp.Column], Typed], c: exp.Column) -> Typed | None:
         return None
 
 
-def _conjuncts(cond: exp.Expression) -> list[exp.Expression]:
-    while isinstance(cond, exp.Paren):
-        cond = cond.this
-    if isinstance(cond, exp.And):
-        return _conjuncts(cond.this) + _conjuncts(cond.expression)
-    return [cond]

@@ -22,6 +22,23 @@ def connect(proxy: ProxyProcess, user: str) -> psycopg.Connection:
     return conn
 
 
+def at_large_epsilon(proxy: ProxyProcess, q: str) -> tuple[list[tuple[object, ...]], list[str], list[int]]:
+    """Rows, column names and type OIDs of `q` through dpproxy at epsilon 9000 (the noise
+    of a count is then 0 except with negligible probability)."""
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        cur = conn.execute(q)  # type: ignore[call-overload]
+        desc = cur.description or []
+        return cur.fetchall(), [d.name for d in desc], [d.type_code for d in desc]
+
+
+def exactly(env: Env, q: str) -> tuple[list[tuple[object, ...]], list[int]]:
+    """Rows and type OIDs of `q` run directly on PostgreSQL."""
+    with psycopg.connect(env.tpch_dsn) as direct:
+        cur = direct.execute(q)  # type: ignore[call-overload]
+        return cur.fetchall(), [d.type_code for d in cur.description or []]
+
+
 def test_every_accepted_corpus_query_runs_on_postgres(env: Env) -> None:
     # The rewritten SQL of every accepted query runs without error on PostgreSQL 15 and
     # returns one column per key and primitive, with integer primitives.
@@ -294,14 +311,12 @@ def test_an_outer_select_over_an_aggregate_is_post_processing(proxy: ProxyProces
          '"public"."customer"."c_mktsegment" AS "c_mktsegment", COUNT(*) AS "count" FROM "public"."customer" '
          'GROUP BY "public"."customer"."c_mktsegment") AS "source" WHERE "source"."count" > 10 '
          'AND "source"."c_mktsegment" <> \'MACHINERY\' ORDER BY "source"."count" DESC, 1 LIMIT 3')  # fmt: skip
-    with connect(proxy, "alice") as conn:
-        conn.execute("SET dp.epsilon = 9000")
-        cur = conn.execute(q)
-        rows = cur.fetchall()
-        assert cur.description is not None
-        assert [d.name for d in cur.description] == ["segment", "count"]
+    rows, names, types = at_large_epsilon(proxy, q)
+    assert names == ["segment", "count"]
     # customer has one row per unit: at this epsilon the answer is the exact one.
-    assert rows == [tuple(r) for r in truth(env.tpch_dsn, q)]
+    want, want_types = exactly(env, q)
+    assert rows == want
+    assert types[1:] == want_types[1:]  # the key is declared text, stored varchar
 
 
 def test_tpch_q13_customer_distribution(proxy: ProxyProcess, env: Env) -> None:
@@ -367,15 +382,8 @@ def test_post_processing_expressions_compute_as_postgresql_does(proxy: ProxyProc
          "NULLIF(COUNT(*) % 2, 0) AS g, ROUND(COUNT(*) / 3.0, 2) AS h, COUNT(*) * 2 - 1 AS i, "
          "ABS(150 - COUNT(*)) AS j, (COUNT(*) > 290) AS k, COUNT(*)::text AS l "
          "FROM customer GROUP BY 1 HAVING COUNT(*) IS NOT NULL AND NOT COUNT(*) < 10 ORDER BY 2 DESC, 1")  # fmt: skip
-    with connect(proxy, "alice") as conn:
-        conn.execute("SET dp.epsilon = 9000")
-        cur = conn.execute(q)
-        got = cur.fetchall()
-        types = [d.type_code for d in cur.description or []]
-    with psycopg.connect(env.tpch_dsn) as direct:
-        want_cur = direct.execute(q)  # type: ignore[call-overload]
-        want = want_cur.fetchall()
-        want_types = [d.type_code for d in want_cur.description or []]
+    got, _, types = at_large_epsilon(proxy, q)
+    want, want_types = exactly(env, q)
     assert got == want
     assert types[1:] == want_types[1:]  # announced types match (the key is declared text, stored varchar)
 
