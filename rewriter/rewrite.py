@@ -162,7 +162,28 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
 # --- shape -------------------------------------------------------------------------------
 
 
+# The clauses of a SELECT and of a table reference the rewriter reads (or refuses by
+# name); any other clause sqlglot parses would be silently dropped, so it is refused.
+_SELECT_ARGS = frozenset({"with_", "with", "expressions", "distinct", "from_", "from", "joins", "where",
+                          "group", "having", "order", "limit", "offset", "into", "locks", "windows",
+                          "laterals", "qualify"})  # fmt: skip
+_TABLE_ARGS = frozenset({"this", "alias", "db", "catalog", "only"})
+
+
+def _check_clauses(tree: exp.Expression) -> None:
+    """Refuse a clause the rewriter does not read (TABLESAMPLE, ...) rather than drop it."""
+    for node in tree.walk():
+        allowed = _SELECT_ARGS if isinstance(node, exp.Select) else _TABLE_ARGS if isinstance(node, exp.Table) else None
+        if allowed is None:
+            continue
+        for arg, value in node.args.items():
+            if value and arg not in allowed:
+                what = "TABLESAMPLE" if arg == "sample" else arg.rstrip("_").upper()
+                raise unsupported(f"{what} is not supported in a query on private tables")
+
+
 def _check_shape(tree: exp.Expression) -> exp.Select:
+    _check_clauses(tree)
     if isinstance(tree, (exp.Union, exp.Intersect, exp.Except)):
         raise unsupported(
             "UNION, INTERSECT and EXCEPT are not supported on private tables",
@@ -482,7 +503,14 @@ def _limit_offset(select: exp.Select) -> tuple[int | None, int]:
     limit = None
     offset = 0
     lim = select.args.get("limit")
-    if lim is not None:
+    if isinstance(lim, exp.Fetch):  # FETCH FIRST n ROWS ONLY
+        opts = lim.args.get("limit_options")
+        if opts is not None and (opts.args.get("percent") or opts.args.get("with_ties")):
+            raise unsupported("FETCH FIRST ... PERCENT / WITH TIES is not supported", "use FETCH FIRST n ROWS ONLY")
+        limit = _nonneg_int(lim.args.get("count") or exp.Literal.number(1), "FETCH FIRST")
+    elif lim is not None and isinstance(lim.expression, exp.Var) and lim.expression.name.upper() == "ALL":
+        limit = None  # LIMIT ALL: no limit
+    elif lim is not None:
         limit = _nonneg_int(lim.expression, "LIMIT")
     off = select.args.get("offset")
     if off is not None:
