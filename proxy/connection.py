@@ -716,8 +716,7 @@ class Connection:
             bound = params if params else [None] * n
             key = _plan_key(routed.statement.text, bound)
             tree = routed.tree if self.ctx.engine.has_plan(key) or not n else bind_parameters(routed.tree, bound)
-            plan = self.ctx.engine.plan(key, tree)
-            return [(o.name, o.type_name) for o in plan.outputs]
+            return self.ctx.engine.columns(key, tree)
         if routed.route == Route.SESSION and routed.statement.keyword == "SHOW":
             name = routed.statement.text.split()[-1].strip(";").lower()
             if name == "dp.budget":

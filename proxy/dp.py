@@ -9,6 +9,7 @@ fails in the database after its charge committed keeps the charge.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import replace
@@ -50,6 +51,7 @@ from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
+from rewriter.union import coerce, union_branches, union_columns
 
 PLAN_CACHE_SIZE = 1024
 STORED_KEYS = 4096
@@ -112,11 +114,25 @@ class DPEngine:
     def explain(self, text: str, epsilon: Decimal, delta: Decimal | None = None) -> Result:
         """EXPLAIN <query>: the plan, mechanisms and error bounds; runs and charges nothing."""
         body = _strip_explain(text)
-        plan = self.plan(body, parse_one(body))
+        tree = parse_one(body)
+        branches = _union_branches(tree)
+        if branches is not None:
+            plans = self._union_plans(body, branches)
+            share = Decimal(len(plans))
+            d = (self.default_delta if delta is None else delta) / share
+            lines = [f"UNION ALL of {len(plans)} releases, each with 1/{len(plans)} of epsilon and delta:"]
+            for i, p in enumerate(plans, 1):
+                lines += [f"[{i}] {ln}" for ln in self._explain_lines(p, epsilon / share, d)]
+            return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
+        plan = self.plan(body, tree)
+        return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")],
+                      rows=[(ln,) for ln in self._explain_lines(plan, epsilon, delta)])  # fmt: skip
+
+    def _explain_lines(self, plan: DPPlan, epsilon: Decimal, delta: Decimal | None) -> list[str]:
+        """What EXPLAIN says of one plan: cost, bounding, mechanisms, error bounds, SQL."""
         if plan.public_only:
-            return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(
-                f'The declared public values of dataset "{plan.dataset}", from its metadata: '
-                "the database is not read and nothing is spent",)])  # fmt: skip
+            return [f'The declared public values of dataset "{plan.dataset}", from its metadata: '
+                    "the database is not read and nothing is spent"]  # fmt: skip
         noise = self.noise(plan, epsilon, delta)
         lines = [
             f'DP query on dataset "{plan.dataset}": would cost epsilon '
@@ -145,7 +161,73 @@ class DPEngine:
         for b in error_bounds(plan, noise):
             lines.append(f"Output {b.label}: 95% error {b.text}")
         lines.append(f"Rewritten SQL: {plan.sql}")
-        return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
+        return lines
+
+    def columns(self, sql: str, tree: exp.Expression) -> list[tuple[str, str]]:
+        """The answer's (name, type) columns, for Describe: a plan's or a union's."""
+        branches = _union_branches(tree)
+        if branches is not None:
+            try:
+                return union_columns(self._union_plans(sql, branches))
+            except RewriteError as e:
+                raise refusal_from(e) from e
+        return [(o.name, o.type_name) for o in self.plan(sql, tree).outputs]
+
+    def _union_plans(self, sql: str, branches: list[exp.Expression]) -> list[DPPlan]:
+        try:
+            return [self.plan(f"{sql}\x00{i}", b) for i, b in enumerate(branches)]
+        except RewriteError as e:
+            raise refusal_from(e) from e
+
+    async def _answer_union(
+        self, sql: str, branches: list[exp.Expression], analyst: AnalystConfig, epsilon: Decimal,
+        delta: Decimal | None,
+    ) -> Result:  # fmt: skip
+        """UNION ALL: each branch a release with an equal share of epsilon and delta, one
+        charge for the whole statement, the branches' rows one after the other."""
+        try:
+            plans = self._union_plans(sql, branches)
+            columns = union_columns(plans)
+        except RewriteError as e:
+            raise refusal_from(e) from e
+        lap("parse_rewrite")  # issue #8
+        share = Decimal(len(plans))
+        d = (self.default_delta if delta is None else delta) / share
+        noises = [[] if p.public_only else self._noise(p, epsilon / share, d) for p in plans]
+        backends = [None if p.public_only else self._run(p) for p in plans]
+        try:
+            flat = [n for ns in noises for n in ns]
+            cost = price(flat)
+            whole = replace(plans[0], fingerprint=_union_fingerprint(plans))
+            charge = await self._charge(analyst.name, whole, cost, flat)
+            results = []
+            for backend in backends:
+                try:
+                    results.append(await backend if backend is not None else [])
+                except (asyncpg.PostgresError, OSError) as e:
+                    raise ProxyError(QUERY_FAILED, "the query failed in the database (details are "
+                                     "withheld because they could reveal private data); its privacy "
+                                     "cost has been charged") from e  # fmt: skip
+            lap("backend")  # issue #8
+        finally:
+            for backend in backends:
+                if backend is not None:
+                    _discard(backend)
+        rows = []
+        bounds = []
+        for plan, noise, exact in zip(plans, noises, results, strict=True):
+            rows += [tuple(coerce(v, t) for v, (_, t) in zip(r, columns, strict=True))
+                     for r in release(plan, exact, noise, self.mechanisms).rows]  # fmt: skip
+            if noise:
+                bounds.append(_bounds(noise, plan))
+        lap("noise")  # issue #8
+        notice = (
+            f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
+            f'"{plans[0].dataset}" over {len(plans)} UNION ALL releases, '
+            f"{fmt_decimal(_dec(charge.remaining_epsilon))} of {fmt_decimal(_dec(charge.budget_epsilon))} "
+            f"remaining (new answer). 95% noise bounds: {'; '.join(bounds)}"
+        )
+        return Result(tag=f"SELECT {len(rows)}", columns=columns, rows=rows, notices=[notice])
 
     def has_plan(self, key: str) -> bool:
         """Whether a plan is cached under this key (then `plan` ignores its tree)."""
@@ -180,6 +262,9 @@ class DPEngine:
         rows are used only once the charge has committed. A refused charge discards the
         run (and costs nothing); a run that fails after the charge committed keeps it.
         """
+        branches = _union_branches(tree)
+        if branches is not None:
+            return await self._answer_union(sql, branches, analyst, epsilon, delta)
         plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
         if plan.public_only:
@@ -389,6 +474,19 @@ def _bounds(noise: list[NoiseSpec], plan: DPPlan) -> str:
         sel = next(n for n in noise if n.primitive == plan.selection)
         bars.append(f"groups with fewer than about {sel.threshold} units are not shown")
     return "; ".join(bars)
+
+
+def _union_branches(tree: exp.Expression) -> list[exp.Expression] | None:
+    """The SELECTs of a UNION ALL statement (None for any other statement)."""
+    try:
+        return union_branches(tree)
+    except RewriteError as e:
+        raise refusal_from(e) from e
+
+
+def _union_fingerprint(plans: list[DPPlan]) -> str:
+    """The ledger's fingerprint of a UNION ALL: its branches' fingerprints, hashed."""
+    return hashlib.sha256("|".join(p.fingerprint for p in plans).encode()).hexdigest()[:32]
 
 
 def _public_values(plan: DPPlan, mechanisms: Mechanisms) -> Result:

@@ -186,8 +186,8 @@ def _check_shape(tree: exp.Expression) -> exp.Select:
     _check_clauses(tree)
     if isinstance(tree, (exp.Union, exp.Intersect, exp.Except)):
         raise unsupported(
-            "UNION, INTERSECT and EXCEPT are not supported on private tables",
-            "send each SELECT separately",
+            "UNION (without ALL), INTERSECT and EXCEPT are not supported on private tables",
+            "use UNION ALL (each SELECT is its own release), or send each SELECT separately",
         )
     if not isinstance(tree, exp.Select):
         kind = type(tree).__name__.upper()

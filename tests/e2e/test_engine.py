@@ -407,3 +407,30 @@ def test_listing_declared_public_values_reads_nothing_and_spends_nothing(proxy: 
     assert sorted(grouped) == [("F",), ("O",), ("P",)]
     assert sorted(pairs) == [("F", 0), ("O", 0), ("P", 0)]
     assert private.value.sqlstate == "42501"
+
+
+def test_union_all_of_aggregates_is_one_query_of_several_releases(proxy: ProxyProcess, env: Env) -> None:
+    q = ("SELECT 'building' AS seg, COUNT(*) AS n FROM customer WHERE c_mktsegment = 'BUILDING' "
+         "UNION ALL SELECT 'machinery', COUNT(*) FROM customer WHERE c_mktsegment = 'MACHINERY' "
+         "UNION ALL (SELECT 'all', COUNT(*) FROM customer)")  # fmt: skip
+    rows, names, types = at_large_epsilon(proxy, q)  # epsilon 9000 split over three releases
+    want, want_types = exactly(env, q)
+    assert rows == want and names == ["seg", "n"] and types == want_types
+    with connect(proxy, "dave") as conn:
+        conn.execute("SET dp.epsilon = 0.3")
+        (before,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
+        with psycopg.ClientCursor(conn) as cur:  # the simple protocol too
+            cur.execute(q)
+            assert len(cur.fetchall()) == 3
+        assert "over 3 UNION ALL releases" in conn.notices[-1]  # type: ignore[attr-defined]
+        (after,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
+        assert Decimal(after) - Decimal(before) == Decimal("0.3")  # charged once, for the whole statement
+        for bad, state in (("SELECT COUNT(*) FROM orders UNION SELECT COUNT(*) FROM customer", "0A000"),
+                           ("SELECT COUNT(*) FROM orders UNION ALL SELECT o_custkey FROM orders", "42803")):  # fmt: skip
+            with pytest.raises(psycopg.Error) as e:
+                conn.execute(bad)
+            assert e.value.sqlstate == state
+        plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {q}").fetchall())
+        (still,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
+        assert still == after
+    assert plan.startswith("UNION ALL of 3 releases") and "[3] DP query" in plan and "would cost epsilon 0.1" in plan
