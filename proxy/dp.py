@@ -53,6 +53,9 @@ from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
 from rewriter.union import coerce, union_branches, union_columns
 
+# The backend's text may quote private values: it is never forwarded.
+FAILED_IN_DATABASE = ("the query failed in the database (details are withheld because they could "
+                      "reveal private data); its privacy cost has been charged")  # fmt: skip
 PLAN_CACHE_SIZE = 1024
 STORED_KEYS = 4096
 
@@ -205,9 +208,7 @@ class DPEngine:
                 try:
                     results.append(await backend if backend is not None else [])
                 except (asyncpg.PostgresError, OSError) as e:
-                    raise ProxyError(QUERY_FAILED, "the query failed in the database (details are "
-                                     "withheld because they could reveal private data); its privacy "
-                                     "cost has been charged") from e  # fmt: skip
+                    raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
             lap("backend")  # issue #8
         finally:
             for backend in backends:
@@ -297,11 +298,7 @@ class DPEngine:
                 lap("backend")  # issue #8: the wait for the database after the charge
             except (asyncpg.PostgresError, OSError) as e:
                 # The backend's text may quote private values: never forward it.
-                raise ProxyError(
-                    QUERY_FAILED,
-                    "the query failed in the database (details are withheld because they "
-                    "could reveal private data); its privacy cost has been charged",
-                ) from e
+                raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
         finally:
             if backend is not None:
                 _discard(backend)
