@@ -51,7 +51,7 @@ from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
-from rewriter.union import coerce, union_branches, union_columns
+from rewriter.union import UnionQuery, coerce, sort_rows, union_columns, union_query
 
 # The backend's text may quote private values: it is never forwarded.
 FAILED_IN_DATABASE = ("the query failed in the database (details are withheld because they could "
@@ -118,9 +118,9 @@ class DPEngine:
         """EXPLAIN <query>: the plan, mechanisms and error bounds; runs and charges nothing."""
         body = _strip_explain(text)
         tree = parse_one(body)
-        branches = _union_branches(tree)
-        if branches is not None:
-            plans = self._union_plans(body, branches)
+        union = _union_query(tree)
+        if union is not None:
+            plans = self._union_plans(body, union.branches)
             share = Decimal(len(plans))
             d = (self.default_delta if delta is None else delta) / share
             lines = [f"UNION ALL of {len(plans)} releases, each with 1/{len(plans)} of epsilon and delta:"]
@@ -168,10 +168,10 @@ class DPEngine:
 
     def columns(self, sql: str, tree: exp.Expression) -> list[tuple[str, str]]:
         """The answer's (name, type) columns, for Describe: a plan's or a union's."""
-        branches = _union_branches(tree)
-        if branches is not None:
+        union = _union_query(tree)
+        if union is not None:
             try:
-                return union_columns(self._union_plans(sql, branches))
+                return union_columns(self._union_plans(sql, union.branches))
             except RewriteError as e:
                 raise refusal_from(e) from e
         return [(o.name, o.type_name) for o in self.plan(sql, tree).outputs]
@@ -183,13 +183,13 @@ class DPEngine:
             raise refusal_from(e) from e
 
     async def _answer_union(
-        self, sql: str, branches: list[exp.Expression], analyst: AnalystConfig, epsilon: Decimal,
+        self, sql: str, union: UnionQuery, analyst: AnalystConfig, epsilon: Decimal,
         delta: Decimal | None,
     ) -> Result:  # fmt: skip
         """UNION ALL: each branch a release with an equal share of epsilon and delta, one
         charge for the whole statement, the branches' rows one after the other."""
         try:
-            plans = self._union_plans(sql, branches)
+            plans = self._union_plans(sql, union.branches)
             columns = union_columns(plans)
         except RewriteError as e:
             raise refusal_from(e) from e
@@ -221,6 +221,10 @@ class DPEngine:
                      for r in release(plan, exact, noise, self.mechanisms).rows]  # fmt: skip
             if noise:
                 bounds.append(_bounds(noise, plan))
+        try:
+            rows = sort_rows(rows, columns, union)
+        except RewriteError as e:
+            raise refusal_from(e) from e
         lap("noise")  # issue #8
         notice = (
             f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
@@ -263,9 +267,9 @@ class DPEngine:
         rows are used only once the charge has committed. A refused charge discards the
         run (and costs nothing); a run that fails after the charge committed keeps it.
         """
-        branches = _union_branches(tree)
-        if branches is not None:
-            return await self._answer_union(sql, branches, analyst, epsilon, delta)
+        union = _union_query(tree)
+        if union is not None:
+            return await self._answer_union(sql, union, analyst, epsilon, delta)
         plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
         if plan.public_only:
@@ -473,10 +477,10 @@ def _bounds(noise: list[NoiseSpec], plan: DPPlan) -> str:
     return "; ".join(bars)
 
 
-def _union_branches(tree: exp.Expression) -> list[exp.Expression] | None:
-    """The SELECTs of a UNION ALL statement (None for any other statement)."""
+def _union_query(tree: exp.Expression) -> UnionQuery | None:
+    """The branches of a UNION ALL or grouping-sets statement (None for any other)."""
     try:
-        return union_branches(tree)
+        return union_query(tree)
     except RewriteError as e:
         raise refusal_from(e) from e
 

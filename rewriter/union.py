@@ -1,14 +1,17 @@
-"""`UNION ALL` of aggregate SELECTs: one DP query made of several releases.
+"""`UNION ALL` and grouping sets: one DP query made of several releases.
 
 Each branch is planned on its own and gets an equal share of the statement's epsilon
 (and delta), so the statement costs what the analyst asked for, once; the rows are
-the branches' released rows one after the other. `UNION` without ALL, and ORDER BY or
-LIMIT over the whole union, are refused (they would need the released rows of all
-branches compared, which is post-processing the proxy does not do yet).
+the branches' released rows one after the other, then sorted and limited by an ORDER
+BY / LIMIT around the union (post-processing of released rows; ORDER BY may name
+output columns by position or name). `GROUP BY ROLLUP / CUBE / GROUPING SETS` is the
+UNION ALL of its groupings, each with NULL for the keys it does not group by (and
+GROUPING() as the constant it is there). `UNION` without ALL is refused.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from sqlglot import exp
@@ -18,6 +21,138 @@ from rewriter.plan import DPPlan
 
 DATATYPE_MISMATCH = "42804"
 _NUMERIC = ("int2", "int4", "int8", "numeric", "float4", "float8")
+
+
+@dataclass(frozen=True)
+class UnionQuery:
+    """The branches of a UNION ALL (or of grouping sets) and what is done to all rows."""
+
+    branches: list[exp.Expression]
+    order: list[exp.Ordered] = field(default_factory=list)
+    limit: int | None = None
+    offset: int = 0
+
+
+def union_query(tree: exp.Expression) -> UnionQuery | None:
+    """The UNION ALL or grouping-sets statement `tree` is, or None for any other."""
+    if isinstance(tree, exp.Select):
+        return _grouping_sets(tree)
+    if not isinstance(tree, exp.Union):
+        return None
+    order = tree.args.get("order")
+    inner = tree.copy()
+    for arg in ("order", "limit", "offset"):
+        inner.set(arg, None)
+    limit, offset = _limits(tree)
+    return UnionQuery(union_branches(inner) or [], list(order.expressions) if order else [], limit, offset)
+
+
+def _limits(node: exp.Expression) -> tuple[int | None, int]:
+    def number(n: exp.Expression | None, what: str) -> int:
+        if isinstance(n, exp.Literal) and not n.is_string and n.this.isdigit():
+            return int(n.this)
+        raise unsupported(f"{what} must be a non-negative integer literal")
+
+    lim, off = node.args.get("limit"), node.args.get("offset")
+    return (number(lim.expression, "LIMIT") if lim is not None else None,
+            number(off.expression, "OFFSET") if off is not None else 0)  # fmt: skip
+
+
+def sort_rows(rows: list[tuple[object, ...]], columns: list[tuple[str, str]], q: UnionQuery) -> list[tuple[object, ...]]:
+    """The union's rows under its ORDER BY (output positions or names) and LIMIT/OFFSET."""
+    names = [n.lower() for n, _ in columns]
+    for item in reversed(q.order):  # stable sorts, last key first
+        target = item.this
+        if isinstance(target, exp.Literal) and not target.is_string and target.this.isdigit():
+            i = int(target.this) - 1
+        elif isinstance(target, exp.Column) and not target.table and target.name.lower() in names:
+            i = names.index(target.name.lower())
+        else:
+            raise unsupported("ORDER BY around a UNION ALL must name an output column or position")
+        if not 0 <= i < len(names):
+            raise RewriteError("42P10", f"ORDER BY position {i + 1} is not in select list")
+        desc = bool(item.args.get("desc"))
+        nulls_first = item.args.get("nulls_first")
+        nulls_first = bool(nulls_first) if nulls_first is not None else desc
+        present = sorted((r for r in rows if r[i] is not None), key=lambda r: r[i], reverse=desc)  # type: ignore[arg-type, return-value]
+        missing = [r for r in rows if r[i] is None]
+        rows = missing + present if nulls_first else present + missing
+    end = None if q.limit is None else q.offset + q.limit
+    return rows[q.offset : end]
+
+
+def _grouping_sets(select: exp.Select) -> UnionQuery | None:
+    """`GROUP BY [keys,] ROLLUP/CUBE/GROUPING SETS (...)` as the UNION ALL of its groupings."""
+    group = select.args.get("group")
+    if group is None:
+        return None
+    plain = [g for g in group.expressions if not isinstance(g, (exp.Rollup, exp.Cube, exp.GroupingSets))]
+    special = [g for g in group.expressions if isinstance(g, (exp.Rollup, exp.Cube, exp.GroupingSets))]
+    for arg in ("rollup", "cube", "grouping_sets"):
+        if group.args.get(arg):
+            raise unsupported("this spelling of grouping sets is not supported", "write GROUP BY ROLLUP (a, b)")
+    if not special:
+        return None
+    if len(special) > 1:
+        raise unsupported("only one ROLLUP, CUBE or GROUPING SETS per GROUP BY is supported")
+    sets = _sets(special[0])
+    if len(sets) > 16:
+        raise unsupported("at most 16 groupings per query (each is its own release)")
+    every = {k.sql(): k for s in sets for k in s}
+    branches = []
+    for s in sets:
+        kept = {k.sql() for k in s}
+        dropped = {t for t in every if t not in kept}
+        branch = select.copy()
+        for arg in ("order", "limit", "offset"):
+            branch.set(arg, None)
+        keys = [*(g.copy() for g in plain), *(k.copy() for k in s)]
+        branch.set("group", exp.Group(expressions=keys) if keys else None)
+        branch.set("expressions", [_without(e, dropped) for e in select.expressions])
+        if select.args.get("having") is not None:
+            branch.set("having", exp.Having(this=_without(select.args["having"].this, dropped)))
+        branches.append(branch)
+    limit, offset = _limits(select)
+    order = select.args.get("order")
+    return UnionQuery(branches, list(order.expressions) if order else [], limit, offset)
+
+
+def _sets(node: exp.Expression) -> list[list[exp.Expression]]:
+    items = list(node.expressions)
+    if isinstance(node, exp.Rollup):
+        return [items[:n] for n in range(len(items), -1, -1)]
+    if isinstance(node, exp.Cube):
+        return [[x for j, x in enumerate(items) if mask >> (len(items) - 1 - j) & 1]
+                for mask in range((1 << len(items)) - 1, -1, -1)]  # fmt: skip
+    return [list(i.expressions) if isinstance(i, exp.Tuple) else [i.unnest()] for i in items]
+
+
+def _without(e: exp.Expression, dropped: set[str]) -> exp.Expression:
+    """`e` with the dropped keys as NULL (outside aggregates) and GROUPING() as its value."""
+    aggregates: dict[str, exp.Expression] = {}
+
+    def hide(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, exp.Grouping):  # a bit per argument: 1 where it is not grouped by
+            bits = 0
+            for arg in n.expressions:
+                bits = bits << 1 | (arg.sql() in dropped)
+            return exp.Literal.number(bits)
+        # Inside an aggregate a key is each row's value, not the group's: left alone.
+        if isinstance(n, exp.AggFunc):
+            name = f"__grouping_agg{len(aggregates)}"
+            aggregates[name] = n.copy()
+            return exp.column(name)
+        return n
+
+    def swap(n: exp.Expression) -> exp.Expression:
+        return exp.Null() if n.sql() in dropped else n
+
+    def restore(n: exp.Expression) -> exp.Expression:
+        if isinstance(n, exp.Column) and not n.table and n.name in aggregates:
+            return aggregates[n.name].copy()
+        return n
+
+    return e.copy().transform(hide).transform(swap).transform(restore)
 
 
 def union_branches(tree: exp.Expression) -> list[exp.Expression] | None:
@@ -55,8 +190,9 @@ def union_columns(plans: list[DPPlan]) -> list[tuple[str, str]]:
             raise unsupported("the SELECTs of a UNION ALL must read the same dataset")
     columns = []
     for i, out in enumerate(first):
-        types = [p.outputs[i].type_name for p in plans]
-        columns.append((out.name, _common_type(types)))
+        # A key a grouping drops is a bare NULL there: it takes the other branches' type.
+        types = [p.outputs[i].type_name for p in plans if not isinstance(p.outputs[i].expr, exp.Null)]
+        columns.append((out.name, _common_type(types or ["text"])))
     return columns
 
 

@@ -434,3 +434,23 @@ def test_union_all_of_aggregates_is_one_query_of_several_releases(proxy: ProxyPr
         (still,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
         assert still == after
     assert plan.startswith("UNION ALL of 3 releases") and "[3] DP query" in plan and "would cost epsilon 0.1" in plan
+
+
+def test_grouping_sets_and_a_sorted_union_match_postgresql(proxy: ProxyProcess, env: Env) -> None:
+    # ROLLUP is the UNION ALL of its groupings (NULL for the keys a grouping drops,
+    # GROUPING() as a constant); ORDER BY/LIMIT around it sort the released rows.
+    queries = [
+        "SELECT c_mktsegment, c_nationkey, GROUPING(c_mktsegment, c_nationkey) AS g, COUNT(*) "
+        "FROM customer GROUP BY ROLLUP (c_mktsegment, c_nationkey) ORDER BY 1, 2",
+        "SELECT c_mktsegment, COUNT(*) AS n FROM customer GROUP BY CUBE (c_mktsegment) ORDER BY n DESC LIMIT 3",
+        "SELECT c_mktsegment, c_nationkey AS nation, COUNT(*) FROM customer "
+        "GROUP BY GROUPING SETS ((c_mktsegment), (c_nationkey), ()) ORDER BY 1 NULLS FIRST, 2",
+        "SELECT 'a' AS s, COUNT(*) AS n FROM customer WHERE c_acctbal > 0 UNION ALL "
+        "SELECT 'b', COUNT(*) FROM customer ORDER BY n, s DESC LIMIT 1 OFFSET 1",
+    ]
+    for q in queries:
+        rows, _, types = at_large_epsilon(proxy, q)
+        want, want_types = exactly(env, q)
+        assert rows == want, q
+        assert [t for t, w in zip(types, want_types, strict=True) if w != 1043] == [
+            w for w in want_types if w != 1043], q  # the key is declared text, stored varchar
