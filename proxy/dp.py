@@ -51,7 +51,7 @@ from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
-from rewriter.union import UnionQuery, coerce, sort_rows, union_columns, union_query
+from rewriter.union import UnionQuery, coerce, order_keys, sort_rows, union_columns, union_query
 
 # The backend's text may quote private values: it is never forwarded.
 FAILED_IN_DATABASE = ("the query failed in the database (details are withheld because they could "
@@ -191,6 +191,7 @@ class DPEngine:
         try:
             plans = self._union_plans(sql, union.branches)
             columns = union_columns(plans)
+            order = order_keys(columns, union)
         except RewriteError as e:
             raise refusal_from(e) from e
         lap("parse_rewrite")  # issue #8
@@ -221,10 +222,7 @@ class DPEngine:
                      for r in release(plan, exact, noise, self.mechanisms).rows]  # fmt: skip
             if noise:
                 bounds.append(_bounds(noise, plan))
-        try:
-            rows = sort_rows(rows, columns, union)
-        except RewriteError as e:
-            raise refusal_from(e) from e
+        rows = sort_rows(rows, order, union)
         lap("noise")  # issue #8
         notice = (
             f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '

@@ -58,22 +58,31 @@ def _limits(node: exp.Expression) -> tuple[int | None, int]:
             number(off.expression, "OFFSET") if off is not None else 0)  # fmt: skip
 
 
-def sort_rows(rows: list[tuple[object, ...]], columns: list[tuple[str, str]], q: UnionQuery) -> list[tuple[object, ...]]:
-    """The union's rows under its ORDER BY (output positions or names) and LIMIT/OFFSET."""
+def order_keys(columns: list[tuple[str, str]], q: UnionQuery) -> list[tuple[int, bool, bool]]:
+    """The union's ORDER BY as (output index, descending, nulls first), checked before
+    anything is charged: items must name an output column or position."""
     names = [n.lower() for n, _ in columns]
-    for item in reversed(q.order):  # stable sorts, last key first
+    keys = []
+    for item in q.order:
         target = item.this
         if isinstance(target, exp.Literal) and not target.is_string and target.this.isdigit():
             i = int(target.this) - 1
         elif isinstance(target, exp.Column) and not target.table and target.name.lower() in names:
             i = names.index(target.name.lower())
         else:
-            raise unsupported("ORDER BY around a UNION ALL must name an output column or position")
+            raise unsupported("ORDER BY around a UNION ALL or grouping sets must name an output column "
+                              "or position", "add the expression to the select list and order by its name")  # fmt: skip
         if not 0 <= i < len(names):
             raise RewriteError("42P10", f"ORDER BY position {i + 1} is not in select list")
         desc = bool(item.args.get("desc"))
         nulls_first = item.args.get("nulls_first")
-        nulls_first = bool(nulls_first) if nulls_first is not None else desc
+        keys.append((i, desc, bool(nulls_first) if nulls_first is not None else desc))
+    return keys
+
+
+def sort_rows(rows: list[tuple[object, ...]], keys: list[tuple[int, bool, bool]], q: UnionQuery) -> list[tuple[object, ...]]:
+    """The union's released rows sorted by `keys` (see order_keys), then LIMIT/OFFSET."""
+    for i, desc, nulls_first in reversed(keys):  # stable sorts, last key first
         present = sorted((r for r in rows if r[i] is not None), key=lambda r: r[i], reverse=desc)  # type: ignore[arg-type, return-value]
         missing = [r for r in rows if r[i] is None]
         rows = missing + present if nulls_first else present + missing

@@ -448,6 +448,12 @@ def test_grouping_sets_and_a_sorted_union_match_postgresql(proxy: ProxyProcess, 
         "SELECT 'a' AS s, COUNT(*) AS n FROM customer WHERE c_acctbal > 0 UNION ALL "
         "SELECT 'b', COUNT(*) FROM customer ORDER BY n, s DESC LIMIT 1 OFFSET 1",
     ]
+    with connect(proxy, "dave") as conn:  # an ORDER BY the rows cannot be sorted by: refused, free
+        (before,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT o_orderstatus, COUNT(*) FROM orders GROUP BY ROLLUP (o_orderstatus) ORDER BY COUNT(*)")
+        assert e.value.sqlstate == "0A000"
+        assert conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone() == (before,)
     for q in queries:
         rows, _, types = at_large_epsilon(proxy, q)
         want, want_types = exactly(env, q)
