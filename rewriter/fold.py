@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
+from rewriter.colnames import output_name
 from rewriter.errors import UNDEFINED_COLUMN, RewriteError, unsupported
 
 
@@ -128,17 +129,8 @@ def _aggregate_source(select: exp.Select) -> tuple[exp.Select | None, str]:
 def _outputs(inner: exp.Select) -> dict[str, exp.Expression]:
     """The subquery's output columns by (lower-cased) name: name -> expression."""
     out: dict[str, exp.Expression] = {}
-    for i, e in enumerate(inner.expressions):
-        body = e.this if isinstance(e, exp.Alias) else e
-        if isinstance(e, exp.Alias):
-            name = e.alias
-        elif isinstance(body, exp.Column):
-            name = body.name
-        elif isinstance(body, exp.Func):
-            name = body.sql_name().lower() if not isinstance(body, exp.Anonymous) else str(body.this)
-        else:
-            name = f"?column?{i}"
-        out.setdefault(name.lower(), body)
+    for e in inner.expressions:
+        out.setdefault(output_name(e).lower(), e.this if isinstance(e, exp.Alias) else e)
     return out
 
 

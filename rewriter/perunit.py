@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
+from rewriter.colnames import output_name
 from rewriter.errors import RewriteError, not_allowed, unsupported
 from rewriter.metadata import ColumnMeta, ColumnType, TableMeta
 from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe
@@ -44,6 +45,9 @@ class PerUnitTable:
 
     sql: str
     table: TableMeta
+    # The analyst's column names -> the table's own (c0, c1, ...): an output name such as
+    # "?column?" or "Orders per customer" is no identifier the metadata model accepts.
+    names: dict[str, str]
 
 
 def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTable:
@@ -61,23 +65,23 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
     rows = rel.max_rows
     analyzer = Analyzer(lambda c: _lookup(scope, c), "a derived table")
     columns: dict[str, ColumnMeta] = {}
+    names: dict[str, str] = {}
     select_sql: list[str] = []
     unit_name: str | None = None
-    for i, item in enumerate(items):
+    for item in items:
         body_e = item.this if isinstance(item, exp.Alias) else item
-        name = item.alias_or_name if isinstance(item, exp.Alias) or isinstance(body_e, exp.Column) \
-            else _default_name(body_e)  # fmt: skip
-        name = name.lower() if name else f"column{i + 1}"
-        if name in columns:
+        name = output_name(item).lower()
+        if name in names:
             raise RewriteError("42701", f'the derived table has two columns named "{name}"')
+        internal = names[name] = f"c{len(names)}"
         if not any(isinstance(n, exp.AggFunc) for n in body_e.walk()):
             t = analyzer.analyze(body_e)
             if not _is_unit(t, unit):
                 raise RewriteError(GROUPING_ERROR, f'column "{name}" of the derived table must be '
                                    "the privacy unit it is grouped by, or an aggregate", _HINT)  # fmt: skip
-            unit_name = name
-            columns[name] = ColumnMeta(type=_unit_type(t), nullable=False, unique=True)
-            select_sql.append(f'{t.sql.sql(dialect="postgres")} AS "{name}"')
+            unit_name = internal
+            columns[internal] = ColumnMeta(type=_unit_type(t), nullable=False, unique=True)
+            select_sql.append(f"{t.sql.sql(dialect='postgres')} AS {internal}")
             continue
         t = _aggregate_expression(body_e, analyzer, rows)
         if t.kind not in NUMERIC_KINDS or not t.bounded:
@@ -90,10 +94,10 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
         # no partition selection, and empty groups are released too.
         small = kind == "int" and t.hi - t.lo <= _MAX_DOMAIN  # type: ignore[operator]
         domain = [int(v) for v in range(int(t.lo), int(t.hi) + 1)] if small else None  # type: ignore[arg-type]
-        columns[name] = ColumnMeta(type=_TYPES[kind], lower=t.lo, upper=t.hi,
+        columns[internal] = ColumnMeta(type=_TYPES[kind], lower=t.lo, upper=t.hi,
                                    precision=step if kind == "numeric" else None,
                                    nullable=t.nullable, domain=domain)  # fmt: skip
-        select_sql.append(f'{sql.sql(dialect="postgres")} AS "{name}"')
+        select_sql.append(f"{sql.sql(dialect='postgres')} AS {internal}")
     if unit_name is None:
         raise unsupported("a derived table grouped by the privacy unit must select the unit",
                           "select it so the outer query can join on it, e.g. SELECT o_custkey, COUNT(*) ...")  # fmt: skip
@@ -107,20 +111,13 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
         pred = Analyzer(lambda c: _lookup(scope, c), "HAVING")
         sql += f" HAVING {_having(having.this, pred, rows).sql.sql(dialect='postgres')}"
     table = TableMeta(privacy_unit=unit_name, max_rows=1, max_groups=1, columns=columns)
-    return PerUnitTable(sql=sql, table=table)
+    return PerUnitTable(sql=sql, table=table, names=names)
 
 
 def _lookup(scope: Scope, col: exp.Column) -> Typed:
     from rewriter.relation import lookup  # relation imports this module
 
     return lookup(scope, col)
-
-
-def _default_name(e: exp.Expression) -> str:
-    """PostgreSQL's name for an unaliased select item (the function's name)."""
-    if isinstance(e, exp.Func):
-        return e.sql_name().lower() if not isinstance(e, exp.Anonymous) else str(e.this).lower()
-    return ""
 
 
 def _unit_key(body: exp.Select, items: list[exp.Expression], scope: Scope) -> Typed:

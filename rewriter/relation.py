@@ -333,7 +333,8 @@ class FromResolver:
         table = per_unit_table(body, inner_rel, inner_scope)
         src = Source(alias=rel.fresh_alias(), name=qual, table=table.table, subquery=table.sql)
         rel.sources.append(src)
-        scope[qual] = {c: column_typed(src.alias, c, m, table.table) for c, m in table.table.columns.items()}
+        meta = table.table
+        scope[qual] = {name: column_typed(src.alias, c, meta.columns[c], meta) for name, c in table.names.items()}
 
     def _join_condition(
         self, join: exp.Join, rel: Relation, scope: Scope, added: list[Source], left: bool

@@ -18,6 +18,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from sqlglot import exp
 
 from rewriter.bounding import RowTerm, weighted_sql
+from rewriter.colnames import output_name
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.fold import distinct_as_group_by, fold_outer_select
 from rewriter.metadata import Metadata
@@ -331,36 +332,10 @@ def _collect_outputs(select: exp.Select, b: _Builder) -> list[OutputColumn]:
                 "select aggregates such as COUNT(*), SUM(col), AVG(col), grouped by public keys",
             )
         body = item.this if isinstance(item, exp.Alias) else item
-        if isinstance(item, exp.Alias):
-            name = item.alias
-        elif isinstance(item, exp.Column):
-            name = item.name
-        else:
-            name = _default_name(body)
+        name = output_name(item)
         post = _post_expr(body, b, "SELECT")
         outputs.append(OutputColumn(name=name, type_name=infer_type(post, _types(b)), expr=post))
     return outputs
-
-
-def _default_name(body: exp.Expression) -> str:
-    # PostgreSQL names an unaliased column after its outermost function.
-    if isinstance(body, exp.Filter):
-        body = body.this
-    if isinstance(body, (exp.Stddev,)):
-        return "stddev"
-    if isinstance(body, exp.Variance):
-        return "variance" if body.key == "variance" else "var_samp"
-    if isinstance(body, exp.AggFunc):
-        return {"count": "count", "sum": "sum", "avg": "avg"}.get(body.key, body.key.lower())
-    if isinstance(body, exp.Extract):
-        return "extract"
-    if isinstance(body, exp.Anonymous):
-        return str(body.this).lower()
-    if isinstance(body, exp.Cast):
-        return _default_name(body.this) if not isinstance(body.this, exp.Column) else body.this.name
-    if isinstance(body, exp.Func):
-        return body.sql_name().lower()
-    return "?column?"
 
 
 def _types(b: _Builder) -> dict[str, str]:
