@@ -114,7 +114,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     having = select.args.get("having")
     having_expr = _post_expr(having.this, b, "HAVING") if having is not None else None
     order_by = _collect_order(select, b, outputs)
-    limit, offset = _limit_offset(select)
+    limit, offset = limit_offset(select)
     _choose_sum_forms(b)
 
     if not b.aggregates:
@@ -474,7 +474,8 @@ def _collect_order(
     return items
 
 
-def _limit_offset(select: exp.Select) -> tuple[int | None, int]:
+def limit_offset(select: exp.Expression) -> tuple[int | None, int]:
+    """LIMIT (also LIMIT ALL, FETCH FIRST n ROWS ONLY) and OFFSET of a SELECT or UNION."""
     limit = None
     offset = 0
     lim = select.args.get("limit")

@@ -18,6 +18,7 @@ from sqlglot import exp
 
 from rewriter.errors import RewriteError, unsupported
 from rewriter.plan import DPPlan
+from rewriter.rewrite import limit_offset
 
 DATATYPE_MISMATCH = "42804"
 _NUMERIC = ("int2", "int4", "int8", "numeric", "float4", "float8")
@@ -43,19 +44,8 @@ def union_query(tree: exp.Expression) -> UnionQuery | None:
     inner = tree.copy()
     for arg in ("order", "limit", "offset"):
         inner.set(arg, None)
-    limit, offset = _limits(tree)
+    limit, offset = limit_offset(tree)
     return UnionQuery(union_branches(inner) or [], list(order.expressions) if order else [], limit, offset)
-
-
-def _limits(node: exp.Expression) -> tuple[int | None, int]:
-    def number(n: exp.Expression | None, what: str) -> int:
-        if isinstance(n, exp.Literal) and not n.is_string and n.this.isdigit():
-            return int(n.this)
-        raise unsupported(f"{what} must be a non-negative integer literal")
-
-    lim, off = node.args.get("limit"), node.args.get("offset")
-    return (number(lim.expression, "LIMIT") if lim is not None else None,
-            number(off.expression, "OFFSET") if off is not None else 0)  # fmt: skip
 
 
 def order_keys(columns: list[tuple[str, str]], q: UnionQuery) -> list[tuple[int, bool, bool]]:
@@ -121,7 +111,7 @@ def _grouping_sets(select: exp.Select) -> UnionQuery | None:
         if select.args.get("having") is not None:
             branch.set("having", exp.Having(this=_without(select.args["having"].this, dropped)))
         branches.append(branch)
-    limit, offset = _limits(select)
+    limit, offset = limit_offset(select)
     order = select.args.get("order")
     return UnionQuery(branches, list(order.expressions) if order else [], limit, offset)
 
