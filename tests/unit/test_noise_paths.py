@@ -1,8 +1,10 @@
 """The ways a release draws noise give one and the same distribution.
 
-A vector is noised by one OpenDP call on the whole vector, or (large releases) by calls
-on chunks of it run on worker threads. Both, and OpenDP's scalar measurement, must match
-the declared discrete Laplace (or discrete Gaussian) exactly. Fixed sample sizes, no
+A discrete Laplace vector is noised by accounting.sampler (vectorised) or, when short,
+by one OpenDP call; other vectors by one OpenDP call on the whole vector or (large
+releases) by calls on chunks of it run on worker threads. Every path, and OpenDP's
+scalar measurement, must match the declared discrete Laplace (or discrete Gaussian)
+exactly. Fixed sample sizes, no
 retries; every assertion's false-alarm probability is at most 1e-6:
 
 - DKW (Massart): P(sup_k |F_n(k) - F(k)| > t) <= 2 exp(-2 n t^2), for any distribution;
@@ -21,7 +23,13 @@ from decimal import Decimal
 import opendp.prelude as dp
 import pytest
 
-from accounting.mechanisms import CHUNK_MIN, PARALLEL_MIN_DRAWS, Mechanisms, NoiseSpec
+from accounting.mechanisms import (
+    CHUNK_MIN,
+    PARALLEL_MIN_DRAWS,
+    VECTOR_MIN_DRAWS,
+    Mechanisms,
+    NoiseSpec,
+)
 from accounting.release import _aggregate_column, _typed
 from rewriter.plan import AggFunc, AggregateSpec, PrimitiveKind
 
@@ -104,13 +112,31 @@ def single() -> Mechanisms:
     return Mechanisms(workers=1)
 
 
-def test_only_large_releases_use_worker_threads() -> None:
+def gaussian_spec(scale: float) -> NoiseSpec:
+    return NoiseSpec(primitive="p0", label="t", sensitivity=1, scale=scale, epsilon=Decimal(0),
+                     error95=0, mechanism="discrete_gaussian")  # fmt: skip
+
+
+def test_only_large_opendp_releases_use_worker_threads() -> None:
     assert N_VECTOR >= PARALLEL_MIN_DRAWS and N_VECTOR // 2 >= CHUNK_MIN
     mech = Mechanisms(workers=2)
-    mech.sample_all([(laplace_spec(1.0), [0] * (PARALLEL_MIN_DRAWS - 1))])
-    assert mech._pool is None  # small: sampled on the calling thread
     mech.sample_all([(laplace_spec(1.0), [0] * N_VECTOR)])
+    assert mech._pool is None  # discrete Laplace: accounting.sampler, on the calling thread
+    mech.sample_all([(gaussian_spec(1.0), [0] * (PARALLEL_MIN_DRAWS - 1))])
+    assert mech._pool is None  # small: sampled on the calling thread
+    mech.sample_all([(gaussian_spec(1.0), [0] * N_VECTOR)])
     assert mech._pool is not None
+
+
+@pytest.mark.parametrize("scale", [0.7, 3.0])
+def test_short_laplace_vectors_through_opendp_match_too(single: Mechanisms, scale: float) -> None:
+    # Below VECTOR_MIN_DRAWS a vector goes to OpenDP: many short vectors, pooled.
+    short = VECTOR_MIN_DRAWS - 1
+    draws = [x for out in single.sample_all([(laplace_spec(scale), [0] * short)] * 300)
+             for x in out]  # fmt: skip
+    t = dkw_threshold(len(draws))
+    assert dkw_distance(draws, laplace_cdf(scale)) <= t
+    assert dkw_distance(draws, laplace_cdf(1.3 * scale)) > t
 
 
 @pytest.mark.parametrize("scale", [0.7, 3.0, 40.0])
@@ -159,9 +185,7 @@ def dkw_distance_two(a: list[int], b: list[int]) -> float:
 
 def test_chunked_gaussian_matches_discrete_gaussian(chunked: Mechanisms) -> None:
     scale = 4.0
-    spec = NoiseSpec(primitive="p0", label="t", sensitivity=1, scale=scale, epsilon=Decimal(0),
-                     error95=0, mechanism="discrete_gaussian")  # fmt: skip
-    (draws,) = chunked.sample_all([(spec, [0] * N_VECTOR)])
+    (draws,) = chunked.sample_all([(gaussian_spec(scale), [0] * N_VECTOR)])
     t = dkw_threshold(N_VECTOR)
     assert dkw_distance(draws, gaussian_cdf(scale)) <= t
     assert dkw_distance(draws, gaussian_cdf(1.3 * scale)) > t
@@ -177,7 +201,7 @@ def test_chunks_are_reassembled_in_order(chunked: Mechanisms) -> None:
 
 
 def test_out_of_range_values_are_clamped_on_every_path(chunked: Mechanisms) -> None:
-    for n in (1, N_VECTOR):
+    for n in (1, VECTOR_MIN_DRAWS, N_VECTOR):
         (out,) = chunked.sample_all([(laplace_spec(1.0), [2**70] * n)])
         assert all(v <= 2**62 + 10_000 for v in out)
 
