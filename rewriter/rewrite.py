@@ -77,8 +77,9 @@ class _Builder:
     fixed_index: dict[str, str] = field(default_factory=dict)  # fixed-point SQL -> x column
     terms: dict[str, RowTerm] = field(default_factory=dict)  # primitive -> per-row term
     unit_distinct: set[str] = field(default_factory=set)  # COUNT(DISTINCT unit) primitives
-    # x column -> (its raw clamped value over i0, in the value's own units; its step)
-    raw_of: dict[str, tuple[str, Decimal]] = field(default_factory=dict)
+    # x column -> (its raw clamped value over i0, in the value's own units; its step;
+    # its bounds in steps)
+    raw_of: dict[str, tuple[str, Decimal, int, int]] = field(default_factory=dict)
     literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
     group_bound: bool = False
     bounding: str = "sampled"  # set by _emit_sql: "weighted", "sampled" or "none"
@@ -629,9 +630,13 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
         # Unscaled squares are exact (numeric products); the sum is divided by
         # (scale * step)^2 once per group.
         dev = f"(b.r{col[1:]}::numeric - {_dec(spec.midpoint * step)})"
+        # Over whole steps (the weighted plans' raw columns), the deviation is in steps.
+        dev_steps = f"(b.r{col[1:]}::numeric - {spec.midpoint})"
+        steps = RowTerm(f"{dev_steps} * {dev_steps}", filt, None, sq_max, Decimal(scale**2))
         sq = _prim(b, PrimitiveKind.SUM_SQUARES, col, filt, b.rows * sq_max,
                    f"SUM of squares of {arg.sql(dialect='postgres')}", f"sum({sq_sql})",
-                   RowTerm(f"{dev} * {dev}", filt, None, sq_max, (scale * step) ** 2))  # fmt: skip
+                   RowTerm(f"{dev} * {dev}", filt, None, sq_max, (scale * step) ** 2,
+                           steps=steps))  # fmt: skip
         spec = replace(spec, sumsq=sq, sq_scale=scale)
     return spec
 
@@ -805,17 +810,23 @@ def _choose_sum_forms(b: _Builder) -> None:
                 count_name = b.prim_index.get((PrimitiveKind.COUNT.value, vcol, filt or ""))
         label = spec.label
         raw, step = f"b.r{col[1:]}", spec.step
+        nullable = counted_sql is not None
         if count_name is not None:
             term = f"b.{col} - {mid}" if mid else f"b.{col}"
             half = max(hi - mid, mid - lo)
+            steps = RowTerm(raw, filt, None, half, offset=Decimal(mid), nullable=nullable,
+                            narrow=_narrow(lo, hi))  # fmt: skip
             s = _prim(b, PrimitiveKind.NORMALIZED_SUM, col, filt, rows * half,
                       f"normalized {label}", f"sum({term})",
-                      RowTerm(raw, filt, None, half, step, offset=mid * step))  # fmt: skip
+                      RowTerm(raw, filt, None, half, step, offset=mid * step,
+                              nullable=nullable, steps=steps))  # fmt: skip
             b.aggregates[idx] = replace(spec, count=count_name, sum=s)
         else:
             top = max(abs(lo), abs(hi))
+            steps = RowTerm(raw, filt, None, top, nullable=nullable, narrow=_narrow(lo, hi))
             s = _prim(b, PrimitiveKind.SUM, col, filt, rows * top, label, f"sum(b.{col})",
-                      RowTerm(raw, filt, None, top, step))  # fmt: skip
+                      RowTerm(raw, filt, None, top, step, nullable=nullable,
+                              steps=steps))  # fmt: skip
             b.aggregates[idx] = replace(spec, sum=s, midpoint=0)
 
 
@@ -830,7 +841,7 @@ def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str
     if fixed not in b.fixed_index:
         name = f"x{len(b.fixed_index)}"
         b.fixed_index[fixed] = name
-        b.raw_of[name] = (_raw_clamp_sql(f"i0.{w}", lo, hi, step, t), step)
+        b.raw_of[name] = (_raw_clamp_sql(f"i0.{w}", lo, hi, step, t), step, lo, hi)
     return b.fixed_index[fixed]
 
 
@@ -853,6 +864,28 @@ def _raw_clamp_sql(value: str, lo: int, hi: int, step: Decimal, t: Typed) -> str
     else:
         inner = f"LEAST(GREATEST(({value})::numeric, {_dec(lo * step)}), {_dec(hi * step)})"
     return f"(CASE WHEN ({value}) IS NULL THEN NULL ELSE {inner} END)"
+
+
+def _narrow(lo: int, hi: int) -> bool:
+    """True when every value in [lo, hi] steps fits int4 (see `_whole_steps_sql`)."""
+    return max(abs(lo), abs(hi)) < 1 << 31
+
+
+def _whole_steps_sql(raw: str, step: Decimal, lo: int, hi: int) -> str:
+    """A raw clamped value (`_raw_clamp_sql`) as a whole number of steps: int4 when the
+    bounds fit, so per-unit sums keep a by-value int8 state; int8 otherwise.
+
+    The value is already clamped within [lo, hi] steps and finite, so the cast cannot
+    fail; it rounds half away from zero, as `_fixed_point_sql` does (each row rounded to
+    its fixed-point step, the definition of a fixed-point sum). NULL stays NULL.
+    """
+    typ = "int4" if _narrow(lo, hi) else "int8"
+    inverse = Decimal(1) / step
+    if step == 1:
+        return f"({raw})::{typ}"
+    if inverse == inverse.to_integral_value():
+        return f"(({raw})::numeric * {int(inverse)})::{typ}"
+    return f"(({raw})::numeric / {_dec(step)})::{typ}"
 
 
 def _dec(d: Decimal | int) -> str:
@@ -1028,8 +1061,15 @@ def _emit_sql(b: _Builder) -> str:
         return (f"WITH {', '.join(ctes)} SELECT {outer} "
                 "FROM (SELECT count(*) AS c FROM i GROUP BY i.u) AS b")  # fmt: skip
     if not b.group_bound and not any(k.private for k in b.keys):
-        raw = ", ".join(f"{sql} AS r{name[1:]}" for name, (sql, _) in b.raw_of.items())
         one_row = rel.row_level or rel.one_row_per_unit
+        # Weighted plans sum whole steps (integers) in their per-unit hash entries; with
+        # one row per unit, the raw values are summed once per group, where a per-row
+        # cast to steps would cost more than the numeric sum it replaces.
+        raw = ", ".join(
+            f"{sql if one_row else _whole_steps_sql(sql, step, lo, hi)} AS r{name[1:]}"
+            for name, (sql, step, lo, hi) in b.raw_of.items()
+        )
+        terms = b.terms if one_row else {n: t.steps or t for n, t in b.terms.items()}
         cells = None if one_row else _pivot_cells(b)
         # With one row per unit, rows outside a key's domain change nothing but their
         # own (dropped) groups; otherwise they would count in their unit's weight (the
@@ -1045,7 +1085,7 @@ def _emit_sql(b: _Builder) -> str:
                  ] if extra else [f"i AS ({rows})"]  # fmt: skip
         # Rounding each group's sum to whole units can move it by one unit per group.
         groups = MAX_GROUPS if any(k.domain_sql for k in b.keys) else _group_count(b.keys)
-        weighted = weighted_sql(wctes, keys, b.primitives, b.terms, rel.max_rows,
+        weighted = weighted_sql(wctes, keys, b.primitives, terms, rel.max_rows,
                                 rounding_slack=groups,
                                 one_row_per_unit=one_row, cells=cells)  # fmt: skip
         if weighted is not None:
