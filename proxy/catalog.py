@@ -27,7 +27,14 @@ from sqlglot.tokens import TokenType
 from proxy.errors import QUERY_FAILED, QUERY_NOT_ALLOWED, ProxyError
 from proxy.mirror import STUB_FUNCTIONS, STUB_SCHEMA, STUB_VIEWS, refresh_mirror
 from proxy.wire import oids
-from proxy.wire.codec import FieldDescription, command_complete, data_row, row_description
+from proxy.wire.codec import (
+    FieldDescription,
+    bind_complete,
+    command_complete,
+    data_row,
+    parse_complete,
+    row_description,
+)
 from proxy.wire.types import decode_param, encode_binary
 from rewriter.metadata import Metadata
 
@@ -265,6 +272,28 @@ class CatalogResult:
             return head + command_complete(self.tag)
 
         return self._memo("reply", formats, encode)
+
+    def executed(self, formats: Sequence[int] = ()) -> bytes:
+        """DataRows and CommandComplete of an Execute that sends every row (no row limit)."""
+        def encode() -> bytes:
+            if self.fields is None:
+                return command_complete(self.tag)
+            tag = self.tag if not self.tag.startswith("SELECT") else f"SELECT {len(self.rows)}"
+            return self.data_rows(formats) + command_complete(tag)
+
+        return self._memo("E", formats, encode)
+
+    def extended_reply(self, parsed: bool, described: bool, formats: Sequence[int] = ()) -> bytes:
+        """[ParseComplete] BindComplete [RowDescription] rows and tag, as one encoded reply.
+
+        The answer of a whole [Parse] Bind [Describe] Execute batch (ReadyForQuery left
+        out, it depends on the session), encoded once for a remembered constant.
+        """
+        def encode() -> bytes:
+            return ((parse_complete() if parsed else b"") + bind_complete()
+                    + (self.row_description(formats) if described else b"") + self.executed(formats))  # fmt: skip
+
+        return self._memo("batch" + ("P" if parsed else "") + ("D" if described else ""), formats, encode)
 
     def _memo(self, kind: str, formats: Sequence[int], encode: Any) -> bytes:
         if self.encoded is None:

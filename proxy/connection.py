@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from proxy.admin import lookup_analyst
+from proxy.audit import AuditEntry
 from proxy.budget_sql import (
     BUDGET_COLUMNS,
     budget_result,
@@ -101,6 +102,10 @@ class Connection:
         self.admitted = ""  # the analyst counted in by the connection limits
         self.idle = False  # issue #8: blocked reading the next message (see proxy/lifecycle.py)
         self.idle_since = 0.0  # time.monotonic() when it last became idle
+        # True right after a ReadyForQuery was written: nothing is buffered in `out`, every
+        # ParameterStatus change has been reported and no extended batch is open. Only
+        # then may a statement take a fast path (see `_fast_query`, `_fast_batch`).
+        self._synced = False
 
     # --- plumbing -----------------------------------------------------------------------
 
@@ -258,6 +263,7 @@ class Connection:
         self._send(codec.backend_key_data(self.pid, self.secret))
         self._send(codec.ready_for_query("I"))
         await self._flush()
+        self._synced = True
         return True
 
     async def _start_tls(self) -> None:
@@ -323,9 +329,21 @@ class Connection:
                                           msg.sql if isinstance(msg, m.Query) else message_text(self, msg),
                                           "simple" if isinstance(msg, m.Query) else "extended")  # fmt: skip
                 await self._fatal(ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
-            if isinstance(msg, m.Query):
-                await self._simple_query(msg.sql)
-            elif isinstance(msg, _EXTENDED):
+            if type(msg) is m.Query:
+                fast = self._fast_query(msg.sql) if self._synced else None
+                if fast is None:
+                    self._synced = False
+                    await self._simple_query(msg.sql)
+                else:
+                    await self._send_fast(*fast)
+                continue
+            if self._synced and (type(msg) is m.Bind or type(msg) is m.Parse):
+                fast = self._fast_batch(msg)
+                if fast is not None:
+                    await self._send_fast(*fast)
+                    continue
+            self._synced = False
+            if isinstance(msg, _EXTENDED):
                 if self.failed:
                     continue
                 try:
@@ -369,6 +387,148 @@ class Connection:
             self._reported_list = listed
         self._send(codec.ready_for_query(self.session.tx_status))
         await self._flush()
+        self._synced = True
+
+    # --- fast paths -----------------------------------------------------------------------
+    #
+    # A statement whose answer is a remembered constant (`SELECT 1`: pool pings, pgbench)
+    # is answered here in one plain call, with the same bytes, state changes, metrics and
+    # audit entry as the general path, which every other case (and every error) takes.
+    # Only statements the router sent to the catalog mirror qualify, so a statement that
+    # touches a private table never does; `Catalog.remembered` knows only constant
+    # SELECTs without parameters.
+
+    def _constant(self, sql: str) -> tuple[Routed, CatalogResult] | None:
+        """The routed statement and remembered answer of a one-statement constant text."""
+        try:
+            routed = self.ctx.routes.commands(sql)
+        except (ProxyError, RewriteError):
+            return None  # a refusal: the general path raises and records it
+        if len(routed) != 1:
+            return None
+        command = routed[0][1]
+        if not _is_catalog(command):
+            return None
+        assert isinstance(command, Routed)
+        known = self.ctx.catalog.remembered(command.statement.text)
+        if known is None or known.fields is None:
+            return None
+        return command, known
+
+    def _fast_query(self, sql: str) -> tuple[bytes, AuditEntry | None] | None:
+        """A simple Query answered from memory: (reply, audit entry left to write), or None."""
+        session = self.session
+        assert session is not None
+        if session.tx_status == "E" or session.implicit:
+            return None  # 25P02 or an open batch: the general path
+        found = self._constant(sql)
+        if found is None:
+            return None
+        command, known = found
+        ops = self.ctx.ops
+        obs = ops.observe(self, command, command.statement.text, "simple")
+        # A simple Query ends the unnamed statement and the unnamed portal.
+        self.state.statements.pop("", None)
+        self.state.portals.pop("", None)
+        reply = known.reply(()) + codec.ready_for_query(session.tx_status)
+        return reply, ops.record(obs)
+
+    def _fast_batch(self, first: m.Parse | m.Bind) -> tuple[bytes, AuditEntry | None] | None:
+        """[Parse] Bind [Describe portal] Execute Sync of a constant, answered from memory.
+
+        Text results on the unnamed portal, no parameters, no row limit below the row
+        count; anything else (binary results, named portals, errors) returns None and the
+        messages go through the general path one by one.
+        """
+        session = self.session
+        assert session is not None
+        if self.failed or session.tx_status == "E" or session.implicit:
+            return None
+        pending = self.pending
+        n = len(pending)
+        i = 0
+        parse = first if type(first) is m.Parse else None
+        bind: Any = first
+        if parse is not None:
+            if n < 3:
+                return None
+            bind = pending[0]
+            i = 1
+        if type(bind) is not m.Bind or bind.portal or bind.params:
+            return None
+        if i >= n:
+            return None
+        msg = pending[i]
+        describe = type(msg) is m.Describe
+        if describe:
+            if msg.kind != "P" or msg.name or i + 1 >= n:
+                return None
+            i += 1
+            msg = pending[i]
+        if type(msg) is not m.Execute or msg.portal or i + 1 >= n or type(pending[i + 1]) is not m.Sync:
+            return None
+        max_rows = msg.max_rows
+        if parse is not None:
+            if parse.param_oids or bind.statement != parse.name or (parse.name and parse.name in self.state.statements):
+                return None
+            found = self._constant(parse.query)
+            if found is None:
+                return None
+            command, known = found
+            prepared = Prepared(parse.query, command, ())
+        else:
+            prepared_or_none = self.state.statements.get(bind.statement)
+            if prepared_or_none is None or prepared_or_none.param_oids:
+                return None
+            prepared = prepared_or_none
+            if not _is_catalog(prepared.command):
+                return None
+            assert isinstance(prepared.command, Routed)
+            command = prepared.command
+            known_or_none = self.ctx.catalog.remembered(command.statement.text)
+            if known_or_none is None or known_or_none.fields is None:
+                return None
+            known = known_or_none
+        formats = bind.result_formats
+        for code in bind.param_formats:
+            if code not in (0, 1):
+                return None
+        if any(formats):
+            return None  # binary results come from the mirror, not from memory
+        if 0 < max_rows < len(known.rows):
+            return None  # a suspended portal
+        described = known
+        if describe and prepared.sql != command.statement.text:
+            # Describe looks the answer up by the Parse's whole text (`SELECT 1;`), Execute
+            # by the routed statement's (`SELECT 1`): two remembered answers, as there.
+            found_d = self.ctx.catalog.remembered(prepared.sql)
+            if found_d is None or found_d.fields is None:
+                return None
+            described = found_d
+        ops = self.ctx.ops
+        obs = ops.observe(self, command, prepared.sql, "extended")
+        if parse is not None:
+            self.state.statements[parse.name] = prepared
+        if session.tx_status == "I":
+            # Sync commits the batch's implicit transaction, which closes every portal.
+            self.state.end_transaction(True)
+        else:
+            self.state.portals[""] = Portal(prepared, [], formats, raw_formats=bind.param_formats,
+                                            catalog=known, sent=len(known.rows))  # fmt: skip
+        del pending[: i + 2]
+        if described is known:
+            reply = known.extended_reply(parse is not None, describe, formats)
+        else:
+            reply = ((codec.parse_complete() if parse is not None else b"") + codec.bind_complete()
+                     + described.row_description(formats) + known.executed(formats))  # fmt: skip
+        return reply + codec.ready_for_query(session.tx_status), ops.record(obs)
+
+    async def _send_fast(self, reply: bytes, entry: AuditEntry | None) -> None:
+        """Write a fast path's reply, after its audit entry if that must be awaited."""
+        if entry is not None:
+            await self.ctx.ops.audit_wait(entry)
+        self.writer.write(reply)
+        await self.writer.drain()
 
     def _transaction_ended(self) -> None:
         """Close portals and cursors whose transaction just ended."""

@@ -162,7 +162,33 @@ class Ops:
     def begin(self, conn: Any, command: Any, raw: str | None, protocol: str) -> Observation:
         """A statement starts (it becomes the connection's current statement)."""
         route, tree = describe_command(command, raw)
-        # Normalizing regenerates SQL from the tree: remember it per statement text.
+        text, digest, length = self.normalized(raw, tree)
+        analyst = conn.analyst.name if getattr(conn, "analyst", None) is not None else ""
+        obs = Observation(analyst, self.dataset, protocol, route, text, digest, length)
+        _CURRENT.set(obs)
+        return obs
+
+    def observe(self, conn: Any, command: Any, raw: str, protocol: str) -> Observation:
+        """A statement answered without awaiting anything (see `Connection._fast_query`).
+
+        Like `begin`, but the observation does not become the context's current one:
+        nothing can `lap`, `note` or fail in between, and `record` ends it at once.
+        """
+        route, tree = describe_command(command, raw)
+        text, digest, length = self.normalized(raw, tree)
+        return Observation(conn.analyst.name, self.dataset, protocol, route, text, digest, length)
+
+    async def end(self, obs: Observation | None, error: Any = None) -> None:
+        """A statement ended: answered (error None) or refused/failed with `error`."""
+        if obs is None:
+            return
+        _CURRENT.set(None)
+        entry = self.record(obs, error)
+        if entry is not None:
+            await self.audit_wait(entry)
+
+    def normalized(self, raw: str | None, tree: exp.Expression | None) -> tuple[str | None, str, int]:
+        """`normalize(raw, tree)`, remembered per statement text (it regenerates SQL)."""
         key = raw if raw is not None and len(raw) <= 65536 else None
         norm = self._normalized.get(key) if key is not None else None
         if norm is None:
@@ -171,17 +197,20 @@ class Ops:
                 self._normalized[key] = norm
                 if len(self._normalized) > 4096:
                     self._normalized.popitem(last=False)
-        text, digest, length = norm
-        analyst = conn.analyst.name if getattr(conn, "analyst", None) is not None else ""
-        obs = Observation(analyst, self.dataset, protocol, route, text, digest, length)
-        _CURRENT.set(obs)
-        return obs
+        return norm
 
-    async def end(self, obs: Observation | None, error: Any = None) -> None:
-        """A statement ended: answered (error None) or refused/failed with `error`."""
-        if obs is None:
-            return
-        _CURRENT.set(None)
+    async def audit_wait(self, entry: AuditEntry) -> None:
+        """Hand an entry `record` could not queue to the audit writer, waiting as configured."""
+        assert self.audit is not None
+        await self.audit.write(entry, wait=self.audit_sync)
+
+    def record(self, obs: Observation, error: Any = None) -> AuditEntry | None:
+        """Metrics, statement log and audit entry of an ended statement, without awaiting.
+
+        Returns the audit entry when it still has to be written with `audit_wait`
+        (`audit_sync`, or the writer's queue is full); None when nothing is left to do.
+        A plain call, so that a statement answered from memory needs no coroutine here.
+        """
         now = time.perf_counter()
         total = now - obs.started
         if obs.route in ("dp", "explain") and error is None and obs.stages:
@@ -219,7 +248,8 @@ class Ops:
             )  # fmt: skip
             # (a plain call, not a coroutine, for the usual case: the queue has room)
             if self.audit_sync or not self.audit.offer(entry):
-                await self.audit.write(entry, wait=self.audit_sync)
+                return entry
+        return None
 
     async def failed(self, conn: Any, error: Any, raw: str | None, protocol: str) -> None:
         """A statement was refused or failed: end the current one, or record `raw` alone."""
