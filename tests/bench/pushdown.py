@@ -90,7 +90,8 @@ def main() -> None:
             dsn = cluster.dsn("tpch")
             load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
             rows = measure(dsn, meta, args.runs, args.work_mem)
-    print(f"\nTPC-H scale {args.scale}, median of {args.runs} runs\n")
+    where = "the database at --dsn" if args.dsn else f"TPC-H scale {args.scale}"
+    print(f"\n{where}, median of {args.runs} runs\n")
     print("| query | plain ms | rewritten ms | wall ratio | backend CPU ratio |")
     print("|---|---|---|---|---|")
     for name, plain, dp, ratio, cpu_ratio in rows:
