@@ -52,6 +52,11 @@ def _simple_series(name: str, help_: str, kind: str, values: dict[Labels, float]
         yield f"{name}{_labels(k)} {_num(v)}"
 
 
+def series_key(**labels: str) -> Labels:
+    """The key of one series: its labels in name order (what `inc` and `observe` compute)."""
+    return _key(labels)
+
+
 def _key(labels: dict[str, str]) -> Labels:
     items = tuple(labels.items())
     return items if len(items) < 2 else tuple(sorted(items))
@@ -69,6 +74,10 @@ class Counter:
         """Add `amount` (>= 0) to the series of these labels."""
         k = _key(labels)
         self.values[k] = self.values.get(k, 0.0) + amount
+
+    def inc_series(self, key: Labels, amount: float = 1.0) -> None:
+        """`inc` for a label set already in `series_key` form (callers remember it)."""
+        self.values[key] = self.values.get(key, 0.0) + amount
 
     def get(self, **labels: str) -> float:
         """The current value of one series (0 if never incremented)."""
@@ -107,7 +116,10 @@ class Histogram:
 
     def observe(self, value: float, **labels: str) -> None:
         """Record one observation."""
-        k = _key(labels)
+        self.observe_series(value, _key(labels))
+
+    def observe_series(self, value: float, k: Labels) -> None:
+        """`observe` for a label set already in `series_key` form (callers remember it)."""
         s = self.series.get(k)
         if s is None:
             s = self.series[k] = [0.0] * (len(self.buckets) + 2)

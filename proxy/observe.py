@@ -32,7 +32,7 @@ from sqlglot import exp
 
 from proxy.audit import AuditEntry, AuditWriter, statement_hash
 from proxy.logging_json import StatementLog, log_statement
-from proxy.metrics import Metrics
+from proxy.metrics import Labels, Metrics, series_key
 from proxy.router import Routed
 from proxy.statements import CopyOut, Declare
 
@@ -158,6 +158,7 @@ class Ops:
         self.dataset = config.metadata.dataset if config is not None and config.metadata else ""
         self.draining = False  # set by graceful shutdown: new statements get 57P01
         self._normalized: OrderedDict[str, tuple[str | None, str, int]] = OrderedDict()
+        self._series: dict[tuple[str, str], tuple[Labels, Labels]] = {}
 
     def begin(self, conn: Any, command: Any, raw: str | None, protocol: str) -> Observation:
         """A statement starts (it becomes the connection's current statement)."""
@@ -219,10 +220,14 @@ class Ops:
         sqlstate = "00000" if error is None else str(getattr(error, "sqlstate", "XX000"))
         decision = decision_of(sqlstate)
         m = self.metrics
-        m.statements.inc(route=obs.route, outcome=decision)
+        keys = self._series.get((obs.route, decision))
+        if keys is None:  # (the label sets of each route and outcome, computed once)
+            keys = self._series[(obs.route, decision)] = (
+                series_key(route=obs.route, outcome=decision), series_key(route=obs.route))
+        m.statements.inc_series(keys[0])
         if error is not None:
             m.refusals.inc(sqlstate=sqlstate)
-        m.statement_seconds.observe(total, route=obs.route)
+        m.statement_seconds.observe_series(total, keys[1])
         for stage, seconds in obs.stages.items():
             m.stage_seconds.observe(seconds, stage=stage)
         if obs.cache_hit is not None:

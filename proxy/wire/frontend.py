@@ -46,6 +46,10 @@ MIN_CANCEL_SECRET = 4
 MAX_CANCEL_SECRET = 256
 
 _HEADER = struct.Struct("!ci")
+# Chunks up to this size are remembered with their messages (see FrontendDecoder._last);
+# password messages never are, so no secret stays in memory longer than it must.
+_MEMO_CHUNK = 1024
+_NOT_MEMO = frozenset({PasswordData, StartupMessage, SSLRequest, GSSENCRequest, CancelRequest})
 _I32 = struct.Struct("!i")
 
 
@@ -184,6 +188,11 @@ class FrontendDecoder:
         self._buf = bytearray()
         self._startup = True
         self._failed: ProtocolViolation | None = None
+        # The last small chunk that decoded into whole messages, and those messages:
+        # clients repeating a statement (pool pings, pgbench, a prepared statement run
+        # in a loop) send the same bytes each time, and decoding them is a pure function
+        # of the bytes once the startup phase is over (the messages are immutable).
+        self._last: tuple[bytes, tuple[FrontendMessage, ...]] | None = None
 
     @property
     def in_startup_phase(self) -> bool:
@@ -203,6 +212,7 @@ class FrontendDecoder:
         """
         self._buf.clear()
         self._startup = True
+        self._last = None
 
     def feed(self, data: bytes) -> list[FrontendMessage]:
         """Add received bytes and return every message they complete, in order.
@@ -212,12 +222,19 @@ class FrontendDecoder:
         """
         if self._failed is not None:
             raise self._failed
+        fresh = not self._buf and not self._startup
+        last = self._last
+        if fresh and last is not None and data == last[0]:
+            return list(last[1])
         self._buf += data
         out: list[FrontendMessage] = []
         try:
             while True:
                 message = self._next_startup() if self._startup else self._next_typed()
                 if message is None:
+                    if (fresh and not self._buf and out and len(data) <= _MEMO_CHUNK
+                            and not any(type(x) in _NOT_MEMO for x in out)):  # fmt: skip
+                        self._last = (bytes(data), tuple(out))
                     return out
                 out.append(message)
                 if isinstance(message, StartupMessage):

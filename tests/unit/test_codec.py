@@ -470,3 +470,29 @@ def test_backend_decoder_incremental() -> None:
     assert got[-1] == ("Z", b"I")
     with pytest.raises(ProtocolViolation):
         BackendDecoder().feed(b"Z" + i32(2))
+
+
+def test_repeated_chunk_decodes_the_same_from_memory() -> None:
+    d = typed_decoder()
+    chunk = PARSE + BIND + typed(b"D", b"P" + cstr("")) + typed(b"E", cstr("p1") + i32(0)) + typed(b"S")
+    first = d.feed(chunk)
+    assert [type(m).__name__ for m in first] == ["Parse", "Bind", "Describe", "Execute", "Sync"]
+    again = d.feed(chunk)
+    assert again == first and again is not first
+    # After a partial message the same bytes mean something else: decoded afresh.
+    sync = typed(b"S")
+    assert d.feed(sync[:4]) == []
+    assert d.feed(sync[4:] + chunk) == [Sync(), *first]
+    assert d.feed(chunk[:7]) == []
+    assert d.feed(chunk[7:]) == first
+    assert d.feed(chunk) == first
+
+
+def test_password_chunks_are_not_remembered() -> None:
+    d = typed_decoder()
+    pw = typed(b"p", cstr("secret"))
+    assert d.feed(pw) == [PasswordData(b"secret\0")]
+    assert d._last is None
+    q = typed(b"Q", cstr("select 1"))
+    assert d.feed(q) == d.feed(q) == [Query("select 1")]
+    assert d._last is not None and d._last[0] == q
