@@ -330,7 +330,7 @@ class Connection:
                                           "simple" if isinstance(msg, m.Query) else "extended")  # fmt: skip
                 await self._fatal(ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
             if type(msg) is m.Query:
-                fast = self._fast_query(msg.sql) if self._synced else None
+                fast = self._try_fast(self._fast_query, msg.sql) if self._synced else None
                 if fast is None:
                     self._synced = False
                     await self._simple_query(msg.sql)
@@ -338,7 +338,7 @@ class Connection:
                     await self._send_fast(*fast)
                 continue
             if self._synced and (type(msg) is m.Bind or type(msg) is m.Parse):
-                fast = self._fast_batch(msg)
+                fast = self._try_fast(self._fast_batch, msg)
                 if fast is not None:
                     await self._send_fast(*fast)
                     continue
@@ -397,6 +397,15 @@ class Connection:
     # Only statements the router sent to the catalog mirror qualify, so a statement that
     # touches a private table never does; `Catalog.remembered` knows only constant
     # SELECTs without parameters.
+
+    @staticmethod
+    def _try_fast(path: Any, arg: Any) -> tuple[bytes, AuditEntry | None] | None:
+        """Run a fast path's checks; a refusal they meet (e.g. an unsupported `dp.budget`
+        filter) is left to the general path, which reports it as an ErrorResponse."""
+        try:
+            return path(arg)  # type: ignore[no-any-return]
+        except (ProxyError, RewriteError):
+            return None
 
     def _constant(self, sql: str) -> tuple[Routed, CatalogResult] | None:
         """The routed statement and remembered answer of a one-statement constant text."""

@@ -156,3 +156,13 @@ def test_fast_path_statements_are_audited_like_the_general_path(audited: tuple[P
     assert len(simple) == 3 and len(set(simple)) == 1  # the first (general) run and the fast ones
     assert len(extended) == 3 and len(set(extended)) == 1
     assert simple[0][1:7] == ("catalog", "SELECT 45", simple[0][3], 9, "answered", "00000")
+
+
+def test_a_refusal_met_by_the_fast_path_checks_is_an_error_not_a_fatal(raw: Raw) -> None:
+    # `dp.budget` with a filter is refused (0A000) while the fast path looks at it.
+    sql = "SELECT * FROM dp.budget WHERE dataset = 'x'"
+    got = whole(raw, _query(sql))
+    assert got.startswith(b"E") and b"0A000" in got and got.endswith(b"I")
+    got = whole(raw, parse(sql), bind(), describe("P"), execute(), SYNC)
+    assert b"0A000" in got and got.endswith(b"I")
+    assert whole(raw, _query("SELECT 46")).endswith(b"I")  # the session goes on
