@@ -20,7 +20,7 @@ import pytest
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
 from tests.e2e.test_protocol_raw import SYNC, Raw, bind, describe, execute, parse
-from tests.support.ops import audit_rows, ops_config, wait_for
+from tests.support.ops import audit_rows, ops_proxy, wait_for
 from tests.support.proxy_process import ProxyProcess
 
 
@@ -53,10 +53,8 @@ def audited(
     pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
 ) -> Iterator[tuple[ProxyProcess, Path]]:
     """A dpproxy on its own ledger, so its audit rows can be counted."""
-    cfg, _port = ops_config(pg_cluster, env.config, "fastpath", unique_name)
-    p = ProxyProcess(cfg).start()
-    yield p, cfg
-    p.stop()
+    with ops_proxy(pg_cluster, env.config, "fastpath", unique_name) as running:
+        yield running
 
 
 @pytest.fixture

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import psycopg
 from proxy.metrics import parse_exposition
 from proxy.pgcluster import PgCluster
 from tests.support.ledgers import fresh_ledger_config, ledger_dsn
-from tests.support.proxy_process import free_port
+from tests.support.proxy_process import ProxyProcess, free_port
 
 T = TypeVar("T")
 
@@ -27,6 +28,18 @@ def ops_config(cluster: PgCluster, base: Path, name: str, unique: Any, **observa
            "log_statements": True, **observability}  # fmt: skip
     cfg = fresh_ledger_config(cluster, base, name, unique, observability=obs)
     return cfg, port
+
+
+@contextlib.contextmanager
+def ops_proxy(cluster: PgCluster, base: Path, name: str, unique: Any) -> Iterator[tuple[ProxyProcess, Path]]:
+    """A running dpproxy on an `ops_config` (its own ledger, so its audit rows can be
+    counted), and that config; stopped on exit."""
+    cfg, _port = ops_config(cluster, base, name, unique)
+    proxy = ProxyProcess(cfg).start()
+    try:
+        yield proxy, cfg
+    finally:
+        proxy.stop()
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
