@@ -194,11 +194,11 @@ def add_noise(values: np.ndarray, scale: float, rng: RandomWords) -> np.ndarray:
     Saturation, like OpenDP's, is post-processing of the exact noisy value.
     """
     noise = discrete_laplace(scale, len(values), rng)
-    total = values.astype(object) + noise.astype(object) if _may_overflow(values, noise) \
-        else values + noise  # fmt: skip
-    if total.dtype == object:
-        total = np.array([min(max(int(x), -_I64_MAX - 1), _I64_MAX) for x in total], dtype=np.int64)
-    return total
+    if not _may_overflow(values, noise):
+        return values + noise
+    low, high = -_I64_MAX - 1, _I64_MAX
+    return np.array([min(max(int(v) + int(n), low), high) for v, n in zip(values, noise, strict=True)],
+                    dtype=np.int64)  # fmt: skip
 
 
 def _may_overflow(values: np.ndarray, noise: np.ndarray) -> bool:
