@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,18 @@ def test_negations_and_modifiers_are_kept(where: str, rendered: str) -> None:
     # sqlglot spells these with flags on the node (negate, symmetric): a rebuilt node
     # that dropped one would silently invert the filter.
     assert rendered in plan(f"SELECT COUNT(*) FROM orders WHERE {where}").sql
+
+
+def test_weighted_plans_sum_whole_steps_that_cannot_overflow() -> None:
+    # Per-unit sums of int4 steps sit in int8 states: a unit of 2^31 rows or more is
+    # dropped (HAVING) so neither they nor the offset products can overflow or wrap.
+    sql = plan("SELECT COUNT(*), AVG(o_totalprice) FROM orders").sql
+    assert "::int4" in sql and "HAVING count(*) < 2147483648" in sql
+    grouped = plan("SELECT o_orderpriority, SUM(o_totalprice) FROM orders GROUP BY 1").sql
+    assert "::int4" in grouped and "< 2147483648" in grouped
+    # Bounds beyond int4 steps: int8 steps, summed without the per-unit int8 shortcut.
+    wide = META.model_copy(deep=True)
+    col = wide.tables["orders"].columns["o_totalprice"]
+    wide.tables["orders"].columns["o_totalprice"] = col.model_copy(update={"upper": Decimal(10**9)})
+    wide_sql = plan("SELECT COUNT(*), AVG(o_totalprice) FROM orders", wide).sql
+    assert "::int8" in wide_sql and "::int4" not in wide_sql
