@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -211,6 +212,18 @@ def _copy_file(conn: psycopg.Connection, table: _Table, path: Path) -> int:
         return cur.rowcount
 
 
+# Value ranges the TPC-H specification guarantees, declared as CHECK constraints as a
+# careful owner would: dpproxy finds them and leaves out clamps they make redundant
+# (proxy/enforced_bounds.py). l_extendedprice is l_quantity (at most 50) times
+# p_retailprice (at most 2,099.00 by the specification's formula).
+SPEC_RANGES: dict[str, dict[str, tuple[str, str]]] = {
+    "customer": {"c_acctbal": ("-999.99", "9999.99")},
+    "supplier": {"s_acctbal": ("-999.99", "9999.99")},
+    "lineitem": {"l_quantity": ("1", "50"), "l_extendedprice": ("0", "104950"),
+                 "l_discount": ("0", "0.10"), "l_tax": ("0", "0.08")},
+}
+
+
 def _add_constraints_and_comments(conn: psycopg.Connection) -> None:
     # Keys are added after COPY: building an index once is much faster than row by row.
     for t in TPCH_TABLES:
@@ -221,6 +234,12 @@ def _add_constraints_and_comments(conn: psycopg.Connection) -> None:
             conn.execute(sql.SQL("ALTER TABLE public.{} ADD FOREIGN KEY ({}) REFERENCES public.{} ({})").format(
                 sql.Identifier(t.name), sql.SQL(", ").join(map(sql.Identifier, cols)),
                 sql.Identifier(ref), sql.SQL(", ").join(map(sql.Identifier, ref_cols))))
+        checks = [sql.SQL("ADD CHECK ({col} >= {lo} AND {col} <= {hi})").format(
+                      col=sql.Identifier(col), lo=sql.Literal(Decimal(lo)), hi=sql.Literal(Decimal(hi)))
+                  for col, (lo, hi) in SPEC_RANGES.get(t.name, {}).items()]  # fmt: skip
+        if checks:  # one ALTER: the table is scanned once to validate them all
+            conn.execute(sql.SQL("ALTER TABLE public.{} {}").format(
+                sql.Identifier(t.name), sql.SQL(", ").join(checks)))
         conn.execute(sql.SQL("COMMENT ON TABLE public.{} IS {}").format(
             sql.Identifier(t.name), sql.Literal(t.comment)))
         for col, _, comment in t.columns:

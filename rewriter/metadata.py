@@ -6,10 +6,11 @@ ever inferred from the data (bounds computed from the data would themselves leak
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -73,6 +74,19 @@ class ColumnMeta(BaseModel):
         "foreign-key path may reference it.",
     )
     comment: str | None = None
+    # Never read from a metadata file (see `_not_declared`): dpproxy sets it at start-up
+    # (`with_enforced_bounds`) to the OID of a validated CHECK constraint through which the
+    # database itself keeps the column within [lower, upper]. The clamp is then a no-op
+    # and is left out; every query's SQL checks that the constraint still stands.
+    enforced_by: int | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_declared(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "enforced_by" in data:
+            raise ValueError("enforced_by is found by dpproxy in the database's catalog, "
+                             "never declared")  # fmt: skip
+        return data
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ColumnMeta:
@@ -218,6 +232,23 @@ class Metadata(BaseModel):
     def private_tables(self) -> dict[str, TableMeta]:
         """The tables whose rows may only leave as DP aggregates."""
         return {k: v for k, v in self.tables.items() if not v.public}
+
+    @property
+    def enforced_checks(self) -> tuple[int, ...]:
+        """The CHECK constraints (OIDs, sorted) that some column's missing clamp relies on."""
+        return tuple(sorted({c.enforced_by for t in self.tables.values()
+                             for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
+
+
+def with_enforced_bounds(meta: Metadata, checks: Mapping[tuple[str, str], int]) -> Metadata:
+    """`meta` with `enforced_by` set from `checks` ((table, column) -> constraint OID) and
+    cleared everywhere else."""
+    tables = {}
+    for tname, table in meta.tables.items():
+        columns = {c: m.model_copy(update={"enforced_by": checks.get((tname, c))})
+                   for c, m in table.columns.items()}  # fmt: skip
+        tables[tname] = table.model_copy(update={"columns": columns})
+    return meta.model_copy(update={"tables": tables})
 
 
 def load_metadata(path: Path) -> Metadata:

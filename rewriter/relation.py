@@ -135,7 +135,15 @@ def column_typed(alias: str, cname: str, cmeta: ColumnMeta, table: TableMeta) ->
     col = exp.column(cname, table=alias, quoted=True)
     lo = hi = None
     value = None
-    if cmeta.bounded:
+    if cmeta.bounded and cmeta.enforced_by is not None:
+        # A CHECK constraint keeps every value within [lo, hi] (and rejects NaN and
+        # infinities): the clamp would change nothing. The plan's SQL checks that the
+        # constraint still stands (`rewrite._guarded`).
+        lo, hi = cmeta.lower, cmeta.upper
+        value = exp.cast(col.copy(), "numeric") if kind == "float" else col.copy()
+        if kind == "float":
+            kind = "numeric"
+    elif cmeta.bounded:
         lo, hi = cmeta.lower, cmeta.upper
         # Clamp before any expression: NULL stays NULL (CASE, not GREATEST/LEAST), NaN
         # (above every number in PostgreSQL) and infinities clamp to a bound.

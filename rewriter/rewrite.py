@@ -137,7 +137,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     if selection is None and _group_count(b.keys) > MAX_GROUPS:
         raise unsupported(f"the GROUP BY keys have more than {MAX_GROUPS} combinations")
 
-    sql = _emit_sql(b)
+    sql = _guarded(_emit_sql(b), meta)
     canon = tree.sql(dialect="postgres", comments=False, normalize=True)
     return DPPlan(
         dataset=meta.dataset,
@@ -886,6 +886,24 @@ def _whole_steps_sql(raw: str, step: Decimal, lo: int, hi: int) -> str:
     if inverse == inverse.to_integral_value():
         return f"(({raw})::numeric * {int(inverse)})::{typ}"
     return f"(({raw})::numeric / {_dec(step)})::{typ}"
+
+
+def _guarded(sql: str, meta: Metadata) -> str:
+    """`sql`, failing in the database unless every CHECK constraint that replaces a
+    clamp (`ColumnMeta.enforced_by`) still stands, validated, in the query's snapshot.
+
+    A constraint dropped after start-up must not let unclamped values through: the query
+    then divides by zero (an error that depends on the catalog, not on the data) instead
+    of answering. The CASE is computed from a subquery, so it cannot be folded early.
+    """
+    oids = meta.enforced_checks
+    if not oids:
+        return sql
+    listed = ", ".join(str(o) for o in oids)
+    standing = (f"(SELECT count(*) FROM pg_catalog.pg_constraint WHERE oid IN ({listed}) "
+                f"AND contype = 'c' AND convalidated)")  # fmt: skip
+    return (f"SELECT * FROM ({sql}) AS checked "
+            f"WHERE 1 / (CASE WHEN {standing} = {len(oids)} THEN 1 ELSE 0 END) = 1")
 
 
 def _dec(d: Decimal | int) -> str:
