@@ -1,11 +1,18 @@
 """The durable privacy ledger, in PostgreSQL (a database analysts cannot reach).
 
-Reserve-before-run: a query's whole cost is committed here before it executes. A
-charge locks the dataset's row and the analyst's budget row (`SELECT ... FOR UPDATE`,
-always in the same order), checks the per-query cap, the analyst's budget and the
-dataset's global budget with the dataset's accountant, then updates the running sums
-and appends to the charge log, all in one transaction. Any number of proxy replicas
-sharing the ledger therefore never overspend.
+Reserve-before-run: a query's whole cost is committed here before it is released. A
+charge checks the per-query cap, the analyst's budget and the dataset's global budget
+with the dataset's accountant against the dataset's row and the analyst's budget row,
+then updates their running sums and appends to the charge log, all or nothing. Any
+number of proxy replicas sharing the ledger never overspend:
+
+- optimistically (two round trips): one statement reads both rows; the decision is
+  made; one statement writes, but only if neither row's `version` (bumped by a trigger
+  on every update, by anyone) has changed since the read, else it writes nothing and
+  the charge is decided again on fresh rows. Measured, this cut a lone charge from
+  five round trips (BEGIN, two locking reads, write, COMMIT) to two;
+- after OPTIMISTIC_TRIES lost races, under row locks: `SELECT ... FOR UPDATE` in one
+  fixed order in every replica, decide, write, COMMIT; this always completes.
 
 Group commit: the charges of one process that arrive while its previous transaction is
 committing are checked one after the other inside ONE transaction, so N concurrent
@@ -107,38 +114,85 @@ CREATE TRIGGER charges_append_only BEFORE UPDATE OR DELETE ON dpproxy.charges
 DROP TRIGGER IF EXISTS admin_log_append_only ON dpproxy.admin_log;
 CREATE TRIGGER admin_log_append_only BEFORE UPDATE OR DELETE ON dpproxy.admin_log
     FOR EACH ROW EXECUTE FUNCTION dpproxy.append_only();
+-- Every change to a budget row, by anyone, bumps its version: a charge decided on rows
+-- it read without locking writes only if their versions are still the ones it read.
+ALTER TABLE dpproxy.datasets ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+ALTER TABLE dpproxy.budget_spent ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+CREATE OR REPLACE FUNCTION dpproxy.bump_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := OLD.version + 1;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS datasets_version ON dpproxy.datasets;
+CREATE TRIGGER datasets_version BEFORE UPDATE ON dpproxy.datasets
+    FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
+DROP TRIGGER IF EXISTS budget_spent_version ON dpproxy.budget_spent;
+CREATE TRIGGER budget_spent_version BEFORE UPDATE ON dpproxy.budget_spent
+    FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
+CREATE OR REPLACE FUNCTION dpproxy.rows_unchanged(ok boolean) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ok THEN
+        RAISE EXCEPTION 'a budget row changed after the charge read it'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN true;
+END $$;
 """
 
 _SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
 
-# Data-modifying CTEs always run to completion, so the two UPDATEs happen even though
-# the INSERT does not read them; the ids come back in input order (unnest keeps it).
+# One statement writes the budget rows and the charge log, all or nothing. Each row is
+# updated only if its version is still the one the charge was decided on; if any is not,
+# `rows_unchanged` raises serialization_failure and nothing is written. The dataset rows
+# are updated first (the first scalar subquery), so two writers on one dataset queue on
+# its row before touching any analyst's row. The ids come back in input order.
 _WRITE_CHARGES_SQL = """
 WITH ub AS (
     UPDATE dpproxy.budget_spent AS b
        SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
            epsilon_tanh = v.epsilon_tanh, releases = v.releases, period_start = v.period_start
       FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[],
-                  $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[])
+                  $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[], $24::bigint[])
            AS v(dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
-                period_start)
-     WHERE b.dataset = v.dataset AND b.analyst = v.analyst
+                period_start, version)
+     WHERE b.dataset = v.dataset AND b.analyst = v.analyst AND b.version = v.version
     RETURNING 1
 ), ud AS (
     UPDATE dpproxy.datasets AS d
        SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
            epsilon_tanh = v.epsilon_tanh, releases = v.releases
       FROM unnest($10::text[], $11::numeric[], $12::numeric[], $13::numeric[],
-                  $14::numeric[], $15::numeric[], $16::bigint[])
-           AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases)
-     WHERE d.dataset = v.dataset
+                  $14::numeric[], $15::numeric[], $16::bigint[], $25::bigint[])
+           AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, version)
+     WHERE d.dataset = v.dataset AND d.version = v.version
     RETURNING 1
 )
 INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
 SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::numeric[], $21::numeric[],
                      $22::numeric[], $23::jsonb[])
+ WHERE dpproxy.rows_unchanged((SELECT count(*) FROM ud) = cardinality($10::text[])
+                              AND (SELECT count(*) FROM ub) = cardinality($1::text[]))
 RETURNING id
 """
+
+# The rows a batch's charges are decided on, read in one statement (one snapshot),
+# without locks: each budget row with its analyst's flag and its dataset's row.
+_READ_ROWS_SQL = """
+SELECT b.*, a.enabled, now() AS now,
+       d.epsilon AS d_epsilon, d.delta AS d_delta, d.rho AS d_rho,
+       d.epsilon_sq AS d_epsilon_sq, d.epsilon_tanh AS d_epsilon_tanh,
+       d.releases AS d_releases, d.budget_epsilon AS d_budget_epsilon,
+       d.budget_delta AS d_budget_delta, d.version AS d_version
+  FROM unnest($1::text[], $2::text[]) AS k(dataset, analyst)
+  JOIN dpproxy.budget_spent b ON b.dataset = k.dataset AND b.analyst = k.analyst
+  JOIN dpproxy.analysts a ON a.name = b.analyst
+  JOIN dpproxy.datasets d ON d.dataset = b.dataset
+"""
+
+# Optimistic attempts before a batch falls back to locking its rows (which always
+# succeeds): only another replica's charges or an admin change can make one fail.
+OPTIMISTIC_TRIES = 3
 
 
 def to_decimal(f: Fraction) -> Decimal:
@@ -324,6 +378,40 @@ class Ledger:
                 r.future.set_result(out)
 
     async def _commit(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
+        """Decide and write a batch: optimistically (two round trips, no locks held
+        between them), then, if other writers keep changing its rows, under row locks."""
+        for _ in range(OPTIMISTIC_TRIES):
+            try:
+                return await self._commit_optimistic(batch)
+            except asyncpg.TransactionRollbackError:  # a row changed (or a deadlock): again
+                continue
+        return await self._commit_locked(batch)
+
+    async def _commit_optimistic(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
+        """Read the rows in one statement, decide, write only if none has changed since.
+
+        Both statements run outside a transaction block: each is atomic on its own, and
+        the write's version checks make the pair as if the rows had been locked between
+        them (a write that would not be raises serialization_failure and writes nothing).
+        """
+        pairs = sorted({(r.dataset, r.analyst) for r in batch})
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(_READ_ROWS_SQL, [p[0] for p in pairs], [p[1] for p in pairs])
+            dstate: dict[str, list[Any]] = {}
+            for r in rows:
+                if r["dataset"] not in dstate:
+                    drow = {c: r[f"d_{c}"] for c in (*_SUMS, "releases", "budget_epsilon",
+                                                     "budget_delta", "version")}  # fmt: skip
+                    dstate[r["dataset"]] = [drow, spend_of(drow)]
+            bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in rows}
+            outcomes, accepted = self._decide(batch, dstate, bstate)
+            if not accepted:
+                return outcomes
+            ids = await self._write(conn, accepted, dstate, bstate)
+        return _with_ids(outcomes, ids)
+
+    async def _commit_locked(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
+        """Lock the rows (`SELECT ... FOR UPDATE`), decide and write in one transaction."""
         datasets = sorted({r.dataset for r in batch})
         pairs = sorted({(r.dataset, r.analyst) for r in batch})
         async with self.pool.acquire() as conn, conn.transaction():
@@ -344,66 +432,65 @@ class Ledger:
                 [p[1] for p in pairs],
             )
             dstate = {r["dataset"]: [r, spend_of(r)] for r in drows}
-            bstate: dict[tuple[str, str], list[Any]] = {}
-            for r in brows:
-                spend = spend_of(r)
-                start = r["period_start"]
-                period: timedelta | None = r["renewal_period"]
-                now: datetime = r["now"]
-                if period is not None and period.total_seconds() > 0 and now >= start + period:
-                    # A new renewal period: the analyst's sums restart from zero (the
-                    # charge log keeps everything; the global budget never renews).
-                    k = (now - start) // period
-                    start = start + k * period
-                    spend = ZERO
-                bstate[(r["dataset"], r["analyst"])] = [r, spend, start]
-
-            outcomes: list[Charge | BudgetExhausted] = []
-            accepted: list[_Request] = []
-            for req in batch:
-                out = self._check(req, dstate.get(req.dataset), bstate.get((req.dataset, req.analyst)))
-                if isinstance(out, BudgetExhausted):
-                    outcomes.append(out)
-                    continue
-                d, b = dstate[req.dataset], bstate[(req.dataset, req.analyst)]
-                d[1] = d[1] + req.cost
-                b[1] = b[1] + req.cost
-                accepted.append(req)
-                outcomes.append(out)
+            bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in brows}
+            outcomes, accepted = self._decide(batch, dstate, bstate)
             if not accepted:
                 return outcomes
+            ids = await self._write(conn, accepted, dstate, bstate)
+        return _with_ids(outcomes, ids)
 
-            def sums(s: Spend) -> list[Decimal]:
-                return [to_decimal(getattr(s, c)) for c in _SUMS]
+    def _decide(
+        self, batch: list[_Request], dstate: dict[str, list[Any]],
+        bstate: dict[tuple[str, str], list[Any]],
+    ) -> tuple[list[Charge | BudgetExhausted], list[_Request]]:  # fmt: skip
+        """Check each charge in turn against the running sums, adding the accepted ones."""
+        outcomes: list[Charge | BudgetExhausted] = []
+        accepted: list[_Request] = []
+        for req in batch:
+            out = self._check(req, dstate.get(req.dataset), bstate.get((req.dataset, req.analyst)))
+            if isinstance(out, BudgetExhausted):
+                outcomes.append(out)
+                continue
+            d, b = dstate[req.dataset], bstate[(req.dataset, req.analyst)]
+            d[1] = d[1] + req.cost
+            b[1] = b[1] + req.cost
+            accepted.append(req)
+            outcomes.append(out)
+        return outcomes, accepted
 
-            # One statement writes both budget rows and the charge log: every round trip
-            # here is paid by every query while the dataset's row lock is held.
-            bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
-            dkeys = sorted({r.dataset for r in accepted})
-            bsums = [sums(bstate[k][1]) for k in bkeys]
-            dsums = [sums(dstate[d][1]) for d in dkeys]
-            ids = await conn.fetch(
-                _WRITE_CHARGES_SQL,
-                [k[0] for k in bkeys], [k[1] for k in bkeys],
-                *([row[i] for row in bsums] for i in range(len(_SUMS))),
-                [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
-                dkeys,
-                *([row[i] for row in dsums] for i in range(len(_SUMS))),
-                [dstate[d][1].releases for d in dkeys],
-                [r.analyst for r in accepted],
-                [r.dataset for r in accepted],
-                [r.fingerprint for r in accepted],
-                [to_decimal(r.cost.epsilon) for r in accepted],
-                [to_decimal(r.cost.delta) for r in accepted],
-                [to_decimal(r.cost.rho) for r in accepted],
-                [json.dumps(r.mechanisms) for r in accepted],
-            )  # fmt: skip
-        # Only after COMMIT: fill in the charge ids (unnest keeps order in INSERT ... SELECT).
-        it = iter(ids)
-        return [
-            o if isinstance(o, BudgetExhausted) else _with_id(o, int(next(it)["id"]))
-            for o in outcomes
-        ]
+    @staticmethod
+    async def _write(
+        conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
+        bstate: dict[tuple[str, str], list[Any]],
+    ) -> list[int]:  # fmt: skip
+        """Write the new sums and the charge log (one statement); the charges' ids."""
+
+        def sums(s: Spend) -> list[Decimal]:
+            return [to_decimal(getattr(s, c)) for c in _SUMS]
+
+        bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
+        dkeys = sorted({r.dataset for r in accepted})
+        bsums = [sums(bstate[k][1]) for k in bkeys]
+        dsums = [sums(dstate[d][1]) for d in dkeys]
+        rows = await conn.fetch(
+            _WRITE_CHARGES_SQL,
+            [k[0] for k in bkeys], [k[1] for k in bkeys],
+            *([row[i] for row in bsums] for i in range(len(_SUMS))),
+            [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
+            dkeys,
+            *([row[i] for row in dsums] for i in range(len(_SUMS))),
+            [dstate[d][1].releases for d in dkeys],
+            [r.analyst for r in accepted],
+            [r.dataset for r in accepted],
+            [r.fingerprint for r in accepted],
+            [to_decimal(r.cost.epsilon) for r in accepted],
+            [to_decimal(r.cost.delta) for r in accepted],
+            [to_decimal(r.cost.rho) for r in accepted],
+            [json.dumps(r.mechanisms) for r in accepted],
+            [bstate[k][0]["version"] for k in bkeys],
+            [dstate[d][0]["version"] for d in dkeys],
+        )  # fmt: skip
+        return [int(r["id"]) for r in rows]
 
     def _check(
         self, req: _Request, d: list[Any] | None, b: list[Any] | None
@@ -460,6 +547,29 @@ class Ledger:
             budget_epsilon=limits.epsilon,
             charge_id=0,
         )
+
+
+def _budget_state(row: Any) -> list[Any]:
+    """[row, spend, period start] of a budget row, its renewal period applied."""
+    spend = spend_of(row)
+    start = row["period_start"]
+    period: timedelta | None = row["renewal_period"]
+    now: datetime = row["now"]
+    if period is not None and period.total_seconds() > 0 and now >= start + period:
+        # A new renewal period: the analyst's sums restart from zero (the charge log
+        # keeps everything; the global budget never renews).
+        k = (now - start) // period
+        start = start + k * period
+        spend = ZERO
+    return [row, spend, start]
+
+
+def _with_ids(
+    outcomes: list[Charge | BudgetExhausted], ids: list[int]
+) -> list[Charge | BudgetExhausted]:
+    """The outcomes with the committed charges' ids filled in (in order)."""
+    it = iter(ids)
+    return [o if isinstance(o, BudgetExhausted) else _with_id(o, next(it)) for o in outcomes]
 
 
 def _with_id(c: Charge, charge_id: int) -> Charge:

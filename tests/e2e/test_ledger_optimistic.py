@@ -1,0 +1,136 @@
+"""The ledger's optimistic charge: decided on rows read without locks, written only if
+those rows are unchanged, else decided again; under row locks after repeated losses.
+
+Another writer is made to change a budget row between a charge's read and its write
+(a real UPDATE on another connection, at the moment the ledger decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from accounting.accountant import Accountant, AccountantKind, laplace_release
+from accounting.budget import AnalystBudget, DatasetPolicy, sync_config, sync_dataset
+from accounting.ledger import OPTIMISTIC_TRIES, BudgetExhausted, GroupCommit, Ledger
+from proxy.pgcluster import PgCluster
+
+VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
+
+
+class Interfering(Ledger):
+    """A ledger during whose first `times` decisions outside a transaction block another
+    connection runs `change` (committed before the decision returns)."""
+
+    def __init__(self, *args: Any, change: str, times: int, dsn: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.change, self.times, self.dsn = change, times, dsn
+        self.decisions = 0
+        self.locked = 0
+
+    def _decide(self, batch: Any, dstate: Any, bstate: Any) -> Any:
+        self.decisions += 1
+        if self.decisions <= self.times:
+            with psycopg.connect(self.dsn, autocommit=True) as other:
+                other.execute(self.change)
+        return super()._decide(batch, dstate, bstate)
+
+    async def _commit_locked(self, batch: Any) -> Any:
+        self.locked += 1
+        return await super()._commit_locked(batch)
+
+
+@pytest.fixture()
+def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iterator[str]:
+    """A fresh ledger database holding dataset "d" and analyst "a" (budget epsilon 1)."""
+    name = unique_name(f"ledger_opt_{id(object())}")
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = pg_cluster.dsn(name)
+
+    async def setup() -> None:
+        ledger = await Ledger.connect(dsn)
+        async with ledger.pool.acquire() as conn:
+            await sync_dataset(conn, DatasetPolicy("d", AccountantKind.PURE, Decimal("1e-7")))
+            await sync_config(conn, "d", [AnalystBudget("a", VERIFIER, Decimal(1))])
+        await ledger.close()
+
+    asyncio.run(setup())
+    yield dsn
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _charge(dsn: str, change: str, times: int, eps: Fraction) -> tuple[Any, Interfering]:
+    async def run() -> tuple[Any, Interfering]:
+        pool_ledger = await Ledger.connect(dsn)
+        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE),
+                             GroupCommit(enabled=False), change=change, times=times, dsn=dsn)  # fmt: skip
+        try:
+            out: Any = await ledger.charge("a", "d", "fp", laplace_release(eps))
+        except BudgetExhausted as e:
+            out = e
+        await pool_ledger.close()
+        return out, ledger
+
+    return asyncio.run(run())
+
+
+def _state(dsn: str) -> tuple[Decimal, Decimal, int, int]:
+    with psycopg.connect(dsn) as c:
+        row = c.execute("SELECT b.epsilon, d.epsilon, b.version, "
+                        "(SELECT count(*) FROM dpproxy.charges) FROM dpproxy.budget_spent b "
+                        "JOIN dpproxy.datasets d USING (dataset)").fetchone()  # fmt: skip
+    assert row is not None
+    return row  # type: ignore[return-value]
+
+
+def test_every_update_of_a_budget_row_bumps_its_version(ledger_dsn: str) -> None:
+    with psycopg.connect(ledger_dsn, autocommit=True) as c:
+        before = c.execute("SELECT version FROM dpproxy.budget_spent").fetchone()
+        c.execute("UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon")
+        after = c.execute("SELECT version FROM dpproxy.budget_spent").fetchone()
+        d0 = c.execute("SELECT version FROM dpproxy.datasets").fetchone()
+        c.execute("UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1")
+        d1 = c.execute("SELECT version FROM dpproxy.datasets").fetchone()
+    assert before is not None and after is not None and d0 is not None and d1 is not None
+    assert after[0] == before[0] + 1 and d1[0] == d0[0] + 1
+
+
+def test_a_charge_is_decided_again_when_its_rows_change_before_the_write(ledger_dsn: str) -> None:
+    # Another replica's charge of 0.25 lands between this charge's read and its write.
+    other = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
+             "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
+    out, ledger = _charge(ledger_dsn, other, 1, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted)
+    assert ledger.decisions == 2 and ledger.locked == 0  # the stale decision was not written
+    assert out.spent_epsilon == Fraction(3, 4)
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.75"), Decimal("0.75"), 1)
+
+
+def test_a_budget_lowered_before_the_write_refuses_the_charge(ledger_dsn: str) -> None:
+    # Decided against a budget of 1, the charge of 0.5 would fit; the admin has lowered
+    # it to 0.4 before the write, so the charge is refused and nothing is written.
+    lower = "UPDATE dpproxy.budget_spent SET budget_epsilon = 0.4"
+    out, ledger = _charge(ledger_dsn, lower, 1, Fraction(1, 2))
+    assert isinstance(out, BudgetExhausted) and out.reason == "analyst"
+    assert ledger.decisions == 2
+    assert _state(ledger_dsn)[::3] == (Decimal(0), 0)
+
+
+def test_repeated_lost_races_fall_back_to_locking_the_rows(ledger_dsn: str) -> None:
+    bump = "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1"
+    out, ledger = _charge(ledger_dsn, bump, OPTIMISTIC_TRIES, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted)
+    assert ledger.decisions == OPTIMISTIC_TRIES + 1 and ledger.locked == 1
+    spent, dataset_spent, version, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.5"), Decimal("0.5"), 1)
+    assert version == 1  # written once: the lost attempts wrote nothing
