@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg
 
 from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
+from accounting.known_rows import KnownRows
 from accounting.pool import create_pool
 
 log = logging.getLogger("dpproxy.ledger")
@@ -129,6 +130,16 @@ CREATE TRIGGER datasets_version BEFORE UPDATE ON dpproxy.datasets
 DROP TRIGGER IF EXISTS budget_spent_version ON dpproxy.budget_spent;
 CREATE TRIGGER budget_spent_version BEFORE UPDATE ON dpproxy.budget_spent
     FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
+-- An analyst's row (the enabled flag) is read with their budget rows: changing or
+-- removing it changes those rows' versions too.
+CREATE OR REPLACE FUNCTION dpproxy.analyst_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dpproxy.budget_spent SET version = version WHERE analyst = OLD.name;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS analysts_version ON dpproxy.analysts;
+CREATE TRIGGER analysts_version AFTER UPDATE OR DELETE ON dpproxy.analysts
+    FOR EACH ROW EXECUTE FUNCTION dpproxy.analyst_changed();
 CREATE OR REPLACE FUNCTION dpproxy.rows_unchanged(ok boolean) RETURNS boolean
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -285,6 +296,7 @@ class Ledger:
         self.group = group or GroupCommit()
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._known = KnownRows()
 
     @classmethod
     async def connect(
@@ -378,14 +390,40 @@ class Ledger:
                 r.future.set_result(out)
 
     async def _commit(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
-        """Decide and write a batch: optimistically (two round trips, no locks held
-        between them), then, if other writers keep changing its rows, under row locks."""
+        """Decide and write a batch: on the rows this process last wrote (one round
+        trip), else optimistically (two round trips, no locks held between them), then,
+        if other writers keep changing its rows, under row locks."""
+        known = self._known.rows_for(sorted({(r.dataset, r.analyst) for r in batch}))
+        if known is not None:
+            done = await self._commit_speculative(batch, *known)
+            if done is not None:
+                return done
         for _ in range(OPTIMISTIC_TRIES):
             try:
                 return await self._commit_optimistic(batch)
             except asyncpg.TransactionRollbackError:  # a row changed (or a deadlock): again
                 continue
         return await self._commit_locked(batch)
+
+    async def _commit_speculative(
+        self, batch: list[_Request], drows: dict[str, dict[str, Any]],
+        brows: dict[tuple[str, str], dict[str, Any]],
+    ) -> list[Charge | BudgetExhausted] | None:  # fmt: skip
+        """Decide on the rows as this process last knew them and write at once; None if
+        a charge would be refused or a row has changed since (nothing is written then)."""
+        dstate = {d: [row, spend_of(row)] for d, row in drows.items()}
+        bstate = {p: _budget_state(row) for p, row in brows.items()}
+        outcomes, accepted = self._decide(batch, dstate, bstate)
+        if len(accepted) < len(batch):
+            return None  # refusals are decided on rows read afresh
+        try:
+            async with self.pool.acquire() as conn:
+                ids = await self._write(conn, accepted, dstate, bstate)
+        except asyncpg.TransactionRollbackError:
+            self._known.lost(bstate)
+            return None
+        self._remember(dstate, bstate, accepted)
+        return _with_ids(outcomes, ids)
 
     async def _commit_optimistic(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
         """Read the rows in one statement, decide, write only if none has changed since.
@@ -405,9 +443,8 @@ class Ledger:
                     dstate[r["dataset"]] = [drow, spend_of(drow)]
             bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in rows}
             outcomes, accepted = self._decide(batch, dstate, bstate)
-            if not accepted:
-                return outcomes
-            ids = await self._write(conn, accepted, dstate, bstate)
+            ids = await self._write(conn, accepted, dstate, bstate) if accepted else []
+        self._remember(dstate, bstate, accepted)
         return _with_ids(outcomes, ids)
 
     async def _commit_locked(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
@@ -434,10 +471,23 @@ class Ledger:
             dstate = {r["dataset"]: [r, spend_of(r)] for r in drows}
             bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in brows}
             outcomes, accepted = self._decide(batch, dstate, bstate)
-            if not accepted:
-                return outcomes
-            ids = await self._write(conn, accepted, dstate, bstate)
+            ids = await self._write(conn, accepted, dstate, bstate) if accepted else []
+        self._remember(dstate, bstate, accepted)
         return _with_ids(outcomes, ids)
+
+    def _remember(
+        self, dstate: dict[str, list[Any]], bstate: dict[tuple[str, str], list[Any]],
+        accepted: list[_Request],
+    ) -> None:  # fmt: skip
+        """Keep the rows as they now stand in the ledger: as read, or as just written
+        (new sums, the period start, the version the trigger gave them)."""
+        written_d = {r.dataset for r in accepted}
+        written_b = {(r.dataset, r.analyst) for r in accepted}
+        self._known.remember(
+            {d: _row_after(row, spend, d in written_d) for d, (row, spend) in dstate.items()},
+            {p: _row_after(row, spend, p in written_b, period_start=start)
+             for p, (row, spend, start) in bstate.items()},
+        )  # fmt: skip
 
     def _decide(
         self, batch: list[_Request], dstate: dict[str, list[Any]],
@@ -562,6 +612,15 @@ def _budget_state(row: Any) -> list[Any]:
         start = start + k * period
         spend = ZERO
     return [row, spend, start]
+
+
+def _row_after(row: Any, spend: Spend, written: bool, **changed: Any) -> dict[str, Any]:
+    """A ledger row as a dict: as read, or as the charge write left it."""
+    out = dict(row.items())
+    if written:
+        out.update({c: to_decimal(getattr(spend, c)) for c in _SUMS}, releases=spend.releases,
+                   version=row["version"] + 1, **changed)  # fmt: skip
+    return out
 
 
 def _with_ids(

@@ -1,5 +1,6 @@
-"""The ledger's optimistic charge: decided on rows read without locks, written only if
-those rows are unchanged, else decided again; under row locks after repeated losses.
+"""The ledger's optimistic charge: decided on rows read without locks (or on the rows
+this process last wrote), written only if those rows are unchanged, else decided again;
+under row locks after repeated losses.
 
 Another writer is made to change a budget row between a charge's read and its write
 (a real UPDATE on another connection, at the moment the ledger decides).
@@ -19,6 +20,7 @@ from psycopg import sql
 
 from accounting.accountant import Accountant, AccountantKind, laplace_release
 from accounting.budget import AnalystBudget, DatasetPolicy, sync_config, sync_dataset
+from accounting.known_rows import PAUSE_AFTER_LOSS
 from accounting.ledger import OPTIMISTIC_TRIES, BudgetExhausted, GroupCommit, Ledger
 from proxy.pgcluster import PgCluster
 
@@ -34,6 +36,7 @@ class Interfering(Ledger):
         self.change, self.times, self.dsn = change, times, dsn
         self.decisions = 0
         self.locked = 0
+        self.reads = 0
 
     def _decide(self, batch: Any, dstate: Any, bstate: Any) -> Any:
         self.decisions += 1
@@ -41,6 +44,10 @@ class Interfering(Ledger):
             with psycopg.connect(self.dsn, autocommit=True) as other:
                 other.execute(self.change)
         return super()._decide(batch, dstate, bstate)
+
+    async def _commit_optimistic(self, batch: Any) -> Any:
+        self.reads += 1
+        return await super()._commit_optimistic(batch)
 
     async def _commit_locked(self, batch: Any) -> Any:
         self.locked += 1
@@ -134,3 +141,72 @@ def test_repeated_lost_races_fall_back_to_locking_the_rows(ledger_dsn: str) -> N
     spent, dataset_spent, version, charges = _state(ledger_dsn)
     assert (spent, dataset_spent, charges) == (Decimal("0.5"), Decimal("0.5"), 1)
     assert version == 1  # written once: the lost attempts wrote nothing
+
+
+def _run_charges(dsn: str, steps: list[tuple[str | None, Fraction]]) -> tuple[list[Any], list[int]]:
+    """Charges of one ledger, in order; before step i, `steps[i][0]` (if any) is run on
+    another connection. The outcomes, and after each step how many reads the ledger made."""
+
+    async def run() -> tuple[list[Any], list[int]]:
+        pool_ledger = await Ledger.connect(dsn)
+        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE),
+                             GroupCommit(enabled=False), change="", times=0, dsn=dsn)  # fmt: skip
+        outs: list[Any] = []
+        reads: list[int] = []
+        for change, eps in steps:
+            if change:
+                with psycopg.connect(dsn, autocommit=True) as other:
+                    other.execute(change)
+            try:
+                outs.append(await ledger.charge("a", "d", "fp", laplace_release(eps)))
+            except BudgetExhausted as e:
+                outs.append(e)
+            reads.append(ledger.reads)
+        await pool_ledger.close()
+        return outs, reads
+
+    return asyncio.run(run())
+
+
+def test_charges_after_the_first_are_decided_on_the_rows_this_process_wrote(ledger_dsn: str) -> None:
+    tenth = Fraction(1, 10)
+    outs, reads = _run_charges(ledger_dsn, [(None, tenth)] * 4)
+    assert reads == [1, 1, 1, 1]  # one read; then one round trip per charge
+    assert [o.spent_epsilon for o in outs] == [tenth, 2 * tenth, 3 * tenth, 4 * tenth]
+    spent, dataset_spent, version, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.4"), Decimal("0.4"), 4)
+
+
+def test_rows_changed_by_another_writer_are_read_again(ledger_dsn: str) -> None:
+    tenth = Fraction(1, 100)
+    other = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
+             "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
+    steps = [(None, tenth), (other, tenth)] + [(None, tenth)] * (PAUSE_AFTER_LOSS + 1)
+    outs, reads = _run_charges(ledger_dsn, steps)
+    # The second charge's write found the rows changed: nothing written, read again
+    # (and so for the next PAUSE_AFTER_LOSS charges), then one round trip again.
+    assert reads[:2] == [1, 2]
+    assert reads[2:] == [3 + i for i in range(PAUSE_AFTER_LOSS)] + [2 + PAUSE_AFTER_LOSS]
+    assert outs[1].spent_epsilon == Fraction(1, 4) + 2 * tenth
+    n = len(steps)
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert charges == n and spent == dataset_spent == Decimal("0.25") + n * Decimal("0.01")
+
+
+def test_a_disabled_analyst_is_refused_at_the_next_charge(ledger_dsn: str) -> None:
+    tenth = Fraction(1, 10)
+    disable = "UPDATE dpproxy.analysts SET enabled = false WHERE name = 'a'"
+    outs, reads = _run_charges(ledger_dsn, [(None, tenth), (disable, tenth)])
+    assert isinstance(outs[1], BudgetExhausted) and outs[1].reason == "disabled"
+    assert _state(ledger_dsn)[3] == 1
+
+
+def test_refusals_and_renewing_budgets_are_decided_on_rows_read_afresh(ledger_dsn: str) -> None:
+    # Known rows say 0.9 is spent of 1: a charge of 0.2 would be refused on them, so the
+    # rows are read again (an admin may have raised the budget) before refusing.
+    raise_budget = "UPDATE dpproxy.budget_spent SET budget_epsilon = 2"
+    outs, reads = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (raise_budget, Fraction(1, 5))])
+    assert not isinstance(outs[1], BudgetExhausted) and reads == [1, 2]
+    renew = "UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day'"
+    outs, reads = _run_charges(ledger_dsn, [(renew, Fraction(1, 10)), (None, Fraction(1, 10))])
+    assert reads == [1, 2]  # a budget that renews is never charged on known rows
