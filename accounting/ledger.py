@@ -117,29 +117,46 @@ CREATE TRIGGER admin_log_append_only BEFORE UPDATE OR DELETE ON dpproxy.admin_lo
     FOR EACH ROW EXECUTE FUNCTION dpproxy.append_only();
 -- Every change to a budget row, by anyone, bumps its version: a charge decided on rows
 -- it read without locking writes only if their versions are still the ones it read.
-ALTER TABLE dpproxy.datasets ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
-ALTER TABLE dpproxy.budget_spent ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
+-- An analyst's row (the enabled flag) is read with their budget rows: changing or
+-- removing it changes those rows' versions too.
 CREATE OR REPLACE FUNCTION dpproxy.bump_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.version := OLD.version + 1;
     RETURN NEW;
 END $$;
-DROP TRIGGER IF EXISTS datasets_version ON dpproxy.datasets;
-CREATE TRIGGER datasets_version BEFORE UPDATE ON dpproxy.datasets
-    FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
-DROP TRIGGER IF EXISTS budget_spent_version ON dpproxy.budget_spent;
-CREATE TRIGGER budget_spent_version BEFORE UPDATE ON dpproxy.budget_spent
-    FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
--- An analyst's row (the enabled flag) is read with their budget rows: changing or
--- removing it changes those rows' versions too.
 CREATE OR REPLACE FUNCTION dpproxy.analyst_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE dpproxy.budget_spent SET version = version WHERE analyst = OLD.name;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS analysts_version ON dpproxy.analysts;
-CREATE TRIGGER analysts_version AFTER UPDATE OR DELETE ON dpproxy.analysts
-    FOR EACH ROW EXECUTE FUNCTION dpproxy.analyst_changed();
+-- Only what is missing is added: DDL on a table that exists would lock it against the
+-- config sync of a replica or worker starting at the same time (a deadlock).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'dpproxy.datasets'::regclass
+                   AND attname = 'version' AND NOT attisdropped) THEN
+        ALTER TABLE dpproxy.datasets ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'dpproxy.budget_spent'::regclass
+                   AND attname = 'version' AND NOT attisdropped) THEN
+        ALTER TABLE dpproxy.budget_spent ADD COLUMN version bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'datasets_version'
+                   AND tgrelid = 'dpproxy.datasets'::regclass) THEN
+        CREATE TRIGGER datasets_version BEFORE UPDATE ON dpproxy.datasets
+            FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'budget_spent_version'
+                   AND tgrelid = 'dpproxy.budget_spent'::regclass) THEN
+        CREATE TRIGGER budget_spent_version BEFORE UPDATE ON dpproxy.budget_spent
+            FOR EACH ROW EXECUTE FUNCTION dpproxy.bump_version();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'analysts_version'
+                   AND tgrelid = 'dpproxy.analysts'::regclass) THEN
+        CREATE TRIGGER analysts_version AFTER UPDATE OR DELETE ON dpproxy.analysts
+            FOR EACH ROW EXECUTE FUNCTION dpproxy.analyst_changed();
+    END IF;
+END $$;
 CREATE OR REPLACE FUNCTION dpproxy.rows_unchanged(ok boolean) RETURNS boolean
     LANGUAGE plpgsql AS $$
 BEGIN
