@@ -18,7 +18,7 @@ from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.dp import DPEngine
-from proxy.enforced_bounds import find_enforced_bounds
+from proxy.enforced_bounds import find_enforced_bounds, find_numeric_types
 from proxy.limits import Admission
 from proxy.observe import Ops
 from proxy.route_cache import RouteCache
@@ -30,7 +30,7 @@ from proxy.workers import (
     read_cancels,
     receive_clients,
 )
-from rewriter.metadata import Metadata, with_enforced_bounds
+from rewriter.metadata import Metadata, with_enforced_bounds, with_numeric_types
 
 if TYPE_CHECKING:
     from proxy.connection import Connection
@@ -118,7 +118,10 @@ class Server:
                                      pool_size=config.backend.pool_size,
                                      statement_timeout_ms=config.backend.statement_timeout_ms)
         # Declared bounds the database enforces itself need no clamp (issue #7).
-        dp_meta = with_enforced_bounds(config.metadata, await find_enforced_bounds(data, config.metadata))
+        dp_meta = with_numeric_types(
+            with_enforced_bounds(config.metadata, await find_enforced_bounds(data, config.metadata)),
+            await find_numeric_types(data, config.metadata),
+        )
         engine = DPEngine(dp_meta, Mechanisms(), ledger, data, cache=cache,
                           cache_shared=config.cache.shared, data_version=config.cache.data_version,
                           default_delta=config.privacy.default_delta)  # fmt: skip

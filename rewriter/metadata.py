@@ -79,13 +79,20 @@ class ColumnMeta(BaseModel):
     # database itself keeps the column within [lower, upper]. The clamp is then a no-op
     # and is left out; every query's SQL checks that the constraint still stands.
     enforced_by: int | None = Field(default=None, exclude=True)
+    # Never read from a metadata file either: set at start-up (`with_numeric_types`) where
+    # the column's SQL type is numeric(p, s), as (attrelid, attnum, atttypmod, p - s). No
+    # value of it then has more than p - s digits before the point, so its whole steps
+    # fit bigint, and the clamp can compare integers instead of numerics; every query's
+    # SQL checks that the column's type is still the same.
+    numeric_type: tuple[int, int, int, int] | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _not_declared(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "enforced_by" in data:
-            raise ValueError("enforced_by is found by dpproxy in the database's catalog, "
-                             "never declared")  # fmt: skip
+        for name in ("enforced_by", "numeric_type"):
+            if isinstance(data, dict) and name in data:
+                raise ValueError(f"{name} is found by dpproxy in the database's catalog, "
+                                 "never declared")  # fmt: skip
         return data
 
     @model_validator(mode="after")
@@ -240,12 +247,30 @@ class Metadata(BaseModel):
                              for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
 
 
+    @property
+    def numeric_types(self) -> tuple[tuple[int, int, int], ...]:
+        """The (attrelid, attnum, atttypmod) of every column whose numeric type some
+        query's clamp relies on (sorted)."""
+        return tuple(sorted({c.numeric_type[:3] for t in self.tables.values()
+                             for c in t.columns.values() if c.numeric_type is not None}))  # fmt: skip
+
+
 def with_enforced_bounds(meta: Metadata, checks: Mapping[tuple[str, str], int]) -> Metadata:
     """`meta` with `enforced_by` set from `checks` ((table, column) -> constraint OID) and
     cleared everywhere else."""
+    return _with_catalog_facts(meta, "enforced_by", checks)
+
+
+def with_numeric_types(meta: Metadata, types: Mapping[tuple[str, str], tuple[int, int, int, int]]) -> Metadata:
+    """`meta` with `numeric_type` set from `types` ((table, column) -> (attrelid, attnum,
+    atttypmod, digits before the point)) and cleared everywhere else."""
+    return _with_catalog_facts(meta, "numeric_type", types)
+
+
+def _with_catalog_facts(meta: Metadata, name: str, facts: Mapping[tuple[str, str], Any]) -> Metadata:
     tables = {}
     for tname, table in meta.tables.items():
-        columns = {c: m.model_copy(update={"enforced_by": checks.get((tname, c))})
+        columns = {c: m.model_copy(update={name: facts.get((tname, c))})
                    for c, m in table.columns.items()}  # fmt: skip
         tables[tname] = table.model_copy(update={"columns": columns})
     return meta.model_copy(update={"tables": tables})

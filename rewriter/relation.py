@@ -170,7 +170,10 @@ def column_typed(alias: str, cname: str, cmeta: ColumnMeta, table: TableMeta) ->
     step = cmeta.step if cmeta.type.is_numeric else None
     return Typed(col, kind, lo, hi, domain, cmeta.nullable, value=value, step=step,
                  unit=cname == table.privacy_unit, pg_type=pg,
-                 columns=frozenset({(alias, cname)}))  # fmt: skip
+                 columns=frozenset({(alias, cname)}),
+                 # (only where a clamp is computed: an enforced bound has none to save)
+                 int_digits=cmeta.numeric_type[3] if cmeta.numeric_type and cmeta.enforced_by is None
+                 else None)  # fmt: skip
 
 
 def _num(v: object) -> exp.Expression:

@@ -80,6 +80,7 @@ class _Builder:
     # x column -> (its raw clamped value over i0, in the value's own units; its step;
     # its bounds in steps)
     raw_of: dict[str, tuple[str, Decimal, int, int]] = field(default_factory=dict)
+    steps_of: dict[str, str] = field(default_factory=dict)  # x column -> its whole steps, from the raw column
     literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
     group_bound: bool = False
     bounding: str = "sampled"  # set by _emit_sql: "weighted", "sampled" or "none"
@@ -842,7 +843,38 @@ def _fixed_column(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str
         name = f"x{len(b.fixed_index)}"
         b.fixed_index[fixed] = name
         b.raw_of[name] = (_raw_clamp_sql(f"i0.{w}", lo, hi, step, t), step, lo, hi)
+        steps = _int_steps_sql(t, lo, hi, step, b)
+        if steps is not None:
+            b.steps_of[name] = steps
     return b.fixed_index[fixed]
+
+
+def _int_steps_sql(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> str | None:
+    """A bare numeric(p, s) column's value in whole steps, clamped to [lo, hi] as an
+    integer; None where that is not certain to equal `_whole_steps_sql` of its clamp.
+
+    The numeric clamp costs two numeric comparisons a row; here the value is scaled and
+    cast first (it cannot overflow bigint: at most p - s digits before the point, times
+    10^k for a step of 10^-k, with p - s + k <= 18) and clamped as an integer, with one
+    numeric comparison left for NaN (which a numeric(p, s) may hold; the clamp sends it
+    to the upper bound). Rounding then clamping equals clamping then rounding because
+    the bounds are whole steps. NULL stays NULL. Each plan checks the type still stands
+    (`_guarded`).
+    """
+    if t.value is None or t.int_digits is None or t.kind != "numeric" or t.lo is None or t.hi is None:
+        return None
+    inverse = Decimal(1) / step
+    if inverse != inverse.to_integral_value() or inverse < 1:
+        return None
+    scale = len(str(int(inverse))) - 1
+    if int(inverse) != 10**scale or t.int_digits + scale > 18:
+        return None
+    if t.lo * inverse != lo or t.hi * inverse != hi:  # declared bounds off the step grid
+        return None
+    v = "i0." + b.column(t.sql.sql(dialect="postgres"), "w")
+    clamped = f"LEAST(GREATEST(({v} * {int(inverse)})::int8, {lo}), {hi})"
+    typ = "int4" if _narrow(lo, hi) else "int8"
+    return f"(CASE WHEN {v} IS NULL THEN NULL WHEN {v} = 'NaN' THEN {hi} ELSE {clamped} END)::{typ}"
 
 
 def _raw_clamp_sql(value: str, lo: int, hi: int, step: Decimal, t: Typed) -> str:
@@ -896,14 +928,21 @@ def _guarded(sql: str, meta: Metadata) -> str:
     then divides by zero (an error that depends on the catalog, not on the data) instead
     of answering. The CASE is computed from a subquery, so it cannot be folded early.
     """
-    oids = meta.enforced_checks
-    if not oids:
+    oids, types = meta.enforced_checks, meta.numeric_types
+    if not oids and not types:
         return sql
-    listed = ", ".join(str(o) for o in oids)
-    standing = (f"(SELECT count(*) FROM pg_catalog.pg_constraint WHERE oid IN ({listed}) "
-                f"AND contype = 'c' AND convalidated)")  # fmt: skip
+    conditions = []
+    if oids:
+        listed = ", ".join(str(o) for o in oids)
+        conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_constraint WHERE oid IN ({listed}) "
+                          f"AND contype = 'c' AND convalidated) = {len(oids)}")  # fmt: skip
+    if types:
+        listed = ", ".join(f"({r}, {n}, {m})" for r, n, m in types)
+        conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_attribute WHERE (attrelid::int8, attnum, "
+                          f"atttypmod) IN ({listed}) AND atttypid = 1700 AND NOT attisdropped) "
+                          f"= {len(types)}")  # fmt: skip
     return (f"SELECT * FROM ({sql}) AS checked "
-            f"WHERE 1 / (CASE WHEN {standing} = {len(oids)} THEN 1 ELSE 0 END) = 1")
+            f"WHERE 1 / (CASE WHEN {' AND '.join(conditions)} THEN 1 ELSE 0 END) = 1")
 
 
 def _dec(d: Decimal | int) -> str:
@@ -1084,7 +1123,7 @@ def _emit_sql(b: _Builder) -> str:
         # one row per unit, the raw values are summed once per group, where a per-row
         # cast to steps would cost more than the numeric sum it replaces.
         raw = ", ".join(
-            f"{sql if one_row else _whole_steps_sql(sql, step, lo, hi)} AS r{name[1:]}"
+            f"{sql if one_row else b.steps_of.get(name) or _whole_steps_sql(sql, step, lo, hi)} AS r{name[1:]}"
             for name, (sql, step, lo, hi) in b.raw_of.items()
         )
         terms = b.terms if one_row else {n: t.steps or t for n, t in b.terms.items()}

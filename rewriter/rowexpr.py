@@ -79,6 +79,8 @@ class Typed:
     unit: bool = False
     pg_type: str | None = None
     columns: frozenset[tuple[str, str]] = frozenset()
+    # A bare column of type numeric(p, s): p - s, the most digits before its point.
+    int_digits: int | None = None
 
     @property
     def bounded(self) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
 
-from proxy.enforced_bounds import check_bounds, enforced_columns
-from rewriter.metadata import ColumnMeta, Metadata
+from proxy.enforced_bounds import check_bounds, enforced_columns, numeric_columns, typmod_digits
+from rewriter.metadata import ColumnMeta, Metadata, with_numeric_types
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
 
 D = Decimal
 
@@ -66,3 +69,38 @@ def test_enforced_by_is_never_read_from_a_metadata_file() -> None:
     with pytest.raises(ValueError, match="enforced_by"):
         meta(enforced_by=7)
     assert ColumnMeta.model_validate({"type": "numeric"}).enforced_by is None
+
+
+def test_numeric_type_is_never_read_from_a_metadata_file() -> None:
+    with pytest.raises(ValueError, match="numeric_type"):
+        meta(numeric_type=[1, 2, 3, 4])
+
+
+@pytest.mark.parametrize(("p", "s", "digits"), [(15, 2, 13), (12, 0, 12), (5, -2, 7), (3, 5, -2), (1000, 0, 1000)])
+def test_typmod_digits_reads_precision_and_signed_scale(p: int, s: int, digits: int) -> None:
+    assert typmod_digits(((p << 16) | (s & 0x7FF)) + 4) == digits
+
+
+def test_numeric_columns_match_declared_bounded_private_columns() -> None:
+    r = {"schema": "public", "table": "t", "column": "x", "attrelid": 11, "attnum": 2,
+         "atttypmod": ((15 << 16) | 2) + 4}  # fmt: skip
+    assert numeric_columns(meta(), [r]) == {("t", "x"): (11, 2, r["atttypmod"], 13)}
+    assert numeric_columns(meta(), [{**r, "table": "p"}]) == {}  # public: never clamped
+    assert numeric_columns(meta(), [{**r, "column": "u"}]) == {}  # not bounded
+
+
+def _sum_sql(col: dict[str, object], digits: int = 13) -> str:
+    m = meta(**col)
+    typed = with_numeric_types(m, {("t", "x"): (11, 2, 4, digits)})
+    return rewrite(parse_one("SELECT SUM(x) FROM t"), typed).sql
+
+
+def test_integer_clamp_only_where_it_equals_the_numeric_one() -> None:
+    fast = _sum_sql({"precision": "0.01"})
+    assert "(i0.w1 * 100)::int8, 0), 1000)" in fast and "= 'NaN' THEN 1000" in fast
+    assert "atttypmod) IN ((11, 2, 4))" in fast
+    # Bounds off the step grid, a step not a power of ten, or too many digits for bigint.
+    for col, digits in (({"precision": "0.01", "lower": "0.005"}, 13), ({"precision": "0.25"}, 13),
+                        ({"precision": "0.01"}, 17), ({"precision": "0.01"}, 16)):  # fmt: skip
+        sql = _sum_sql(col, digits)
+        assert bool(re.search(r"w\d+ \* \d+\)::int8", sql)) == (digits == 16), (col, digits)
