@@ -19,16 +19,14 @@ import time
 from pathlib import Path
 
 import psycopg
-from psycopg.rows import dict_row
 
-from proxy.enforced_bounds import CHECKS_SQL, enforced_columns
 from proxy.pgcluster import PgCluster
 from proxy.provision import example_metadata_path
 from proxy.sampledata import load_tpch
-from rewriter.metadata import Metadata, load_metadata, with_enforced_bounds
+from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
-from tests.bench._settings import as_dpproxy_sessions
+from tests.bench._settings import as_dpproxy_metadata, as_dpproxy_sessions
 
 QUERIES = {
     "count": "SELECT COUNT(*) FROM orders",
@@ -108,11 +106,7 @@ def measure(
     rows = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         as_dpproxy_sessions(conn, work_mem)  # for both queries
-        # As dpproxy does at start-up: bounds the database enforces need no clamp.
-        with conn.cursor(row_factory=dict_row) as cur:
-            enforced = enforced_columns(meta, cur.execute(CHECKS_SQL).fetchall())
-        meta = with_enforced_bounds(meta, enforced)
-        print(f"clamps left out (CHECK constraints): {sorted(enforced) or 'none'}", flush=True)
+        meta = as_dpproxy_metadata(conn, meta)  # as dpproxy reads the catalog at start-up
         for name, sql in QUERIES.items():
             try:
                 bounded = rewrite(parse_one(sql), meta).sql
