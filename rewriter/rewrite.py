@@ -937,9 +937,11 @@ def _guarded(sql: str, meta: Metadata) -> str:
         conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_constraint WHERE oid IN ({listed}) "
                           f"AND contype = 'c' AND convalidated) = {len(oids)}")  # fmt: skip
     if types:
-        listed = ", ".join(f"({r}, {n}, {m})" for r, n, m in types)
-        conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_attribute WHERE (attrelid::int8, attnum, "
-                          f"atttypmod) IN ({listed}) AND atttypid = 1700 AND NOT attisdropped) "
+        # (attrelid, attnum) as they are typed: the lookups then use pg_attribute's index.
+        listed = ", ".join(f"({r}::oid, {n}::int2, {m})" for r, n, m in types)
+        conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_attribute AS a JOIN (VALUES {listed}) "
+                          "AS t(rel, num, typmod) ON a.attrelid = t.rel AND a.attnum = t.num "
+                          "WHERE a.atttypmod = t.typmod AND a.atttypid = 1700 AND NOT a.attisdropped) "
                           f"= {len(types)}")  # fmt: skip
     return (f"SELECT * FROM ({sql}) AS checked "
             f"WHERE 1 / (CASE WHEN {' AND '.join(conditions)} THEN 1 ELSE 0 END) = 1")
