@@ -23,6 +23,9 @@ KNOWN_PAIRS = 4096
 # After a lost race on a dataset, the next charges on it this many batches read first:
 # several writers are changing its row, so speculating would only cost a round trip.
 PAUSE_AFTER_LOSS = 8
+# After a batch on a dataset lost every optimistic try and took the row locks, this many
+# next batches on it take the locks at once (contended rows: a try only costs).
+LOCK_AFTER_FALLBACK = 8
 
 Pair = tuple[str, str]  # (dataset, analyst)
 
@@ -34,6 +37,7 @@ class KnownRows:
         self._datasets: dict[str, dict[str, Any]] = {}
         self._budgets: OrderedDict[Pair, dict[str, Any]] = OrderedDict()
         self._pause: dict[str, int] = {}
+        self._locking: dict[str, int] = {}
 
     def rows_for(self, pairs: Iterable[Pair]) -> tuple[dict[str, dict[str, Any]], dict[Pair, dict[str, Any]]] | None:
         """Copies of the rows of every pair (and its dataset), or None where any is
@@ -73,6 +77,20 @@ class KnownRows:
             self._datasets.pop(d, None)
             self._budgets.pop((d, a), None)
             self._pause[d] = PAUSE_AFTER_LOSS
+
+
+    def contended(self, datasets: Iterable[str]) -> bool:
+        """Whether a batch on these datasets should take the row locks at once (counts
+        the batch against each dataset's remaining lock-first batches)."""
+        hot = [d for d in datasets if self._locking.get(d)]
+        for d in hot:
+            self._locking[d] -= 1
+        return bool(hot)
+
+    def fell_back(self, datasets: Iterable[str]) -> None:
+        """Every optimistic try on these datasets lost: lock first for a while."""
+        for d in datasets:
+            self._locking[d] = LOCK_AFTER_FALLBACK
 
 
 def _renews(row: dict[str, Any]) -> bool:

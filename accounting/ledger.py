@@ -12,7 +12,8 @@ number of proxy replicas sharing the ledger never overspend:
   the charge is decided again on fresh rows. Measured, this cut a lone charge from
   five round trips (BEGIN, two locking reads, write, COMMIT) to two;
 - after OPTIMISTIC_TRIES lost races, under row locks: `SELECT ... FOR UPDATE` in one
-  fixed order in every replica, decide, write, COMMIT; this always completes.
+  fixed order in every replica, decide, write, COMMIT; this always completes (and the
+  next few batches on that dataset lock at once: its row is contended).
 
 Group commit: the charges of one process that arrive while its previous transaction is
 committing are checked one after the other inside ONE transaction, so N concurrent
@@ -410,6 +411,9 @@ class Ledger:
         """Decide and write a batch: on the rows this process last wrote (one round
         trip), else optimistically (two round trips, no locks held between them), then,
         if other writers keep changing its rows, under row locks."""
+        datasets = sorted({r.dataset for r in batch})
+        if self._known.contended(datasets):
+            return await self._commit_locked(batch)
         known = self._known.rows_for(sorted({(r.dataset, r.analyst) for r in batch}))
         if known is not None:
             done = await self._commit_speculative(batch, *known)
@@ -420,6 +424,7 @@ class Ledger:
                 return await self._commit_optimistic(batch)
             except asyncpg.TransactionRollbackError:  # a row changed (or a deadlock): again
                 continue
+        self._known.fell_back(datasets)
         return await self._commit_locked(batch)
 
     async def _commit_speculative(

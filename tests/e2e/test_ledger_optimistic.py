@@ -20,7 +20,7 @@ from psycopg import sql
 
 from accounting.accountant import Accountant, AccountantKind, laplace_release
 from accounting.budget import AnalystBudget, DatasetPolicy, sync_config, sync_dataset
-from accounting.known_rows import PAUSE_AFTER_LOSS
+from accounting.known_rows import LOCK_AFTER_FALLBACK, PAUSE_AFTER_LOSS
 from accounting.ledger import OPTIMISTIC_TRIES, BudgetExhausted, GroupCommit, Ledger
 from proxy.pgcluster import PgCluster
 
@@ -210,3 +210,23 @@ def test_refusals_and_renewing_budgets_are_decided_on_rows_read_afresh(ledger_ds
     renew = "UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day'"
     outs, reads = _run_charges(ledger_dsn, [(renew, Fraction(1, 10)), (None, Fraction(1, 10))])
     assert reads == [1, 2]  # a budget that renews is never charged on known rows
+
+
+def test_after_falling_back_to_locks_the_next_charges_lock_at_once(ledger_dsn: str) -> None:
+    bump = "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1"
+
+    async def run() -> Interfering:
+        pool_ledger = await Ledger.connect(ledger_dsn)
+        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE), GroupCommit(enabled=False),
+                             change=bump, times=OPTIMISTIC_TRIES, dsn=ledger_dsn)  # fmt: skip
+        for _ in range(LOCK_AFTER_FALLBACK + 2):
+            await ledger.charge("a", "d", "fp", laplace_release(Fraction(1, 100)))
+        await pool_ledger.close()
+        return ledger
+
+    ledger = asyncio.run(run())
+    # The first charge lost every optimistic try; the next LOCK_AFTER_FALLBACK took the
+    # locks at once; then the rows it last wrote were used again (no read, no lock).
+    assert ledger.reads == OPTIMISTIC_TRIES
+    assert ledger.locked == 1 + LOCK_AFTER_FALLBACK
+    assert _state(ledger_dsn)[3] == LOCK_AFTER_FALLBACK + 2
