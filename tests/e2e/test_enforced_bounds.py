@@ -8,11 +8,9 @@ that is dropped belongs to a scratch copy of customer.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 
-import asyncpg
 import psycopg
 import pytest
 
@@ -21,17 +19,11 @@ from proxy.sampledata import SPEC_RANGES
 from rewriter.metadata import Metadata, TableMeta, with_enforced_bounds
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
+from tests.support.catalog_facts import catalog_facts
 
 
 def found(dsn: str, meta: Metadata) -> dict[tuple[str, str], int]:
-    async def go() -> dict[tuple[str, str], int]:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-        try:
-            return await find_enforced_bounds(pool, meta)
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
+    return catalog_facts(dsn, meta, find_enforced_bounds)
 
 
 def test_the_loaders_spec_ranges_are_found_for_declared_private_columns(

@@ -7,10 +7,8 @@ Runs on a scratch copy of the session's TPC-H orders (o_totalprice is numeric(15
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
-import asyncpg
 import psycopg
 import pytest
 
@@ -18,6 +16,7 @@ from proxy.enforced_bounds import find_numeric_types
 from rewriter.metadata import Metadata, TableMeta, with_numeric_types
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
+from tests.support.catalog_facts import catalog_facts
 
 QUERIES = [
     "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY o_orderpriority",
@@ -27,14 +26,7 @@ QUERIES = [
 
 
 def found(dsn: str, meta: Metadata) -> dict[tuple[str, str], tuple[int, int, int, int]]:
-    async def go() -> dict[tuple[str, str], tuple[int, int, int, int]]:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
-        try:
-            return await find_numeric_types(pool, meta)
-        finally:
-            await pool.close()
-
-    return asyncio.run(go())
+    return catalog_facts(dsn, meta, find_numeric_types)
 
 
 @pytest.fixture
