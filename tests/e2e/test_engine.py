@@ -147,6 +147,9 @@ def test_explain_spends_nothing_and_reports_the_plan(proxy: ProxyProcess) -> Non
     assert "weighted by 8/n" in text  # the contribution bound of weighted rows
     assert "sensitivity 8000000" in text and "(units of 1/1000000)" in text
     assert "95% error" in text
+    # What the server read from the catalog at start-up: o_totalprice is numeric(15,2),
+    # so it is clamped as an integer, and the SQL checks that its type still stands.
+    assert "* 100)::int8, 0), 60000000)" in text and "pg_catalog.pg_attribute" in text
 
 
 def test_sum_over_no_rows_is_a_noisy_number(proxy: ProxyProcess) -> None:
