@@ -230,3 +230,19 @@ def test_after_falling_back_to_locks_the_next_charges_lock_at_once(ledger_dsn: s
     assert ledger.reads == OPTIMISTIC_TRIES
     assert ledger.locked == 1 + LOCK_AFTER_FALLBACK
     assert _state(ledger_dsn)[3] == LOCK_AFTER_FALLBACK + 2
+
+
+def test_a_renewal_period_restarts_the_analysts_sums_but_not_the_datasets(ledger_dsn: str) -> None:
+    # Budget 1: after 0.9, a charge of 0.2 is refused; once a period of one day has
+    # passed since the period started, the analyst's sums restart from zero.
+    renew = ("UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day', "
+             "period_start = now() - interval '36 hours'")  # fmt: skip
+    outs, _ = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (None, Fraction(1, 5)),
+                                        (renew, Fraction(1, 5))])  # fmt: skip
+    assert isinstance(outs[1], BudgetExhausted) and outs[1].reason == "analyst"
+    assert not isinstance(outs[2], BudgetExhausted) and outs[2].spent_epsilon == Fraction(1, 5)
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.2"), Decimal("1.1"), 2)
+    with psycopg.connect(ledger_dsn) as c:
+        (age,) = c.execute("SELECT now() - period_start FROM dpproxy.budget_spent").fetchone()  # type: ignore[misc]
+    assert age.total_seconds() < 13 * 3600  # the period start moved on by whole periods
