@@ -13,7 +13,7 @@ from rewriter.parse import table_refs
 from rewriter.sqltypes import pg_type_name
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
-                exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Like, exp.ILike)  # fmt: skip
+                exp.Like, exp.ILike)  # fmt: skip
 
 
 def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str]:
@@ -33,7 +33,14 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
         if isinstance(parent, exp.Cast):
             out[n] = parent.to.sql(dialect="postgres").lower()
             continue
-        if isinstance(parent, _COMPARISONS):
+        if isinstance(parent, _ARITHMETIC):
+            # As PostgreSQL resolves `$1 / 100.0` or `$1 + col`: the other operand's type.
+            other = parent.expression if parent.this is param else parent.this
+            if isinstance(other, exp.Column) and (cmeta := columns.get(other.name.lower())) is not None:
+                out[n] = pg_type_name(cmeta.type)
+            elif isinstance(other, exp.Literal) and not other.is_string:
+                out[n] = "int4" if other.this.isdigit() else "numeric"
+        elif isinstance(parent, _COMPARISONS):
             for sibling in parent.iter_expressions():
                 if isinstance(sibling, exp.Column):
                     cmeta = columns.get(sibling.name.lower())
@@ -41,6 +48,9 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
                         out[n] = pg_type_name(cmeta.type)
                         break
     return out
+
+
+_ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
 
 
 def _visible_columns(tree: exp.Expression, meta: Metadata) -> dict[str, ColumnMeta]:

@@ -12,6 +12,7 @@ from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one, split_statements
 from rewriter.plan import PrimitiveKind
 from rewriter.rewrite import rewrite
+from rewriter.typing import infer_parameter_types
 
 META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
 
@@ -305,3 +306,15 @@ def test_weighted_plans_sum_whole_steps_that_cannot_overflow() -> None:
     wide.tables["orders"].columns["o_totalprice"] = col.model_copy(update={"upper": Decimal(10**9)})
     wide_sql = plan("SELECT COUNT(*), AVG(o_totalprice) FROM orders", wide).sql
     assert "::int8" in wide_sql and "::int4" not in wide_sql
+
+
+@pytest.mark.parametrize(("where", "types"), [
+    ("c_acctbal > $1", {1: "numeric"}),
+    ("c_acctbal > $1 / 100.0", {1: "numeric"}),  # as pgbench sends `:p / 100.0`
+    ("c_acctbal > $1 + 1", {1: "int4"}),
+    ("c_acctbal > c_acctbal * $1", {1: "numeric"}),
+    ("c_nationkey - $1 > 0 AND c_mktsegment = $2", {1: "int4", 2: "text"}),
+    ("c_acctbal > $1 + 'x'", {}),
+])  # fmt: skip
+def test_parameter_types_are_inferred_as_postgresql_resolves_them(where: str, types: dict[int, str]) -> None:
+    assert infer_parameter_types(parse_one(f"SELECT COUNT(*) FROM customer WHERE {where}"), META) == types
