@@ -30,6 +30,12 @@ SCRIPTS = {
     "dp_param": "\\set p random(1, 400000)\n"
     "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders "
     "WHERE o_totalprice > :p GROUP BY o_orderpriority;\n",
+    # A parameterised DP aggregate over the unit table itself (one row per unit: no
+    # contribution bounding, and a CHECK constraint enforces c_acctbal's bounds), so the
+    # database does the same work both ways and the ratio is dpproxy's own cost.
+    "dp_unit": "\\set p random(-99900, 999900)\n"
+    "SELECT c_mktsegment, COUNT(*), SUM(c_acctbal) FROM customer "
+    "WHERE c_acctbal > :p / 100.0 GROUP BY c_mktsegment;\n",
     # The same DP aggregate every time (served from the answer cache where enabled).
     "dp_fixed": "SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders "
     "WHERE o_totalprice > 1000 GROUP BY o_orderpriority;\n",
