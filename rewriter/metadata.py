@@ -250,9 +250,9 @@ class Metadata(BaseModel):
     @property
     def numeric_types(self) -> tuple[tuple[int, int, int], ...]:
         """The (attrelid, attnum, atttypmod) of every column whose numeric type some
-        query's clamp relies on (sorted)."""
-        return tuple(sorted({c.numeric_type[:3] for t in self.tables.values()
-                             for c in t.columns.values() if c.numeric_type is not None}))  # fmt: skip
+        query's clamp relies on (sorted; a column a CHECK constraint bounds has no clamp)."""
+        return tuple(sorted({c.numeric_type[:3] for t in self.tables.values() for c in t.columns.values()
+                             if c.numeric_type is not None and c.enforced_by is None}))  # fmt: skip
 
 
 def with_enforced_bounds(meta: Metadata, checks: Mapping[tuple[str, str], int]) -> Metadata:

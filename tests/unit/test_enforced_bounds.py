@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from proxy.enforced_bounds import check_bounds, enforced_columns, numeric_columns, typmod_digits
-from rewriter.metadata import ColumnMeta, Metadata, with_numeric_types
+from rewriter.metadata import ColumnMeta, Metadata, with_enforced_bounds, with_numeric_types
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
 
@@ -104,3 +104,10 @@ def test_integer_clamp_only_where_it_equals_the_numeric_one() -> None:
                         ({"precision": "0.01"}, 17), ({"precision": "0.01"}, 16)):  # fmt: skip
         sql = _sum_sql(col, digits)
         assert bool(re.search(r"w\d+ \* \d+\)::int8", sql)) == (digits == 16), (col, digits)
+
+
+def test_only_clamped_columns_types_are_guarded() -> None:
+    typed = with_numeric_types(meta(precision="0.01"), {("t", "x"): (11, 2, 4, 13)})
+    assert typed.numeric_types == ((11, 2, 4),)
+    # A CHECK constraint bounds it: no clamp to make cheaper, no type to guard.
+    assert with_enforced_bounds(typed, {("t", "x"): 7}).numeric_types == ()
