@@ -152,17 +152,19 @@ def test_synchronous_audit_commits_before_the_answer(
         p.stop()
 
 
+def _entry(analyst: str, i: int) -> AuditEntry:
+    """An audit entry of `analyst` for the statement `SELECT i`."""
+    return AuditEntry(at=datetime.now(UTC), instance="t", analyst=analyst, dataset="d",
+                      protocol="simple", route="catalog", statement=f"SELECT {i}",
+                      statement_hash=statement_hash(f"SELECT {i}"), statement_length=8,
+                      decision="answered", sqlstate="00000", epsilon=None, delta=None,
+                      cache_hit=None, duration_ms=0.1)  # fmt: skip
+
+
 def test_a_full_audit_queue_holds_the_statement_back_and_loses_nothing(
     pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
 ) -> None:
     cfg = fresh_ledger_config(pg_cluster, env.config, "auditq", unique_name)
-
-    def entry(i: int) -> AuditEntry:
-        return AuditEntry(at=datetime.now(UTC), instance="t", analyst="q", dataset="d",
-                          protocol="simple", route="catalog", statement=f"SELECT {i}",
-                          statement_hash=statement_hash(f"SELECT {i}"), statement_length=8,
-                          decision="answered", sqlstate="00000", epsilon=None, delta=None,
-                          cache_hit=None, duration_ms=0.1)  # fmt: skip
 
     async def go() -> tuple[list[bool], int, list[str]]:
         pool = await asyncpg.create_pool(ledger_dsn(cfg), min_size=1, max_size=2)
@@ -172,8 +174,8 @@ def test_a_full_audit_queue_holds_the_statement_back_and_loses_nothing(
             await ensure_audit_schema(pool)
             writer = AuditWriter(pool, flush_ms=20, max_queue=2)
             # Nothing has yielded to the writer yet: the third entry finds the queue full.
-            offered = [writer.offer(entry(i)) for i in range(3)]
-            await writer.write(entry(2))  # what Ops.end does then: wait for room
+            offered = [writer.offer(_entry("q", i)) for i in range(3)]
+            await writer.write(_entry("q", 2))  # what Ops.end does then: wait for room
             left = await writer.close()
             rows = await read_audit(pool, analyst="q")
             return offered, left, [r["statement"] for r in rows]
@@ -194,13 +196,6 @@ def test_a_backlog_of_full_batches_commits_without_waiting_a_window(
     # a worker to ~5,900 audited statements a second at 100 ms and 500 a batch).
     cfg = fresh_ledger_config(pg_cluster, env.config, "auditb", unique_name)
 
-    def entry(i: int) -> AuditEntry:
-        return AuditEntry(at=datetime.now(UTC), instance="t", analyst="b", dataset="d",
-                          protocol="simple", route="catalog", statement=f"SELECT {i}",
-                          statement_hash=statement_hash(f"SELECT {i}"), statement_length=8,
-                          decision="answered", sqlstate="00000", epsilon=None, delta=None,
-                          cache_hit=None, duration_ms=0.1)  # fmt: skip
-
     async def go() -> tuple[list[str], int]:
         pool = await asyncpg.create_pool(ledger_dsn(cfg), min_size=1, max_size=2)
         try:
@@ -209,7 +204,7 @@ def test_a_backlog_of_full_batches_commits_without_waiting_a_window(
             await ensure_audit_schema(pool)
             # A ten-minute window: any batch that waited for it would never show up here.
             writer = AuditWriter(pool, flush_ms=600_000, max_batch=5)
-            assert all(writer.offer(entry(i)) for i in range(10))  # two full batches
+            assert all(writer.offer(_entry("b", i)) for i in range(10))  # two full batches
             rows: list[str] = []
             for _ in range(200):  # up to ~20 s for two commits
                 rows = [r["statement"] for r in await read_audit(pool, analyst="b")]
