@@ -44,10 +44,7 @@ class KnownRows:
         unknown, has a renewal period, or its dataset is paused after a lost race."""
         pairs = list(pairs)
         datasets = {d for d, _ in pairs}
-        paused = [d for d in datasets if self._pause.get(d)]
-        for d in paused:
-            self._pause[d] -= 1
-        if paused:
+        if _count_down(self._pause, datasets):
             return None
         drows, brows = {}, {}
         for d in datasets:
@@ -78,19 +75,23 @@ class KnownRows:
             self._budgets.pop((d, a), None)
             self._pause[d] = PAUSE_AFTER_LOSS
 
-
     def contended(self, datasets: Iterable[str]) -> bool:
         """Whether a batch on these datasets should take the row locks at once (counts
         the batch against each dataset's remaining lock-first batches)."""
-        hot = [d for d in datasets if self._locking.get(d)]
-        for d in hot:
-            self._locking[d] -= 1
-        return bool(hot)
+        return _count_down(self._locking, datasets)
 
     def fell_back(self, datasets: Iterable[str]) -> None:
         """Every optimistic try on these datasets lost: lock first for a while."""
         for d in datasets:
             self._locking[d] = LOCK_AFTER_FALLBACK
+
+
+def _count_down(counters: dict[str, int], keys: Iterable[str]) -> bool:
+    """Whether any of `keys` has batches left on its counter (each such one spends one)."""
+    active = [k for k in keys if counters.get(k)]
+    for k in active:
+        counters[k] -= 1
+    return bool(active)
 
 
 def _renews(row: dict[str, Any]) -> bool:

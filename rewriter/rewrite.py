@@ -864,7 +864,7 @@ def _int_steps_sql(t: Typed, lo: int, hi: int, step: Decimal, b: _Builder) -> st
     if t.value is None or t.int_digits is None or t.kind != "numeric" or t.lo is None or t.hi is None:
         return None
     inverse = Decimal(1) / step
-    if inverse != inverse.to_integral_value() or inverse < 1:
+    if inverse != inverse.to_integral_value():
         return None
     scale = len(str(int(inverse))) - 1
     if int(inverse) != 10**scale or t.int_digits + scale > 18:
