@@ -22,6 +22,7 @@ from accounting.accountant import Accountant, AccountantKind, laplace_release
 from accounting.budget import AnalystBudget, DatasetPolicy, sync_config, sync_dataset
 from accounting.known_rows import LOCK_AFTER_FALLBACK, PAUSE_AFTER_LOSS
 from accounting.ledger import OPTIMISTIC_TRIES, BudgetExhausted, GroupCommit, Ledger
+from accounting.pool import create_pool
 from proxy.pgcluster import PgCluster
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
@@ -57,7 +58,7 @@ class Interfering(Ledger):
 @pytest.fixture()
 def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iterator[str]:
     """A fresh ledger database holding dataset "d" and analyst "a" (budget epsilon 1)."""
-    name = unique_name(f"ledger_opt_{id(object())}")
+    name = unique_name("ledger_optimistic")
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
         c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = pg_cluster.dsn(name)
@@ -76,18 +77,9 @@ def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iter
 
 
 def _charge(dsn: str, change: str, times: int, eps: Fraction) -> tuple[Any, Interfering]:
-    async def run() -> tuple[Any, Interfering]:
-        pool_ledger = await Ledger.connect(dsn)
-        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE),
-                             GroupCommit(enabled=False), change=change, times=times, dsn=dsn)  # fmt: skip
-        try:
-            out: Any = await ledger.charge("a", "d", "fp", laplace_release(eps))
-        except BudgetExhausted as e:
-            out = e
-        await pool_ledger.close()
-        return out, ledger
-
-    return asyncio.run(run())
+    """One charge of `eps`, with `change` run during the ledger's first `times` decisions."""
+    outs, _, ledger = _run_charges(dsn, [(None, eps)], change, times)
+    return outs[0], ledger
 
 
 def _state(dsn: str) -> tuple[Decimal, Decimal, int, int]:
@@ -143,34 +135,38 @@ def test_repeated_lost_races_fall_back_to_locking_the_rows(ledger_dsn: str) -> N
     assert version == 1  # written once: the lost attempts wrote nothing
 
 
-def _run_charges(dsn: str, steps: list[tuple[str | None, Fraction]]) -> tuple[list[Any], list[int]]:
+def _run_charges(
+    dsn: str, steps: list[tuple[str | None, Fraction]], interfere: str = "", times: int = 0
+) -> tuple[list[Any], list[int], Interfering]:
     """Charges of one ledger, in order; before step i, `steps[i][0]` (if any) is run on
-    another connection. The outcomes, and after each step how many reads the ledger made."""
+    another connection, and `interfere` during the ledger's first `times` decisions. The
+    outcomes, how many reads the ledger had made after each step, and the ledger."""
 
-    async def run() -> tuple[list[Any], list[int]]:
-        pool_ledger = await Ledger.connect(dsn)
-        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE),
-                             GroupCommit(enabled=False), change="", times=0, dsn=dsn)  # fmt: skip
+    async def run() -> tuple[list[Any], list[int], Interfering]:
+        ledger = Interfering(await create_pool(dsn), Accountant(AccountantKind.PURE),
+                             GroupCommit(enabled=False), change=interfere, times=times, dsn=dsn)  # fmt: skip
         outs: list[Any] = []
         reads: list[int] = []
-        for change, eps in steps:
-            if change:
-                with psycopg.connect(dsn, autocommit=True) as other:
-                    other.execute(change)
-            try:
-                outs.append(await ledger.charge("a", "d", "fp", laplace_release(eps)))
-            except BudgetExhausted as e:
-                outs.append(e)
-            reads.append(ledger.reads)
-        await pool_ledger.close()
-        return outs, reads
+        try:
+            for change, eps in steps:
+                if change:
+                    with psycopg.connect(dsn, autocommit=True) as other:
+                        other.execute(change)
+                try:
+                    outs.append(await ledger.charge("a", "d", "fp", laplace_release(eps)))
+                except BudgetExhausted as e:
+                    outs.append(e)
+                reads.append(ledger.reads)
+        finally:
+            await ledger.close()
+        return outs, reads, ledger
 
     return asyncio.run(run())
 
 
 def test_charges_after_the_first_are_decided_on_the_rows_this_process_wrote(ledger_dsn: str) -> None:
     tenth = Fraction(1, 10)
-    outs, reads = _run_charges(ledger_dsn, [(None, tenth)] * 4)
+    outs, reads, _ = _run_charges(ledger_dsn, [(None, tenth)] * 4)
     assert reads == [1, 1, 1, 1]  # one read; then one round trip per charge
     assert [o.spent_epsilon for o in outs] == [tenth, 2 * tenth, 3 * tenth, 4 * tenth]
     spent, dataset_spent, version, charges = _state(ledger_dsn)
@@ -182,7 +178,7 @@ def test_rows_changed_by_another_writer_are_read_again(ledger_dsn: str) -> None:
     other = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
              "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
     steps = [(None, tenth), (other, tenth)] + [(None, tenth)] * (PAUSE_AFTER_LOSS + 1)
-    outs, reads = _run_charges(ledger_dsn, steps)
+    outs, reads, _ = _run_charges(ledger_dsn, steps)
     # The second charge's write found the rows changed: nothing written, read again
     # (and so for the next PAUSE_AFTER_LOSS charges), then one round trip again.
     assert reads[:2] == [1, 2]
@@ -196,7 +192,7 @@ def test_rows_changed_by_another_writer_are_read_again(ledger_dsn: str) -> None:
 def test_a_disabled_analyst_is_refused_at_the_next_charge(ledger_dsn: str) -> None:
     tenth = Fraction(1, 10)
     disable = "UPDATE dpproxy.analysts SET enabled = false WHERE name = 'a'"
-    outs, reads = _run_charges(ledger_dsn, [(None, tenth), (disable, tenth)])
+    outs, reads, _ = _run_charges(ledger_dsn, [(None, tenth), (disable, tenth)])
     assert isinstance(outs[1], BudgetExhausted) and outs[1].reason == "disabled"
     assert _state(ledger_dsn)[3] == 1
 
@@ -205,26 +201,17 @@ def test_refusals_and_renewing_budgets_are_decided_on_rows_read_afresh(ledger_ds
     # Known rows say 0.9 is spent of 1: a charge of 0.2 would be refused on them, so the
     # rows are read again (an admin may have raised the budget) before refusing.
     raise_budget = "UPDATE dpproxy.budget_spent SET budget_epsilon = 2"
-    outs, reads = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (raise_budget, Fraction(1, 5))])
+    outs, reads, _ = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (raise_budget, Fraction(1, 5))])
     assert not isinstance(outs[1], BudgetExhausted) and reads == [1, 2]
     renew = "UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day'"
-    outs, reads = _run_charges(ledger_dsn, [(renew, Fraction(1, 10)), (None, Fraction(1, 10))])
+    outs, reads, _ = _run_charges(ledger_dsn, [(renew, Fraction(1, 10)), (None, Fraction(1, 10))])
     assert reads == [1, 2]  # a budget that renews is never charged on known rows
 
 
 def test_after_falling_back_to_locks_the_next_charges_lock_at_once(ledger_dsn: str) -> None:
     bump = "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1"
-
-    async def run() -> Interfering:
-        pool_ledger = await Ledger.connect(ledger_dsn)
-        ledger = Interfering(pool_ledger.pool, Accountant(AccountantKind.PURE), GroupCommit(enabled=False),
-                             change=bump, times=OPTIMISTIC_TRIES, dsn=ledger_dsn)  # fmt: skip
-        for _ in range(LOCK_AFTER_FALLBACK + 2):
-            await ledger.charge("a", "d", "fp", laplace_release(Fraction(1, 100)))
-        await pool_ledger.close()
-        return ledger
-
-    ledger = asyncio.run(run())
+    steps: list[tuple[str | None, Fraction]] = [(None, Fraction(1, 100))] * (LOCK_AFTER_FALLBACK + 2)
+    _, _, ledger = _run_charges(ledger_dsn, steps, bump, OPTIMISTIC_TRIES)
     # The first charge lost every optimistic try; the next LOCK_AFTER_FALLBACK took the
     # locks at once; then the rows it last wrote were used again (no read, no lock).
     assert ledger.reads == OPTIMISTIC_TRIES
@@ -237,7 +224,7 @@ def test_a_renewal_period_restarts_the_analysts_sums_but_not_the_datasets(ledger
     # passed since the period started, the analyst's sums restart from zero.
     renew = ("UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day', "
              "period_start = now() - interval '36 hours'")  # fmt: skip
-    outs, _ = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (None, Fraction(1, 5)),
+    outs, _, _ = _run_charges(ledger_dsn, [(None, Fraction(9, 10)), (None, Fraction(1, 5)),
                                         (renew, Fraction(1, 5))])  # fmt: skip
     assert isinstance(outs[1], BudgetExhausted) and outs[1].reason == "analyst"
     assert not isinstance(outs[2], BudgetExhausted) and outs[2].spent_epsilon == Fraction(1, 5)
