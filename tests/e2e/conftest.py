@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +13,7 @@ from psycopg import sql
 
 from proxy.pgcluster import PgCluster
 from proxy.provision import AnalystSpec, provision
+from tests.support.ops import ops_proxy
 from tests.support.proxy_process import ProxyProcess, free_port
 
 # Each test that spends budget uses its own analyst so tests stay independent.
@@ -61,3 +62,14 @@ def truth(tpch_dsn: str, query: str) -> list[tuple[object, ...]]:
     """The exact answer, straight from PostgreSQL (for accuracy checks)."""
     with psycopg.connect(tpch_dsn) as conn:
         return conn.execute(sql.SQL(query)).fetchall()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def audited(
+    request: pytest.FixtureRequest, pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
+) -> Iterator[tuple[ProxyProcess, Path]]:
+    """A dpproxy on its own ledger (one per test module), with the default (asynchronous,
+    batched) audit, so its audit rows can be counted; and its config."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    with ops_proxy(pg_cluster, env.config, name, unique_name) as running:
+        yield running

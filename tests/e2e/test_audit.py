@@ -6,7 +6,7 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,17 +20,8 @@ from proxy.audit import AuditEntry, AuditWriter, ensure_audit_schema, read_audit
 from proxy.pgcluster import PgCluster
 from tests.e2e.conftest import Env
 from tests.support.ledgers import dpproxy_cli, fresh_ledger_config, ledger_dsn
-from tests.support.ops import audit_rows, ops_config, ops_proxy, wait_for
+from tests.support.ops import audit_rows, ops_config, wait_for
 from tests.support.proxy_process import ProxyProcess
-
-
-@pytest.fixture(scope="module")
-def audited(
-    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
-) -> Iterator[tuple[ProxyProcess, Path]]:
-    """A dpproxy on its own ledger, with the default (asynchronous, batched) audit."""
-    with ops_proxy(pg_cluster, env.config, "audit", unique_name) as running:
-        yield running
 
 
 def test_every_statement_is_audited_with_decision_sqlstate_and_cost(

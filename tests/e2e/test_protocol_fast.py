@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from proxy.pgcluster import PgCluster
-from tests.e2e.conftest import Env
 from tests.e2e.test_protocol_raw import SYNC, Raw, bind, describe, execute, parse
-from tests.support.ops import audit_rows, ops_proxy, wait_for
+from tests.support.ops import audit_rows, wait_for
 from tests.support.proxy_process import ProxyProcess
 
 
@@ -46,15 +44,6 @@ def whole(raw: Raw, *msgs: bytes) -> bytes:
     """Send a batch in one write (the fast path's case)."""
     raw.send(*msgs)
     return reply(raw)
-
-
-@pytest.fixture(scope="module")
-def audited(
-    pg_cluster: PgCluster, env: Env, unique_name: Callable[[str], str]
-) -> Iterator[tuple[ProxyProcess, Path]]:
-    """A dpproxy on its own ledger, so its audit rows can be counted."""
-    with ops_proxy(pg_cluster, env.config, "fastpath", unique_name) as running:
-        yield running
 
 
 @pytest.fixture
