@@ -78,12 +78,13 @@ def stage_means(metrics_url: str) -> dict[str, float]:
 def latencies(proxy: ProxyProcess, cluster: PgCluster, query: str, meta: Metadata,
               runs: int) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
     """Wall times of `query` through dpproxy, of the plain query directly, and of its
-    rewritten (bounded) SQL directly: interleaved, one of each per round, so that a busy
-    machine slows all three alike instead of whichever phase it happened to overlap."""
+    rewritten (bounded) SQL directly (`meta`: as dpproxy reads it at start-up):
+    interleaved, one of each per round, so that a busy machine slows all three alike
+    instead of whichever phase it happened to overlap."""
     with psycopg.connect(proxy.dsn("bench", "bench-pw"), autocommit=True) as via, \
          psycopg.connect(cluster.dsn("tpch"), autocommit=True) as direct:  # fmt: skip
         as_dpproxy_sessions(direct)
-        bounded = rewrite(parse_one(query), as_dpproxy_metadata(direct, meta)).sql  # as dpproxy's
+        bounded = rewrite(parse_one(query), meta).sql
         via.execute(query)  # warm: plan cache, pools
         through: list[float] = []
         plain: list[float] = []
@@ -151,6 +152,8 @@ def main() -> None:
         cfg_path.write_text(yaml.safe_dump(cfg))
         proxy = ProxyProcess(cfg_path).start()
         timings = []
+        with psycopg.connect(cluster.dsn("tpch")) as conn:
+            meta = as_dpproxy_metadata(conn, meta)  # rewritten as dpproxy rewrites
         try:
             for query in (DP, DP_SHORT):
                 timings.append((query, *latencies(proxy, cluster, query, meta, args.runs)))
