@@ -692,7 +692,10 @@ class Connection:
         # A prepared DP statement's plan is cached under its text and parameter values,
         # so repeated executions skip binding and SQL regeneration.
         key = _plan_key(st.text, params)
-        if params and not (routed.route == Route.DP and self.ctx.engine.has_plan(key)):
+        # Issue #7: a statement whose parameters only filter is planned once, not per value.
+        bound = (self.ctx.engine.bound_plan(st.text, tree, params)
+                 if params and routed.route == Route.DP else None)  # fmt: skip
+        if params and bound is None and not (routed.route == Route.DP and self.ctx.engine.has_plan(key)):
             tree = bind_parameters(tree, params)
         if routed.route == Route.DP:
             started = time.monotonic()
@@ -700,7 +703,7 @@ class Connection:
                 async with self.ctx.admission.query_slot(self.analyst.name):
                     return await self._cancellable(
                         self.ctx.engine.answer(key, tree, self.analyst, self.session.epsilon,
-                                               session_delta(self.session.get("dp.delta")))  # fmt: skip
+                                               session_delta(self.session.get("dp.delta")), bound)  # fmt: skip
                     )
             finally:
                 # Success, refusal, error and timeout all reply on the quantum's grid.
@@ -881,6 +884,8 @@ class Connection:
         if routed.route == Route.DP and routed.tree is not None:
             # The same plan key as execution: a Describe before each Execute (psycopg,
             # pgjdbc) then neither binds parameters nor regenerates SQL again.
+            if params and (plan := self.ctx.engine.bound_plan(routed.statement.text, routed.tree, params)):
+                return self.ctx.engine.columns(routed.statement.text, routed.tree, plan)
             n = count_parameters(routed.tree)
             bound = params if params else [None] * n
             key = _plan_key(routed.statement.text, bound)

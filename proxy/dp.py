@@ -51,6 +51,7 @@ from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
+from rewriter.template import instantiate, make_template, value_kinds
 from rewriter.union import UnionQuery, coerce, order_keys, sort_rows, union_columns, union_query
 
 # The backend's text may quote private values: it is never forwarded.
@@ -92,6 +93,9 @@ class DPEngine:
         self.data_version = data_version
         self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
+        # Issue #7: plans that bind filter parameters, by (statement text, value kinds);
+        # None where a statement's values must be planned as literals.
+        self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | None] = OrderedDict()
         # Cache keys this process has seen stored: their next lookup is probably a hit,
         # so the bounded SQL waits for it instead of starting alongside (issue #7).
         self._stored: OrderedDict[str, None] = OrderedDict()
@@ -166,8 +170,10 @@ class DPEngine:
         lines.append(f"Rewritten SQL: {plan.sql}")
         return lines
 
-    def columns(self, sql: str, tree: exp.Expression) -> list[tuple[str, str]]:
+    def columns(self, sql: str, tree: exp.Expression, plan: DPPlan | None = None) -> list[tuple[str, str]]:
         """The answer's (name, type) columns, for Describe: a plan's or a union's."""
+        if plan is not None:
+            return [(o.name, o.type_name) for o in plan.outputs]
         union = _union_query(tree)
         if union is not None:
             try:
@@ -236,6 +242,23 @@ class DPEngine:
         """Whether a plan is cached under this key (then `plan` ignores its tree)."""
         return key in self._plans
 
+    def bound_plan(self, text: str, tree: exp.Expression, params: list[Any]) -> DPPlan | None:
+        """The plan of a parameterised statement (`tree` unbound) for these values, from
+        its template: made once per statement text and value kinds, then only bound.
+        None when the values must be planned as literals (rewriter/template.py says when)."""
+        kinds = value_kinds(params)
+        if kinds is None:
+            return None
+        key = (text, kinds)
+        if key in self._templates:
+            self._templates.move_to_end(key)
+            template = self._templates[key]
+        else:
+            template = self._templates[key] = make_template(tree, kinds, self.meta)
+            if len(self._templates) > PLAN_CACHE_SIZE:
+                self._templates.popitem(last=False)
+        return None if template is None else instantiate(template, params)
+
     def plan(self, sql: str, tree: exp.Expression) -> DPPlan:
         """The DP plan of a statement (cached by its text: rewriting is pure)."""
         cached = self._plans.get(sql)
@@ -258,17 +281,20 @@ class DPEngine:
         analyst: AnalystConfig,
         epsilon: Decimal,
         delta: Decimal | None = None,
+        plan: DPPlan | None = None,
     ) -> Result:
         """Answer one DP query: from the cache for free, or charged, run and released.
 
         The bounded SQL runs on the database while the ledger commits the charge; its
         rows are used only once the charge has committed. A refused charge discards the
         run (and costs nothing); a run that fails after the charge committed keeps it.
+        `plan`: the statement's plan when the caller has it (a template's, `bound_plan`).
         """
-        union = _union_query(tree)
-        if union is not None:
-            return await self._answer_union(sql, union, analyst, epsilon, delta)
-        plan = self.plan(sql, tree)
+        if plan is None:
+            union = _union_query(tree)
+            if union is not None:
+                return await self._answer_union(sql, union, analyst, epsilon, delta)
+            plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
         if plan.public_only:
             return _public_values(plan, self.mechanisms)
@@ -356,7 +382,7 @@ class DPEngine:
 
     def _run(self, plan: DPPlan) -> asyncio.Future[Any]:
         """Start the bounded SQL; its rows are read only after the charge has committed."""
-        return asyncio.ensure_future(self.data.fetch(plan.sql))
+        return asyncio.ensure_future(self.data.fetch(plan.sql, *plan.sql_params))
 
     def _remember(self, key: str) -> None:
         """Note that the shared cache holds an answer for `key` (a hint, never an answer)."""

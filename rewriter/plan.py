@@ -175,6 +175,8 @@ class DPPlan:
     # No aggregate, only keys with declared public domains: answered from the metadata
     # (every declared value), without the database or the ledger.
     public_only: bool = False
+    # The values of the bounded SQL's $n parameters (a template's plan, rewriter/template.py).
+    sql_params: tuple[Any, ...] = ()
 
     @property
     def group_count(self) -> int:

@@ -512,7 +512,11 @@ class Analyzer:
             # PostgreSQL's integer division truncates toward zero; div() on numeric does too.
             sql: exp.Expression = exp.Anonymous(this="div", expressions=[num, exp.cast(dsql, "numeric")])
         else:
-            sql = exp.Div(this=num, expression=exp.cast(dsql, "numeric") if dval is None else dsql)
+            # typed: PostgreSQL's own division of these (numeric) operands; untyped,
+            # sqlglot would cast a constant numerator to double precision and compare in
+            # floating point.
+            sql = exp.Div(this=num, expression=exp.cast(dsql, "numeric") if dval is None else dsql,
+                          typed=True)  # fmt: skip
         amax = max(abs(a.lo), abs(a.hi))
         if dval is not None:
             qs = [a.lo / dval, a.hi / dval]

@@ -1,0 +1,199 @@
+"""Plans that keep filter parameters as bind parameters: one rewrite per statement.
+
+A prepared DP statement executed with a new value (`WHERE o_totalprice > $1`, the shape
+of every BI filter and of pgbench's parameterised scripts) used to be rewritten for each
+value, because a value can change what the rewriter does: a constant divisor is checked
+before charging, a literal pattern is validated, a constant's bounds feed arithmetic.
+Measured under load, that rewrite was half of dpproxy's CPU per query.
+
+A template is made only where no value can change the plan, and this is decided from
+the statement's shape, never from a value:
+
+- every `$n` sits in the outermost SELECT's WHERE clause, reached from its root through
+  AND / OR / NOT / parentheses only, as a direct operand of a comparison (=, <>, <, <=,
+  >, >=), a BETWEEN bound or an IN list item whose other operand is a bare column, or as
+  `$n / <non-zero decimal literal>` there (numeric division of a constant: it cannot
+  fail);
+- each value has a kind whose comparison with any column cannot fail in PostgreSQL:
+  an integer in int8's range, a finite numeric of at most 100 digits before the point,
+  text without NUL, a date, a timestamp (see `value_kind`);
+- the statement is rewritten twice, with two different marker values of those kinds,
+  and the two plans must agree in everything but the markers' renderings, which must
+  appear in the bounded SQL only (so no value reaches HAVING, the outputs, the keys
+  or the cost) -- a second line of defence behind the shape rule.
+
+The markers' renderings in the bounded SQL become `$n::type` (text: `$n`, typed by its
+column as an unknown literal would be), and each execution binds its own values. Its
+fingerprint (the ledger's label and the answer cache's key) is the template's hashed with
+the values, so different values are different queries to the ledger and the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlglot import exp
+
+from rewriter.errors import RewriteError
+from rewriter.metadata import Metadata
+from rewriter.params import bind_parameters
+from rewriter.plan import DPPlan
+from rewriter.rewrite import rewrite
+
+_I8 = 1 << 63
+MAX_NUMERIC = Decimal(10) ** 100
+_COMPARE = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+_LOGIC = (exp.And, exp.Or, exp.Not, exp.Paren)
+# How a marker of each kind is bound and what replaces its rendering in the bounded SQL.
+_PLACEHOLDER = {"int": "::int8", "numeric": "::numeric", "text": "", "date": "::date",
+                "timestamp": "::timestamp", "timestamptz": "::timestamptz"}  # fmt: skip
+_CAST_NAME = {"date": "DATE", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
+
+
+def value_kind(value: Any) -> str | None:
+    """The template kind of a bound value, or None if it must be planned as a literal."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return "int" if -_I8 <= value < _I8 else None
+    if isinstance(value, Decimal):
+        return "numeric" if value.is_finite() and abs(value) < MAX_NUMERIC else None
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return None
+        return "text" if "\x00" not in value else None
+    if isinstance(value, datetime):
+        return "timestamptz" if value.tzinfo is not None else "timestamp"
+    if isinstance(value, date):
+        return "date"
+    return None
+
+
+def value_kinds(values: list[Any]) -> tuple[str, ...] | None:
+    """Every value's kind, or None if any must be planned as a literal."""
+    kinds = []
+    for v in values:
+        k = value_kind(v)
+        if k is None:
+            return None
+        kinds.append(k)
+    return tuple(kinds)
+
+
+def filter_only(tree: exp.Expression, n_params: int) -> bool:
+    """True when every $1..$n is a filter operand of the outermost WHERE (module doc)."""
+    if not isinstance(tree, exp.Select) or n_params == 0:
+        return False
+    where = tree.args.get("where")
+    params = list(tree.find_all(exp.Parameter))
+    if where is None or not params:
+        return False
+    seen: set[int] = set()
+    for p in params:
+        n = _number(p)
+        if n is None or not _allowed_position(p, where):
+            return False
+        seen.add(n)
+    return seen == set(range(1, n_params + 1))
+
+
+def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) -> DPPlan | None:
+    """The plan of `tree` with its parameters kept as bind parameters, or None when it
+    cannot be made (the caller then plans each execution's values as literals)."""
+    if not filter_only(tree, len(kinds)):
+        return None
+    plans = []
+    for seed in (1, 2):
+        markers = [_marker(kind, j, seed) for j, kind in enumerate(kinds, 1)]
+        try:
+            plan = rewrite(bind_parameters(tree, [v for v, _ in markers]), meta)
+        except RewriteError:
+            return None  # the literal path gives the same refusal, for each value
+        sql = plan.sql
+        for j, (_, rendering) in enumerate(markers, 1):
+            pattern = re.compile(rf"(?<![\w.']){re.escape(rendering)}(?![\w.'])")
+            if not pattern.search(sql):
+                return None
+            sql = pattern.sub(lambda _m, j=j: f"${j}{_PLACEHOLDER[kinds[j - 1]]}", sql)
+        rest = repr(replace(plan, sql="", fingerprint=""))
+        if any(_bare(rendering) in rest for _, rendering in markers) or plan.public_only:
+            return None
+        plans.append((replace(plan, sql=sql), rest))
+    (first, rest1), (second, rest2) = plans
+    if first.sql != second.sql or rest1 != rest2:
+        return None
+    return replace(first, fingerprint=f"template:{first.fingerprint}")
+
+
+def instantiate(template: DPPlan, values: list[Any]) -> DPPlan:
+    """The template's plan for one execution's values (bound, not rewritten)."""
+    label = hashlib.sha256(f"{template.fingerprint}\x00{values!r}".encode()).hexdigest()[:32]
+    return replace(template, sql_params=tuple(values), fingerprint=label)
+
+
+def _number(p: exp.Parameter) -> int | None:
+    inner = p.this
+    text = str(inner.this if isinstance(inner, exp.Literal) else inner)
+    return int(text) if text.isdigit() else None
+
+
+def _allowed_position(param: exp.Parameter, where: exp.Expression) -> bool:
+    """The parameter is a filter operand (module doc) of `where`'s boolean tree."""
+    node: exp.Expression = param
+    parent = node.parent
+    if isinstance(parent, exp.Div) and parent.this is node:
+        d = parent.expression
+        if not (isinstance(d, exp.Literal) and not d.is_string and "." in d.this
+                and Decimal(d.this) != 0):  # fmt: skip
+            return False
+        node, parent = parent, parent.parent
+    if isinstance(parent, _COMPARE):
+        other = parent.expression if parent.this is node else parent.this
+        ok = isinstance(other, exp.Column) and not other.is_star
+    elif isinstance(parent, exp.Between):
+        ok = node is not parent.this and isinstance(parent.this, exp.Column)
+    elif isinstance(parent, exp.In):
+        ok = (node in parent.expressions and isinstance(parent.this, exp.Column)
+              and parent.args.get("query") is None)  # fmt: skip
+    else:
+        return False
+    if not ok:
+        return False
+    up = parent.parent
+    while isinstance(up, _LOGIC):
+        up = up.parent
+    return isinstance(up, exp.Where) and up is where
+
+
+def _marker(kind: str, j: int, seed: int) -> tuple[Any, str]:
+    """A value of `kind` and its rendering in generated SQL, unique to (j, seed)."""
+    tag = uuid.uuid4().int
+    if kind in ("int", "numeric"):
+        # int8-sized, so the rewriter types it as any large integer constant.
+        n = 7_000_000_000_000_000_000 + (tag % 10**15) * 1000 + j * 10 + seed
+        if kind == "int":
+            return n, str(n)
+        return Decimal(f"{n}.5"), f"{n}.5"
+    if kind == "text":
+        text = f"dpproxy_param_{tag:032x}"
+        return text, f"'{text}'"
+    day = date(2100 + (tag % 7000), 1 + j % 12, 1 + seed)
+    if kind == "date":
+        return day, f"CAST('{day.isoformat()}' AS {_CAST_NAME[kind]})"
+    when = datetime(day.year, day.month, day.day, 13, 17, 29, 123457)
+    if kind == "timestamptz":
+        when = when.replace(tzinfo=UTC)
+    return when, f"CAST('{when.isoformat(sep=' ')}' AS {_CAST_NAME[kind]})"
+
+
+def _bare(rendering: str) -> str:
+    """The part of a marker's rendering any other use of its value would contain."""
+    return rendering.split("'")[1] if "'" in rendering else rendering

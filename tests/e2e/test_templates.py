@@ -1,0 +1,93 @@
+"""Template plans (rewriter/template.py) on the real database and through dpproxy: the
+bounded SQL with bound values returns exactly what the same SQL with literals returns,
+and each value is its own query to the ledger and the answer cache."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from proxy.config import BackendConfig
+from rewriter.params import bind_parameters
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+from rewriter.template import instantiate, make_template, value_kinds
+from tests.e2e.conftest import ANALYSTS, Env, truth
+from tests.support.ledgers import ledger_dsn
+from tests.support.proxy_process import ProxyProcess
+from tests.unit.test_corpus import META
+
+# Statements and value sets, edges included: extreme integers, a quote and non-ASCII
+# text, the first and a far date, a value no row reaches.
+CASES: list[tuple[str, list[list[Any]]]] = [
+    ("SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders WHERE o_totalprice > $1 "
+     "GROUP BY o_orderpriority",
+     [[0], [150000], [-(1 << 63)], [(1 << 63) - 1], [Decimal("151234.56")], [Decimal("-1e40")]]),
+    ("SELECT c_mktsegment, COUNT(*), SUM(c_acctbal) FROM customer WHERE c_acctbal > $1 / 100.0 "
+     "GROUP BY c_mktsegment",
+     [[-99900], [250000], [Decimal("123456.789")], [10**17]]),
+    ("SELECT COUNT(*), SUM(o_totalprice) FROM orders WHERE o_orderdate BETWEEN $1 AND $2 "
+     "AND o_orderpriority = $3",
+     [[date(1995, 1, 1), date(1995, 12, 31), "1-URGENT"], [date(1, 1, 1), date(9999, 12, 31), "5-LOW"],
+      [date(1996, 1, 1), date(1995, 1, 1), "1-URGENT"], [date(1995, 1, 1), date(1997, 1, 1), "O'Brien Ünï"],
+      [date(1995, 1, 1), date(1997, 1, 1), ""]]),
+    ("SELECT COUNT(*) FROM orders WHERE o_orderdate >= $1 AND o_custkey IN ($2, $3, 10)",
+     [[datetime(1994, 6, 1, 12, 30), 1, 4], [datetime(1994, 6, 1, tzinfo=UTC), 7, -5]]),
+    ("SELECT o_orderstatus, COUNT(*) FROM orders WHERE NOT (o_totalprice < $1 OR o_shippriority <> $2) "
+     "GROUP BY 1", [[Decimal("1000.005"), 0], [5, 1]]),
+]
+
+
+async def _rows(dsn: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    # As dpproxy runs the bounded SQL: asyncpg, prepared, with the data sessions' settings.
+    conn = await asyncpg.connect(dsn, server_settings=BackendConfig(dsn="", ledger_dsn="").session_settings())
+    try:
+        return [tuple(r) for r in await conn.fetch(sql, *params)]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(("sql", "value_sets"), CASES)
+def test_bound_values_return_exactly_the_literal_rows(env: Env, sql: str, value_sets: list[list[Any]]) -> None:
+    tree = parse_one(sql)
+    for values in value_sets:
+        kinds = value_kinds(values)
+        assert kinds is not None
+        template = make_template(tree, kinds, META)
+        assert template is not None, sql
+        plan = instantiate(template, values)
+        literal = rewrite(bind_parameters(tree, values), META)
+        got = asyncio.run(_rows(env.tpch_dsn, plan.sql, plan.sql_params))
+        assert got == asyncio.run(_rows(env.tpch_dsn, literal.sql, ())), (sql, values)
+
+
+def test_each_value_through_dpproxy_is_its_own_charged_and_cached_query(proxy: ProxyProcess, env: Env) -> None:
+    # psycopg binds %s as $1 (extended protocol): one template, three executions.
+    statement = "SELECT COUNT(*) FROM customer WHERE c_acctbal > $1"
+    assert make_template(parse_one(statement), ("numeric",), META) is not None
+    answers: dict[Decimal, list[tuple[int, list[str]]]] = {}
+    with psycopg.connect(proxy.dsn("alice", ANALYSTS["alice"].password), autocommit=True) as conn:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute("SET dp.epsilon = 9000")  # noise of a count: 0 but with negligible probability
+        for bound in (Decimal(-1000), Decimal(5000), Decimal(-1000)):
+            notices.clear()
+            row = conn.execute("SELECT COUNT(*) FROM customer WHERE c_acctbal > %s", [bound]).fetchone()
+            assert row is not None
+            answers.setdefault(bound, []).append((int(row[0]), list(notices)))
+    for bound, seen in answers.items():
+        exact = truth(env.tpch_dsn, f"SELECT COUNT(*) FROM customer WHERE c_acctbal > {bound}")[0][0]
+        assert seen[0][0] == exact
+    (first, first_notes), (repeat, repeat_notes) = answers[Decimal(-1000)]
+    assert repeat == first and any("cache hit" in n for n in repeat_notes)
+    assert not any("cache hit" in n for n in first_notes + answers[Decimal(5000)][0][1])
+    with psycopg.connect(ledger_dsn(env.config)) as ledger:
+        fps = ledger.execute("SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'alice' "
+                             "ORDER BY id DESC LIMIT 2").fetchall()  # fmt: skip
+    assert len({f for (f,) in fps}) == 2  # the two values' charges, under their own labels

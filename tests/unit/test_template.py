@@ -1,0 +1,125 @@
+"""Plans that keep filter parameters as bind parameters (rewriter/template.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from rewriter.params import bind_parameters
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
+from rewriter.template import filter_only, instantiate, make_template, value_kind, value_kinds
+from tests.unit.test_corpus import META
+
+
+@pytest.mark.parametrize(("value", "kind"), [
+    (5, "int"), (-(1 << 63), "int"), ((1 << 63) - 1, "int"), (1 << 63, None),
+    (True, None), (None, None), (1.5, None),
+    (Decimal("12.50"), "numeric"), (Decimal("NaN"), None), (Decimal("Infinity"), None),
+    (Decimal("1e100"), None), (Decimal("-9.99e99"), "numeric"),
+    ("x", "text"), ("", "text"), ("a\x00b", None), ("\ud800", None),
+    (date(1995, 1, 1), "date"), (datetime(1995, 1, 1, 12), "timestamp"),
+    (datetime(1995, 1, 1, tzinfo=UTC), "timestamptz"), (time(12), None), (b"x", None),
+])  # fmt: skip
+def test_only_values_whose_comparison_cannot_fail_have_a_kind(value: Any, kind: str | None) -> None:
+    assert value_kind(value) == kind
+
+
+def test_one_value_without_a_kind_plans_every_value_as_a_literal() -> None:
+    assert value_kinds([1, "a"]) == ("int", "text")
+    assert value_kinds([1, None]) is None
+
+
+FILTERS = [
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1",
+    "SELECT COUNT(*) FROM orders WHERE $1 <= o_totalprice",
+    "SELECT COUNT(*) FROM orders WHERE o_orderdate BETWEEN $1 AND $2",
+    "SELECT COUNT(*) FROM orders WHERE o_custkey IN ($1, 7, $2)",
+    "SELECT COUNT(*) FROM orders WHERE NOT (o_totalprice > $1 OR (o_shippriority = $2))",
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 / 100.0 AND o_shippriority <> $2",
+]
+NOT_FILTERS = [
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 + 1",  # arithmetic can overflow
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 / 100",  # integer division
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > 100.0 / $1",  # divisor may be 0
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 / 0.0",
+    "SELECT COUNT(*) FROM orders WHERE o_comment LIKE $1",  # the pattern is validated
+    "SELECT COUNT(*) FROM orders WHERE $1 = $2",
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 AND o_totalprice > o_shippriority + $2",
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $2",  # $1 is never used
+    "SELECT COUNT(*) FILTER (WHERE o_totalprice > $1) FROM orders",
+    "SELECT COUNT(*) FROM orders GROUP BY o_orderpriority HAVING COUNT(*) > $1",
+    "SELECT COUNT(*) FROM orders LIMIT $1",
+    "SELECT COUNT(*) + $1 FROM orders",
+    "SELECT COUNT(*) FROM (SELECT * FROM orders WHERE o_totalprice > $1) o",
+    "SELECT COUNT(*) FROM orders WHERE o_custkey IN (SELECT c_custkey FROM customer WHERE c_acctbal > $1)",
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 UNION ALL SELECT COUNT(*) FROM orders",
+]
+
+
+def n_params(sql: str) -> int:
+    """The highest $n of `sql`."""
+    return max(int(n) for n in re.findall(r"\$(\d+)", sql))
+
+
+@pytest.mark.parametrize("sql", FILTERS)
+def test_filter_operands_are_recognised(sql: str) -> None:
+    assert filter_only(parse_one(sql), n_params(sql))
+
+
+@pytest.mark.parametrize("sql", NOT_FILTERS)
+def test_any_other_use_of_a_parameter_is_planned_per_value(sql: str) -> None:
+    tree, n = parse_one(sql), n_params(sql)
+    assert not filter_only(tree, n)
+    assert make_template(tree, ("int",) * n, META) is None
+
+
+def test_an_outer_where_over_an_aggregate_is_not_a_filter() -> None:
+    # Folded into HAVING (post-processing of noisy values): the marker would leave the SQL.
+    sql = "SELECT * FROM (SELECT o_orderpriority, COUNT(*) AS n FROM orders GROUP BY 1) t WHERE n > $1"
+    assert make_template(parse_one(sql), ("int",), META) is None
+
+
+def test_a_text_value_compared_with_a_date_is_planned_per_value() -> None:
+    # Its cast is checked against each value before any budget is spent.
+    tree = parse_one("SELECT COUNT(*) FROM orders WHERE o_orderdate >= $1")
+    assert make_template(tree, ("text",), META) is None
+    assert make_template(tree, ("date",), META) is not None
+
+
+@pytest.mark.parametrize(("kinds", "values", "placeholders"), [
+    (("int", "numeric"), [5, Decimal("7.25")], ["$1::int8", "$2::numeric / 100.0"]),
+    (("date", "text"), [date(1995, 1, 1), "1-URGENT"], ["$1::date", '= $2']),
+    (("timestamp", "text"), [datetime(1995, 1, 1, 8), "x"], ["$1::timestamp"]),
+    (("timestamptz", "text"), [datetime(1995, 1, 1, 8, tzinfo=UTC), "x"], ["$1::timestamptz"]),
+])  # fmt: skip
+def test_a_template_binds_its_values_and_plans_as_the_literals_do(
+    kinds: tuple[str, ...], values: list[Any], placeholders: list[str]
+) -> None:
+    first = "o_totalprice > $2 / 100.0" if kinds[1] == "numeric" else "o_orderpriority = $2"
+    col = "o_shippriority" if kinds[0] == "int" else "o_orderdate"
+    sql = f"SELECT o_orderstatus, COUNT(*), AVG(o_totalprice) FROM orders WHERE {col} >= $1 AND {first} GROUP BY 1"
+    tree = parse_one(sql)
+    template = make_template(tree, kinds, META)
+    assert template is not None
+    for p in placeholders:
+        assert p in template.sql
+    plan = instantiate(template, values)
+    literal = rewrite(bind_parameters(tree, values), META)
+    assert plan.sql_params == tuple(values)
+    # Everything but the SQL's constants and the fingerprint is the literal plan's.
+    skip = {"sql", "fingerprint", "sql_params"}
+    assert {f: getattr(plan, f) for f in plan.__dataclass_fields__ if f not in skip} == \
+           {f: getattr(literal, f) for f in literal.__dataclass_fields__ if f not in skip}  # fmt: skip
+
+
+def test_each_set_of_values_is_its_own_query_to_the_ledger_and_the_cache() -> None:
+    template = make_template(parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1"), ("int",), META)
+    assert template is not None
+    a, b, a2 = (instantiate(template, [v]) for v in (5, 6, 5))
+    assert a.fingerprint == a2.fingerprint != b.fingerprint
+    assert instantiate(template, [Decimal("5")]).fingerprint != a.fingerprint
