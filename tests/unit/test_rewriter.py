@@ -318,3 +318,10 @@ def test_weighted_plans_sum_whole_steps_that_cannot_overflow() -> None:
 ])  # fmt: skip
 def test_parameter_types_are_inferred_as_postgresql_resolves_them(where: str, types: dict[int, str]) -> None:
     assert infer_parameter_types(parse_one(f"SELECT COUNT(*) FROM customer WHERE {where}"), META) == types
+
+
+def test_a_constant_division_stays_numeric() -> None:
+    # sqlglot renders an untyped division of constants as CAST(a AS DOUBLE PRECISION) / b:
+    # the filter would then compare in floating point, not as PostgreSQL divides numerics.
+    sql = plan("SELECT COUNT(*) FROM orders WHERE o_totalprice > 12345678901234567.5 / 10.0").sql
+    assert "12345678901234567.5 / 10.0" in sql and "DOUBLE" not in sql
