@@ -293,10 +293,16 @@ class Mechanisms:
         vector's output: chunking changes the speed, not the distribution or the privacy
         map's charge (which is read from the whole-vector measurement at calibration).
         """
-        vectors = [_i64_vector(values) for _, values in jobs]
         out: list[list[int]] = [[] for _ in jobs]
+        vectors: dict[int, np.ndarray] = {}
         opendp_jobs = []
-        for i, ((spec, _), v) in enumerate(zip(jobs, vectors, strict=True)):
+        for i, (spec, values) in enumerate(jobs):
+            if len(values) < VECTOR_MIN_DRAWS:
+                # A short vector (the usual answer's few groups): one call, no numpy.
+                clamped = [min(max(int(v), -I64_SAFE), I64_SAFE) for v in values]
+                out[i] = self._invoke.small(self._vector_measurement(spec), clamped)
+                continue
+            v = vectors[i] = _i64_vector(values)
             if self._vectorised(spec, len(v)):
                 out[i] = sampler.add_noise(v, spec.scale, self._words).tolist()
             else:
