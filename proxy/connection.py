@@ -59,12 +59,10 @@ from proxy.wire import codec
 from proxy.wire import messages as m
 from proxy.wire.types import decode_param
 from rewriter.errors import SYNTAX_ERROR, RewriteError
-from rewriter.params import bind_parameters, count_parameters
+from rewriter.params import bind_parameters
 from rewriter.parse import parse_one
-from rewriter.typing import infer_parameter_types
 
 if TYPE_CHECKING:
-    from sqlglot import exp
 
     from proxy.server import ServerContext
 
@@ -788,11 +786,11 @@ class Connection:
 
     def _param_oids(self, command: Command | None, given: tuple[int, ...]) -> tuple[int, ...]:
         """Parameter types: the client's where given (non-zero), else inferred, else text."""
-        tree = _tree_of(command)
-        if tree is None or _is_catalog(command):
+        routed = _query_of(command)
+        if routed is None or routed.tree is None or _is_catalog(command):
             return given  # the mirror infers catalog statements' parameter types itself
-        n = max(count_parameters(tree), len(given))
-        inferred = infer_parameter_types(tree, self.ctx.meta)
+        highest, inferred = self.ctx.routes.parameters(routed)
+        n = max(highest, len(given))
         out = []
         for i in range(n):
             oid = given[i] if i < len(given) else 0
@@ -886,7 +884,7 @@ class Connection:
             # pgjdbc) then neither binds parameters nor regenerates SQL again.
             if params and (plan := self.ctx.engine.bound_plan(routed.statement.text, routed.tree, params)):
                 return self.ctx.engine.columns(routed.statement.text, routed.tree, plan)
-            n = count_parameters(routed.tree)
+            n = self.ctx.routes.parameters(routed)[0]
             bound = params if params else [None] * n
             key = _plan_key(routed.statement.text, bound)
             tree = routed.tree if self.ctx.engine.has_plan(key) or not n else bind_parameters(routed.tree, bound)
@@ -988,12 +986,12 @@ def _is_catalog(command: Command | None) -> bool:
     )
 
 
-def _tree_of(command: Command | None) -> exp.Expression | None:
+def _query_of(command: Command | None) -> Routed | None:
     """The parsed query whose $n parameters a statement takes, if any."""
     if isinstance(command, Routed):
-        return command.tree
+        return command
     if isinstance(command, (Declare, CopyOut)):
-        return command.query.tree
+        return command.query
     return None
 
 

@@ -96,6 +96,9 @@ class DPEngine:
         # Issue #7: plans that bind filter parameters, by (statement text, value kinds);
         # None where a statement's values must be planned as literals.
         self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | None] = OrderedDict()
+        # Calibrated noise and its price by what they depend on (issue #7): the same
+        # statement at the same epsilon is calibrated once, whatever its values.
+        self._calibrations: OrderedDict[tuple[Any, ...], tuple[list[NoiseSpec], Cost]] = OrderedDict()
         # Cache keys this process has seen stored: their next lookup is probably a hit,
         # so the bounded SQL waits for it instead of starting alongside (issue #7).
         self._stored: OrderedDict[str, None] = OrderedDict()
@@ -318,8 +321,7 @@ class DPEngine:
             if backend is None:
                 backend = self._run(plan)
             await asyncio.sleep(0)  # let it send the query before the CPU work below
-            noise = self._noise(plan, epsilon, delta)
-            cost = price(noise)
+            noise, cost = self._calibrated(plan, epsilon, delta)
             charge = await self._charge(analyst.name, plan, cost, noise)
             try:
                 rows = await backend
@@ -410,6 +412,19 @@ class DPEngine:
         return charge
 
     # --- budgets and the answer cache (issue #5) --------------------------------------
+
+    def _calibrated(self, plan: DPPlan, epsilon: Decimal, delta: Decimal) -> tuple[list[NoiseSpec], Cost]:
+        """`_noise` and its `price`, remembered by everything they read (the primitives,
+        partition selection, epsilon and delta; the accountant is the process's). The
+        specs are shared between queries: nothing may change them."""
+        key = (plan.primitives, plan.selection, epsilon, delta)
+        hit = self._calibrations.get(key)
+        if hit is None:
+            noise = self._noise(plan, epsilon, delta)
+            hit = self._calibrations[key] = (noise, price(noise))
+            if len(self._calibrations) > PLAN_CACHE_SIZE:
+                self._calibrations.popitem(last=False)
+        return hit
 
     def _noise(self, plan: DPPlan, epsilon: Decimal, delta: Decimal) -> list[NoiseSpec]:
         """Calibrate the plan's noise for the dataset's accountant."""

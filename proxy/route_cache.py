@@ -12,10 +12,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from proxy.errors import ProxyError
+from proxy.router import Routed
 from proxy.statements import Command, route
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
+from rewriter.params import count_parameters
 from rewriter.parse import Statement, split_statements
+from rewriter.typing import infer_parameter_types
 
 MAX_CACHED_TEXT = 64 * 1024  # longer statements are routed every time, not kept
 
@@ -40,6 +43,7 @@ class RouteCache:
         self._entries: OrderedDict[str, tuple[tuple[Statement, Command], ...] | _Refusal] = (
             OrderedDict()
         )
+        self._parameters: OrderedDict[str, tuple[int, dict[int, str]]] = OrderedDict()
 
     def commands(self, sql: str) -> tuple[tuple[Statement, Command], ...]:
         """Each statement of a query string with its routed command, or the refusal."""
@@ -58,3 +62,17 @@ class RouteCache:
         if isinstance(entry, _Refusal):
             raise entry.error()
         return entry
+
+    def parameters(self, routed: Routed) -> tuple[int, dict[int, str]]:
+        """A parsed statement's highest $n and the types inferred for its parameters,
+        remembered by its text (a driver sends Parse and Describe for every execution)."""
+        assert routed.tree is not None
+        text = routed.statement.text
+        facts = self._parameters.get(text)
+        if facts is None:
+            facts = (count_parameters(routed.tree), infer_parameter_types(routed.tree, self.meta))
+            if len(text) <= MAX_CACHED_TEXT:
+                self._parameters[text] = facts
+                if len(self._parameters) > self.size:
+                    self._parameters.popitem(last=False)
+        return facts
