@@ -24,6 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from accounting.coalesce import Coalescer
+
 CACHE_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS dpproxy.answers (
     key text PRIMARY KEY,
@@ -95,12 +97,50 @@ def decode_value(e: list[str] | None) -> Any:
     }[tag](s)
 
 
+_GET_SQL = """
+SELECT a.key, a.columns, a.rows, a.bounds FROM dpproxy.answers a
+  JOIN dpproxy.datasets d ON d.dataset = a.dataset
+ WHERE a.key = ANY($1::text[]) AND a.epoch = d.cache_epoch
+   AND ($2::float8 IS NULL OR a.created_at > now() - make_interval(secs => $2))
+"""
+
+# An answer is stored unless a valid one is stored already (the first stays: every
+# repeat gets that one); an entry of an older epoch or past its TTL is replaced.
+_PUT_SQL = """
+INSERT INTO dpproxy.answers AS a (key, dataset, analyst, fingerprint, epoch, columns, rows, bounds)
+SELECT v.key, v.dataset, v.analyst, v.fingerprint, d.cache_epoch, v.columns::jsonb,
+       v.rows::jsonb, v.bounds
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+       AS v(key, dataset, analyst, fingerprint, columns, rows, bounds)
+  JOIN dpproxy.datasets d ON d.dataset = v.dataset
+ON CONFLICT (key) DO UPDATE SET epoch = EXCLUDED.epoch, created_at = now(),
+    columns = EXCLUDED.columns, rows = EXCLUDED.rows, bounds = EXCLUDED.bounds
+ WHERE a.epoch <> EXCLUDED.epoch
+    OR ($8::float8 IS NOT NULL AND a.created_at <= now() - make_interval(secs => $8))
+RETURNING a.key
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    key: str
+    dataset: str
+    analyst: str
+    fingerprint: str
+    columns: str
+    rows: str
+    bounds: str
+
+
 class AnswerCache:
-    """Durable answers in the ledger database."""
+    """Durable answers in the ledger database; concurrent lookups, and concurrent
+    stores, share one statement each (accounting/coalesce.py)."""
 
     def __init__(self, pool: asyncpg.Pool, ttl_seconds: float | None) -> None:
         self._pool = pool
         self._ttl = ttl_seconds
+        self._gets: Coalescer[str, CachedAnswer | None] = Coalescer(self._get_many)
+        self._puts: Coalescer[_Store, bool] = Coalescer(self._put_many)
 
     async def ensure_schema(self) -> None:
         """Create the answers table (idempotent)."""
@@ -110,15 +150,7 @@ class AnswerCache:
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The valid cached answer for `key`, if any."""
-        row = await self._pool.fetchrow(
-            "SELECT a.columns, a.rows, a.bounds FROM dpproxy.answers a "
-            "JOIN dpproxy.datasets d ON d.dataset = a.dataset "
-            "WHERE a.key = $1 AND a.epoch = d.cache_epoch "
-            "AND ($2::float8 IS NULL OR a.created_at > now() - make_interval(secs => $2))",
-            key,
-            self._ttl,
-        )
-        return _decode(row) if row is not None else None
+        return await self._gets.submit(key)
 
     async def put(
         self, key: str, dataset: str, analyst: str | None, fingerprint: str,
@@ -130,18 +162,21 @@ class AnswerCache:
         """
         cols = json.dumps([list(c) for c in answer.columns])
         rows = json.dumps([[encode_value(v) for v in r] for r in answer.rows])
-        stored = await self._pool.fetchval(
-            "INSERT INTO dpproxy.answers AS a (key, dataset, analyst, fingerprint, epoch, "
-            "columns, rows, bounds) SELECT $1, $2, $3, $4, d.cache_epoch, $5::jsonb, "
-            "$6::jsonb, $7 FROM dpproxy.datasets d WHERE d.dataset = $2 "
-            "ON CONFLICT (key) DO UPDATE SET epoch = EXCLUDED.epoch, created_at = now(), "
-            "columns = EXCLUDED.columns, rows = EXCLUDED.rows, bounds = EXCLUDED.bounds "
-            "WHERE a.epoch <> EXCLUDED.epoch OR ($8::float8 IS NOT NULL "
-            "AND a.created_at <= now() - make_interval(secs => $8)) "
-            "RETURNING true",
-            key, dataset, analyst or "*", fingerprint, cols, rows, answer.bounds, self._ttl,
-        )  # fmt: skip
-        return bool(stored)
+        return await self._puts.submit(_Store(key, dataset, analyst or "*", fingerprint, cols, rows,
+                                              answer.bounds))  # fmt: skip
+
+    async def _get_many(self, keys: list[str]) -> list[CachedAnswer | None]:
+        found = {r["key"]: r for r in await self._pool.fetch(_GET_SQL, list(set(keys)), self._ttl)}
+        return [_decode(found[k]) if k in found else None for k in keys]
+
+    async def _put_many(self, items: list[_Store]) -> list[bool]:
+        # One row per key: ON CONFLICT cannot touch a row twice in one statement, and the
+        # first answer for a key is the one kept anyway.
+        first = list({s.key: s for s in reversed(items)}.values())
+        stored = {r["key"] for r in await self._pool.fetch(
+            _PUT_SQL, *([getattr(s, f) for s in first] for f in _Store.__slots__), self._ttl)}  # fmt: skip
+        winners = {s.key: s for s in first}
+        return [s.key in stored and winners[s.key] is s for s in items]
 
     async def clear(self, dataset: str) -> int:
         """Invalidate every cached answer of a dataset (bumps its epoch; returns it)."""
