@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -1107,6 +1108,21 @@ def _map_domain_keys(sql: str, b: _Builder) -> str:
     return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}"
 
 
+_REFERENCE = re.compile(r'"?([A-Za-z_]\w*)"?\."?([A-Za-z_]\w*)"?')
+
+
+def _bare_column(sql: str, b: _Builder) -> bool:
+    """Whether `sql` reads a table column as it is (through `i0`'s columns): repeating
+    it costs nothing, unlike a clamp."""
+    m = _REFERENCE.fullmatch(sql)
+    if m is None:
+        return False
+    if m.group(1) != "i0":
+        return True
+    inner = b.inner.get(m.group(2))
+    return inner is not None and _REFERENCE.fullmatch(inner) is not None
+
+
 def _emit_sql(b: _Builder) -> str:
     rel = b.rel
     keys = [f"k{i}" for i in range(len(b.keys))]
@@ -1138,8 +1154,11 @@ def _emit_sql(b: _Builder) -> str:
         # OFFSET 0 keeps `i` a subquery: inlined, each clamp and cell index would be
         # evaluated again at every use (a sum and its count, every cell's FILTER):
         # TPC-H SF 1, the pivot plan of a grouped AVG took 5.6 s inlined, 2.4 s fenced.
+        # Bare column references cost nothing to repeat: inlined, the plan is the plain
+        # query's (4% faster than fenced on a grouped SUM over one row per unit).
+        computed = cells is not None or not all(_bare_column(e.rsplit(" AS ", 1)[0], b) for e in extra)
         reused = cells is not None or any(t.offset for t in b.terms.values())
-        fence = " OFFSET 0" if reused else ""  # (a single use is cheaper inlined)
+        fence = " OFFSET 0" if reused and computed else ""  # (a single use is cheaper inlined)
         wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {', '.join(extra)} FROM i0{fence})"
                  ] if extra else [f"i AS ({rows})"]  # fmt: skip
         # Rounding each group's sum to whole units can move it by one unit per group.
