@@ -116,7 +116,7 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
         try:
             plan = rewrite(bind_parameters(tree, [v for v, _ in markers]), meta)
         except RewriteError:
-            return None  # the literal path gives the same refusal, for each value
+            return None  # e.g. a text marker cast to a date: each value is then checked as a literal
         sql = plan.sql
         for j, (_, rendering) in enumerate(markers, 1):
             pattern = re.compile(rf"(?<![\w.']){re.escape(rendering)}(?![\w.'])")
