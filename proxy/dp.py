@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -51,7 +52,7 @@ from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
-from rewriter.template import instantiate, make_template, value_kinds
+from rewriter.template import instantiate, make_template, parameterize, value_kinds
 from rewriter.union import UnionQuery, coerce, order_keys, sort_rows, union_columns, union_query
 
 # The backend's text may quote private values: it is never forwarded.
@@ -171,6 +172,9 @@ class DPEngine:
         for b in error_bounds(plan, noise):
             lines.append(f"Output {b.label}: 95% error {b.text}")
         lines.append(f"Rewritten SQL: {plan.sql}")
+        if plan.sql_params:
+            lines.append("Parameters: " + ", ".join(
+                f"${i} = {_sql_value(v)}" for i, v in enumerate(plan.sql_params, 1)))  # fmt: skip
         return lines
 
     def columns(self, sql: str, tree: exp.Expression, plan: DPPlan | None = None) -> list[tuple[str, str]]:
@@ -262,6 +266,15 @@ class DPEngine:
                 self._templates.popitem(last=False)
         return None if template is None else instantiate(template, params)
 
+    def _from_template(self, tree: exp.Expression) -> DPPlan | None:
+        """A statement's plan from the template of its shape, its filter literals bound
+        as parameters (rewriter/template.py `parameterize`); None if it has none."""
+        found = parameterize(tree)
+        if found is None:
+            return None
+        shape, values = found
+        return self.bound_plan(shape.sql(dialect="postgres"), shape, values)
+
     def plan(self, sql: str, tree: exp.Expression) -> DPPlan:
         """The DP plan of a statement (cached by its text: rewriting is pure)."""
         cached = self._plans.get(sql)
@@ -269,7 +282,7 @@ class DPEngine:
             self._plans.move_to_end(sql)
             return cached
         try:
-            plan = rewrite(tree, self.meta)
+            plan = self._from_template(tree) or rewrite(tree, self.meta)
         except RewriteError as e:
             raise refusal_from(e) from e
         self._plans[sql] = plan
@@ -485,6 +498,15 @@ def price(noise: list[NoiseSpec]) -> Cost:
             # Partition selection is (epsilon, delta)-DP: its delta composes additively.
             total = total + replace(laplace_release(n.epsilon), delta=as_fraction(n.delta))
     return total
+
+
+def _sql_value(v: Any) -> str:
+    """A bound value as EXPLAIN shows it (SQL literal syntax)."""
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, (int, Decimal)):
+        return str(v)
+    return f"'{v.isoformat(sep=' ') if isinstance(v, datetime) else v.isoformat()}'"
 
 
 def _discard(task: asyncio.Future[Any]) -> None:

@@ -105,6 +105,45 @@ def filter_only(tree: exp.Expression, n_params: int) -> bool:
     return seen == set(range(1, n_params + 1))
 
 
+def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | None:
+    """A copy of `tree` with its filter literals (the positions `filter_only` accepts)
+    as $1..$n, and their values; None if it has none, or has parameters already.
+
+    BI tools send a dashboard filter's new value as new SQL text: its literals become
+    a template's values, so the new text is parsed but not rewritten.
+    """
+    if not isinstance(tree, exp.Select) or tree.args.get("where") is None \
+            or tree.find(exp.Parameter) is not None:  # fmt: skip
+        return None
+    copy = tree.copy()
+    where = copy.args["where"]
+    values: list[Any] = []
+    for lit in list(where.find_all(exp.Literal)):
+        if not _allowed_position(lit, where):
+            continue
+        value = _literal_value(lit)
+        if value is None:
+            return None
+        values.append(value)
+        lit.replace(exp.Parameter(this=exp.Literal.number(len(values))))
+    return (copy, values) if values else None
+
+
+def _literal_value(lit: exp.Literal) -> Any:
+    """The value `rewriter.params.literal` turns back into this literal (None: none)."""
+    if lit.is_string:
+        return str(lit.this)
+    text = str(lit.this)
+    try:
+        v = Decimal(text)
+    except ArithmeticError:
+        return None
+    if not v.is_finite():
+        return None
+    # As the row-expression analyzer reads it: digits alone are an integer.
+    return int(v) if "." not in text and "e" not in text.lower() else v
+
+
 def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) -> DPPlan | None:
     """The plan of `tree` with its parameters kept as bind parameters, or None when it
     cannot be made (the caller then plans each execution's values as literals)."""
@@ -130,7 +169,11 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
     (first, rest1), (second, rest2) = plans
     if first.sql != second.sql or rest1 != rest2:
         return None
-    return replace(first, fingerprint=f"template:{first.fingerprint}")
+    # From the statement's shape, not the markers (drawn afresh in every process): the
+    # same statement and values get the same fingerprint in every replica and restart,
+    # so the answer cache finds them.
+    shape = tree.sql(dialect="postgres", comments=False, normalize=True)
+    return replace(first, fingerprint=f"template:{hashlib.sha256(shape.encode()).hexdigest()[:32]}")
 
 
 def instantiate(template: DPPlan, values: list[Any]) -> DPPlan:
@@ -139,15 +182,29 @@ def instantiate(template: DPPlan, values: list[Any]) -> DPPlan:
     return replace(template, sql_params=tuple(values), fingerprint=label)
 
 
+def plan_statement(tree: exp.Expression, meta: Metadata) -> DPPlan:
+    """The plan dpproxy makes of a statement without parameters (no caches): from the
+    template of its shape where its filter literals allow one, else rewritten."""
+    found = parameterize(tree)
+    if found is not None:
+        shape, values = found
+        kinds = value_kinds(values)
+        template = make_template(shape, kinds, meta) if kinds is not None else None
+        if template is not None:
+            return instantiate(template, values)
+    return rewrite(tree, meta)
+
+
 def _number(p: exp.Parameter) -> int | None:
     inner = p.this
     text = str(inner.this if isinstance(inner, exp.Literal) else inner)
     return int(text) if text.isdigit() else None
 
 
-def _allowed_position(param: exp.Parameter, where: exp.Expression) -> bool:
-    """The parameter is a filter operand (module doc) of `where`'s boolean tree."""
-    node: exp.Expression = param
+def _allowed_position(operand: exp.Expression, where: exp.Expression) -> bool:
+    """`operand` (a parameter or literal) is a filter operand (module doc) of `where`'s
+    boolean tree."""
+    node: exp.Expression = operand
     parent = node.parent
     if isinstance(parent, exp.Div) and parent.this is node:
         d = parent.expression

@@ -81,6 +81,9 @@ def test_cache_hit_is_free_identical_and_durable(
             conn.execute("SET dp.epsilon = 0.5")
             assert conn.execute(q).fetchall() == first
             assert "cache hit" in conn.notices[-1]  # type: ignore[attr-defined]
+            # A statement planned from a template keeps its fingerprint across processes.
+            again_p = conn.execute("SELECT COUNT(*) FROM orders WHERE o_totalprice > %s", (1000,)).fetchall()
+            assert again_p == p1 and "cache hit" in conn.notices[-1]  # type: ignore[attr-defined]
     finally:
         second.stop()
     # Answers are per analyst unless cache.shared: dave pays for the same query.

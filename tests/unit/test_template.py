@@ -123,3 +123,51 @@ def test_each_set_of_values_is_its_own_query_to_the_ledger_and_the_cache() -> No
     a, b, a2 = (instantiate(template, [v]) for v in (5, 6, 5))
     assert a.fingerprint == a2.fingerprint != b.fingerprint
     assert instantiate(template, [Decimal("5")]).fingerprint != a.fingerprint
+
+
+def test_filter_literals_become_parameters_and_others_stay() -> None:
+    from rewriter.template import parameterize
+
+    sql = ("SELECT o_orderpriority, COUNT(*) + 1 FROM orders WHERE o_totalprice > 1000 "
+           "AND (o_orderpriority = '1-URGENT' OR o_custkey IN (1, 2)) AND o_shippriority > -5 "
+           "AND o_totalprice < 5 + 1 AND o_totalprice > 2500 / 100.0 GROUP BY 1 LIMIT 3")  # fmt: skip
+    found = parameterize(parse_one(sql))
+    assert found is not None
+    shape, values = found
+    assert sorted(map(str, values)) == sorted(["1000", "1-URGENT", "1", "2", "2500"])
+    text = shape.sql(dialect="postgres")
+    for kept in ("COUNT(*) + 1", "-5", "5 + 1", "/ 100.0", "LIMIT 3"):
+        assert kept in text
+    assert {int(n) for n in re.findall(r"\$(\d+)", text)} == set(range(1, 6))
+    assert isinstance(values[[str(v) for v in values].index("1000")], int)
+    assert parameterize(parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > 1.50")) is not None
+    assert parameterize(parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 AND o_custkey = 3")) is None
+    assert parameterize(parse_one("SELECT COUNT(*) FROM orders")) is None
+
+
+def test_a_literal_statement_planned_from_its_template_is_its_literal_plan() -> None:
+    from rewriter.template import parameterize
+
+    sql = ("SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders WHERE o_totalprice > 1000.5 "
+           "AND o_orderpriority IN ('1-URGENT', '2-HIGH') GROUP BY 1")  # fmt: skip
+    found = parameterize(parse_one(sql))
+    assert found is not None
+    shape, values = found
+    kinds = value_kinds(values)
+    assert kinds is not None
+    template = make_template(shape, kinds, META)
+    assert template is not None
+    plan, literal = instantiate(template, values), rewrite(parse_one(sql), META)
+    skip = {"sql", "fingerprint", "sql_params"}
+    assert {f: getattr(plan, f) for f in plan.__dataclass_fields__ if f not in skip} == \
+           {f: getattr(literal, f) for f in literal.__dataclass_fields__ if f not in skip}  # fmt: skip
+
+
+def test_a_templates_fingerprint_is_the_same_in_every_process() -> None:
+    # Markers are drawn afresh each time; the fingerprint (the answer cache's key) must
+    # not depend on them, or a repeat after a restart or on a replica would miss.
+    tree = parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1")
+    first, second = (make_template(tree, ("int",), META) for _ in range(2))
+    assert first is not None and second is not None
+    assert first.fingerprint == second.fingerprint
+    assert instantiate(first, [5]).fingerprint == instantiate(second, [5]).fingerprint
