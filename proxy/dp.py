@@ -59,6 +59,8 @@ from rewriter.union import UnionQuery, coerce, order_keys, sort_rows, union_colu
 FAILED_IN_DATABASE = ("the query failed in the database (details are withheld because they could "
                       "reveal private data); its privacy cost has been charged")  # fmt: skip
 PLAN_CACHE_SIZE = 1024
+_UNSEEN = object()  # a statement shape not seen yet (`DPEngine.bound_plan`)
+_SEEN_ONCE = object()  # seen once: planned as literals, a template the next time
 STORED_KEYS = 4096
 
 log = logging.getLogger("dpproxy.dp")
@@ -96,7 +98,7 @@ class DPEngine:
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
         # Issue #7: plans that bind filter parameters, by (statement text, value kinds);
         # None where a statement's values must be planned as literals.
-        self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | None] = OrderedDict()
+        self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | object | None] = OrderedDict()
         # Calibrated noise and its price by what they depend on (issue #7): the same
         # statement at the same epsilon is calibrated once, whatever its values.
         self._calibrations: OrderedDict[tuple[Any, ...], tuple[list[NoiseSpec], Cost]] = OrderedDict()
@@ -257,14 +259,18 @@ class DPEngine:
         if kinds is None:
             return None
         key = (text, kinds)
-        if key in self._templates:
-            self._templates.move_to_end(key)
-            template = self._templates[key]
-        else:
-            template = self._templates[key] = make_template(tree, kinds, self.meta)
+        entry = self._templates.get(key, _UNSEEN)
+        if entry is _UNSEEN:
+            # A statement seen once is planned as literals (one rewrite): a template costs
+            # two, and pays off only when the statement comes back with other values.
+            self._templates[key] = _SEEN_ONCE
             if len(self._templates) > PLAN_CACHE_SIZE:
                 self._templates.popitem(last=False)
-        return None if template is None else instantiate(template, params)
+            return None
+        if entry is _SEEN_ONCE:
+            entry = self._templates[key] = make_template(tree, kinds, self.meta)
+        self._templates.move_to_end(key)
+        return instantiate(entry, params) if isinstance(entry, DPPlan) else None
 
     def _from_template(self, tree: exp.Expression) -> DPPlan | None:
         """A statement's plan from the template of its shape, its filter literals bound

@@ -104,6 +104,16 @@ class _Builder:
         return name
 
 
+def canonical_sql(tree: exp.Expression) -> str:
+    """The statement as the ledger and the answer cache know it (normalized SQL)."""
+    return tree.sql(dialect="postgres", comments=False, normalize=True)
+
+
+def fingerprint_of(canonical: str) -> str:
+    """The fingerprint of a statement's canonical SQL."""
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
     # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
@@ -140,7 +150,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         raise unsupported(f"the GROUP BY keys have more than {MAX_GROUPS} combinations")
 
     sql = _guarded(_emit_sql(b), meta)
-    canon = tree.sql(dialect="postgres", comments=False, normalize=True)
+    canon = canonical_sql(tree)
     return DPPlan(
         dataset=meta.dataset,
         tables=tuple(dict.fromkeys(s.name for s in rel.sources)),
@@ -153,7 +163,7 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         order_by=tuple(order_by),
         limit=limit,
         offset=offset,
-        fingerprint=hashlib.sha256(canon.encode()).hexdigest()[:32],
+        fingerprint=fingerprint_of(canon),
         selection=selection,
         max_rows=b.rows,
         max_groups=_groups_per_unit(b),

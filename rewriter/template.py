@@ -30,7 +30,6 @@ the values, so different values are different queries to the ledger and the cach
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 from dataclasses import replace
@@ -42,18 +41,22 @@ from sqlglot import exp
 
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
-from rewriter.params import bind_parameters
+from rewriter.params import bind_parameters, literal
 from rewriter.plan import DPPlan
-from rewriter.rewrite import rewrite
+from rewriter.rewrite import canonical_sql, fingerprint_of, rewrite
 
 _I8 = 1 << 63
 MAX_NUMERIC = Decimal(10) ** 100
+# More values than this are planned as literals: a template is rewritten twice, and a
+# shape with hundreds of literals (a BI tool's long OR list) is rarely repeated.
+MAX_PARAMETERS = 32
 _COMPARE = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 _LOGIC = (exp.And, exp.Or, exp.Not, exp.Paren)
 # How a marker of each kind is bound and what replaces its rendering in the bounded SQL.
 _PLACEHOLDER = {"int": "::int8", "numeric": "::numeric", "text": "", "date": "::date",
                 "timestamp": "::timestamp", "timestamptz": "::timestamptz"}  # fmt: skip
 _CAST_NAME = {"date": "DATE", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
+_PARAMETER = re.compile(r"\$(\d+)(?!\d)")
 
 
 def value_kind(value: Any) -> str | None:
@@ -115,6 +118,11 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
     if not isinstance(tree, exp.Select) or tree.args.get("where") is None \
             or tree.find(exp.Parameter) is not None:  # fmt: skip
         return None
+    # Positions are found on the statement first: most have no filter literal, and the
+    # copy is only made for one that does.
+    found = sum(_allowed_position(lit, tree.args["where"]) for lit in tree.args["where"].find_all(exp.Literal))
+    if not 0 < found <= MAX_PARAMETERS:
+        return None
     copy = tree.copy()
     where = copy.args["where"]
     values: list[Any] = []
@@ -122,8 +130,8 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
         if not _allowed_position(lit, where):
             continue
         value = _literal_value(lit)
-        if value is None:
-            return None
+        if value is None or literal(value).sql(dialect="postgres") != lit.sql(dialect="postgres"):
+            return None  # (`007`, `1e5`: bound back, the statement would read differently)
         values.append(value)
         lit.replace(exp.Parameter(this=exp.Literal.number(len(values))))
     return (copy, values) if values else None
@@ -147,7 +155,7 @@ def _literal_value(lit: exp.Literal) -> Any:
 def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) -> DPPlan | None:
     """The plan of `tree` with its parameters kept as bind parameters, or None when it
     cannot be made (the caller then plans each execution's values as literals)."""
-    if not filter_only(tree, len(kinds)):
+    if len(kinds) > MAX_PARAMETERS or not filter_only(tree, len(kinds)):
         return None
     plans = []
     for seed in (1, 2):
@@ -156,12 +164,10 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
             plan = rewrite(bind_parameters(tree, [v for v, _ in markers]), meta)
         except RewriteError:
             return None  # e.g. a text marker cast to a date: each value is then checked as a literal
-        sql = plan.sql
-        for j, (_, rendering) in enumerate(markers, 1):
-            pattern = re.compile(rf"(?<![\w.']){re.escape(rendering)}(?![\w.'])")
-            if not pattern.search(sql):
-                return None
-            sql = pattern.sub(lambda _m, j=j: f"${j}{_PLACEHOLDER[kinds[j - 1]]}", sql)
+        sql = _placeholders(plan.sql, {r: f"${j}{_PLACEHOLDER[kinds[j - 1]]}"
+                                       for j, (_, r) in enumerate(markers, 1)})  # fmt: skip
+        if sql is None:
+            return None
         rest = repr(replace(plan, sql="", fingerprint=""))
         if any(_bare(rendering) in rest for _, rendering in markers) or plan.public_only:
             return None
@@ -169,30 +175,41 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
     (first, rest1), (second, rest2) = plans
     if first.sql != second.sql or rest1 != rest2:
         return None
-    # From the statement's shape, not the markers (drawn afresh in every process): the
-    # same statement and values get the same fingerprint in every replica and restart,
-    # so the answer cache finds them.
-    shape = tree.sql(dialect="postgres", comments=False, normalize=True)
-    return replace(first, fingerprint=f"template:{hashlib.sha256(shape.encode()).hexdigest()[:32]}")
+    # The fingerprint of an execution is the one the statement with its values as
+    # literals gets (`rewrite`'s), whichever way it was planned, in every process: the
+    # canonical SQL with each $n filled in. Checked here on the markers' values.
+    shape = canonical_sql(tree)
+    values = [v for v, _ in markers]
+    if fill(shape, values) != canonical_sql(bind_parameters(tree, values)):
+        return None
+    return replace(first, fingerprint=shape)
 
 
 def instantiate(template: DPPlan, values: list[Any]) -> DPPlan:
-    """The template's plan for one execution's values (bound, not rewritten)."""
-    label = hashlib.sha256(f"{template.fingerprint}\x00{values!r}".encode()).hexdigest()[:32]
-    return replace(template, sql_params=tuple(values), fingerprint=label)
+    """The template's plan for one execution's values (bound, not rewritten). A
+    template's `fingerprint` holds its canonical SQL with $n (`make_template`)."""
+    return replace(template, sql_params=tuple(values), fingerprint=fingerprint_of(fill(template.fingerprint, values)))
 
 
-def plan_statement(tree: exp.Expression, meta: Metadata) -> DPPlan:
-    """The plan dpproxy makes of a statement without parameters (no caches): from the
-    template of its shape where its filter literals allow one, else rewritten."""
-    found = parameterize(tree)
-    if found is not None:
-        shape, values = found
-        kinds = value_kinds(values)
-        template = make_template(shape, kinds, meta) if kinds is not None else None
-        if template is not None:
-            return instantiate(template, values)
-    return rewrite(tree, meta)
+def fill(canonical: str, values: list[Any]) -> str:
+    """Canonical SQL with each $n replaced by its value's literal, as `canonical_sql`
+    renders the statement with those literals (`make_template` checks that it does)."""
+    rendered = [literal(v).sql(dialect="postgres", normalize=True) for v in values]
+    return _PARAMETER.sub(lambda m: rendered[int(m.group(1)) - 1], canonical)
+
+
+def _placeholders(sql: str, placeholder: dict[str, str]) -> str | None:
+    """`sql` with each marker rendering replaced by its placeholder, in one pass; None
+    unless every marker was found."""
+    alternatives = "|".join(re.escape(r) for r in sorted(placeholder, key=len, reverse=True))
+    found: set[str] = set()
+
+    def swap(m: re.Match[str]) -> str:
+        found.add(m.group(0))
+        return placeholder[m.group(0)]
+
+    out = re.sub(rf"(?<![\w.'])(?:{alternatives})(?![\w.'])", swap, sql)
+    return out if len(found) == len(placeholder) else None
 
 
 def _number(p: exp.Parameter) -> int | None:

@@ -15,7 +15,7 @@ import pytest
 from proxy.pgcluster import PgCluster
 from rewriter.metadata import Metadata
 from rewriter.parse import parse_one
-from rewriter.template import plan_statement
+from rewriter.rewrite import rewrite
 from tests.e2e.conftest import Env
 from tests.support.ledgers import dpproxy_cli, fresh_ledger_config, ledger_dsn
 from tests.support.proxy_process import ProxyProcess
@@ -34,8 +34,8 @@ def two_replicas(
 
 
 def _fingerprint(meta: Metadata, sql: str) -> str:
-    """The ledger fingerprint dpproxy gives a statement (its template's, with its values)."""
-    return plan_statement(parse_one(sql), meta).fingerprint
+    """The ledger fingerprint of a statement (a template's plan gets the same one)."""
+    return rewrite(parse_one(sql), meta).fingerprint
 
 
 @pytest.mark.parametrize("k", [7, 0, 50])
