@@ -176,6 +176,12 @@ _SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
 # `rows_unchanged` raises serialization_failure and nothing is written. The dataset rows
 # are updated first (the first scalar subquery), so two writers on one dataset queue on
 # its row before touching any analyst's row. The ids come back in input order.
+#
+# A dataset row gets the batch's costs added to it, not new sums. Where it has a global
+# budget its version is checked too, so the sum added to is the one the decision read;
+# where it has none (checked on the row as it is now, so a budget set meanwhile is seen),
+# no decision read its sums, and writers on different analysts' rows (other workers,
+# other replicas) no longer lose races to each other on this one shared row.
 _WRITE_CHARGES_SQL = """
 WITH ub AS (
     UPDATE dpproxy.budget_spent AS b
@@ -189,12 +195,14 @@ WITH ub AS (
     RETURNING 1
 ), ud AS (
     UPDATE dpproxy.datasets AS d
-       SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
-           epsilon_tanh = v.epsilon_tanh, releases = v.releases
+       SET epsilon = d.epsilon + v.epsilon, delta = d.delta + v.delta, rho = d.rho + v.rho,
+           epsilon_sq = d.epsilon_sq + v.epsilon_sq,
+           epsilon_tanh = d.epsilon_tanh + v.epsilon_tanh, releases = d.releases + v.releases
       FROM unnest($10::text[], $11::numeric[], $12::numeric[], $13::numeric[],
                   $14::numeric[], $15::numeric[], $16::bigint[], $25::bigint[])
            AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, version)
-     WHERE d.dataset = v.dataset AND d.version = v.version
+     WHERE d.dataset = v.dataset
+       AND (d.version = v.version OR (d.budget_epsilon IS NULL AND d.budget_delta IS NULL))
     RETURNING 1
 )
 INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
@@ -543,7 +551,10 @@ class Ledger:
         bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
         dkeys = sorted({r.dataset for r in accepted})
         bsums = [sums(bstate[k][1]) for k in bkeys]
-        dsums = [sums(dstate[d][1]) for d in dkeys]
+        added: dict[str, Spend] = dict.fromkeys(dkeys, ZERO)
+        for r in accepted:
+            added[r.dataset] = added[r.dataset] + r.cost
+        dsums = [sums(added[d]) for d in dkeys]
         rows = await conn.fetch(
             _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],
@@ -551,7 +562,7 @@ class Ledger:
             [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
             dkeys,
             *([row[i] for row in dsums] for i in range(len(_SUMS))),
-            [dstate[d][1].releases for d in dkeys],
+            [added[d].releases for d in dkeys],
             [r.analyst for r in accepted],
             [r.dataset for r in accepted],
             [r.fingerprint for r in accepted],

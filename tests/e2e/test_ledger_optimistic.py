@@ -126,13 +126,38 @@ def test_a_budget_lowered_before_the_write_refuses_the_charge(ledger_dsn: str) -
 
 
 def test_repeated_lost_races_fall_back_to_locking_the_rows(ledger_dsn: str) -> None:
-    bump = "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1"
+    bump = "UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon"
     out, ledger = _charge(ledger_dsn, bump, OPTIMISTIC_TRIES, Fraction(1, 2))
     assert not isinstance(out, BudgetExhausted)
     assert ledger.decisions == OPTIMISTIC_TRIES + 1 and ledger.locked == 1
     spent, dataset_spent, version, charges = _state(ledger_dsn)
     assert (spent, dataset_spent, charges) == (Decimal("0.5"), Decimal("0.5"), 1)
-    assert version == 1  # written once: the lost attempts wrote nothing
+    assert version == OPTIMISTIC_TRIES + 1  # the other writer's bumps and one write: lost attempts wrote nothing
+
+
+def test_a_dataset_without_a_global_budget_is_added_to_without_a_race(ledger_dsn: str) -> None:
+    # Another analyst's charge (on another worker or replica) changes the shared dataset
+    # row between this charge's read and its write. No decision read that row's sums (it
+    # has no global budget), so this charge is not decided again, and both are counted.
+    other = "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25, releases = releases + 1"
+    out, ledger = _charge(ledger_dsn, other, 1, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted)
+    assert ledger.decisions == 1 and ledger.locked == 0
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.5"), Decimal("0.75"), 1)
+
+
+def test_a_dataset_with_a_global_budget_is_version_checked(ledger_dsn: str) -> None:
+    # With a global budget the decision reads the dataset's sums: a change to them
+    # before the write makes the charge be decided again, on the new sums (here the
+    # global budget of 1 no longer covers it).
+    with psycopg.connect(ledger_dsn, autocommit=True) as c:
+        c.execute("UPDATE dpproxy.datasets SET budget_epsilon = 1")
+    other = "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.75"
+    out, ledger = _charge(ledger_dsn, other, 1, Fraction(1, 2))
+    assert isinstance(out, BudgetExhausted) and out.reason == "dataset"
+    assert ledger.decisions == 2
+    assert _state(ledger_dsn)[1::2] == (Decimal("0.75"), 0)
 
 
 def _run_charges(
@@ -209,7 +234,7 @@ def test_refusals_and_renewing_budgets_are_decided_on_rows_read_afresh(ledger_ds
 
 
 def test_after_falling_back_to_locks_the_next_charges_lock_at_once(ledger_dsn: str) -> None:
-    bump = "UPDATE dpproxy.datasets SET cache_epoch = cache_epoch + 1"
+    bump = "UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon"
     steps: list[tuple[str | None, Fraction]] = [(None, Fraction(1, 100))] * (LOCK_AFTER_FALLBACK + 2)
     _, _, ledger = _run_charges(ledger_dsn, steps, bump, OPTIMISTIC_TRIES)
     # The first charge lost every optimistic try; the next LOCK_AFTER_FALLBACK took the
