@@ -5,38 +5,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 
-import psycopg
 import pytest
-from psycopg import sql
 
-from accounting.accountant import AccountantKind
-from accounting.budget import DatasetPolicy, sync_dataset
 from accounting.cache import AnswerCache, CachedAnswer
 from accounting.ledger import Ledger
 from proxy.pgcluster import PgCluster
+from tests.support.ledgers import ledger_database
 
 
 @pytest.fixture()
 def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iterator[str]:
-    """A fresh ledger database holding dataset "d"."""
-    name = unique_name("answer_cache")
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = pg_cluster.dsn(name)
+    """A fresh ledger database holding dataset "d" and the answers table."""
 
-    async def setup() -> None:
-        ledger = await Ledger.connect(dsn)
-        async with ledger.pool.acquire() as conn:
-            await sync_dataset(conn, DatasetPolicy("d", AccountantKind.PURE, Decimal("1e-7")))
+    async def answers_table(ledger: Ledger) -> None:
         await AnswerCache(ledger.pool, None).ensure_schema()
-        await ledger.close()
 
-    asyncio.run(setup())
-    yield dsn
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with ledger_database(pg_cluster, unique_name("answer_cache"), answers_table) as dsn:
+        yield dsn
 
 
 def answer(n: int) -> CachedAnswer:

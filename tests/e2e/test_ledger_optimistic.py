@@ -16,14 +16,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from accounting.accountant import Accountant, AccountantKind, laplace_release
-from accounting.budget import AnalystBudget, DatasetPolicy, sync_config, sync_dataset
+from accounting.budget import AnalystBudget, sync_config
 from accounting.known_rows import LOCK_AFTER_FALLBACK, PAUSE_AFTER_LOSS
 from accounting.ledger import OPTIMISTIC_TRIES, BudgetExhausted, GroupCommit, Ledger
 from accounting.pool import create_pool
 from proxy.pgcluster import PgCluster
+from tests.support.ledgers import ledger_database
 
 VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
 
@@ -58,22 +58,13 @@ class Interfering(Ledger):
 @pytest.fixture()
 def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iterator[str]:
     """A fresh ledger database holding dataset "d" and analyst "a" (budget epsilon 1)."""
-    name = unique_name("ledger_optimistic")
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = pg_cluster.dsn(name)
 
-    async def setup() -> None:
-        ledger = await Ledger.connect(dsn)
+    async def analyst(ledger: Ledger) -> None:
         async with ledger.pool.acquire() as conn:
-            await sync_dataset(conn, DatasetPolicy("d", AccountantKind.PURE, Decimal("1e-7")))
             await sync_config(conn, "d", [AnalystBudget("a", VERIFIER, Decimal(1))])
-        await ledger.close()
 
-    asyncio.run(setup())
-    yield dsn
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with ledger_database(pg_cluster, unique_name("ledger_optimistic"), analyst) as dsn:
+        yield dsn
 
 
 def _charge(dsn: str, change: str, times: int, eps: Fraction) -> tuple[Any, Interfering]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +16,9 @@ import psycopg
 import yaml
 from psycopg import sql
 
+from accounting.accountant import AccountantKind
+from accounting.budget import DatasetPolicy, sync_dataset
+from accounting.ledger import Ledger
 from proxy.pgcluster import PgCluster
 from tests.support.proxy_process import REPO_ROOT
 
@@ -35,6 +42,33 @@ def fresh_ledger_config(
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     path.chmod(0o600)
     return path
+
+
+@contextmanager
+def ledger_database(
+    cluster: PgCluster, name: str, setup: Callable[[Ledger], Awaitable[None]]
+) -> Iterator[str]:
+    """A fresh database with the ledger's schema and dataset "d" (pure accountant), plus
+    whatever `setup` adds; its URI, and the database dropped afterwards."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = cluster.dsn(name)
+
+    async def create() -> None:
+        ledger = await Ledger.connect(dsn)
+        try:
+            async with ledger.pool.acquire() as conn:
+                await sync_dataset(conn, DatasetPolicy("d", AccountantKind.PURE, Decimal("1e-7")))
+            await setup(ledger)
+        finally:
+            await ledger.close()
+
+    asyncio.run(create())
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def ledger_dsn(config: Path) -> str:
