@@ -96,8 +96,8 @@ class DPEngine:
         self.data_version = data_version
         self.default_delta = default_delta
         self._plans: OrderedDict[str, DPPlan] = OrderedDict()
-        # Issue #7: plans that bind filter parameters, by (statement text, value kinds);
-        # None where a statement's values must be planned as literals.
+        # Issue #7: plans that bind filter parameters, by (statement text, value kinds):
+        # a template, None where values must be planned as literals, or _SEEN_ONCE.
         self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | object | None] = OrderedDict()
         # Calibrated noise and its price by what they depend on (issue #7): the same
         # statement at the same epsilon is calibrated once, whatever its values.

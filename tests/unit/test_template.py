@@ -174,3 +174,29 @@ def test_a_templates_fingerprint_is_the_same_in_every_process() -> None:
     assert first is not None and second is not None
     assert first.fingerprint == second.fingerprint
     assert instantiate(first, [5]).fingerprint == instantiate(second, [5]).fingerprint
+
+
+def test_at_most_32_values_are_bound() -> None:
+    from rewriter.template import MAX_PARAMETERS, parameterize
+
+    def listed(n: int) -> str:
+        return "SELECT COUNT(*) FROM orders WHERE o_custkey IN (" + ", ".join(str(i) for i in range(n)) + ")"
+
+    assert parameterize(parse_one(listed(MAX_PARAMETERS))) is not None
+    assert parameterize(parse_one(listed(MAX_PARAMETERS + 1))) is None
+    params = "SELECT COUNT(*) FROM orders WHERE o_custkey IN (" + ", ".join(f"${i}" for i in range(1, 34)) + ")"
+    assert make_template(parse_one(params), ("int",) * 33, META) is None
+
+
+def test_a_statement_gets_its_template_the_second_time_it_is_seen() -> None:
+    # One-off statements pay one rewrite (as literals), not a template's two.
+    from accounting.mechanisms import Mechanisms
+    from proxy.dp import DPEngine
+
+    engine = DPEngine(META, Mechanisms(), None, None)  # type: ignore[arg-type]  # no I/O here
+    tree = parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1")
+    text = "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1"
+    assert engine.bound_plan(text, tree, [5]) is None
+    second, third = (engine.bound_plan(text, tree, [v]) for v in (6, 7))
+    assert second is not None and third is not None and second.sql == third.sql
+    assert (second.sql_params, third.sql_params) == ((6,), (7,))
