@@ -24,8 +24,12 @@ the statement's shape, never from a value:
 
 The markers' renderings in the bounded SQL become `$n::type` (text: `$n`, typed by its
 column as an unknown literal would be), and each execution binds its own values. Its
-fingerprint (the ledger's label and the answer cache's key) is the template's hashed with
-the values, so different values are different queries to the ledger and the cache.
+fingerprint (the ledger's label and the answer cache's key) is the one the statement
+with its values as literals gets from `rewrite`, whichever way it is planned, so
+different values are different queries and a repeat is the same one in every process.
+
+Literal SQL gets the same treatment (`parameterize`): its filter literals in those
+positions become the values of its shape's template.
 """
 
 from __future__ import annotations
