@@ -19,6 +19,7 @@ from proxy.errors import FEATURE_NOT_SUPPORTED, QUERY_NOT_ALLOWED, UNDEFINED_OBJ
 from proxy.router import Route, Routed, classify
 from proxy.session import Session
 from rewriter.metadata import Metadata
+from rewriter.params import parameter_number
 from rewriter.parse import Statement, split_statements
 
 SYNTAX_ERROR = "42601"
@@ -175,10 +176,9 @@ def _local_select(statement: Statement, tree: exp.Expression) -> LocalSelect | N
 
 def _arg(e: exp.Expression, params: list[Any]) -> Any:
     if isinstance(e, exp.Parameter):
-        inner = e.this
-        n = int(str(inner.this if isinstance(inner, exp.Literal) else inner))
-        if not 1 <= n <= len(params):
-            raise ProxyError("08P01", f"there is no parameter ${n}")
+        n = parameter_number(e)
+        if n is None or not 1 <= n <= len(params):
+            raise ProxyError("08P01", f"there is no parameter {e.sql(dialect='postgres')}")
         return params[n - 1]
     if isinstance(e, exp.Literal):
         return e.this

@@ -39,16 +39,21 @@ def literal(value: Any) -> exp.Expression:
     return exp.Literal.string(str(value))
 
 
+def parameter_number(node: exp.Parameter) -> int | None:
+    """The n of a `$n` parameter (None for a named one)."""
+    inner = node.this
+    text = str(inner.this if isinstance(inner, exp.Literal) else inner)
+    return int(text) if text.isdigit() else None
+
+
 def bind_parameters(tree: exp.Expression, values: list[Any]) -> exp.Expression:
     """A copy of `tree` with every $n replaced by the literal of values[n-1]."""
 
     def sub(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Parameter):
-            inner = node.this
-            text = inner.this if isinstance(inner, exp.Literal) else str(inner)
-            if not str(text).isdigit():
+            n = parameter_number(node)
+            if n is None:
                 return node
-            n = int(text)
             if not 1 <= n <= len(values):
                 raise RewriteError(PARAM_ERROR, f"there is no parameter ${n}")
             return literal(values[n - 1])
@@ -59,10 +64,4 @@ def bind_parameters(tree: exp.Expression, values: list[Any]) -> exp.Expression:
 
 def count_parameters(tree: exp.Expression) -> int:
     """The highest $n used in the statement."""
-    top = 0
-    for node in tree.find_all(exp.Parameter):
-        inner = node.this
-        text = inner.this if isinstance(inner, exp.Literal) else str(inner)
-        if str(text).isdigit():
-            top = max(top, int(text))
-    return top
+    return max((n for p in tree.find_all(exp.Parameter) if (n := parameter_number(p)) is not None), default=0)

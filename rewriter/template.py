@@ -45,7 +45,7 @@ from sqlglot import exp
 
 from rewriter.errors import RewriteError
 from rewriter.metadata import Metadata
-from rewriter.params import bind_parameters, literal
+from rewriter.params import bind_parameters, literal, parameter_number
 from rewriter.plan import DPPlan
 from rewriter.rewrite import canonical_sql, fingerprint_of, rewrite
 
@@ -105,7 +105,7 @@ def filter_only(tree: exp.Expression, n_params: int) -> bool:
         return False
     seen: set[int] = set()
     for p in params:
-        n = _number(p)
+        n = parameter_number(p)
         if n is None or not _allowed_position(p, where):
             return False
         seen.add(n)
@@ -214,12 +214,6 @@ def _placeholders(sql: str, placeholder: dict[str, str]) -> str | None:
 
     out = re.sub(rf"(?<![\w.'])(?:{alternatives})(?![\w.'])", swap, sql)
     return out if len(found) == len(placeholder) else None
-
-
-def _number(p: exp.Parameter) -> int | None:
-    inner = p.this
-    text = str(inner.this if isinstance(inner, exp.Literal) else inner)
-    return int(text) if text.isdigit() else None
 
 
 def _allowed_position(operand: exp.Expression, where: exp.Expression) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from rewriter.metadata import ColumnMeta, Metadata
+from rewriter.params import parameter_number
 from rewriter.parse import table_refs
 from rewriter.sqltypes import pg_type_name
 
@@ -21,11 +22,9 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
     columns = _visible_columns(tree, meta)
     out: dict[int, str] = {}
     for param in tree.find_all(exp.Parameter):
-        inner = param.this
-        text = str(inner.this if isinstance(inner, exp.Literal) else inner)
-        if not text.isdigit():
+        n = parameter_number(param)
+        if n is None:
             continue
-        n = int(text)
         parent = param.parent
         if isinstance(parent, (exp.Limit, exp.Offset)):
             out[n] = "int8"
