@@ -22,6 +22,7 @@ import opendp.prelude as dp
 
 from accounting import sampler
 from accounting.ffi import invoker
+from accounting.reservoir import NoiseReservoir
 from rewriter.plan import DPPlan, PrimitiveKind
 
 FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealized-numerics"})
@@ -99,6 +100,7 @@ class Mechanisms:
         self._thresholds: dict[tuple[Any, ...], NoiseSpec] = {}
         self._invoke = invoker()  # OpenDP's samplers without its binding's per-call cost
         self._words = sampler.UrandomWords()
+        self._reservoir = NoiseReservoir(self._noise_block)
 
     def _fit(self, kind: str, make: Callable[[float], Any], sensitivity: int, share: Decimal,
              scale: float) -> tuple[float, Decimal]:  # fmt: skip
@@ -298,9 +300,11 @@ class Mechanisms:
         opendp_jobs = []
         for i, (spec, values) in enumerate(jobs):
             if len(values) < VECTOR_MIN_DRAWS:
-                # A short vector (the usual answer's few groups): one call, no numpy.
-                clamped = [min(max(int(v), -I64_SAFE), I64_SAFE) for v in values]
-                out[i] = self._invoke.small(self._vector_measurement(spec), clamped)
+                # A short vector (the usual answer's few groups): noise drawn ahead in
+                # blocks (accounting/reservoir.py), each draw used once.
+                noise = self._reservoir.take(_vector_key(spec), len(values))
+                out[i] = [_saturating_i64(min(max(int(v), -I64_SAFE), I64_SAFE) + z)
+                          for v, z in zip(values, noise, strict=True)]  # fmt: skip
                 continue
             v = vectors[i] = _i64_vector(values)
             if self._vectorised(spec, len(v)):
@@ -345,6 +349,15 @@ class Mechanisms:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="dpproxy-noise")
             pool = self._pool
         return list(pool.map(fn, items))
+
+    def _noise_block(self, key: Any, n: int) -> list[int]:
+        """`n` fresh draws of the noise alone for a `_vector_key`: the vectorised exact
+        sampler where it supports the scale, else OpenDP's measurement on zeros."""
+        mechanism, scale = key
+        if mechanism == "discrete_laplace" and sampler.supports(scale):
+            return sampler.discrete_laplace(scale, n, self._words).tolist()
+        meas = self.gaussian(scale) if mechanism == "discrete_gaussian" else self.laplace(scale)
+        return self._invoke.small(meas, [0] * n)
 
     def _vector_measurement(self, spec: NoiseSpec) -> Any:
         if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
@@ -406,6 +419,18 @@ class Mechanisms:
             mechanism="discrete_gaussian",
             rho=cost,
         )
+
+
+def _vector_key(spec: NoiseSpec) -> tuple[str, float]:
+    """What a vector's noise depends on (its sampler and scale); refuses any other kind."""
+    if spec.mechanism not in ("discrete_laplace", "discrete_gaussian"):
+        raise ValueError(f"{spec.primitive} is not noised by a vector measurement")
+    return (spec.mechanism, spec.scale)
+
+
+def _saturating_i64(x: int) -> int:
+    """`x` saturated to the i64 range, as OpenDP and accounting.sampler saturate."""
+    return min(max(x, -(1 << 63)), (1 << 63) - 1)
 
 
 def _i64_vector(values: Sequence[int], lower: int = -I64_SAFE) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The ways a release draws noise give one and the same distribution.
 
-A discrete Laplace vector is noised by accounting.sampler (vectorised) or, when short,
-by one OpenDP call; other vectors by one OpenDP call on the whole vector or (large
-releases) by calls on chunks of it run on worker threads. Every path, and OpenDP's
+A short vector takes noise drawn ahead in blocks (accounting/reservoir.py); a longer
+discrete Laplace vector is noised by accounting.sampler (vectorised); other vectors by
+one OpenDP call on the whole vector or (large releases) by calls on chunks of it run on
+worker threads. Every path, and OpenDP's
 scalar measurement, must match the declared discrete Laplace (or discrete Gaussian)
 exactly. Fixed sample sizes, no
 retries; every assertion's false-alarm probability is at most 1e-6:
@@ -98,6 +99,7 @@ def laplace_variance_z(draws: list[int], scale: float) -> float:
 
 
 def laplace_spec(scale: float) -> NoiseSpec:
+    """A discrete Laplace spec of `scale` (only the sampler and scale matter here)."""
     return NoiseSpec(primitive="p0", label="t", sensitivity=1, scale=scale,
                      epsilon=Decimal(0), error95=0)  # fmt: skip
 
@@ -128,15 +130,21 @@ def test_only_large_opendp_releases_use_worker_threads() -> None:
     assert mech._pool is not None
 
 
+@pytest.mark.parametrize("mechanism", ["discrete_laplace", "discrete_gaussian"])
 @pytest.mark.parametrize("scale", [0.7, 3.0])
-def test_short_laplace_vectors_through_opendp_match_too(single: Mechanisms, scale: float) -> None:
-    # Below VECTOR_MIN_DRAWS a vector goes to OpenDP: many short vectors, pooled.
+def test_short_vectors_from_the_reservoir_match_too(single: Mechanisms, mechanism: str,
+                                                     scale: float) -> None:  # fmt: skip
+    # Below VECTOR_MIN_DRAWS a vector takes noise drawn ahead in blocks (Laplace: by
+    # accounting.sampler; Gaussian: by OpenDP on zeros): many short vectors, pooled, so
+    # the draws span several blocks and the values they were added to.
+    spec = laplace_spec(scale) if mechanism == "discrete_laplace" else gaussian_spec(scale)
+    cdf = laplace_cdf if mechanism == "discrete_laplace" else gaussian_cdf
     short = VECTOR_MIN_DRAWS - 1
-    draws = [x for out in single.sample_all([(laplace_spec(scale), [0] * short)] * 300)
-             for x in out]  # fmt: skip
+    draws = [x - v for out in single.sample_all([(spec, list(range(short)))] * 300)
+             for v, x in enumerate(out)]  # fmt: skip
     t = dkw_threshold(len(draws))
-    assert dkw_distance(draws, laplace_cdf(scale)) <= t
-    assert dkw_distance(draws, laplace_cdf(1.3 * scale)) > t
+    assert dkw_distance(draws, cdf(scale)) <= t
+    assert dkw_distance(draws, cdf(1.3 * scale)) > t
 
 
 @pytest.mark.parametrize("scale", [0.7, 3.0, 40.0])
