@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -170,6 +171,8 @@ END $$;
 """
 
 _SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
+# The key under which a remembered row (a dict, never a database record) holds its sums.
+_SPEND = "_spend"
 
 # One statement writes the budget rows and the charge log, all or nothing. Each row is
 # updated only if its version is still the one the charge was decided on; if any is not,
@@ -232,8 +235,12 @@ SELECT b.*, a.enabled, now() AS now,
 OPTIMISTIC_TRIES = 3
 
 
+@functools.lru_cache(maxsize=4096)
 def to_decimal(f: Fraction) -> Decimal:
-    """A Fraction as an exact Decimal (it must have a finite decimal expansion)."""
+    """A Fraction as an exact Decimal (it must have a finite decimal expansion).
+
+    Remembered: a calibration's costs repeat query after query, and each charge writes
+    them (Decimals are immutable, so sharing one is safe)."""
     n, d = f.numerator, f.denominator
     k = 0
     while d % 10 == 0:
@@ -255,7 +262,11 @@ def to_decimal(f: Fraction) -> Decimal:
 
 
 def spend_of(row: Any) -> Spend:
-    """The running sums of a ledger row as an exact Spend."""
+    """The running sums of a ledger row as an exact Spend (a row this process
+    remembers, `_row_after`, carries them already)."""
+    known = row.get(_SPEND)
+    if known is not None:
+        return known
     return Cost(
         *(Fraction(Decimal(row[c])) for c in _SUMS),
         releases=int(row["releases"]),
@@ -648,11 +659,15 @@ def _budget_state(row: Any) -> list[Any]:
 
 
 def _row_after(row: Any, spend: Spend, written: bool, **changed: Any) -> dict[str, Any]:
-    """A ledger row as a dict: as read, or as the charge write left it."""
-    out = dict(row.items())
+    """A ledger row as a dict: as read, or as the charge write left it. Its sums are
+    kept as the exact Spend (`_SPEND`), not as Decimals: the next charge decided on it
+    needs the Spend, and converting both ways cost more than the charge's own checks."""
+    out = {k: v for k, v in row.items() if k not in _SUMS}
     if written:
-        out.update({c: to_decimal(getattr(spend, c)) for c in _SUMS}, releases=spend.releases,
-                   version=row["version"] + 1, **changed)  # fmt: skip
+        out.update(releases=spend.releases, version=row["version"] + 1, **changed)
+        out[_SPEND] = spend
+    else:
+        out[_SPEND] = spend_of(row)  # the row's own sums (a renewed period's zero is not)
     return out
 
 
