@@ -10,7 +10,11 @@ number of proxy replicas sharing the ledger never overspend:
   made; one statement writes, but only if neither row's `version` (bumped by a trigger
   on every update, by anyone) has changed since the read, else it writes nothing and
   the charge is decided again on fresh rows. Measured, this cut a lone charge from
-  five round trips (BEGIN, two locking reads, write, COMMIT) to two;
+  five round trips (BEGIN, two locking reads, write, COMMIT) to two. Under the pure
+  accountant a changed row is written anyway when the decision still holds on it as it
+  now is (re-checked in the write, under the row lock): charges of one analyst from
+  several workers or replicas then queue on the row instead of losing races (see
+  `_WRITE_CHARGES_SQL`);
 - after OPTIMISTIC_TRIES lost races, under row locks: `SELECT ... FOR UPDATE` in one
   fixed order in every replica, decide, write, COMMIT; this always completes (and the
   next few batches on that dataset lock at once: its row is contended).
@@ -33,7 +37,7 @@ import contextlib
 import functools
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -175,27 +179,54 @@ _SUMS = ("epsilon", "delta", "rho", "epsilon_sq", "epsilon_tanh")
 _SPEND = "_spend"
 
 # One statement writes the budget rows and the charge log, all or nothing. Each row is
-# updated only if its version is still the one the charge was decided on; if any is not,
-# `rows_unchanged` raises serialization_failure and nothing is written. The dataset rows
-# are updated first (the first scalar subquery), so two writers on one dataset queue on
-# its row before touching any analyst's row. The ids come back in input order.
+# updated only if it is still fit for the decision; if any is not, `rows_unchanged`
+# raises serialization_failure and nothing is written. The dataset rows are updated
+# first (the first scalar subquery), so two writers on one dataset queue on its row
+# before touching any analyst's row. The charges' ids come back first, in input order,
+# then each written row as it now stands.
 #
-# A dataset row gets the batch's costs added to it, not new sums. Where it has a global
-# budget its version is checked too, so the sum added to is the one the decision read;
-# where it has none (checked on the row as it is now, so a budget set meanwhile is seen),
-# no decision read its sums, and writers on different analysts' rows (other workers,
-# other replicas) no longer lose races to each other on this one shared row.
+# A row is fit for the decision when its version is still the one the decision read:
+# the new sums are then written as decided. Under the pure accountant a row is also fit
+# when it changed but the decision still holds on it as it is now: the batch's epsilon
+# still fits its budget, the per-query cap (if any) still covers each charge, the
+# analyst is still enabled and the budget does not renew; the batch's costs are then
+# added to its current sums. UPDATE re-reads a row that another writer changed and
+# re-checks these conditions on its newest version under the row lock, so charges of
+# one analyst from several workers or replicas queue on the row instead of losing races
+# to each other, and still never overspend. Other accountants' checks are not linear in
+# the sums (advanced composition, zCDP conversion): their rows are version-checked only.
+#
+# A dataset row gets the batch's costs added to it. Where it has a global budget it must
+# be unchanged, or (pure) still cover the batch; where it has none (checked on the row as
+# it is now, so a budget set meanwhile is seen) no decision read its sums.
 _WRITE_CHARGES_SQL = """
 WITH ub AS (
     UPDATE dpproxy.budget_spent AS b
-       SET epsilon = v.epsilon, delta = v.delta, rho = v.rho, epsilon_sq = v.epsilon_sq,
-           epsilon_tanh = v.epsilon_tanh, releases = v.releases, period_start = v.period_start
+       SET epsilon = CASE WHEN b.version = v.version THEN v.epsilon ELSE b.epsilon + v.add_epsilon END,
+           delta = CASE WHEN b.version = v.version THEN v.delta ELSE b.delta + v.add_delta END,
+           rho = CASE WHEN b.version = v.version THEN v.rho ELSE b.rho + v.add_rho END,
+           epsilon_sq = CASE WHEN b.version = v.version THEN v.epsilon_sq
+                             ELSE b.epsilon_sq + v.add_epsilon_sq END,
+           epsilon_tanh = CASE WHEN b.version = v.version THEN v.epsilon_tanh
+                               ELSE b.epsilon_tanh + v.add_epsilon_tanh END,
+           releases = CASE WHEN b.version = v.version THEN v.releases
+                           ELSE b.releases + v.add_releases END,
+           period_start = CASE WHEN b.version = v.version THEN v.period_start ELSE b.period_start END
       FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[],
-                  $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[], $24::bigint[])
+                  $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[], $24::bigint[],
+                  $26::numeric[], $27::numeric[], $28::numeric[], $29::numeric[],
+                  $30::numeric[], $31::bigint[], $32::numeric[])
            AS v(dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
-                period_start, version)
-     WHERE b.dataset = v.dataset AND b.analyst = v.analyst AND b.version = v.version
-    RETURNING 1
+                period_start, version, add_epsilon, add_delta, add_rho, add_epsilon_sq,
+                add_epsilon_tanh, add_releases, max_own)
+     WHERE b.dataset = v.dataset AND b.analyst = v.analyst
+       AND (b.version = v.version
+            OR ($33 AND b.renewal_period IS NULL
+                AND b.epsilon + v.add_epsilon <= b.budget_epsilon
+                AND (b.max_epsilon_per_query IS NULL OR v.max_own <= b.max_epsilon_per_query)
+                AND EXISTS (SELECT 1 FROM dpproxy.analysts a WHERE a.name = b.analyst AND a.enabled)))
+    RETURNING b.dataset, b.analyst, b.epsilon, b.delta, b.rho, b.epsilon_sq, b.epsilon_tanh,
+              b.releases, b.period_start, b.version
 ), ud AS (
     UPDATE dpproxy.datasets AS d
        SET epsilon = d.epsilon + v.epsilon, delta = d.delta + v.delta, rho = d.rho + v.rho,
@@ -205,15 +236,28 @@ WITH ub AS (
                   $14::numeric[], $15::numeric[], $16::bigint[], $25::bigint[])
            AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, version)
      WHERE d.dataset = v.dataset
-       AND (d.version = v.version OR (d.budget_epsilon IS NULL AND d.budget_delta IS NULL))
-    RETURNING 1
+       AND (d.version = v.version OR (d.budget_epsilon IS NULL AND d.budget_delta IS NULL)
+            OR ($33 AND (d.budget_epsilon IS NULL OR d.epsilon + v.epsilon <= d.budget_epsilon)))
+    RETURNING d.dataset, d.epsilon, d.delta, d.rho, d.epsilon_sq, d.epsilon_tanh, d.releases,
+              d.version
+), ins AS (
+    INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
+    SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::numeric[], $21::numeric[],
+                         $22::numeric[], $23::jsonb[])
+     WHERE dpproxy.rows_unchanged((SELECT count(*) FROM ud) = cardinality($10::text[])
+                                  AND (SELECT count(*) FROM ub) = cardinality($1::text[]))
+    RETURNING id
 )
-INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
-SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::numeric[], $21::numeric[],
-                     $22::numeric[], $23::jsonb[])
- WHERE dpproxy.rows_unchanged((SELECT count(*) FROM ud) = cardinality($10::text[])
-                              AND (SELECT count(*) FROM ub) = cardinality($1::text[]))
-RETURNING id
+SELECT id, NULL::text AS dataset, NULL::text AS analyst, NULL::numeric AS epsilon,
+       NULL::numeric AS delta, NULL::numeric AS rho, NULL::numeric AS epsilon_sq,
+       NULL::numeric AS epsilon_tanh, NULL::bigint AS releases,
+       NULL::timestamptz AS period_start, NULL::bigint AS version FROM ins
+UNION ALL
+SELECT NULL, dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
+       period_start, version FROM ub
+UNION ALL
+SELECT NULL, dataset, NULL, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, NULL,
+       version FROM ud
 """
 
 # The rows a batch's charges are decided on, read in one statement (one snapshot),
@@ -310,6 +354,16 @@ class _Request:
     cost: Cost
     mechanisms: list[dict[str, Any]]
     future: asyncio.Future[Charge] = field(repr=False)
+
+
+@dataclass
+class _Written:
+    """What a charge write returned: the charges' ids (in order), and the rows it wrote
+    as they now stand, by (dataset, analyst) and by dataset."""
+
+    ids: list[int]
+    budgets: dict[tuple[str, str], Any]
+    datasets: dict[str, Any]
 
 
 @dataclass
@@ -459,12 +513,11 @@ class Ledger:
             return None  # refusals are decided on rows read afresh
         try:
             async with self.pool.acquire() as conn:
-                ids = await self._write(conn, accepted, dstate, bstate)
+                written = await self._write(conn, accepted, dstate, bstate)
         except asyncpg.TransactionRollbackError:
             self._known.lost(bstate)
             return None
-        self._remember(dstate, bstate, accepted)
-        return _with_ids(outcomes, ids)
+        return self._finish(batch, outcomes, dstate, bstate, written)
 
     async def _commit_optimistic(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
         """Read the rows in one statement, decide, write only if none has changed since.
@@ -484,9 +537,8 @@ class Ledger:
                     dstate[r["dataset"]] = [drow, spend_of(drow)]
             bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in rows}
             outcomes, accepted = self._decide(batch, dstate, bstate)
-            ids = await self._write(conn, accepted, dstate, bstate) if accepted else []
-        self._remember(dstate, bstate, accepted)
-        return _with_ids(outcomes, ids)
+            written = await self._write(conn, accepted, dstate, bstate) if accepted else _Written([], {}, {})
+        return self._finish(batch, outcomes, dstate, bstate, written)
 
     async def _commit_locked(self, batch: list[_Request]) -> list[Charge | BudgetExhausted]:
         """Lock the rows (`SELECT ... FOR UPDATE`), decide and write in one transaction."""
@@ -512,23 +564,40 @@ class Ledger:
             dstate = {r["dataset"]: [r, spend_of(r)] for r in drows}
             bstate = {(r["dataset"], r["analyst"]): _budget_state(r) for r in brows}
             outcomes, accepted = self._decide(batch, dstate, bstate)
-            ids = await self._write(conn, accepted, dstate, bstate) if accepted else []
-        self._remember(dstate, bstate, accepted)
-        return _with_ids(outcomes, ids)
+            written = await self._write(conn, accepted, dstate, bstate) if accepted else _Written([], {}, {})
+        return self._finish(batch, outcomes, dstate, bstate, written)
 
-    def _remember(
-        self, dstate: dict[str, list[Any]], bstate: dict[tuple[str, str], list[Any]],
-        accepted: list[_Request],
-    ) -> None:  # fmt: skip
-        """Keep the rows as they now stand in the ledger: as read, or as just written
-        (new sums, the period start, the version the trigger gave them)."""
-        written_d = {r.dataset for r in accepted}
-        written_b = {(r.dataset, r.analyst) for r in accepted}
+    def _finish(
+        self, batch: list[_Request], outcomes: list[Charge | BudgetExhausted], dstate: dict[str, list[Any]],
+        bstate: dict[tuple[str, str], list[Any]], written: _Written,
+    ) -> list[Charge | BudgetExhausted]:  # fmt: skip
+        """Keep the rows as they now stand in the ledger (as read, or as just written:
+        the sums, period start and version the write returned), and give each charge its
+        id and the analyst's spend as it now stands.
+
+        A row written on its current sums rather than the decided ones (another writer
+        charged the same analyst meanwhile, pure accountant only) holds more than the
+        decision counted: each of its charges reports the spend shifted by that much."""
+        shift: dict[tuple[str, str], Fraction] = {}
+        for p, row in written.budgets.items():
+            now = spend_of(row)
+            if now != bstate[p][1]:
+                shift[p] = now.epsilon - bstate[p][1].epsilon
         self._known.remember(
-            {d: _row_after(row, spend, d in written_d) for d, (row, spend) in dstate.items()},
-            {p: _row_after(row, spend, p in written_b, period_start=start)
-             for p, (row, spend, start) in bstate.items()},
+            {d: _row_after(row, spend, written.datasets.get(d)) for d, (row, spend) in dstate.items()},
+            {p: _row_after(row, spend, written.budgets.get(p)) for p, (row, spend, _) in bstate.items()},
         )  # fmt: skip
+        ids = iter(written.ids)
+        out: list[Charge | BudgetExhausted] = []
+        for req, o in zip(batch, outcomes, strict=True):
+            if isinstance(o, BudgetExhausted):
+                out.append(o)
+                continue
+            extra = shift.get((req.dataset, req.analyst), Fraction(0))
+            spent = o.spent_epsilon + extra
+            out.append(replace(o, charge_id=next(ids), spent_epsilon=spent,
+                               remaining_epsilon=max(Fraction(0), o.budget_epsilon - spent)))  # fmt: skip
+        return out
 
     def _decide(
         self, batch: list[_Request], dstate: dict[str, list[Any]],
@@ -549,30 +618,35 @@ class Ledger:
             outcomes.append(out)
         return outcomes, accepted
 
-    @staticmethod
     async def _write(
-        conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
+        self, conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
         bstate: dict[tuple[str, str], list[Any]],
-    ) -> list[int]:  # fmt: skip
-        """Write the new sums and the charge log (one statement); the charges' ids."""
+    ) -> _Written:  # fmt: skip
+        """Write the sums and the charge log (one statement): the charges' ids and the
+        written rows as they now stand."""
 
         def sums(s: Spend) -> list[Decimal]:
             return [to_decimal(getattr(s, c)) for c in _SUMS]
 
+        def columns(rows: list[list[Decimal]]) -> list[list[Decimal]]:
+            return [[row[i] for row in rows] for i in range(len(_SUMS))]
+
         bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
         dkeys = sorted({r.dataset for r in accepted})
-        bsums = [sums(bstate[k][1]) for k in bkeys]
-        added: dict[str, Spend] = dict.fromkeys(dkeys, ZERO)
+        added: dict[Any, Spend] = dict.fromkeys([*dkeys, *bkeys], ZERO)
+        max_own: dict[tuple[str, str], Fraction] = dict.fromkeys(bkeys, Fraction(0))
         for r in accepted:
+            pair = (r.dataset, r.analyst)
             added[r.dataset] = added[r.dataset] + r.cost
-        dsums = [sums(added[d]) for d in dkeys]
+            added[pair] = added[pair] + r.cost
+            max_own[pair] = max(max_own[pair], self.accountant.guarantee(r.cost).epsilon)
         rows = await conn.fetch(
             _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],
-            *([row[i] for row in bsums] for i in range(len(_SUMS))),
+            *columns([sums(bstate[k][1]) for k in bkeys]),
             [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
             dkeys,
-            *([row[i] for row in dsums] for i in range(len(_SUMS))),
+            *columns([sums(added[d]) for d in dkeys]),
             [added[d].releases for d in dkeys],
             [r.analyst for r in accepted],
             [r.dataset for r in accepted],
@@ -583,8 +657,20 @@ class Ledger:
             [json.dumps(r.mechanisms) for r in accepted],
             [bstate[k][0]["version"] for k in bkeys],
             [dstate[d][0]["version"] for d in dkeys],
+            *columns([sums(added[k]) for k in bkeys]),
+            [added[k].releases for k in bkeys],
+            [to_decimal(max_own[k]) for k in bkeys],
+            self.accountant.kind == AccountantKind.PURE,
         )  # fmt: skip
-        return [int(r["id"]) for r in rows]
+        written = _Written([], {}, {})
+        for r in rows:
+            if r["id"] is not None:
+                written.ids.append(int(r["id"]))
+            elif r["analyst"] is not None:
+                written.budgets[(r["dataset"], r["analyst"])] = r
+            else:
+                written.datasets[r["dataset"]] = r
+        return written
 
     def _check(
         self, req: _Request, d: list[Any] | None, b: list[Any] | None
@@ -658,30 +744,18 @@ def _budget_state(row: Any) -> list[Any]:
     return [row, spend, start]
 
 
-def _row_after(row: Any, spend: Spend, written: bool, **changed: Any) -> dict[str, Any]:
-    """A ledger row as a dict: as read, or as the charge write left it. Its sums are
-    kept as the exact Spend (`_SPEND`), not as Decimals: the next charge decided on it
-    needs the Spend, and converting both ways cost more than the charge's own checks."""
+def _row_after(row: Any, spend: Spend, after: Any | None) -> dict[str, Any]:
+    """A ledger row as a dict: as read, or as the charge write left it (`after`, the
+    written columns the write returned). Its sums are kept as the exact Spend
+    (`_SPEND`), not as Decimals: the next charge decided on it needs the Spend, and
+    converting both ways cost more than the charge's own checks."""
     out = {k: v for k, v in row.items() if k not in _SUMS}
-    if written:
-        out.update(releases=spend.releases, version=row["version"] + 1, **changed)
-        out[_SPEND] = spend
-    else:
+    if after is None:
         out[_SPEND] = spend_of(row)  # the row's own sums (a renewed period's zero is not)
+        return out
+    out.update({k: v for k, v in after.items() if k not in _SUMS and v is not None})
+    out[_SPEND] = spend_of(after)
     return out
-
-
-def _with_ids(
-    outcomes: list[Charge | BudgetExhausted], ids: list[int]
-) -> list[Charge | BudgetExhausted]:
-    """The outcomes with the committed charges' ids filled in (in order)."""
-    it = iter(ids)
-    return [o if isinstance(o, BudgetExhausted) else _with_id(o, next(it)) for o in outcomes]
-
-
-def _with_id(c: Charge, charge_id: int) -> Charge:
-    return Charge(c.cost, c.epsilon, c.spent_epsilon, c.remaining_epsilon, c.budget_epsilon,
-                  charge_id)  # fmt: skip
 
 
 def _fmt(f: Fraction, places: int = 6) -> str:

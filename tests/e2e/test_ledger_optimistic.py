@@ -1,5 +1,6 @@
 """The ledger's optimistic charge: decided on rows read without locks (or on the rows
-this process last wrote), written only if those rows are unchanged, else decided again;
+this process last wrote), written only if those rows are unchanged (or, under the pure
+accountant, if the decision still holds on them as they are now), else decided again;
 under row locks after repeated losses.
 
 Another writer is made to change a budget row between a charge's read and its write
@@ -67,9 +68,10 @@ def ledger_dsn(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> Iter
         yield dsn
 
 
-def _charge(dsn: str, change: str, times: int, eps: Fraction) -> tuple[Any, Interfering]:
+def _charge(dsn: str, change: str, times: int, eps: Fraction,
+            kind: AccountantKind = AccountantKind.PURE) -> tuple[Any, Interfering]:  # fmt: skip
     """One charge of `eps`, with `change` run during the ledger's first `times` decisions."""
-    outs, _, ledger = _run_charges(dsn, [(None, eps)], change, times)
+    outs, _, ledger = _run_charges(dsn, [(None, eps)], change, times, kind)
     return outs[0], ledger
 
 
@@ -94,16 +96,66 @@ def test_every_update_of_a_budget_row_bumps_its_version(ledger_dsn: str) -> None
     assert after[0] == before[0] + 1 and d1[0] == d0[0] + 1
 
 
+# Another replica's charge of 0.25 lands between this charge's read and its write.
+OTHER_CHARGE = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
+                "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
+# An admin's change that leaves every budget as it was, but bumps the row's version.
+BUMP = "UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon"
+# The approx accountant's checks are not linear in the sums: its rows are version-checked.
+APPROX = AccountantKind.APPROX
+
+
 def test_a_charge_is_decided_again_when_its_rows_change_before_the_write(ledger_dsn: str) -> None:
-    # Another replica's charge of 0.25 lands between this charge's read and its write.
-    other = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
-             "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
-    out, ledger = _charge(ledger_dsn, other, 1, Fraction(1, 2))
+    out, ledger = _charge(ledger_dsn, OTHER_CHARGE, 1, Fraction(1, 2), APPROX)
     assert not isinstance(out, BudgetExhausted)
     assert ledger.decisions == 2 and ledger.locked == 0  # the stale decision was not written
     assert out.spent_epsilon == Fraction(3, 4)
     spent, dataset_spent, _, charges = _state(ledger_dsn)
     assert (spent, dataset_spent, charges) == (Decimal("0.75"), Decimal("0.75"), 1)
+
+
+def test_pure_a_charge_that_still_fits_is_added_to_the_changed_row(ledger_dsn: str) -> None:
+    # Pure accountant: 0.25 + 0.5 still fits the budget of 1 on the row as it now is, so
+    # the charge is added to it in the same write, not decided again; it reports the
+    # spend as it now stands, the other writer's 0.25 included.
+    out, ledger = _charge(ledger_dsn, OTHER_CHARGE, 1, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted)
+    assert ledger.decisions == 1 and ledger.reads == 1 and ledger.locked == 0
+    assert (out.spent_epsilon, out.remaining_epsilon) == (Fraction(3, 4), Fraction(1, 4))
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert (spent, dataset_spent, charges) == (Decimal("0.75"), Decimal("0.75"), 1)
+
+
+@pytest.mark.parametrize("change", [
+    # another writer's charge leaves too little: 0.75 + 0.5 > 1
+    "UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.75",
+    # an admin caps queries at 0.4 (this one costs 0.5)
+    "UPDATE dpproxy.budget_spent SET max_epsilon_per_query = 0.4",
+    # an admin disables the analyst
+    "UPDATE dpproxy.analysts SET enabled = false",
+    # an admin makes the budget renew (renewing budgets are version-checked)
+    "UPDATE dpproxy.budget_spent SET renewal_period = interval '1 day', epsilon = 0.75",
+])  # fmt: skip
+def test_pure_a_charge_that_no_longer_fits_the_changed_row_is_decided_again(
+    ledger_dsn: str, change: str
+) -> None:
+    out, ledger = _charge(ledger_dsn, change, 1, Fraction(1, 2))
+    assert isinstance(out, BudgetExhausted)
+    assert ledger.decisions == 2  # the write wrote nothing; the fresh decision refused
+    assert _state(ledger_dsn)[3] == 0
+
+
+def test_pure_a_global_budget_is_rechecked_on_the_changed_dataset_row(ledger_dsn: str) -> None:
+    with psycopg.connect(ledger_dsn, autocommit=True) as c:
+        c.execute("UPDATE dpproxy.datasets SET budget_epsilon = 1")
+    fits = "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25"
+    out, ledger = _charge(ledger_dsn, fits, 1, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted) and ledger.decisions == 1
+    does_not = "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.5"
+    out, ledger = _charge(ledger_dsn, does_not, 1, Fraction(1, 5))  # 0.75 + 0.5 + 0.2 > 1
+    assert isinstance(out, BudgetExhausted) and out.reason == "dataset"
+    assert ledger.decisions == 2
+    assert _state(ledger_dsn)[1::2] == (Decimal("1.25"), 1)
 
 
 def test_a_budget_lowered_before_the_write_refuses_the_charge(ledger_dsn: str) -> None:
@@ -117,13 +169,19 @@ def test_a_budget_lowered_before_the_write_refuses_the_charge(ledger_dsn: str) -
 
 
 def test_repeated_lost_races_fall_back_to_locking_the_rows(ledger_dsn: str) -> None:
-    bump = "UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon"
-    out, ledger = _charge(ledger_dsn, bump, OPTIMISTIC_TRIES, Fraction(1, 2))
+    out, ledger = _charge(ledger_dsn, BUMP, OPTIMISTIC_TRIES, Fraction(1, 2), APPROX)
     assert not isinstance(out, BudgetExhausted)
     assert ledger.decisions == OPTIMISTIC_TRIES + 1 and ledger.locked == 1
     spent, dataset_spent, version, charges = _state(ledger_dsn)
     assert (spent, dataset_spent, charges) == (Decimal("0.5"), Decimal("0.5"), 1)
     assert version == OPTIMISTIC_TRIES + 1  # the other writer's bumps and one write: lost attempts wrote nothing
+
+
+def test_pure_a_changed_version_alone_loses_no_race(ledger_dsn: str) -> None:
+    out, ledger = _charge(ledger_dsn, BUMP, OPTIMISTIC_TRIES, Fraction(1, 2))
+    assert not isinstance(out, BudgetExhausted)
+    assert ledger.decisions == 1 and ledger.locked == 0
+    assert _state(ledger_dsn)[::3] == (Decimal("0.5"), 1)
 
 
 def test_a_dataset_without_a_global_budget_is_added_to_without_a_race(ledger_dsn: str) -> None:
@@ -152,14 +210,15 @@ def test_a_dataset_with_a_global_budget_is_version_checked(ledger_dsn: str) -> N
 
 
 def _run_charges(
-    dsn: str, steps: list[tuple[str | None, Fraction]], interfere: str = "", times: int = 0
+    dsn: str, steps: list[tuple[str | None, Fraction]], interfere: str = "", times: int = 0,
+    kind: AccountantKind = AccountantKind.PURE,
 ) -> tuple[list[Any], list[int], Interfering]:
     """Charges of one ledger, in order; before step i, `steps[i][0]` (if any) is run on
     another connection, and `interfere` during the ledger's first `times` decisions. The
     outcomes, how many reads the ledger had made after each step, and the ledger."""
 
     async def run() -> tuple[list[Any], list[int], Interfering]:
-        ledger = Interfering(await create_pool(dsn), Accountant(AccountantKind.PURE),
+        ledger = Interfering(await create_pool(dsn), Accountant(kind),
                              GroupCommit(enabled=False), change=interfere, times=times, dsn=dsn)  # fmt: skip
         outs: list[Any] = []
         reads: list[int] = []
@@ -191,18 +250,28 @@ def test_charges_after_the_first_are_decided_on_the_rows_this_process_wrote(ledg
 
 def test_rows_changed_by_another_writer_are_read_again(ledger_dsn: str) -> None:
     tenth = Fraction(1, 100)
-    other = ("UPDATE dpproxy.budget_spent SET epsilon = epsilon + 0.25; "
-             "UPDATE dpproxy.datasets SET epsilon = epsilon + 0.25")  # fmt: skip
-    steps = [(None, tenth), (other, tenth)] + [(None, tenth)] * (PAUSE_AFTER_LOSS + 1)
-    outs, reads, _ = _run_charges(ledger_dsn, steps)
+    steps = [(None, tenth), (OTHER_CHARGE, tenth)] + [(None, tenth)] * (PAUSE_AFTER_LOSS + 1)
+    outs, reads, _ = _run_charges(ledger_dsn, steps, kind=APPROX)
     # The second charge's write found the rows changed: nothing written, read again
     # (and so for the next PAUSE_AFTER_LOSS charges), then one round trip again.
     assert reads[:2] == [1, 2]
     assert reads[2:] == [3 + i for i in range(PAUSE_AFTER_LOSS)] + [2 + PAUSE_AFTER_LOSS]
-    assert outs[1].spent_epsilon == Fraction(1, 4) + 2 * tenth
+    assert all(not isinstance(o, BudgetExhausted) for o in outs)
     n = len(steps)
     spent, dataset_spent, _, charges = _state(ledger_dsn)
     assert charges == n and spent == dataset_spent == Decimal("0.25") + n * Decimal("0.01")
+
+
+def test_pure_rows_changed_by_another_writer_are_caught_up_by_the_write(ledger_dsn: str) -> None:
+    # The write returns the rows as they now stand: the next charges are decided on
+    # them (the other writer's 0.25 included) in one round trip each, with no read.
+    tenth = Fraction(1, 100)
+    steps = [(None, tenth), (OTHER_CHARGE, tenth)] + [(None, tenth)] * 3
+    outs, reads, _ = _run_charges(ledger_dsn, steps)
+    assert reads == [1] * len(steps)
+    assert [o.spent_epsilon for o in outs] == [tenth] + [Fraction(1, 4) + i * tenth for i in range(2, 6)]
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert charges == 5 and spent == dataset_spent == Decimal("0.25") + 5 * Decimal("0.01")
 
 
 def test_a_disabled_analyst_is_refused_at_the_next_charge(ledger_dsn: str) -> None:
@@ -225,9 +294,8 @@ def test_refusals_and_renewing_budgets_are_decided_on_rows_read_afresh(ledger_ds
 
 
 def test_after_falling_back_to_locks_the_next_charges_lock_at_once(ledger_dsn: str) -> None:
-    bump = "UPDATE dpproxy.budget_spent SET budget_epsilon = budget_epsilon"
     steps: list[tuple[str | None, Fraction]] = [(None, Fraction(1, 100))] * (LOCK_AFTER_FALLBACK + 2)
-    _, _, ledger = _run_charges(ledger_dsn, steps, bump, OPTIMISTIC_TRIES)
+    _, _, ledger = _run_charges(ledger_dsn, steps, BUMP, OPTIMISTIC_TRIES, APPROX)
     # The first charge lost every optimistic try; the next LOCK_AFTER_FALLBACK took the
     # locks at once; then the rows it last wrote were used again (no read, no lock).
     assert ledger.reads == OPTIMISTIC_TRIES
@@ -249,3 +317,45 @@ def test_a_renewal_period_restarts_the_analysts_sums_but_not_the_datasets(ledger
     with psycopg.connect(ledger_dsn) as c:
         (age,) = c.execute("SELECT now() - period_start FROM dpproxy.budget_spent").fetchone()  # type: ignore[misc]
     assert age.total_seconds() < 13 * 3600  # the period start moved on by whole periods
+
+
+@pytest.mark.parametrize(("kind", "budget_covers"), [(AccountantKind.PURE, 60), (AccountantKind.PURE, 100),
+                                                     (APPROX, 100)])  # fmt: skip
+def test_two_workers_charging_one_analyst(ledger_dsn: str, kind: AccountantKind,
+                                          budget_covers: int) -> None:  # fmt: skip
+    # Two processes' ledgers (two workers, or replicas) charge the same analyst at once,
+    # 40 charges each of 1/100 against a budget of `budget_covers`/100. Exactly as many
+    # as the budget covers are committed, and the sums are those of the charge log. Under
+    # the pure accountant the writes queue on the row instead of losing races, so after
+    # its first read neither ledger reads again.
+    with psycopg.connect(ledger_dsn, autocommit=True) as c:
+        c.execute("UPDATE dpproxy.budget_spent SET budget_epsilon = %s", [Decimal(budget_covers) / 100])
+
+    async def worker() -> tuple[int, int]:
+        ledger = Interfering(await create_pool(ledger_dsn), Accountant(kind), GroupCommit(),
+                             change="", times=0, dsn=ledger_dsn)  # fmt: skip
+        ok = 0
+        try:
+            for _ in range(40):
+                try:
+                    await ledger.charge("a", "d", "fp", laplace_release(Fraction(1, 100)))
+                    ok += 1
+                except BudgetExhausted:
+                    pass
+        finally:
+            await ledger.close()
+        return ok, ledger.reads
+
+    async def both() -> list[tuple[int, int]]:
+        return list(await asyncio.gather(worker(), worker()))
+
+    results = asyncio.run(both())
+    committed = sum(ok for ok, _ in results)
+    assert committed == min(80, budget_covers)
+    spent, dataset_spent, _, charges = _state(ledger_dsn)
+    assert charges == committed
+    with psycopg.connect(ledger_dsn) as c:
+        logged = c.execute("SELECT sum(epsilon) FROM dpproxy.charges").fetchone()
+    assert logged is not None and spent == dataset_spent == logged[0] == Decimal(committed) / 100
+    if kind == AccountantKind.PURE and budget_covers >= 80:
+        assert [reads for _, reads in results] == [1, 1]
