@@ -37,7 +37,7 @@ import contextlib
 import functools
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -183,50 +183,47 @@ _SPEND = "_spend"
 # raises serialization_failure and nothing is written. The dataset rows are updated
 # first (the first scalar subquery), so two writers on one dataset queue on its row
 # before touching any analyst's row. The charges' ids come back first, in input order,
-# then each written row as it now stands.
+# then each written row that someone else had changed meanwhile, as it now stands (a row
+# written on the version the decision read holds the sums the decision wrote, and that
+# version plus one: nothing to send back).
 #
-# A row is fit for the decision when its version is still the one the decision read:
-# the new sums are then written as decided. Under the pure accountant a row is also fit
-# when it changed but the decision still holds on it as it is now: the batch's epsilon
-# still fits its budget, the per-query cap (if any) still covers each charge, the
-# analyst is still enabled and the budget does not renew; the batch's costs are then
-# added to its current sums. UPDATE re-reads a row that another writer changed and
-# re-checks these conditions on its newest version under the row lock, so charges of
-# one analyst from several workers or replicas queue on the row instead of losing races
-# to each other, and still never overspend. Other accountants' checks are not linear in
+# Every row gets the batch's costs added to its sums (to zero instead where the decision
+# started a new renewal period). A budget row is fit for the decision when its version
+# is still the one the decision read. Under the pure accountant it is also fit when it
+# changed but the decision still holds on it as it is now: the batch's epsilon still
+# fits its budget, the per-query cap (if any) still covers each charge, the analyst is
+# still enabled and the budget does not renew. UPDATE re-reads a row that another
+# writer changed and re-checks these conditions on its newest version under the row
+# lock, so charges of one analyst from several workers or replicas queue on the row
+# instead of losing races to each other, and still never overspend. Other accountants' checks are not linear in
 # the sums (advanced composition, zCDP conversion): their rows are version-checked only.
 #
-# A dataset row gets the batch's costs added to it. Where it has a global budget it must
+# A dataset row where it has a global budget must
 # be unchanged, or (pure) still cover the batch; where it has none (checked on the row as
 # it is now, so a budget set meanwhile is seen) no decision read its sums.
 _WRITE_CHARGES_SQL = """
 WITH ub AS (
     UPDATE dpproxy.budget_spent AS b
-       SET epsilon = CASE WHEN b.version = v.version THEN v.epsilon ELSE b.epsilon + v.add_epsilon END,
-           delta = CASE WHEN b.version = v.version THEN v.delta ELSE b.delta + v.add_delta END,
-           rho = CASE WHEN b.version = v.version THEN v.rho ELSE b.rho + v.add_rho END,
-           epsilon_sq = CASE WHEN b.version = v.version THEN v.epsilon_sq
-                             ELSE b.epsilon_sq + v.add_epsilon_sq END,
-           epsilon_tanh = CASE WHEN b.version = v.version THEN v.epsilon_tanh
-                               ELSE b.epsilon_tanh + v.add_epsilon_tanh END,
-           releases = CASE WHEN b.version = v.version THEN v.releases
-                           ELSE b.releases + v.add_releases END,
-           period_start = CASE WHEN b.version = v.version THEN v.period_start ELSE b.period_start END
+       SET epsilon = CASE WHEN v.renewed THEN 0 ELSE b.epsilon END + v.epsilon,
+           delta = CASE WHEN v.renewed THEN 0 ELSE b.delta END + v.delta,
+           rho = CASE WHEN v.renewed THEN 0 ELSE b.rho END + v.rho,
+           epsilon_sq = CASE WHEN v.renewed THEN 0 ELSE b.epsilon_sq END + v.epsilon_sq,
+           epsilon_tanh = CASE WHEN v.renewed THEN 0 ELSE b.epsilon_tanh END + v.epsilon_tanh,
+           releases = CASE WHEN v.renewed THEN 0 ELSE b.releases END + v.releases,
+           period_start = CASE WHEN v.renewed THEN v.period_start ELSE b.period_start END
       FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[],
                   $6::numeric[], $7::numeric[], $8::bigint[], $9::timestamptz[], $24::bigint[],
-                  $26::numeric[], $27::numeric[], $28::numeric[], $29::numeric[],
-                  $30::numeric[], $31::bigint[], $32::numeric[])
+                  $26::boolean[], $27::numeric[])
            AS v(dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
-                period_start, version, add_epsilon, add_delta, add_rho, add_epsilon_sq,
-                add_epsilon_tanh, add_releases, max_own)
+                period_start, version, renewed, max_own)
      WHERE b.dataset = v.dataset AND b.analyst = v.analyst
        AND (b.version = v.version
-            OR ($33 AND b.renewal_period IS NULL
-                AND b.epsilon + v.add_epsilon <= b.budget_epsilon
+            OR ($28 AND NOT v.renewed AND b.renewal_period IS NULL
+                AND b.epsilon + v.epsilon <= b.budget_epsilon
                 AND (b.max_epsilon_per_query IS NULL OR v.max_own <= b.max_epsilon_per_query)
                 AND EXISTS (SELECT 1 FROM dpproxy.analysts a WHERE a.name = b.analyst AND a.enabled)))
     RETURNING b.dataset, b.analyst, b.epsilon, b.delta, b.rho, b.epsilon_sq, b.epsilon_tanh,
-              b.releases, b.period_start, b.version
+              b.releases, b.period_start, b.version, b.version <> v.version + 1 AS changed
 ), ud AS (
     UPDATE dpproxy.datasets AS d
        SET epsilon = d.epsilon + v.epsilon, delta = d.delta + v.delta, rho = d.rho + v.rho,
@@ -237,9 +234,9 @@ WITH ub AS (
            AS v(dataset, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, version)
      WHERE d.dataset = v.dataset
        AND (d.version = v.version OR (d.budget_epsilon IS NULL AND d.budget_delta IS NULL)
-            OR ($33 AND (d.budget_epsilon IS NULL OR d.epsilon + v.epsilon <= d.budget_epsilon)))
+            OR ($28 AND (d.budget_epsilon IS NULL OR d.epsilon + v.epsilon <= d.budget_epsilon)))
     RETURNING d.dataset, d.epsilon, d.delta, d.rho, d.epsilon_sq, d.epsilon_tanh, d.releases,
-              d.version
+              d.version, d.version <> v.version + 1 AS changed
 ), ins AS (
     INSERT INTO dpproxy.charges (analyst, dataset, fingerprint, epsilon, delta, rho, mechanisms)
     SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::numeric[], $21::numeric[],
@@ -254,10 +251,10 @@ SELECT id, NULL::text AS dataset, NULL::text AS analyst, NULL::numeric AS epsilo
        NULL::timestamptz AS period_start, NULL::bigint AS version FROM ins
 UNION ALL
 SELECT NULL, dataset, analyst, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases,
-       period_start, version FROM ub
+       period_start, version FROM ub WHERE changed
 UNION ALL
 SELECT NULL, dataset, NULL, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, NULL,
-       version FROM ud
+       version FROM ud WHERE changed
 """
 
 # The rows a batch's charges are decided on, read in one statement (one snapshot),
@@ -359,7 +356,8 @@ class _Request:
 @dataclass
 class _Written:
     """What a charge write returned: the charges' ids (in order), and the rows it wrote
-    as they now stand, by (dataset, analyst) and by dataset."""
+    that another writer had changed since the decision read them, as they now stand, by
+    (dataset, analyst) and by dataset."""
 
     ids: list[int]
     budgets: dict[tuple[str, str], Any]
@@ -571,21 +569,22 @@ class Ledger:
         self, batch: list[_Request], outcomes: list[Charge | BudgetExhausted], dstate: dict[str, list[Any]],
         bstate: dict[tuple[str, str], list[Any]], written: _Written,
     ) -> list[Charge | BudgetExhausted]:  # fmt: skip
-        """Keep the rows as they now stand in the ledger (as read, or as just written:
-        the sums, period start and version the write returned), and give each charge its
-        id and the analyst's spend as it now stands.
+        """Keep the rows as they now stand in the ledger, and give each charge its id and
+        the analyst's spend as it now stands.
 
-        A row written on its current sums rather than the decided ones (another writer
-        charged the same analyst meanwhile, pure accountant only) holds more than the
-        decision counted: each of its charges reports the spend shifted by that much."""
-        shift: dict[tuple[str, str], Fraction] = {}
-        for p, row in written.budgets.items():
-            now = spend_of(row)
-            if now != bstate[p][1]:
-                shift[p] = now.epsilon - bstate[p][1].epsilon
+        A row is as read, or as the decision wrote it (its version plus one), or, where
+        another writer had changed it meanwhile (pure accountant only), as the write
+        returned it: it then holds more than the decision counted, and each of its
+        charges reports the spend shifted by that much."""
+        accepted = [r for r, o in zip(batch, outcomes, strict=True) if isinstance(o, Charge)]
+        written_d = {r.dataset for r in accepted}
+        written_b = {(r.dataset, r.analyst) for r in accepted}
+        shift = {p: spend_of(row).epsilon - bstate[p][1].epsilon for p, row in written.budgets.items()}
         self._known.remember(
-            {d: _row_after(row, spend, written.datasets.get(d)) for d, (row, spend) in dstate.items()},
-            {p: _row_after(row, spend, written.budgets.get(p)) for p, (row, spend, _) in bstate.items()},
+            {d: _row_after(row, spend, d in written_d, written.datasets.get(d))
+             for d, (row, spend) in dstate.items()},
+            {p: _row_after(row, spend, p in written_b, written.budgets.get(p), period_start=start)
+             for p, (row, spend, start) in bstate.items()},
         )  # fmt: skip
         ids = iter(written.ids)
         out: list[Charge | BudgetExhausted] = []
@@ -593,10 +592,9 @@ class Ledger:
             if isinstance(o, BudgetExhausted):
                 out.append(o)
                 continue
-            extra = shift.get((req.dataset, req.analyst), Fraction(0))
-            spent = o.spent_epsilon + extra
-            out.append(replace(o, charge_id=next(ids), spent_epsilon=spent,
-                               remaining_epsilon=max(Fraction(0), o.budget_epsilon - spent)))  # fmt: skip
+            spent = o.spent_epsilon + shift.get((req.dataset, req.analyst), Fraction(0))
+            out.append(Charge(o.cost, o.epsilon, spent, max(Fraction(0), o.budget_epsilon - spent),
+                              o.budget_epsilon, next(ids)))  # fmt: skip
         return out
 
     def _decide(
@@ -639,12 +637,12 @@ class Ledger:
             pair = (r.dataset, r.analyst)
             added[r.dataset] = added[r.dataset] + r.cost
             added[pair] = added[pair] + r.cost
-            max_own[pair] = max(max_own[pair], self.accountant.guarantee(r.cost).epsilon)
+            max_own[pair] = max(max_own[pair], r.cost.epsilon)  # pure: a charge's own epsilon
         rows = await conn.fetch(
             _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],
-            *columns([sums(bstate[k][1]) for k in bkeys]),
-            [bstate[k][1].releases for k in bkeys], [bstate[k][2] for k in bkeys],
+            *columns([sums(added[k]) for k in bkeys]),
+            [added[k].releases for k in bkeys], [bstate[k][2] for k in bkeys],
             dkeys,
             *columns([sums(added[d]) for d in dkeys]),
             [added[d].releases for d in dkeys],
@@ -657,10 +655,9 @@ class Ledger:
             [json.dumps(r.mechanisms) for r in accepted],
             [bstate[k][0]["version"] for k in bkeys],
             [dstate[d][0]["version"] for d in dkeys],
-            *columns([sums(added[k]) for k in bkeys]),
-            [added[k].releases for k in bkeys],
+            [bstate[k][2] != bstate[k][0]["period_start"] for k in bkeys],  # a new period
             [to_decimal(max_own[k]) for k in bkeys],
-            self.accountant.kind == AccountantKind.PURE,
+            self.accountant.kind == AccountantKind.PURE,  # max_own is read under pure only
         )  # fmt: skip
         written = _Written([], {}, {})
         for r in rows:
@@ -744,17 +741,22 @@ def _budget_state(row: Any) -> list[Any]:
     return [row, spend, start]
 
 
-def _row_after(row: Any, spend: Spend, after: Any | None) -> dict[str, Any]:
-    """A ledger row as a dict: as read, or as the charge write left it (`after`, the
-    written columns the write returned). Its sums are kept as the exact Spend
-    (`_SPEND`), not as Decimals: the next charge decided on it needs the Spend, and
-    converting both ways cost more than the charge's own checks."""
+def _row_after(row: Any, spend: Spend, written: bool, after: Any | None = None,
+               **changed: Any) -> dict[str, Any]:  # fmt: skip
+    """A ledger row as a dict: as read; or as the decision wrote it (`spend`, `changed`
+    and the next version); or, where the write returned it (`after`: another writer had
+    changed it), as it now stands. Its sums are kept as the exact Spend (`_SPEND`), not
+    as Decimals: the next charge decided on it needs the Spend, and converting both ways
+    cost more than the charge's own checks."""
     out = {k: v for k, v in row.items() if k not in _SUMS}
-    if after is None:
+    if not written:
         out[_SPEND] = spend_of(row)  # the row's own sums (a renewed period's zero is not)
-        return out
-    out.update({k: v for k, v in after.items() if k not in _SUMS and v is not None})
-    out[_SPEND] = spend_of(after)
+    elif after is None:
+        out.update(releases=spend.releases, version=row["version"] + 1, **changed)
+        out[_SPEND] = spend
+    else:
+        out.update({k: v for k, v in after.items() if k not in _SUMS and v is not None})
+        out[_SPEND] = spend_of(after)
     return out
 
 
