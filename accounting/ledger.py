@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -271,17 +270,16 @@ SELECT b.*, a.enabled, now() AS now,
   JOIN dpproxy.datasets d ON d.dataset = b.dataset
 """
 
+# Costs whose Decimal sums are remembered (`Ledger._decimals`) before the memo restarts.
+DECIMAL_SUMS_KEPT = 1024
+
 # Optimistic attempts before a batch falls back to locking its rows (which always
 # succeeds): only another replica's charges or an admin change can make one fail.
 OPTIMISTIC_TRIES = 3
 
 
-@functools.lru_cache(maxsize=4096)
 def to_decimal(f: Fraction) -> Decimal:
-    """A Fraction as an exact Decimal (it must have a finite decimal expansion).
-
-    Remembered: a calibration's costs repeat query after query, and each charge writes
-    them (Decimals are immutable, so sharing one is safe)."""
+    """A Fraction as an exact Decimal (it must have a finite decimal expansion)."""
     n, d = f.numerator, f.denominator
     k = 0
     while d % 10 == 0:
@@ -386,6 +384,7 @@ class Ledger:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._known = KnownRows()
+        self._decimal_sums: dict[int, tuple[Cost, list[Decimal]]] = {}
 
     @classmethod
     async def connect(
@@ -616,6 +615,19 @@ class Ledger:
             outcomes.append(out)
         return outcomes, accepted
 
+    def _decimals(self, cost: Cost) -> list[Decimal]:
+        """`cost`'s sums as exact Decimals, remembered per Cost object: the DP engine
+        shares one Cost between the queries of a calibration, and converting (or even
+        hashing) five Fractions each charge was a tenth of the charge's CPU."""
+        hit = self._decimal_sums.get(id(cost))
+        if hit is not None and hit[0] is cost:
+            return hit[1]
+        out = [to_decimal(getattr(cost, c)) for c in _SUMS]
+        if len(self._decimal_sums) >= DECIMAL_SUMS_KEPT:
+            self._decimal_sums.clear()
+        self._decimal_sums[id(cost)] = (cost, out)  # holds `cost`: its id is not reused
+        return out
+
     async def _write(
         self, conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
         bstate: dict[tuple[str, str], list[Any]],
@@ -623,21 +635,23 @@ class Ledger:
         """Write the sums and the charge log (one statement): the charges' ids and the
         written rows as they now stand."""
 
-        def sums(s: Spend) -> list[Decimal]:
-            return [to_decimal(getattr(s, c)) for c in _SUMS]
+        sums = self._decimals
 
         def columns(rows: list[list[Decimal]]) -> list[list[Decimal]]:
             return [[row[i] for row in rows] for i in range(len(_SUMS))]
 
         bkeys = sorted({(r.dataset, r.analyst) for r in accepted})
         dkeys = sorted({r.dataset for r in accepted})
-        added: dict[Any, Spend] = dict.fromkeys([*dkeys, *bkeys], ZERO)
-        max_own: dict[tuple[str, str], Fraction] = dict.fromkeys(bkeys, Fraction(0))
+        # A key's one charge is added as its own Cost object (a calibration's costs are
+        # shared between queries, so their Decimals are converted once, in `_decimals`).
+        added: dict[Any, Spend] = {}
+        largest: dict[tuple[str, str], Cost] = {}  # pure: the charge of largest own epsilon
         for r in accepted:
             pair = (r.dataset, r.analyst)
-            added[r.dataset] = added[r.dataset] + r.cost
-            added[pair] = added[pair] + r.cost
-            max_own[pair] = max(max_own[pair], r.cost.epsilon)  # pure: a charge's own epsilon
+            for k in (r.dataset, pair):
+                added[k] = r.cost if k not in added else added[k] + r.cost
+            if pair not in largest or r.cost.epsilon > largest[pair].epsilon:
+                largest[pair] = r.cost
         rows = await conn.fetch(
             _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],
@@ -649,14 +663,12 @@ class Ledger:
             [r.analyst for r in accepted],
             [r.dataset for r in accepted],
             [r.fingerprint for r in accepted],
-            [to_decimal(r.cost.epsilon) for r in accepted],
-            [to_decimal(r.cost.delta) for r in accepted],
-            [to_decimal(r.cost.rho) for r in accepted],
+            *columns([sums(r.cost) for r in accepted])[:3],  # epsilon, delta, rho
             [json.dumps(r.mechanisms) for r in accepted],
             [bstate[k][0]["version"] for k in bkeys],
             [dstate[d][0]["version"] for d in dkeys],
             [bstate[k][2] != bstate[k][0]["period_start"] for k in bkeys],  # a new period
-            [to_decimal(max_own[k]) for k in bkeys],
+            [sums(largest[k])[0] for k in bkeys],
             self.accountant.kind == AccountantKind.PURE,  # max_own is read under pure only
         )  # fmt: skip
         written = _Written([], {}, {})
