@@ -194,12 +194,13 @@ _SPEND = "_spend"
 # still enabled and the budget does not renew. UPDATE re-reads a row that another
 # writer changed and re-checks these conditions on its newest version under the row
 # lock, so charges of one analyst from several workers or replicas queue on the row
-# instead of losing races to each other, and still never overspend. Other accountants' checks are not linear in
-# the sums (advanced composition, zCDP conversion): their rows are version-checked only.
+# instead of losing races to each other, and still never overspend. Other accountants'
+# checks are not linear in the sums (advanced composition, zCDP conversion): their rows
+# are version-checked only.
 #
-# A dataset row where it has a global budget must
-# be unchanged, or (pure) still cover the batch; where it has none (checked on the row as
-# it is now, so a budget set meanwhile is seen) no decision read its sums.
+# A dataset row with a global budget must be unchanged, or (pure) still cover the batch;
+# one without (checked on the row as it is now, so a budget set meanwhile is seen) is
+# never checked: no decision read its sums.
 _WRITE_CHARGES_SQL = """
 WITH ub AS (
     UPDATE dpproxy.budget_spent AS b
@@ -632,8 +633,8 @@ class Ledger:
         self, conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
         bstate: dict[tuple[str, str], list[Any]],
     ) -> _Written:  # fmt: skip
-        """Write the sums and the charge log (one statement): the charges' ids and the
-        written rows as they now stand."""
+        """Add the batch's costs and append the charge log (one statement): the
+        charges' ids, and the written rows another writer had changed meanwhile."""
 
         sums = self._decimals
 
