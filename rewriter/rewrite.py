@@ -1020,7 +1020,7 @@ def _inner_sql(b: _Builder, *, map_keys: bool, filter_keys: bool = True) -> str:
     Keys with a listed public domain are kept to that domain: with `map_keys`, by a join
     to the domain's VALUES that turns each key into its index; otherwise by an IN filter
     (cheaper per row), the raw key being mapped to its index after aggregation
-    (`_map_domain_keys`, which also drops groups outside the domain, so without
+    (`_map_domain_keys`, whose join also drops groups outside the domain, so without
     `filter_keys` the filter is left out when nothing else depends on the kept rows).
     """
     rel = b.rel
@@ -1092,41 +1092,30 @@ def _cell_index_sql(b: _Builder) -> str:
     """A row's cell: its keys' domain indexes in row-major order (NULL outside them)."""
     index = ""
     for i, key in enumerate(b.keys):
-        case = _domain_index_sql(b, i, f"i0.k{i}")
+        lits = _domain_literals(b, i)
+        whens = " ".join(f"WHEN {lit} THEN {j}"
+                         for j, (v, lit) in enumerate(zip(key.domain, lits, strict=True))
+                         if v is not None)  # fmt: skip
+        case = f"CASE i0.k{i} {whens} END" if whens else "NULL::int"
+        if None in key.domain:
+            case = f"CASE WHEN i0.k{i} IS NULL THEN {key.domain.index(None)} ELSE {case} END"
         index = f"({case})" if not index else f"({index}) * {len(key.domain)} + ({case})"
     return index
 
 
-def _domain_index_sql(b: _Builder, i: int, ref: str) -> str:
-    """Key `i`'s index in its listed domain, for the key value `ref` (NULL outside it)."""
-    key = b.keys[i]
-    lits = _domain_literals(b, i)
-    whens = " ".join(f"WHEN {lit} THEN {j}"
-                     for j, (v, lit) in enumerate(zip(key.domain, lits, strict=True))
-                     if v is not None)  # fmt: skip
-    case = f"CASE {ref} {whens} END" if whens else "NULL::int"
-    if None in key.domain:
-        case = f"CASE WHEN {ref} IS NULL THEN {key.domain.index(None)} ELSE {case} END"
-    return case
-
-
 def _map_domain_keys(sql: str, b: _Builder) -> str:
-    """Replace raw listed-domain keys of `sql`'s groups by their domain indexes, and drop
-    the groups outside the domains. A CASE on the few aggregated groups, not a join to
-    the domain's VALUES: the join cost as much to plan as the rest of a small query."""
+    """Replace raw listed-domain keys of `sql`'s groups by their domain indexes."""
     cols = []
-    mapped = []
+    joins = []
     for i, key in enumerate(b.keys):
         if key.private or key.domain_sql:
             cols.append(f"a.k{i}")
             continue
-        cols.append(f"{_domain_index_sql(b, i, f'a.k{i}')} AS k{i}")
-        mapped.append(f"m.k{i} IS NOT NULL")
+        values = ", ".join(f"({j}, {lit})" for j, lit in enumerate(_domain_literals(b, i)))
+        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON a.k{i} IS NOT DISTINCT FROM d{i}.v")
+        cols.append(f"d{i}.i AS k{i}")
     cols += [f"a.{name}" for name in b.primitives]
-    inner = f"SELECT {', '.join(cols)} FROM ({sql}) AS a"
-    if not mapped:
-        return inner
-    return f"SELECT * FROM ({inner}) AS m WHERE {' AND '.join(mapped)}"
+    return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}"
 
 
 _REFERENCE = re.compile(r'"?([A-Za-z_]\w*)"?\."?([A-Za-z_]\w*)"?')
