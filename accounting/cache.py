@@ -122,6 +122,23 @@ RETURNING a.key
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerProbe:
+    """A cache key to look up inside a ledger charge (`Ledger.charge(unless_answered=)`):
+    the charge is not made if a valid answer is stored under it."""
+
+    key: str
+    ttl_seconds: float | None
+
+
+# The condition a probing charge checks, in the charge's own statement: {keys} and {ttl}
+# are its parameters (text[] and float8). The same validity as `_GET_SQL`.
+ANSWERED_SQL = """EXISTS (SELECT 1 FROM dpproxy.answers a
+                 JOIN dpproxy.datasets d ON d.dataset = a.dataset
+                WHERE a.key = ANY({keys}::text[]) AND a.epoch = d.cache_epoch
+                  AND ({ttl}::float8 IS NULL OR a.created_at > now() - make_interval(secs => {ttl})))"""
+
+
+@dataclass(frozen=True, slots=True)
 class _Store:
     key: str
     dataset: str
@@ -147,6 +164,10 @@ class AnswerCache:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(724011)")
             await conn.execute(CACHE_SCHEMA_SQL)
+
+    def probe(self, key: str) -> AnswerProbe:
+        """`key` to look up inside a ledger charge instead of in a statement of its own."""
+        return AnswerProbe(key, self._ttl)
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The valid cached answer for `key`, if any."""

@@ -45,6 +45,7 @@ from typing import Any
 import asyncpg
 
 from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
+from accounting.cache import ANSWERED_SQL, AnswerProbe
 from accounting.known_rows import KnownRows
 from accounting.pool import create_pool
 
@@ -162,6 +163,14 @@ BEGIN
             FOR EACH ROW EXECUTE FUNCTION dpproxy.analyst_changed();
     END IF;
 END $$;
+CREATE OR REPLACE FUNCTION dpproxy.not_answered(ok boolean) RETURNS boolean
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ok THEN
+        RAISE EXCEPTION 'an answer to this query is stored already' USING ERRCODE = 'DP001';
+    END IF;
+    RETURN true;
+END $$;
 CREATE OR REPLACE FUNCTION dpproxy.rows_unchanged(ok boolean) RETURNS boolean
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -243,6 +252,7 @@ WITH ub AS (
                          $22::numeric[], $23::jsonb[])
      WHERE dpproxy.rows_unchanged((SELECT count(*) FROM ud) = cardinality($10::text[])
                                   AND (SELECT count(*) FROM ub) = cardinality($1::text[]))
+           {unless_answered}
     RETURNING id
 )
 SELECT id, NULL::text AS dataset, NULL::text AS analyst, NULL::numeric AS epsilon,
@@ -256,6 +266,17 @@ UNION ALL
 SELECT NULL, dataset, NULL, epsilon, delta, rho, epsilon_sq, epsilon_tanh, releases, NULL,
        version FROM ud WHERE changed
 """
+
+# The same write, for a batch in which some charges are made only if no valid answer
+# is stored under their cache keys ($29; $30 the cache's TTL): if one is, `not_answered`
+# raises DP001 and nothing is written (an answer stored by another replica, or before a
+# restart: rare, since this process looks up first where it knows one is stored). It
+# saves a charged query the answer cache's own lookup, a round trip to the ledger.
+_WRITE_CHARGES_UNLESS_ANSWERED_SQL = _WRITE_CHARGES_SQL.replace(
+    "{unless_answered}",
+    "AND dpproxy.not_answered(NOT " + ANSWERED_SQL.format(keys="$29", ttl="$30") + ")")
+_WRITE_CHARGES_SQL = _WRITE_CHARGES_SQL.replace("{unless_answered}", "")
+ANSWERED_SQLSTATE = "DP001"
 
 # The rows a batch's charges are decided on, read in one statement (one snapshot),
 # without locks: each budget row with its analyst's flag and its dataset's row.
@@ -313,6 +334,11 @@ def spend_of(row: Any) -> Spend:
     )
 
 
+class AlreadyAnswered(Exception):
+    """A probing charge found a valid answer stored under its cache key; nothing was
+    charged (look the answer up, or charge again without the probe)."""
+
+
 class BudgetExhausted(Exception):
     """A charge was refused (budget, cap, or disabled analyst); nothing was charged."""
 
@@ -350,6 +376,7 @@ class _Request:
     cost: Cost
     mechanisms: list[dict[str, Any]]
     future: asyncio.Future[Charge] = field(repr=False)
+    probe: AnswerProbe | None = None
 
 
 @dataclass
@@ -432,14 +459,18 @@ class Ledger:
         fingerprint: str,
         cost: Cost,
         mechanisms: list[dict[str, Any]] | None = None,
+        unless_answered: AnswerProbe | None = None,
     ) -> Charge:
         """Check and debit every budget the query is under, durably, before it runs.
 
-        Raises BudgetExhausted (and charges nothing) if a budget does not cover it. If
-        the ledger itself fails, the error propagates and the query must not run.
+        Raises BudgetExhausted (and charges nothing) if a budget does not cover it; with
+        `unless_answered`, AlreadyAnswered (and charges nothing) if a valid answer is
+        stored under its key. If the ledger itself fails, the error propagates and the
+        query must not run.
         """
         loop = asyncio.get_running_loop()
-        req = _Request(analyst, dataset, fingerprint, cost, mechanisms or [], loop.create_future())
+        req = _Request(analyst, dataset, fingerprint, cost, mechanisms or [], loop.create_future(),
+                       unless_answered)  # fmt: skip
         if not self.group.enabled:
             await self._run_batch([req])
         else:
@@ -463,7 +494,19 @@ class Ledger:
 
     async def _run_batch(self, batch: list[_Request]) -> None:
         try:
-            outcomes = await self._commit(batch)
+            try:
+                outcomes = await self._commit(batch)
+            except asyncpg.PostgresError as e:
+                if e.sqlstate != ANSWERED_SQLSTATE:
+                    raise
+                # Some probed key has an answer (which one, the statement does not say):
+                # every probing charge of the batch is answered from the cache instead
+                # (or charged again, unprobed, by its caller); the others go again.
+                for r in batch:
+                    if r.probe is not None and not r.future.done():
+                        r.future.set_exception(AlreadyAnswered())
+                batch = [r for r in batch if r.probe is None]
+                outcomes = await self._commit(batch) if batch else []
         except Exception as e:  # the ledger failed: no query of this batch may run
             log.error("ledger transaction failed: %s", type(e).__name__)
             for r in batch:
@@ -653,8 +696,10 @@ class Ledger:
                 added[k] = r.cost if k not in added else added[k] + r.cost
             if pair not in largest or r.cost.epsilon > largest[pair].epsilon:
                 largest[pair] = r.cost
+        probes = [r.probe for r in accepted if r.probe is not None]
+        unless_answered = [[p.key for p in probes], probes[0].ttl_seconds] if probes else []
         rows = await conn.fetch(
-            _WRITE_CHARGES_SQL,
+            _WRITE_CHARGES_UNLESS_ANSWERED_SQL if probes else _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],
             *columns([sums(added[k]) for k in bkeys]),
             [added[k].releases for k in bkeys], [bstate[k][2] for k in bkeys],
@@ -671,6 +716,7 @@ class Ledger:
             [bstate[k][2] != bstate[k][0]["period_start"] for k in bkeys],  # a new period
             [sums(largest[k])[0] for k in bkeys],
             self.accountant.kind == AccountantKind.PURE,  # max_own is read under pure only
+            *unless_answered,
         )  # fmt: skip
         written = _Written([], {}, {})
         for r in rows:

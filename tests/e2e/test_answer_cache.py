@@ -1,15 +1,21 @@
 """The answer cache's batched statements on a real ledger database (accounting/cache.py):
-concurrent lookups and stores share statements and keep the cache's rules."""
+concurrent lookups and stores share statements and keep the cache's rules; and the
+lookup that rides in a ledger charge."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
 
 import pytest
 
+from accounting.accountant import laplace_release
+from accounting.budget import AnalystBudget, sync_config
 from accounting.cache import AnswerCache, CachedAnswer
-from accounting.ledger import Ledger
+from accounting.ledger import AlreadyAnswered, Charge, Ledger
 from proxy.pgcluster import PgCluster
 from tests.support.ledgers import ledger_database
 
@@ -54,3 +60,55 @@ def test_concurrent_stores_keep_the_first_answer_per_key_and_lookups_find_them(l
         got = found[key]
         assert got is not None and got.rows == [(winner,)] and got.bounds == f"count ±{winner}"
     assert found[5] is None
+
+
+VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
+
+
+def test_a_probing_charge_is_not_made_where_a_valid_answer_is_stored(ledger_dsn: str) -> None:
+    # The lookup that rides in a charge (`unless_answered`): a valid stored answer stops
+    # the charge (AlreadyAnswered, nothing written); an absent, expired or cleared one
+    # does not. Charges in the same batch as an answered probe are never lost: the
+    # unprobed ones are charged, the probed ones are told to look up.
+    async def main() -> tuple[list[Any], list[Any], int, Decimal]:
+        ledger = await Ledger.connect(ledger_dsn)
+        cache = AnswerCache(ledger.pool, None)
+        expiring = AnswerCache(ledger.pool, 0.05)
+        try:
+            async with ledger.pool.acquire() as conn:
+                await sync_config(conn, "d", [AnalystBudget("a", VERIFIER, Decimal(1))])
+            await cache.put("stored", "d", None, "fp", answer(1))
+            await expiring.put("old", "d", None, "fp", answer(2))
+            await cache.put("cleared", "d", None, "fp", answer(3))
+            cost = laplace_release(Fraction(1, 10))
+            together = await asyncio.gather(
+                ledger.charge("a", "d", "fp", cost, unless_answered=cache.probe("stored")),
+                ledger.charge("a", "d", "fp", cost, unless_answered=cache.probe("new")),
+                ledger.charge("a", "d", "fp", cost),
+                return_exceptions=True,
+            )  # fmt: skip
+            await asyncio.sleep(0.1)  # "old" is past its TTL
+            await cache.clear("d")  # and "cleared" (every answer) is of an older epoch
+            alone = [await _outcome(ledger.charge("a", "d", "fp", cost, unless_answered=probe))
+                     for probe in (cache.probe("new"), expiring.probe("old"), cache.probe("cleared"))]  # fmt: skip
+            async with ledger.pool.acquire() as conn:
+                charges = await conn.fetchval("SELECT count(*) FROM dpproxy.charges")
+                spent = await conn.fetchval("SELECT epsilon FROM dpproxy.budget_spent")
+            return together, alone, charges, spent
+        finally:
+            await ledger.close()
+
+    together, alone, charges, spent = asyncio.run(main())
+    assert isinstance(together[0], AlreadyAnswered)
+    assert isinstance(together[1], (Charge, AlreadyAnswered))  # answered with its batch, or not
+    assert isinstance(together[2], Charge)
+    assert all(isinstance(o, Charge) for o in alone)
+    made = sum(isinstance(o, Charge) for o in together) + len(alone)
+    assert charges == made and spent == Decimal(made) / 10
+
+
+async def _outcome(charge: Awaitable[Charge]) -> Charge | Exception:
+    try:
+        return await charge
+    except Exception as e:  # noqa: BLE001 - the test inspects it
+        return e
