@@ -356,15 +356,16 @@ class Mechanisms:
         mechanism, scale = key
         if mechanism == "discrete_laplace" and sampler.supports(scale):
             return sampler.discrete_laplace(scale, n, self._words).tolist()
-        meas = self.gaussian(scale) if mechanism == "discrete_gaussian" else self.laplace(scale)
-        return self._invoke.small(meas, [0] * n)
+        return self._invoke.small(self._measurement_of(key), [0] * n)
 
     def _vector_measurement(self, spec: NoiseSpec) -> Any:
-        if spec.mechanism == "discrete_gaussian":  # issue #5: zCDP releases
-            return self.gaussian(spec.scale)
-        if spec.mechanism != "discrete_laplace":
-            raise ValueError(f"{spec.primitive} is not noised by a vector measurement")
-        return self.laplace(spec.scale)
+        return self._measurement_of(_vector_key(spec))
+
+    def _measurement_of(self, key: tuple[str, float]) -> Any:
+        """The vector measurement of a `_vector_key`."""
+        mechanism, scale = key
+        # issue #5: discrete Gaussian for zCDP releases
+        return self.gaussian(scale) if mechanism == "discrete_gaussian" else self.laplace(scale)
 
     # --- discrete Gaussian (zCDP), added for issue #5 --------------------------------
 
