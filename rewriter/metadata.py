@@ -6,7 +6,7 @@ ever inferred from the data (bounds computed from the data would themselves leak
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -243,16 +243,26 @@ class Metadata(BaseModel):
     @property
     def enforced_checks(self) -> tuple[int, ...]:
         """The CHECK constraints (OIDs, sorted) that some column's missing clamp relies on."""
-        return tuple(sorted({c.enforced_by for t in self.tables.values()
-                             for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
+        return self.enforced_checks_of(self.tables)
 
+    def enforced_checks_of(self, tables: Iterable[str]) -> tuple[int, ...]:
+        """`enforced_checks` of the columns of `tables` only."""
+        return tuple(sorted({c.enforced_by for t in self._named(tables)
+                             for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
 
     @property
     def numeric_types(self) -> tuple[tuple[int, int, int], ...]:
         """The (attrelid, attnum, atttypmod) of every column whose numeric type some
         query's clamp relies on (sorted; a column a CHECK constraint bounds has no clamp)."""
-        return tuple(sorted({c.numeric_type[:3] for t in self.tables.values() for c in t.columns.values()
+        return self.numeric_types_of(self.tables)
+
+    def numeric_types_of(self, tables: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
+        """`numeric_types` of the columns of `tables` only."""
+        return tuple(sorted({c.numeric_type[:3] for t in self._named(tables) for c in t.columns.values()
                              if c.numeric_type is not None and c.enforced_by is None}))  # fmt: skip
+
+    def _named(self, tables: Iterable[str]) -> list[TableMeta]:
+        return [self.tables[name] for name in tables if name in self.tables]
 
 
 def with_enforced_bounds(meta: Metadata, checks: Mapping[tuple[str, str], int]) -> Metadata:

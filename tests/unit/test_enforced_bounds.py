@@ -111,3 +111,29 @@ def test_only_clamped_columns_types_are_guarded() -> None:
     assert typed.numeric_types == ((11, 2, 4),)
     # A CHECK constraint bounds it: no clamp to make cheaper, no type to guard.
     assert with_enforced_bounds(typed, {("t", "x"): 7}).numeric_types == ()
+
+
+def test_a_query_is_guarded_by_the_checks_of_the_tables_it_reads_only() -> None:
+    # Two private tables with a CHECK-enforced column each (constraints 7 and 8) and a
+    # numeric(p, s) column clamped as an integer on the first: each query's guard names
+    # exactly the tables its SQL reads, wherever they are nested.
+    m = Metadata.model_validate({"dataset": "d", "tables": {
+        "t": {"privacy_unit": "u", "columns": {"u": {"type": "integer"},
+                                               "x": {"type": "numeric", "lower": 0, "upper": 10},
+                                               "y": {"type": "numeric", "lower": 0, "upper": 10,
+                                                     "precision": "0.01"}}},
+        "s": {"privacy_unit": "u", "columns": {"u": {"type": "integer"},
+                                               "x": {"type": "numeric", "lower": 0, "upper": 10}}},
+    }})  # fmt: skip
+    m = with_numeric_types(with_enforced_bounds(m, {("t", "x"): 7, ("s", "x"): 8}), {("t", "y"): (11, 3, 4, 13)})
+
+    def guard(sql: str) -> tuple[str, bool]:
+        out = rewrite(parse_one(sql), m).sql
+        oids = re.search(r"WHERE oid IN \(([\d, ]*)\)", out)
+        return (oids.group(1) if oids else ""), "(VALUES (11::oid, 3::int2, 4))" in out
+
+    assert guard("SELECT SUM(x) FROM t") == ("7", True)
+    assert guard("SELECT SUM(x) FROM s") == ("8", False)
+    assert guard("SELECT SUM(s.x) FROM s JOIN t ON s.u = t.u") == ("7, 8", True)
+    assert guard("SELECT COUNT(*) FROM s WHERE u IN (SELECT u FROM t WHERE y > 1)") == ("7, 8", True)
+    assert guard("SELECT SUM(v) FROM (SELECT u, SUM(y) AS v FROM t GROUP BY u) AS d") == ("7", True)
