@@ -319,14 +319,6 @@ async def serve_until_stopped(
     except BaseException:
         await runtime.shutdown()
         raise
-    meta = config.metadata
-    # The event loop in use: uvloop when the `fast` extra is installed (see proxy/cli.py).
-    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-    progress(f"listening on {host}:{port} (dataset {meta.dataset if meta else '?'}, {loop} event loop)")
-    if runtime.http_address is not None:
-        progress(f"metrics on http://{runtime.http_address[0]}:{runtime.http_address[1]}/metrics")
-    if ready:
-        print(ready, flush=True)
     stop = asyncio.Event()
     reloads: set[asyncio.Task[list[str]]] = set()
 
@@ -335,7 +327,17 @@ async def serve_until_stopped(
         reloads.add(t)
         t.add_done_callback(reloads.discard)
 
+    # Before "listening on": whoever waits for that line may signal at once, and until
+    # then a worker's SIGHUP is the default action (it would end the worker).
     install_signals(stop, on_hup)
+    meta = config.metadata
+    # The event loop in use: uvloop when the `fast` extra is installed (see proxy/cli.py).
+    loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    progress(f"listening on {host}:{port} (dataset {meta.dataset if meta else '?'}, {loop} event loop)")
+    if runtime.http_address is not None:
+        progress(f"metrics on http://{runtime.http_address[0]}:{runtime.http_address[1]}/metrics")
+    if ready:
+        print(ready, flush=True)
     try:
         await stop.wait()
     finally:

@@ -153,8 +153,11 @@ def serve_workers(config: Config, run: Callable[[WorkerSpec], None],
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         pid = os.fork()
         if pid == 0:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
+            # Until the worker's loop handles it, a forwarded reload must not end the
+            # worker (SIGHUP's default action): it is reading its config at that moment.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             sock.close()
             ours.close()
             for other in channels.values():
