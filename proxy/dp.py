@@ -60,6 +60,8 @@ FAILED_IN_DATABASE = ("the query failed in the database (details are withheld be
                       "reveal private data); its privacy cost has been charged")  # fmt: skip
 PLAN_CACHE_SIZE = 1024
 _UNSEEN = object()  # a statement shape not seen yet (`DPEngine.bound_plan`)
+# Plans bound to values, remembered for a Describe's Execute (`DPEngine.bound_plan`).
+BOUND_PLANS = 64
 _SEEN_ONCE = object()  # seen once: planned as literals, a template the next time
 STORED_KEYS = 4096
 
@@ -99,6 +101,7 @@ class DPEngine:
         # Issue #7: plans that bind filter parameters, by (statement text, value kinds):
         # a template, None where values must be planned as literals, or _SEEN_ONCE.
         self._templates: OrderedDict[tuple[str, tuple[str, ...]], DPPlan | object | None] = OrderedDict()
+        self._bound: OrderedDict[tuple[Any, ...], tuple[DPPlan, DPPlan]] = OrderedDict()
         # Calibrated noise and its price by what they depend on (issue #7): the same
         # statement at the same epsilon is calibrated once, whatever its values.
         self._calibrations: OrderedDict[tuple[Any, ...], tuple[list[NoiseSpec], Cost]] = OrderedDict()
@@ -270,7 +273,18 @@ class DPEngine:
         if entry is _SEEN_ONCE:
             entry = self._templates[key] = make_template(tree, kinds, self.meta)
         self._templates.move_to_end(key)
-        return instantiate(entry, params) if isinstance(entry, DPPlan) else None
+        if not isinstance(entry, DPPlan):
+            return None
+        # Drivers Describe a portal and then Execute it: the same values, bound twice.
+        # (`key` holds the values' kinds, so equal values of other types, 1 and
+        # Decimal(1), which render differently, never share a plan.)
+        bound_key = (key, tuple(params))
+        plan = self._bound.get(bound_key)
+        if plan is None or plan[0] is not entry:
+            plan = self._bound[bound_key] = (entry, instantiate(entry, params))
+            if len(self._bound) > BOUND_PLANS:
+                self._bound.popitem(last=False)
+        return plan[1]
 
     def _from_template(self, tree: exp.Expression) -> DPPlan | None:
         """A statement's plan from the template of its shape, its filter literals bound

@@ -200,3 +200,24 @@ def test_a_statement_gets_its_template_the_second_time_it_is_seen() -> None:
     second, third = (engine.bound_plan(text, tree, [v]) for v in (6, 7))
     assert second is not None and third is not None and second.sql == third.sql
     assert (second.sql_params, third.sql_params) == ((6,), (7,))
+
+
+def test_the_same_values_bound_again_reuse_their_plan() -> None:
+    # A Describe and then an Execute of one portal bind the same values twice: the
+    # second gets the first's plan; other values, or an equal value of another kind,
+    # get their own.
+    from accounting.mechanisms import Mechanisms
+    from proxy.dp import DPEngine
+
+    engine = DPEngine(META, Mechanisms(), None, None)  # type: ignore[arg-type]  # no I/O here
+    text = "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1"
+    tree = parse_one(text)
+    engine.bound_plan(text, tree, [5])  # seen once: planned as literals
+    first = engine.bound_plan(text, tree, [6])
+    assert first is not None and engine.bound_plan(text, tree, [6]) is first
+    other = engine.bound_plan(text, tree, [7])
+    assert other is not None and other is not first and other.sql_params == (7,)
+    engine.bound_plan(text, tree, [Decimal(5)])  # another kind: seen once again
+    as_numeric = engine.bound_plan(text, tree, [Decimal(6)])
+    assert as_numeric is not None and as_numeric is not first
+    assert as_numeric.fingerprint == engine.bound_plan(text, tree, [Decimal(6)]).fingerprint  # type: ignore[union-attr]
