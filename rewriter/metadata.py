@@ -240,24 +240,16 @@ class Metadata(BaseModel):
         """The tables whose rows may only leave as DP aggregates."""
         return {k: v for k, v in self.tables.items() if not v.public}
 
-    @property
-    def enforced_checks(self) -> tuple[int, ...]:
-        """The CHECK constraints (OIDs, sorted) that some column's missing clamp relies on."""
-        return self.enforced_checks_of(self.tables)
-
     def enforced_checks_of(self, tables: Iterable[str]) -> tuple[int, ...]:
-        """`enforced_checks` of the columns of `tables` only."""
+        """The CHECK constraints (OIDs, sorted) that a missing clamp of a column of
+        `tables` relies on."""
         return tuple(sorted({c.enforced_by for t in self._named(tables)
                              for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
 
-    @property
-    def numeric_types(self) -> tuple[tuple[int, int, int], ...]:
-        """The (attrelid, attnum, atttypmod) of every column whose numeric type some
-        query's clamp relies on (sorted; a column a CHECK constraint bounds has no clamp)."""
-        return self.numeric_types_of(self.tables)
-
     def numeric_types_of(self, tables: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
-        """`numeric_types` of the columns of `tables` only."""
+        """The (attrelid, attnum, atttypmod) of every column of `tables` whose numeric
+        type some query's clamp relies on (sorted; a column a CHECK constraint bounds has
+        no clamp)."""
         return tuple(sorted({c.numeric_type[:3] for t in self._named(tables) for c in t.columns.values()
                              if c.numeric_type is not None and c.enforced_by is None}))  # fmt: skip
 

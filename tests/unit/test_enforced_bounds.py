@@ -108,9 +108,9 @@ def test_integer_clamp_only_where_it_equals_the_numeric_one() -> None:
 
 def test_only_clamped_columns_types_are_guarded() -> None:
     typed = with_numeric_types(meta(precision="0.01"), {("t", "x"): (11, 2, 4, 13)})
-    assert typed.numeric_types == ((11, 2, 4),)
+    assert typed.numeric_types_of(["t"]) == ((11, 2, 4),)
     # A CHECK constraint bounds it: no clamp to make cheaper, no type to guard.
-    assert with_enforced_bounds(typed, {("t", "x"): 7}).numeric_types == ()
+    assert with_enforced_bounds(typed, {("t", "x"): 7}).numeric_types_of(["t"]) == ()
 
 
 def test_a_query_is_guarded_by_the_checks_of_the_tables_it_reads_only() -> None:
