@@ -20,6 +20,7 @@ import asyncpg
 
 from accounting.accountant import Accountant, AccountantKind, Limits
 from accounting.ledger import spend_of
+from accounting.pool import LeanPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ async def _upsert_budget(conn: asyncpg.Connection, dataset: str, a: AnalystBudge
     )  # fmt: skip
 
 
-async def load_analyst(pool: asyncpg.Pool, name: str, dataset: str) -> AnalystBudget | None:
+async def load_analyst(pool: LeanPool, name: str, dataset: str) -> AnalystBudget | None:
     """An analyst and their budget on `dataset`, as the ledger holds them now."""
     row = await pool.fetchrow(
         "SELECT a.name, a.password, a.enabled, b.budget_epsilon, b.budget_delta, "
@@ -162,7 +163,7 @@ class BudgetRow:
 
 
 async def budget_rows(
-    conn: asyncpg.Connection | asyncpg.Pool, analyst: str | None = None,
+    conn: asyncpg.Connection | LeanPool, analyst: str | None = None,
     dataset: str | None = None, count_queries: bool = True,
 ) -> list[BudgetRow]:  # fmt: skip
     """Budgets and spend, per (analyst, dataset), under each dataset's own accountant.

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
-
 from accounting.coalesce import Coalescer
+from accounting.pool import LeanPool
 
 CACHE_SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS dpproxy.answers (
@@ -153,7 +152,7 @@ class AnswerCache:
     """Durable answers in the ledger database; concurrent lookups, and concurrent
     stores, share one statement each (accounting/coalesce.py)."""
 
-    def __init__(self, pool: asyncpg.Pool, ttl_seconds: float | None) -> None:
+    def __init__(self, pool: LeanPool, ttl_seconds: float | None) -> None:
         self._pool = pool
         self._ttl = ttl_seconds
         self._gets: Coalescer[str, CachedAnswer | None] = Coalescer(self._get_many)

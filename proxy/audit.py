@@ -35,6 +35,8 @@ from typing import Any
 
 import asyncpg
 
+from accounting.pool import LeanPool
+
 log = logging.getLogger("dpproxy.audit")
 
 # Needs the ledger's schema (dpproxy.append_only()), created by Ledger.ensure_schema.
@@ -107,7 +109,7 @@ class AuditEntry:
         return _INSERT_VALUES(self)  # type: ignore[no-any-return]
 
 
-async def ensure_audit_schema(pool: asyncpg.Pool) -> None:
+async def ensure_audit_schema(pool: LeanPool) -> None:
     """Create the audit table and its append-only triggers (idempotent, serialized)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(724013)")
@@ -124,7 +126,7 @@ class AuditWriter:
     """Batches audit entries into the ledger database from one background task."""
 
     def __init__(
-        self, pool: asyncpg.Pool, flush_ms: int = 100, max_batch: int = 500,
+        self, pool: LeanPool, flush_ms: int = 100, max_batch: int = 500,
         max_queue: int = 10_000, on_written: Any = None, on_error: Any = None,
     ) -> None:  # fmt: skip
         self.pool = pool
@@ -232,7 +234,7 @@ class AuditWriter:
 
 
 async def read_audit(
-    conn: asyncpg.Connection | asyncpg.Pool, analyst: str | None = None,
+    conn: asyncpg.Connection | LeanPool, analyst: str | None = None,
     since: datetime | None = None, limit: int | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Audit rows, oldest first, optionally for one analyst and since a time."""

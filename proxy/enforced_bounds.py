@@ -28,10 +28,10 @@ import logging
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 
-import asyncpg
 import sqlglot
 from sqlglot import exp
 
+from accounting.pool import LeanPool
 from rewriter.metadata import Metadata
 
 log = logging.getLogger("dpproxy.enforced_bounds")
@@ -148,7 +148,7 @@ def enforced_columns(meta: Metadata, rows: list[dict[str, object]]) -> dict[tupl
     return found
 
 
-async def find_enforced_bounds(pool: asyncpg.Pool, meta: Metadata) -> dict[tuple[str, str], int]:
+async def find_enforced_bounds(pool: LeanPool, meta: Metadata) -> dict[tuple[str, str], int]:
     """The declared bounds the data database enforces (see `enforced_columns`)."""
     rows = [dict(r) for r in await pool.fetch(CHECKS_SQL)]
     found = enforced_columns(meta, rows)
@@ -195,6 +195,6 @@ def numeric_columns(meta: Metadata, rows: list[dict[str, object]]) -> dict[tuple
     return found
 
 
-async def find_numeric_types(pool: asyncpg.Pool, meta: Metadata) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+async def find_numeric_types(pool: LeanPool, meta: Metadata) -> dict[tuple[str, str], tuple[int, int, int, int]]:
     """The declared bounded columns whose numeric(p, s) type caps their digits."""
     return numeric_columns(meta, [dict(r) for r in await pool.fetch(NUMERIC_TYPES_SQL)])

@@ -27,8 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
+from accounting.pool import LeanPool
 from proxy.audit import AuditWriter, ensure_audit_schema
 from proxy.config import Config, ConfigError, load_config
 from proxy.http import HttpServer, Response
@@ -53,7 +52,7 @@ RELOADABLE = frozenset({
 })  # fmt: skip
 
 
-async def open_ops(config: Config, ledger_pool: asyncpg.Pool) -> Ops:
+async def open_ops(config: Config, ledger_pool: LeanPool) -> Ops:
     """The per-process Ops: metrics, and the audit writer on the ledger database."""
     metrics = Metrics()
     audit = None

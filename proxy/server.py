@@ -9,11 +9,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
 from accounting.ledger import Ledger
 from accounting.mechanisms import Mechanisms
-from accounting.pool import create_pool
+from accounting.pool import LeanPool, create_pool
 from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -89,7 +87,7 @@ class ServerContext:
 class Server:
     """A running dpproxy: listening socket plus backend pools."""
 
-    def __init__(self, ctx: ServerContext, data_pool: asyncpg.Pool, ledger: Ledger) -> None:
+    def __init__(self, ctx: ServerContext, data_pool: LeanPool, ledger: Ledger) -> None:
         self.ctx = ctx
         self._data = data_pool
         self._ledger = ledger
