@@ -47,7 +47,7 @@ import asyncpg
 from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
 from accounting.cache import ANSWERED_SQL, AnswerProbe
 from accounting.known_rows import KnownRows
-from accounting.pool import create_pool
+from accounting.pool import LeanPool, create_pool
 
 log = logging.getLogger("dpproxy.ledger")
 
@@ -377,6 +377,7 @@ class _Request:
     mechanisms: list[dict[str, Any]]
     future: asyncio.Future[Charge] = field(repr=False)
     probe: AnswerProbe | None = None
+    sent: asyncio.Future[None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -403,7 +404,7 @@ class Ledger:
     """Charges against the ledger database, with group commit."""
 
     def __init__(
-        self, pool: asyncpg.Pool, accountant: Accountant | None = None,
+        self, pool: LeanPool, accountant: Accountant | None = None,
         group: GroupCommit | None = None,
     ) -> None:  # fmt: skip
         self.pool = pool
@@ -460,17 +461,19 @@ class Ledger:
         cost: Cost,
         mechanisms: list[dict[str, Any]] | None = None,
         unless_answered: AnswerProbe | None = None,
+        sent: asyncio.Future[None] | None = None,
     ) -> Charge:
         """Check and debit every budget the query is under, durably, before it runs.
 
         Raises BudgetExhausted (and charges nothing) if a budget does not cover it; with
         `unless_answered`, AlreadyAnswered (and charges nothing) if a valid answer is
         stored under its key. If the ledger itself fails, the error propagates and the
-        query must not run.
+        query must not run. `sent` is resolved when a decision has accepted the charge
+        and its write is on its way (it may still fail: only the return value counts).
         """
         loop = asyncio.get_running_loop()
         req = _Request(analyst, dataset, fingerprint, cost, mechanisms or [], loop.create_future(),
-                       unless_answered)  # fmt: skip
+                       unless_answered, sent)  # fmt: skip
         if not self.group.enabled:
             await self._run_batch([req])
         else:
@@ -698,6 +701,9 @@ class Ledger:
                 largest[pair] = r.cost
         probes = [r.probe for r in accepted if r.probe is not None]
         unless_answered = [[p.key for p in probes], probes[0].ttl_seconds] if probes else []
+        for r in accepted:
+            if r.sent is not None and not r.sent.done():
+                r.sent.set_result(None)
         rows = await conn.fetch(
             _WRITE_CHARGES_UNLESS_ANSWERED_SQL if probes else _WRITE_CHARGES_SQL,
             [k[0] for k in bkeys], [k[1] for k in bkeys],

@@ -41,7 +41,8 @@ from accounting.mechanisms import (
     total_delta,
     total_epsilon,
 )
-from accounting.release import error_bounds, release
+from accounting.pool import LeanPool
+from accounting.release import Answer, error_bounds, release
 from proxy.commands import Result
 from proxy.config import AnalystConfig
 from proxy.errors import BUDGET_EXHAUSTED, INVALID_PARAMETER_VALUE, QUERY_FAILED, ProxyError
@@ -82,7 +83,7 @@ class DPEngine:
         meta: Metadata,
         mechanisms: Mechanisms,
         ledger: Ledger,
-        data: asyncpg.Pool,
+        data: LeanPool,
         cache: AnswerCache | None = None,
         cache_shared: bool = False,
         data_version: str = "",
@@ -339,6 +340,7 @@ class DPEngine:
         # The bounded SQL starts at once, alongside the cache lookup, unless this process
         # knows the answer is stored (then a hit is likely, and the run would be wasted).
         backend = None if cache_key in self._stored else self._run(plan)
+        charging: asyncio.Future[Charge] | None = None
         try:
             probe = None
             if cache_key is not None:
@@ -363,8 +365,11 @@ class DPEngine:
                 backend = self._run(plan)
             await asyncio.sleep(0)  # let it send the query before the CPU work below
             noise, cost = self._calibrated(plan, epsilon, delta)
+            sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            charging = asyncio.ensure_future(self._charge(analyst.name, plan, cost, noise, probe, sent))
+            early = await self._release_while_charging(charging, sent, backend, plan, noise)
             try:
-                charge = await self._charge(analyst.name, plan, cost, noise, probe)
+                charge = await charging
             except (AlreadyAnswered, ProxyError) as e:
                 # A stored answer, or a refusal decided before the probe ran: a repeat
                 # is answered from the cache whatever budget is left.
@@ -379,17 +384,21 @@ class DPEngine:
                     return await self._cached_result(hit, plan, analyst)
                 if isinstance(e, ProxyError):
                     raise
+                early = None  # its noise was drawn for a charge that was not made
                 charge = await self._charge(analyst.name, plan, cost, noise)  # expired meanwhile
-            try:
-                rows = await backend
-                lap("backend")  # issue #8: the wait for the database after the charge
-            except (asyncpg.PostgresError, OSError) as e:
-                # The backend's text may quote private values: never forward it.
-                raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
+            if early is None:
+                try:
+                    rows = await backend
+                    lap("backend")  # issue #8: the wait for the database after the charge
+                except (asyncpg.PostgresError, OSError) as e:
+                    # The backend's text may quote private values: never forward it.
+                    raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
         finally:
             if backend is not None:
                 _discard(backend)
-        answer = release(plan, rows, noise, self.mechanisms)
+            if charging is not None and not charging.done():  # cancelled: it commits or not alone
+                charging.add_done_callback(_retrieve)
+        answer = early if early is not None else release(plan, rows, noise, self.mechanisms)
         lap("noise")  # issue #8
         bounds = _bounds(noise, plan)
         columns, out_rows = answer.columns, answer.rows
@@ -450,14 +459,44 @@ class DPEngine:
         if len(self._stored) > STORED_KEYS:
             self._stored.popitem(last=False)
 
+    async def _release_while_charging(
+        self, charging: asyncio.Future[Charge], sent: asyncio.Future[None],
+        backend: asyncio.Future[Any], plan: DPPlan, noise: list[NoiseSpec],
+    ) -> Answer | None:  # fmt: skip
+        """The noisy answer, computed while the ledger writes an accepted charge.
+
+        Only once the ledger has decided to accept the charge and sent its write (`sent`)
+        and the rows have arrived: the answer is then ready when the write commits, and is
+        sent only if it does (its noise is discarded otherwise; no draw is used twice).
+        Until then it only waits, so a refusal (decided before the write is sent) replies
+        at once, never after the run. None if the charge ended first, or the run failed
+        (the caller then goes the ordinary way and reports it after the charge).
+        """
+        while not charging.done():
+            if sent.done() and backend.done():
+                if backend.cancelled() or backend.exception() is not None:
+                    return None
+                lap("backend")  # issue #8: the rows came while the write was in flight
+                try:
+                    early = release(plan, backend.result(), noise, self.mechanisms)
+                    lap("noise")  # issue #8
+                    return early
+                except Exception:  # noqa: BLE001 - raised again after the charge, in order
+                    return None
+            waiting = [f for f in (charging, sent, backend) if not f.done()]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        return None
+
     async def _charge(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec],
-                      probe: AnswerProbe | None = None) -> Charge:  # fmt: skip
+                      probe: AnswerProbe | None = None, sent: asyncio.Future[None] | None = None,
+                      ) -> Charge:  # fmt: skip
         """Commit the query's cost in the ledger, or refuse it with 53Z01 (nothing charged);
-        with `probe`, raise AlreadyAnswered (nothing charged) if its answer is stored."""
+        with `probe`, raise AlreadyAnswered (nothing charged) if its answer is stored;
+        `sent` as in `Ledger.charge`."""
         try:
             charge = await self.ledger.charge(
                 analyst, plan.dataset, plan.fingerprint, cost,
-                mechanisms=[_mech_record(n) for n in noise], unless_answered=probe,
+                mechanisms=[_mech_record(n) for n in noise], unless_answered=probe, sent=sent,
             )  # fmt: skip
         except BudgetExhausted as e:
             raise ProxyError(
@@ -563,7 +602,13 @@ def _discard(task: asyncio.Future[Any]) -> None:
     """
     if not task.done():
         task.cancel()
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished task's outcome that nothing awaits, so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _dec(f: Fraction) -> Decimal:

@@ -140,6 +140,33 @@ def test_refused_charge_does_not_wait_for_the_backend(
     assert _charges(cfg, "erin") == 2  # the refused query cost nothing
 
 
+def test_a_write_refused_after_the_rows_were_noised_releases_nothing(
+    overlap_proxy: tuple[ProxyProcess, Path],
+) -> None:
+    """The answer is noised while an accepted charge's write is in flight; if the write
+    then fails (another writer spent the budget meanwhile), it is refused and nothing of
+    that answer is sent."""
+    proxy, cfg = overlap_proxy
+    with _connect(proxy, "bob") as conn:  # budget 3, at most 1 per query
+        conn.execute("SET dp.epsilon = 1")
+        conn.execute("SELECT COUNT(*) FROM orders WHERE o_totalprice > 27").fetchall()
+        assert _charges(cfg, "bob") == 1  # this proxy now decides bob's charges on the row it wrote
+        with psycopg.connect(ledger_dsn(cfg)) as other:
+            # Another replica spends the rest of bob's budget, and holds the row meanwhile.
+            other.execute("UPDATE dpproxy.budget_spent SET epsilon = budget_epsilon WHERE analyst = 'bob'")
+            t, out = _in_thread(conn, "SELECT COUNT(*) FROM orders WHERE o_totalprice > 28")
+            try:
+                assert _until(lambda: _waiters(ledger_dsn(cfg)) > 0), "the write was never sent"
+                time.sleep(0.5)  # the bounded SQL finishes and its rows are noised meanwhile
+                assert t.is_alive() and not out
+            finally:
+                other.commit()
+        t.join(30)
+    assert len(out) == 1 and isinstance(out[0], psycopg.Error), out
+    assert out[0].sqlstate == "53Z01"
+    assert _charges(cfg, "bob") == 1
+
+
 def test_select_1_from_memory_is_the_mirrors_answer(overlap_proxy: tuple[ProxyProcess, Path]) -> None:
     proxy, _ = overlap_proxy
     with _connect(proxy, "carol") as conn:
