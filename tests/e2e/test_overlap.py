@@ -167,6 +167,29 @@ def test_a_write_refused_after_the_rows_were_noised_releases_nothing(
     assert _charges(cfg, "bob") == 1
 
 
+def test_a_repeat_while_its_answer_is_being_stored_is_answered_from_memory(
+    overlap_proxy: tuple[ProxyProcess, Path],
+) -> None:
+    proxy, cfg = overlap_proxy
+    q = "SELECT COUNT(*) FROM orders WHERE o_totalprice > 29"
+    before = _charges(cfg, "carol")
+    with psycopg.connect(ledger_dsn(cfg)) as lock, _connect(proxy, "carol") as conn:
+        lock.execute("LOCK TABLE dpproxy.answers IN EXCLUSIVE MODE")  # stores wait, lookups do not
+        try:
+            first = conn.execute(q).fetchall()
+            assert _until(lambda: _waiters(ledger_dsn(cfg)) > 0), "the answer was not being stored"
+            t, out = _in_thread(conn, q)
+            t.join(10)
+            assert not t.is_alive(), "the repeat waited for the store"
+            assert out == [first]
+            assert _charges(cfg, "carol") == before + 1  # the repeat was free
+        finally:
+            lock.rollback()
+    with _connect(proxy, "carol") as conn:  # stored once the lock went: still the same answer
+        assert conn.execute(q).fetchall() == first
+    assert _charges(cfg, "carol") == before + 1
+
+
 def test_select_1_from_memory_is_the_mirrors_answer(overlap_proxy: tuple[ProxyProcess, Path]) -> None:
     proxy, _ = overlap_proxy
     with _connect(proxy, "carol") as conn:
