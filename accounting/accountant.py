@@ -203,7 +203,10 @@ class Accountant:
 
     def fits(self, spend: Spend, cost: Cost, limits: Limits) -> bool:
         """Would `spend + cost` stay within `limits`?"""
-        total = spend + cost
+        return self.within(spend + cost, limits)
+
+    def within(self, total: Spend, limits: Limits) -> bool:
+        """Does `total` stay within `limits`?"""
         if self.kind != AccountantKind.ZCDP and total.rho > total.epsilon_sq / 2:
             # A Gaussian (zCDP-only) release has no pure epsilon: it must never be
             # composed as if it were free.
