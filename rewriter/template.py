@@ -198,8 +198,16 @@ def instantiate(template: DPPlan, values: list[Any]) -> DPPlan:
 def fill(canonical: str, values: list[Any]) -> str:
     """Canonical SQL with each $n replaced by its value's literal, as `canonical_sql`
     renders the statement with those literals (`make_template` checks that it does)."""
-    rendered = [literal(v).sql(dialect="postgres", normalize=True) for v in values]
+    rendered = [_render(v) for v in values]
     return _PARAMETER.sub(lambda m: rendered[int(m.group(1)) - 1], canonical)
+
+
+def _render(value: Any) -> str:
+    """A value's literal as `canonical_sql` writes it; an integer's is its digits (a
+    test checks this against sqlglot), the rest go through sqlglot (~30 us each)."""
+    if type(value) is int:
+        return str(value)
+    return literal(value).sql(dialect="postgres", normalize=True)
 
 
 def _placeholders(sql: str, placeholder: dict[str, str]) -> str | None:

@@ -221,3 +221,11 @@ def test_the_same_values_bound_again_reuse_their_plan() -> None:
     as_numeric = engine.bound_plan(text, tree, [Decimal(6)])
     assert as_numeric is not None and as_numeric is not first
     assert as_numeric.fingerprint == engine.bound_plan(text, tree, [Decimal(6)]).fingerprint  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [0, 7, -5, 2**63, -(2**63) - 1, 10**40, -(10**40)])
+def test_an_integer_is_filled_in_as_sqlglot_renders_its_literal(value: int) -> None:
+    from rewriter.params import literal
+    from rewriter.template import fill
+
+    assert fill("x > $1", [value]) == f"x > {literal(value).sql(dialect='postgres', normalize=True)}"
