@@ -415,6 +415,7 @@ class Ledger:
         self._known = KnownRows()
         self._decimal_sums: dict[int, tuple[Cost, list[Decimal]]] = {}
         self._fractions: dict[Decimal, Fraction] = {}
+        self._unbatched: set[asyncio.Task[None]] = set()  # group commit off: each charge's own
 
     @classmethod
     async def connect(
@@ -472,18 +473,34 @@ class Ledger:
         query must not run. `sent` is resolved when a decision has accepted the charge
         and its write is on its way (it may still fail: only the return value counts).
         """
+        return await self.submit(analyst, dataset, fingerprint, cost, mechanisms, unless_answered, sent)
+
+    def submit(
+        self,
+        analyst: str,
+        dataset: str,
+        fingerprint: str,
+        cost: Cost,
+        mechanisms: list[dict[str, Any]] | None = None,
+        unless_answered: AnswerProbe | None = None,
+        sent: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[Charge]:
+        """`charge`, queued now (no task switch before the batcher sees it): the future
+        of its outcome."""
         loop = asyncio.get_running_loop()
         req = _Request(analyst, dataset, fingerprint, cost, mechanisms or [], loop.create_future(),
                        unless_answered, sent)  # fmt: skip
         if not self.group.enabled:
-            await self._run_batch([req])
+            task = asyncio.ensure_future(self._run_batch([req]))
+            self._unbatched.add(task)
+            task.add_done_callback(self._unbatched.discard)
         else:
             if self._worker is None or self._worker.done():
                 self._queue = asyncio.Queue()
                 self._worker = asyncio.create_task(self._batcher())
             assert self._queue is not None
             self._queue.put_nowait(req)
-        return await req.future
+        return req.future
 
     async def _batcher(self) -> None:
         assert self._queue is not None

@@ -368,12 +368,13 @@ class DPEngine:
                     probe = self.cache.probe(cache_key)
                     lap("cache_lookup")  # issue #8: ~0 here; the lookup's time is in ledger_charge
                     note(cache_hit=False, epsilon=ZERO.epsilon, delta=ZERO.delta)  # issue #8
-            if backend is None:
-                backend = self._run(plan)
-            await asyncio.sleep(0)  # let it send the query before the CPU work below
             noise, cost = self._calibrated(plan, epsilon, delta)
             sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            charging = asyncio.ensure_future(self._charge(analyst.name, plan, cost, noise, probe, sent))
+            # Queued at once: the batcher sends the write in the loop's next turn, right
+            # after the bounded SQL (started above) is sent.
+            charging = asyncio.ensure_future(self._outcome(self._submit(analyst.name, plan, cost, noise, probe, sent)))
+            if backend is None:
+                backend = self._run(plan)
             early = await self._release_while_charging(charging, sent, backend, plan, noise)
             try:
                 charge = await charging
@@ -495,17 +496,24 @@ class DPEngine:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         return None
 
-    async def _charge(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec],
-                      probe: AnswerProbe | None = None, sent: asyncio.Future[None] | None = None,
-                      ) -> Charge:  # fmt: skip
-        """Commit the query's cost in the ledger, or refuse it with 53Z01 (nothing charged);
-        with `probe`, raise AlreadyAnswered (nothing charged) if its answer is stored;
-        `sent` as in `Ledger.charge`."""
+    async def _charge(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec]) -> Charge:
+        """Commit the query's cost in the ledger, or refuse it with 53Z01 (nothing charged)."""
+        return await self._outcome(self._submit(analyst, plan, cost, noise))
+
+    def _submit(self, analyst: str, plan: DPPlan, cost: Cost, noise: list[NoiseSpec],
+                probe: AnswerProbe | None = None, sent: asyncio.Future[None] | None = None,
+                ) -> asyncio.Future[Charge]:  # fmt: skip
+        """Queue the query's charge (`Ledger.submit`); with `probe`, it is not made if its
+        answer is stored; `sent` as in `Ledger.charge`."""
+        return self.ledger.submit(
+            analyst, plan.dataset, plan.fingerprint, cost,
+            mechanisms=[_mech_record(n) for n in noise], unless_answered=probe, sent=sent,
+        )  # fmt: skip
+
+    async def _outcome(self, charged: asyncio.Future[Charge]) -> Charge:
+        """The committed charge; a refusal as 53Z01, AlreadyAnswered as it is."""
         try:
-            charge = await self.ledger.charge(
-                analyst, plan.dataset, plan.fingerprint, cost,
-                mechanisms=[_mech_record(n) for n in noise], unless_answered=probe, sent=sent,
-            )  # fmt: skip
+            charge = await charged
         except BudgetExhausted as e:
             raise ProxyError(
                 BUDGET_EXHAUSTED,
@@ -514,7 +522,7 @@ class DPEngine:
                 "(repeats are answered from the cache for free), or ask an admin for more budget",
             ) from e
         lap("ledger_charge")  # issue #8: until the charge has committed
-        note(epsilon=charge.epsilon, delta=cost.delta)  # issue #8
+        note(epsilon=charge.epsilon, delta=charge.cost.delta)  # issue #8
         return charge
 
     # --- budgets and the answer cache (issue #5) --------------------------------------
