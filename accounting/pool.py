@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
+
+T = TypeVar("T")
 
 
 class PoolClosedError(asyncpg.InterfaceError):
@@ -120,37 +123,29 @@ class LeanPool:
 
     # --- one statement on a pooled connection -----------------------------------------
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
-        """Rows of one statement."""
+    async def _on_one(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`op` on a connection taken for it and given back after."""
         conn = await self.take()
         try:
-            return await conn.fetch(query, *args, timeout=timeout)
+            return await op(conn)
         finally:
             self.give(conn)
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[asyncpg.Record]:
+        """Rows of one statement."""
+        return await self._on_one(lambda c: c.fetch(query, *args, timeout=timeout))
 
     async def fetchrow(self, query: str, *args: Any, timeout: float | None = None) -> asyncpg.Record | None:
         """The first row of one statement, or None."""
-        conn = await self.take()
-        try:
-            return await conn.fetchrow(query, *args, timeout=timeout)
-        finally:
-            self.give(conn)
+        return await self._on_one(lambda c: c.fetchrow(query, *args, timeout=timeout))
 
     async def fetchval(self, query: str, *args: Any, timeout: float | None = None) -> Any:
         """The first value of the first row of one statement."""
-        conn = await self.take()
-        try:
-            return await conn.fetchval(query, *args, timeout=timeout)
-        finally:
-            self.give(conn)
+        return await self._on_one(lambda c: c.fetchval(query, *args, timeout=timeout))
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
         """Run one statement (or several, without arguments); its command tag."""
-        conn = await self.take()
-        try:
-            return await conn.execute(query, *args, timeout=timeout)
-        finally:
-            self.give(conn)
+        return await self._on_one(lambda c: c.execute(query, *args, timeout=timeout))
 
     # --- sizes (for /metrics and /health) and closing ---------------------------------
 
