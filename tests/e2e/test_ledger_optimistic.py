@@ -359,3 +359,30 @@ def test_two_workers_charging_one_analyst(ledger_dsn: str, kind: AccountantKind,
     assert logged is not None and spent == dataset_spent == logged[0] == Decimal(committed) / 100
     if kind == AccountantKind.PURE and budget_covers >= 80:
         assert [reads for _, reads in results] == [1, 1]
+
+
+def test_the_charge_is_planned_once_and_never_scans_the_answer_cache(ledger_dsn: str) -> None:
+    """The charge's write (with the answer cache's lookup in it) runs on one generic plan
+    per connection, made while the cache is empty; no sequential scan may be in it, or
+    every charge would read the whole cache as it grows."""
+    from accounting.cache import AnswerCache
+
+    async def main() -> tuple[list[tuple[str, int, int]], str, str]:
+        ledger = await Ledger.connect(ledger_dsn, size=1)
+        try:
+            cache = AnswerCache(ledger.pool, None)
+            await cache.ensure_schema()
+            cost = laplace_release(Fraction(1, 10**6))
+            for i in range(12):
+                await ledger.charge("a", "d", f"q{i}", cost, unless_answered=cache.probe(f"k{i}"))
+            async with ledger.pool.acquire() as conn:
+                plans = [(r["statement"], r["generic_plans"], r["custom_plans"]) for r in await conn.fetch(
+                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")]  # fmt: skip
+                return plans, await conn.fetchval("SHOW enable_seqscan"), await conn.fetchval("SHOW plan_cache_mode")
+        finally:
+            await ledger.close()
+
+    plans, seqscan, mode = asyncio.run(main())
+    writes = [(g, c) for s, g, c in plans if "UPDATE dpproxy.budget_spent" in s and "not_answered" in s]
+    assert writes == [(12, 0)], plans
+    assert (seqscan, mode) == ("off", "force_generic_plan")
