@@ -372,12 +372,12 @@ class DPEngine:
             sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             # Queued at once: the batcher sends the write in the loop's next turn, right
             # after the bounded SQL (started above) is sent.
-            charging = asyncio.ensure_future(self._outcome(self._submit(analyst.name, plan, cost, noise, probe, sent)))
+            charging = self._submit(analyst.name, plan, cost, noise, probe, sent)
             if backend is None:
                 backend = self._run(plan)
             early = await self._release_while_charging(charging, sent, backend, plan, noise)
             try:
-                charge = await charging
+                charge = await self._outcome(charging)
             except (AlreadyAnswered, ProxyError) as e:
                 # A stored answer, or a refusal decided before the probe ran: a repeat
                 # is answered from the cache whatever budget is left.
