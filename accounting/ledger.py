@@ -426,6 +426,7 @@ class Ledger:
         self._known = KnownRows()
         self._decimal_sums: dict[int, tuple[Cost, list[Decimal]]] = {}
         self._fractions: dict[Decimal, Fraction] = {}
+        self._mechanism_json: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._unbatched: set[asyncio.Task[None]] = set()  # group commit off: each charge's own
 
     @classmethod
@@ -743,7 +744,7 @@ class Ledger:
             [r.dataset for r in accepted],
             [r.fingerprint for r in accepted],
             *columns([sums(r.cost) for r in accepted])[:3],  # epsilon, delta, rho
-            [json.dumps(r.mechanisms) for r in accepted],
+            [self._json(r.mechanisms) for r in accepted],
             [bstate[k][0]["version"] for k in bkeys],
             [dstate[d][0]["version"] for d in dkeys],
             [bstate[k][2] != bstate[k][0]["period_start"] for k in bkeys],  # a new period
@@ -760,6 +761,16 @@ class Ledger:
             else:
                 written.datasets[r["dataset"]] = r
         return written
+
+    def _json(self, mechanisms: list[dict[str, Any]]) -> str:
+        """The JSON of a charge's mechanism records, remembered per list object (the DP
+        engine shares one list between the queries of a calibration)."""
+        hit = self._mechanism_json.get(id(mechanisms))
+        if hit is None or hit[0] is not mechanisms:
+            if len(self._mechanism_json) >= DECIMAL_SUMS_KEPT:
+                self._mechanism_json.clear()
+            hit = self._mechanism_json[id(mechanisms)] = (mechanisms, json.dumps(mechanisms))
+        return hit[1]
 
     def _fraction(self, value: Decimal) -> Fraction:
         """A budget or cap read from the ledger as a Fraction, remembered per value (the

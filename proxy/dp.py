@@ -108,6 +108,7 @@ class DPEngine:
         self._calibrations: OrderedDict[tuple[Any, ...], tuple[list[NoiseSpec], Cost]] = OrderedDict()
         # Noise-bounds texts by calibration and aggregate list (held, so ids stay theirs).
         self._bounds: OrderedDict[tuple[int, int, Any], tuple[list[NoiseSpec], Any, str]] = OrderedDict()
+        self._mechanisms: OrderedDict[int, tuple[list[NoiseSpec], list[dict[str, object]]]] = OrderedDict()
         # Cache keys this process has seen stored: their next lookup is probably a hit,
         # so the bounded SQL waits for it instead of starting alongside (issue #7).
         self._stored: OrderedDict[str, None] = OrderedDict()
@@ -507,7 +508,7 @@ class DPEngine:
         answer is stored; `sent` as in `Ledger.charge`."""
         return self.ledger.submit(
             analyst, plan.dataset, plan.fingerprint, cost,
-            mechanisms=[_mech_record(n) for n in noise], unless_answered=probe, sent=sent,
+            mechanisms=self._mechanism_records(noise), unless_answered=probe, sent=sent,
         )  # fmt: skip
 
     async def _outcome(self, charged: asyncio.Future[Charge]) -> Charge:
@@ -526,6 +527,16 @@ class DPEngine:
         return charge
 
     # --- budgets and the answer cache (issue #5) --------------------------------------
+
+    def _mechanism_records(self, noise: list[NoiseSpec]) -> list[dict[str, object]]:
+        """The charge log's mechanism records of a calibration, made once per calibration
+        (shared, never changed; the ledger also renders their JSON once)."""
+        hit = self._mechanisms.get(id(noise))
+        if hit is None or hit[0] is not noise:
+            hit = self._mechanisms[id(noise)] = (noise, [_mech_record(n) for n in noise])
+            if len(self._mechanisms) > PLAN_CACHE_SIZE:
+                self._mechanisms.popitem(last=False)
+        return hit[1]
 
     def _bounds_text(self, noise: list[NoiseSpec], plan: DPPlan) -> str:
         """`_bounds`, remembered per calibration and aggregate list (both shared by every
