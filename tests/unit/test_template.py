@@ -223,8 +223,13 @@ def test_the_same_values_bound_again_reuse_their_plan() -> None:
     assert as_numeric.fingerprint == engine.bound_plan(text, tree, [Decimal(6)]).fingerprint  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("value", [0, 7, -5, 2**63, -(2**63) - 1, 10**40, -(10**40)])
-def test_an_integer_is_filled_in_as_sqlglot_renders_its_literal(value: int) -> None:
+@pytest.mark.parametrize("value", [
+    0, 7, -5, 2**63, -(2**63) - 1, 10**40, -(10**40),
+    Decimal("0"), Decimal("-0"), Decimal("1.50"), Decimal("-1.50"), Decimal("-99900"),
+    Decimal("1E+5"), Decimal("1e-7"), Decimal("-1E+5"), Decimal("0.000001"),
+    Decimal("123456789012345678901234567890.123456789"),
+])  # fmt: skip
+def test_a_number_is_filled_in_as_sqlglot_renders_its_literal(value: int | Decimal) -> None:
     from rewriter.params import literal
     from rewriter.template import fill
 
