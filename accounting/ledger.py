@@ -47,6 +47,7 @@ import asyncpg
 from accounting.accountant import ZERO, Accountant, AccountantKind, Cost, Limits, Spend
 from accounting.cache import ANSWERED_SQL, AnswerProbe
 from accounting.known_rows import KnownRows
+from accounting.memo import IdentityMemo
 from accounting.pool import LeanPool, create_pool
 
 log = logging.getLogger("dpproxy.ledger")
@@ -303,8 +304,8 @@ SELECT b.*, a.enabled, now() AS now,
 # is the right one at any size; a report over all rows still scans.
 LEDGER_SESSION = {"enable_seqscan": "off", "plan_cache_mode": "force_generic_plan"}
 
-# Costs whose Decimal sums are remembered (`Ledger._decimals`) before the memo restarts.
-DECIMAL_SUMS_KEPT = 1024
+# Costs (and mechanism lists, and budget values) whose derived forms a Ledger remembers.
+MEMO_SIZE = 1024
 
 # Optimistic attempts before a batch falls back to locking its rows (which always
 # succeeds): only another replica's charges or an admin change can make one fail.
@@ -424,9 +425,14 @@ class Ledger:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._known = KnownRows()
-        self._decimal_sums: dict[int, tuple[Cost, list[Decimal]]] = {}
+        # A Cost's sums as exact Decimals, per Cost object: the DP engine shares one Cost
+        # between the queries of a calibration, and converting (or even hashing) five
+        # Fractions each charge was a tenth of the charge's CPU.
+        self._decimals: IdentityMemo[Cost, list[Decimal]] = IdentityMemo(
+            lambda cost: [to_decimal(getattr(cost, c)) for c in _SUMS], MEMO_SIZE)
+        # The JSON of a charge's mechanism records, per list (shared the same way).
+        self._json: IdentityMemo[list[dict[str, Any]], str] = IdentityMemo(json.dumps, MEMO_SIZE)
         self._fractions: dict[Decimal, Fraction] = {}
-        self._mechanism_json: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._unbatched: set[asyncio.Task[None]] = set()  # group commit off: each charge's own
 
     @classmethod
@@ -690,19 +696,6 @@ class Ledger:
             outcomes.append(charge)
         return outcomes, accepted
 
-    def _decimals(self, cost: Cost) -> list[Decimal]:
-        """`cost`'s sums as exact Decimals, remembered per Cost object: the DP engine
-        shares one Cost between the queries of a calibration, and converting (or even
-        hashing) five Fractions each charge was a tenth of the charge's CPU."""
-        hit = self._decimal_sums.get(id(cost))
-        if hit is not None and hit[0] is cost:
-            return hit[1]
-        out = [to_decimal(getattr(cost, c)) for c in _SUMS]
-        if len(self._decimal_sums) >= DECIMAL_SUMS_KEPT:
-            self._decimal_sums.clear()
-        self._decimal_sums[id(cost)] = (cost, out)  # holds `cost`: its id is not reused
-        return out
-
     async def _write(
         self, conn: asyncpg.Connection, accepted: list[_Request], dstate: dict[str, list[Any]],
         bstate: dict[tuple[str, str], list[Any]],
@@ -762,22 +755,12 @@ class Ledger:
                 written.datasets[r["dataset"]] = r
         return written
 
-    def _json(self, mechanisms: list[dict[str, Any]]) -> str:
-        """The JSON of a charge's mechanism records, remembered per list object (the DP
-        engine shares one list between the queries of a calibration)."""
-        hit = self._mechanism_json.get(id(mechanisms))
-        if hit is None or hit[0] is not mechanisms:
-            if len(self._mechanism_json) >= DECIMAL_SUMS_KEPT:
-                self._mechanism_json.clear()
-            hit = self._mechanism_json[id(mechanisms)] = (mechanisms, json.dumps(mechanisms))
-        return hit[1]
-
     def _fraction(self, value: Decimal) -> Fraction:
         """A budget or cap read from the ledger as a Fraction, remembered per value (the
         same few values come back on every charge; converting one costs ~5 us)."""
         hit = self._fractions.get(value)
         if hit is None:
-            if len(self._fractions) >= DECIMAL_SUMS_KEPT:
+            if len(self._fractions) >= MEMO_SIZE:
                 self._fractions.clear()
             hit = self._fractions[value] = Fraction(value)
         return hit

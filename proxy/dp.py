@@ -41,6 +41,7 @@ from accounting.mechanisms import (
     total_delta,
     total_epsilon,
 )
+from accounting.memo import IdentityMemo
 from accounting.pool import LeanPool
 from accounting.release import Answer, error_bounds, release
 from proxy.commands import Result
@@ -108,7 +109,10 @@ class DPEngine:
         self._calibrations: OrderedDict[tuple[Any, ...], tuple[list[NoiseSpec], Cost]] = OrderedDict()
         # Noise-bounds texts by calibration and aggregate list (held, so ids stay theirs).
         self._bounds: OrderedDict[tuple[int, int, Any], tuple[list[NoiseSpec], Any, str]] = OrderedDict()
-        self._mechanisms: OrderedDict[int, tuple[list[NoiseSpec], list[dict[str, object]]]] = OrderedDict()
+        # The charge log's mechanism records of a calibration, made once per calibration
+        # (shared, never changed; the ledger also renders their JSON once).
+        self._mechanism_records: IdentityMemo[list[NoiseSpec], list[dict[str, object]]] = IdentityMemo(
+            lambda noise: [_mech_record(n) for n in noise], PLAN_CACHE_SIZE)
         # Cache keys this process has seen stored: their next lookup is probably a hit,
         # so the bounded SQL waits for it instead of starting alongside (issue #7).
         self._stored: OrderedDict[str, None] = OrderedDict()
@@ -527,16 +531,6 @@ class DPEngine:
         return charge
 
     # --- budgets and the answer cache (issue #5) --------------------------------------
-
-    def _mechanism_records(self, noise: list[NoiseSpec]) -> list[dict[str, object]]:
-        """The charge log's mechanism records of a calibration, made once per calibration
-        (shared, never changed; the ledger also renders their JSON once)."""
-        hit = self._mechanisms.get(id(noise))
-        if hit is None or hit[0] is not noise:
-            hit = self._mechanisms[id(noise)] = (noise, [_mech_record(n) for n in noise])
-            if len(self._mechanisms) > PLAN_CACHE_SIZE:
-                self._mechanisms.popitem(last=False)
-        return hit[1]
 
     def _bounds_text(self, noise: list[NoiseSpec], plan: DPPlan) -> str:
         """`_bounds`, remembered per calibration and aggregate list (both shared by every
