@@ -935,8 +935,10 @@ def _whole_steps_sql(raw: str, step: Decimal, lo: int, hi: int) -> str:
 def _tables_read(sql: str, meta: Metadata) -> set[str]:
     """The declared tables `sql` reads: every base table is rendered `"schema"."name"`
     (the FROM clause, derived tables grouped by unit, semi-joins, public domains), so a
-    mention of one, wherever it is nested, counts."""
-    return {name for name, t in meta.tables.items() if f'"{t.schema_}"."{name}"' in sql}
+    mention of one, wherever it is nested, counts. Should none be found (a rendering this
+    misses), every table counts: the guard then checks too much, never too little."""
+    found = {name for name, t in meta.tables.items() if f'"{t.schema_}"."{name}"' in sql}
+    return found or set(meta.tables)
 
 
 def _guarded(sql: str, meta: Metadata, tables: set[str]) -> str:

@@ -137,3 +137,12 @@ def test_a_query_is_guarded_by_the_checks_of_the_tables_it_reads_only() -> None:
     assert guard("SELECT SUM(s.x) FROM s JOIN t ON s.u = t.u") == ("7, 8", True)
     assert guard("SELECT COUNT(*) FROM s WHERE u IN (SELECT u FROM t WHERE y > 1)") == ("7, 8", True)
     assert guard("SELECT SUM(v) FROM (SELECT u, SUM(y) AS v FROM t GROUP BY u) AS d") == ("7", True)
+
+
+def test_sql_that_names_no_declared_table_is_guarded_by_every_tables_checks() -> None:
+    from rewriter.rewrite import _tables_read
+
+    m = with_enforced_bounds(meta(), {("t", "x"): 7})
+    assert _tables_read('SELECT 1 FROM "public"."t" AS t0', m) == {"t"}
+    # A rendering the match misses: the guard checks every table rather than none.
+    assert _tables_read("SELECT 1 FROM public.t AS t0", m) == set(m.tables)
