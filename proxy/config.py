@@ -70,10 +70,13 @@ class BackendConfig(BaseModel):
 
     def session_settings(self) -> dict[str, str]:
         """The settings every data-database session starts with (the bounded SQL's)."""
-        # force_custom_plan: a template's bounded SQL (rewriter/template.py) is planned
-        # with its values, as the same SQL with literals is, never as a generic plan.
+        # A template's bounded SQL (rewriter/template.py) is a prepared statement of the
+        # pool's connections: PostgreSQL's own choice (`auto`: planned with the values
+        # five times, then a generic plan if it costs no more) spares most executions
+        # their planning, about a tenth of a small aggregate's time. Set explicitly so
+        # that a server default of force_custom_plan does not undo it.
         settings = {"statement_timeout": str(self.statement_timeout_ms),
-                    "default_transaction_read_only": "on", "plan_cache_mode": "force_custom_plan"}  # fmt: skip
+                    "default_transaction_read_only": "on", "plan_cache_mode": "auto"}  # fmt: skip
         if self.max_parallel_workers_per_gather is not None:
             settings["max_parallel_workers_per_gather"] = str(self.max_parallel_workers_per_gather)
         if self.work_mem is not None:

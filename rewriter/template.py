@@ -23,7 +23,8 @@ the statement's shape, never from a value:
   or the cost) -- a second line of defence behind the shape rule.
 
 The markers' renderings in the bounded SQL become `$n::type` (text: `$n`, typed by its
-column as an unknown literal would be), and each execution binds its own values. Its
+column as an unknown literal would be; a divided value `(SELECT $n::type / d)`, so that a
+generic plan divides once per execution), and each execution binds its own values. Its
 fingerprint (the ledger's label and the answer cache's key) is the one the statement
 with its values as literals gets from `rewrite`, whichever way it is planned, so
 different values are different queries and a repeat is the same one in every process.
@@ -61,6 +62,10 @@ _PLACEHOLDER = {"int": "::int8", "numeric": "::numeric", "text": "", "date": "::
                 "timestamp": "::timestamp", "timestamptz": "::timestamptz"}  # fmt: skip
 _CAST_NAME = {"date": "DATE", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
 _PARAMETER = re.compile(r"\$(\d+)(?!\d)")
+# A parameter divided by a decimal literal (the only arithmetic the shape rule lets a
+# value into, as a whole comparison operand). Written as a scalar sub-select, it is an
+# InitPlan computed once per execution: a generic plan would otherwise divide per row.
+_DIVIDED = re.compile(r"\$\d+::(?:int8|numeric) / \d+\.\d*(?![\w.])")
 
 
 def value_kind(value: Any) -> str | None:
@@ -172,6 +177,7 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
                                        for j, (_, r) in enumerate(markers, 1)})  # fmt: skip
         if sql is None:
             return None
+        sql = _DIVIDED.sub(r"(SELECT \g<0>)", sql)
         rest = repr(replace(plan, sql="", fingerprint=""))
         if any(_bare(rendering) in rest for _, rendering in markers) or plan.public_only:
             return None

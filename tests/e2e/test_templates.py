@@ -44,9 +44,13 @@ CASES: list[tuple[str, list[list[Any]]]] = [
 ]
 
 
-async def _rows(dsn: str, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    # As dpproxy runs the bounded SQL: asyncpg, prepared, with the data sessions' settings.
-    conn = await asyncpg.connect(dsn, server_settings=BackendConfig(dsn="", ledger_dsn="").session_settings())
+async def _rows(dsn: str, sql: str, params: tuple[Any, ...], plans: str | None = None) -> list[tuple[Any, ...]]:
+    # As dpproxy runs the bounded SQL: asyncpg, prepared, with the data sessions' settings
+    # (`plans`: another plan_cache_mode, to hold PostgreSQL to one kind of plan).
+    settings = BackendConfig(dsn="", ledger_dsn="").session_settings()
+    if plans is not None:
+        settings["plan_cache_mode"] = plans
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     try:
         return [tuple(r) for r in await conn.fetch(sql, *params)]
     finally:
@@ -63,8 +67,24 @@ def test_bound_values_return_exactly_the_literal_rows(env: Env, sql: str, value_
         assert template is not None, sql
         plan = instantiate(template, values)
         literal = rewrite(bind_parameters(tree, values), META)
-        got = asyncio.run(_rows(env.tpch_dsn, plan.sql, plan.sql_params))
-        assert got == asyncio.run(_rows(env.tpch_dsn, literal.sql, ())), (sql, values)
+        expected = asyncio.run(_rows(env.tpch_dsn, literal.sql, ()))
+        # PostgreSQL may run a template on a plan made with its values or on a generic one.
+        for plans in ("force_custom_plan", "force_generic_plan"):
+            got = asyncio.run(_rows(env.tpch_dsn, plan.sql, plan.sql_params, plans))
+            assert got == expected, (sql, values, plans)
+
+
+def test_a_divided_value_is_divided_once_per_execution_on_a_generic_plan(env: Env) -> None:
+    # A generic plan cannot fold `$1 / 100.0` into a constant; written as a sub-select it
+    # is an InitPlan, computed once, not in the scan's filter for every row.
+    template = make_template(parse_one(CASES[1][0]), ("int",), META)
+    assert template is not None and "(SELECT $1::int8 / 100.0)" in template.sql
+    with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE t(int8) AS {template.sql}")
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN (VERBOSE) EXECUTE t(250000)"))
+    scan_filter = next(line for line in plan.splitlines() if "Filter:" in line and "c_acctbal" in line)
+    assert "/" not in scan_filter and "$" in scan_filter, plan
 
 
 def test_each_value_through_dpproxy_is_its_own_charged_and_cached_query(proxy: ProxyProcess, env: Env) -> None:

@@ -11,7 +11,7 @@ from proxy.config import BackendConfig
 def test_defaults_bound_time_writes_parallelism_and_give_hash_tables_room() -> None:
     s = BackendConfig(dsn="postgresql://x/d", ledger_dsn="postgresql://x/l").session_settings()
     assert s == {"statement_timeout": "30000", "default_transaction_read_only": "on",
-                 "plan_cache_mode": "force_custom_plan",
+                 "plan_cache_mode": "auto",
                  "max_parallel_workers_per_gather": "0", "work_mem": "64MB"}  # fmt: skip
 
 
