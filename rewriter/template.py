@@ -62,10 +62,9 @@ _PLACEHOLDER = {"int": "::int8", "numeric": "::numeric", "text": "", "date": "::
                 "timestamp": "::timestamp", "timestamptz": "::timestamptz"}  # fmt: skip
 _CAST_NAME = {"date": "DATE", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ"}
 _PARAMETER = re.compile(r"\$(\d+)(?!\d)")
-# A parameter divided by a decimal literal (the only arithmetic the shape rule lets a
-# value into, as a whole comparison operand). Written as a scalar sub-select, it is an
-# InitPlan computed once per execution: a generic plan would otherwise divide per row.
-_DIVIDED = re.compile(r"\$\d+::(?:int8|numeric) / \d+\.\d*(?![\w.])")
+# A marker divided by a decimal literal (the only arithmetic the shape rule lets a value
+# into, as a whole comparison operand).
+_DIVISOR = r"(?: / \d+\.\d*(?![\w.]))?"
 
 
 def value_kind(value: Any) -> str | None:
@@ -177,7 +176,6 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
                                        for j, (_, r) in enumerate(markers, 1)})  # fmt: skip
         if sql is None:
             return None
-        sql = _DIVIDED.sub(r"(SELECT \g<0>)", sql)
         rest = repr(replace(plan, sql="", fingerprint=""))
         if any(_bare(rendering) in rest for _, rendering in markers) or plan.public_only:
             return None
@@ -219,15 +217,18 @@ def _render(value: Any) -> str:
 
 def _placeholders(sql: str, placeholder: dict[str, str]) -> str | None:
     """`sql` with each marker rendering replaced by its placeholder, in one pass; None
-    unless every marker was found."""
+    unless every marker was found. A marker divided by a decimal literal becomes a scalar
+    sub-select, `(SELECT $n::type / d)`: an InitPlan, computed once per execution, where a
+    generic plan would divide for every row (it cannot fold a parameter into a constant)."""
     alternatives = "|".join(re.escape(r) for r in sorted(placeholder, key=len, reverse=True))
     found: set[str] = set()
 
     def swap(m: re.Match[str]) -> str:
-        found.add(m.group(0))
-        return placeholder[m.group(0)]
+        found.add(m.group(1))
+        bound = placeholder[m.group(1)]
+        return f"(SELECT {bound}{m.group(2)})" if m.group(2) else bound
 
-    out = re.sub(rf"(?<![\w.'])(?:{alternatives})(?![\w.'])", swap, sql)
+    out = re.sub(rf"(?<![\w.'])({alternatives})(?![\w.'])({_DIVISOR})", swap, sql)
     return out if len(found) == len(placeholder) else None
 
 
