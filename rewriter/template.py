@@ -23,8 +23,10 @@ the statement's shape, never from a value:
   or the cost) -- a second line of defence behind the shape rule.
 
 The markers' renderings in the bounded SQL become `$n::type` (text: `$n`, typed by its
-column as an unknown literal would be; a divided value `(SELECT $n::type / d)`, so that a
-generic plan divides once per execution), and each execution binds its own values. Its
+column as an unknown literal would be; an integer compared with a numeric or float
+column `$n::numeric` / `$n::float8`, the type PostgreSQL casts the literal to; a divided
+value `(SELECT $n::type / d)`), so that a generic plan neither casts nor divides for
+every row; each execution binds its own values. Its
 fingerprint (the ledger's label and the answer cache's key) is the one the statement
 with its values as literals gets from `rewrite`, whichever way it is planned, so
 different values are different queries and a repeat is the same one in every process.
@@ -45,7 +47,7 @@ from typing import Any
 from sqlglot import exp
 
 from rewriter.errors import RewriteError
-from rewriter.metadata import Metadata
+from rewriter.metadata import ColumnType, Metadata
 from rewriter.params import bind_parameters, literal, parameter_number
 from rewriter.plan import DPPlan
 from rewriter.rewrite import canonical_sql, fingerprint_of, rewrite
@@ -165,6 +167,7 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
     cannot be made (the caller then plans each execution's values as literals)."""
     if len(kinds) > MAX_PARAMETERS or not filter_only(tree, len(kinds)):
         return None
+    casts = _placeholder_casts(tree, kinds, meta)
     plans = []
     for seed in (1, 2):
         markers = [_marker(kind, j, seed) for j, kind in enumerate(kinds, 1)]
@@ -172,8 +175,7 @@ def make_template(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) 
             plan = rewrite(bind_parameters(tree, [v for v, _ in markers]), meta)
         except RewriteError:
             return None  # e.g. a text marker cast to a date: each value is then checked as a literal
-        sql = _placeholders(plan.sql, {r: f"${j}{_PLACEHOLDER[kinds[j - 1]]}"
-                                       for j, (_, r) in enumerate(markers, 1)})  # fmt: skip
+        sql = _placeholders(plan.sql, {r: f"${j}{casts[j - 1]}" for j, (_, r) in enumerate(markers, 1)})
         if sql is None:
             return None
         rest = repr(replace(plan, sql="", fingerprint=""))
@@ -230,6 +232,49 @@ def _placeholders(sql: str, placeholder: dict[str, str]) -> str | None:
 
     out = re.sub(rf"(?<![\w.'])({alternatives})(?![\w.'])({_DIVISOR})", swap, sql)
     return out if len(found) == len(placeholder) else None
+
+
+def _placeholder_casts(tree: exp.Expression, kinds: tuple[str, ...], meta: Metadata) -> list[str]:
+    """Each parameter's cast in the bounded SQL (`_PLACEHOLDER`), except that an integer
+    compared directly with a column declared numeric or float is cast to that type.
+
+    The comparison is the same either way (PostgreSQL casts an integer literal compared
+    with a numeric column to numeric); but a generic plan cannot fold `($1::int8)::numeric`
+    and would cast it for every row. A value used more than once keeps its kind's cast
+    unless every use agrees."""
+    tables = {t.alias_or_name: t.name for t in tree.find_all(exp.Table)}
+    found: dict[int, set[str]] = {}
+    for p in tree.find_all(exp.Parameter):
+        j = parameter_number(p)
+        if j is None or kinds[j - 1] != "int":
+            continue
+        found.setdefault(j, set()).add(_wider_cast(p, tables, meta))
+    casts = [_PLACEHOLDER[kind] for kind in kinds]
+    for j, wanted in found.items():
+        if len(wanted) == 1 and (cast := next(iter(wanted))):
+            casts[j - 1] = cast
+    return casts
+
+
+_WIDER = {ColumnType.NUMERIC: "::numeric", ColumnType.FLOAT: "::float8"}
+
+
+def _wider_cast(param: exp.Expression, tables: dict[str, str], meta: Metadata) -> str:
+    """`::numeric` or `::float8` when `param` is compared directly with a column declared
+    so (in one of the statement's tables, by its qualifier or its name alone); else ""."""
+    parent = param.parent
+    if isinstance(parent, _COMPARE):
+        column = parent.expression if parent.this is param else parent.this
+    elif isinstance(parent, (exp.Between, exp.In)):
+        column = parent.this
+    else:
+        return ""  # e.g. `$1 / 100.0`: the division's own type decides
+    if not isinstance(column, exp.Column):
+        return ""
+    names = [tables.get(column.table)] if column.table else list(tables.values())
+    types = {meta.tables[n].columns[column.name].type for n in names
+             if n in meta.tables and column.name in meta.tables[n].columns}  # fmt: skip
+    return _WIDER.get(types.pop(), "") if len(types) == 1 else ""
 
 
 def _allowed_position(operand: exp.Expression, where: exp.Expression) -> bool:

@@ -74,17 +74,24 @@ def test_bound_values_return_exactly_the_literal_rows(env: Env, sql: str, value_
             assert got == expected, (sql, values, plans)
 
 
-def test_a_divided_value_is_divided_once_per_execution_on_a_generic_plan(env: Env) -> None:
-    # A generic plan cannot fold `$1 / 100.0` into a constant; written as a sub-select it
-    # is an InitPlan, computed once, not in the scan's filter for every row.
-    template = make_template(parse_one(CASES[1][0]), ("int",), META)
-    assert template is not None and "(SELECT $1::int8 / 100.0)" in template.sql
+@pytest.mark.parametrize(("sql", "param_type", "column"), [
+    (CASES[1][0], "int8", "c_acctbal"),  # `$1 / 100.0`: an InitPlan, divided once
+    (CASES[0][0], "numeric", "o_totalprice"),  # an integer against a numeric column: bound as numeric
+])  # fmt: skip
+def test_a_generic_plan_compares_each_row_with_a_value_computed_once(
+    env: Env, sql: str, param_type: str, column: str
+) -> None:
+    # A generic plan cannot fold `$1 / 100.0` or `($1::int8)::numeric` into a constant:
+    # the template's SQL keeps both out of the scan's filter, which would otherwise
+    # divide or cast for every row.
+    template = make_template(parse_one(sql), ("int",), META)
+    assert template is not None
     with psycopg.connect(env.tpch_dsn, autocommit=True) as conn:
         conn.execute("SET plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE t(int8) AS {template.sql}")
+        conn.execute(f"PREPARE t({param_type}) AS {template.sql}")
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN (VERBOSE) EXECUTE t(250000)"))
-    scan_filter = next(line for line in plan.splitlines() if "Filter:" in line and "c_acctbal" in line)
-    assert "/" not in scan_filter and "$" in scan_filter, plan
+    scan_filter = next(line for line in plan.splitlines() if "Filter:" in line and column in line)
+    assert "$" in scan_filter and "/" not in scan_filter and "::numeric" not in scan_filter, plan
 
 
 def test_each_value_through_dpproxy_is_its_own_charged_and_cached_query(proxy: ProxyProcess, env: Env) -> None:

@@ -234,3 +234,20 @@ def test_a_number_is_filled_in_as_sqlglot_renders_its_literal(value: int | Decim
     from rewriter.template import fill
 
     assert fill("x > $1", [value]) == f"x > {literal(value).sql(dialect='postgres', normalize=True)}"
+
+
+@pytest.mark.parametrize(("where", "kinds", "placeholders"), [
+    ("o_totalprice > $1", ("int",), ["o_totalprice\" > $1::numeric"]),
+    ("o.o_totalprice BETWEEN $1 AND $2", ("int", "numeric"), ["BETWEEN $1::numeric AND $2::numeric"]),
+    ("o_shippriority = $1", ("int",), ["o_shippriority\" = $1::int8"]),
+    # One value against a numeric and an integer column: its kind's cast for both.
+    ("o_totalprice > $1 AND o_shippriority = $1", ("int",), ["> $1::int8", "= $1::int8"]),
+    ("o_totalprice > $1 / 100.0", ("int",), ["(SELECT $1::int8 / 100.0)"]),
+])  # fmt: skip
+def test_an_integer_compared_with_a_numeric_column_is_bound_as_numeric(
+    where: str, kinds: tuple[str, ...], placeholders: list[str]
+) -> None:
+    template = make_template(parse_one(f"SELECT COUNT(*) FROM orders o WHERE {where}"), kinds, META)
+    assert template is not None
+    for p in placeholders:
+        assert p in template.sql, (p, template.sql)
