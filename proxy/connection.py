@@ -552,9 +552,12 @@ class Connection:
         self.state.statements.pop("", None)
         self.state.portals.pop("", None)
         try:
+            # Issue #7: new filter values in a known literal statement run as its shape
+            # with the values bound, as a prepared statement does (proxy/literal_shapes.py).
+            shaped = self.ctx.shapes.lookup(sql)
             # Every statement is checked before any runs: a string that contains one
             # refused statement is refused as a whole.
-            routed = self.ctx.routes.commands(sql)
+            routed = self.ctx.routes.commands(sql if shaped is None else shaped.shape)
             if not routed:
                 self._send(codec.empty_query_response())
             else:
@@ -562,13 +565,15 @@ class Connection:
                     # PostgreSQL runs a multi-statement string as one implicit transaction.
                     self.session.begin_implicit()
                 for s, c in routed:
-                    obs = self.ctx.ops.begin(self, c, s.text, "simple")  # issue #8
-                    result = await self._run(c)
+                    obs = self.ctx.ops.begin(self, c, s.text, "simple", shaped and shaped.normalized)  # issue #8
+                    result = await self._run(c, shaped.values if shaped else None)
                     binary = isinstance(result, Result) and result.binary
                     self._send_result(result, (1,) if binary else ())
                     await self.ctx.ops.end(obs)  # issue #8
                     self._transaction_ended()
                 self.session.end_implicit()
+                if shaped is None and len(routed) == 1 and isinstance(routed[0][1], Routed):
+                    self.ctx.shapes.learn(sql, routed[0][1])
         except (ProxyError, RewriteError) as e:
             await self.ctx.ops.failed(self, e, sql, "simple")  # issue #8
             self._error(e)

@@ -160,10 +160,12 @@ class Ops:
         self._normalized: OrderedDict[str, tuple[str | None, str, int]] = OrderedDict()
         self._series: dict[tuple[str, str], tuple[Labels, Labels]] = {}
 
-    def begin(self, conn: Any, command: Any, raw: str | None, protocol: str) -> Observation:
-        """A statement starts (it becomes the connection's current statement)."""
+    def begin(self, conn: Any, command: Any, raw: str | None, protocol: str,
+              normalized: tuple[str | None, str, int] | None = None) -> Observation:  # fmt: skip
+        """A statement starts (it becomes the connection's current statement).
+        `normalized`: its `normalize` triple where the caller has it already."""
         route, tree = describe_command(command, raw)
-        text, digest, length = self.normalized(raw, tree)
+        text, digest, length = normalized or self.normalized(raw, tree)
         analyst = conn.analyst.name if getattr(conn, "analyst", None) is not None else ""
         obs = Observation(analyst, self.dataset, protocol, route, text, digest, length)
         _CURRENT.set(obs)

@@ -18,6 +18,7 @@ from proxy.config import Config
 from proxy.dp import DPEngine
 from proxy.enforced_bounds import find_enforced_bounds, find_numeric_types
 from proxy.limits import Admission
+from proxy.literal_shapes import LiteralShapes
 from proxy.observe import Ops
 from proxy.route_cache import RouteCache
 from proxy.tls import TLSSetup, load_tls
@@ -48,6 +49,7 @@ class ServerContext:
     tls: TLSSetup | None = None  # set when listen.tls_cert/tls_key are configured
     admission: Admission = field(default_factory=lambda: Admission(1000, 100, 16))
     routes: RouteCache = field(init=False)  # routing decisions, remembered by text
+    shapes: LiteralShapes = field(init=False)  # literal statements answered as their shapes
     mock_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     connections: dict[int, tuple[bytes, Connection]] = field(default_factory=dict)
     ops: Ops = field(default_factory=Ops)  # issue #8: metrics, statement log, audit, draining
@@ -56,6 +58,7 @@ class ServerContext:
 
     def __post_init__(self) -> None:
         self.routes = RouteCache(self.meta)
+        self.shapes = LiteralShapes(self.meta)
 
     def register(self, conn: Connection) -> tuple[int, bytes]:
         """Give a connection a (pid, secret) pair for BackendKeyData and cancels."""

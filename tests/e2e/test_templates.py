@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,12 +15,14 @@ import psycopg
 import pytest
 
 from proxy.config import BackendConfig
+from proxy.observe import normalize
 from rewriter.params import bind_parameters
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
 from rewriter.template import instantiate, make_template, value_kinds
 from tests.e2e.conftest import ANALYSTS, Env, truth
 from tests.support.ledgers import ledger_dsn
+from tests.support.ops import audit_rows, wait_for
 from tests.support.proxy_process import ProxyProcess
 from tests.unit.test_corpus import META
 
@@ -133,3 +136,28 @@ def test_literal_texts_share_a_template_and_answer_as_before(proxy: ProxyProcess
         lines = [r[0] for r in conn.execute("EXPLAIN " + sql.format("2500.5")).fetchall()]  # type: ignore[call-overload]
     assert any(ln.startswith("Rewritten SQL:") and "$1::numeric" in ln for ln in lines)
     assert "Parameters: $1 = 2500.5" in lines
+
+
+def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_path(
+    audited: tuple[ProxyProcess, Path], env: Env
+) -> None:
+    # Simple protocol (psycopg sends a text without parameters as a Query): the first
+    # text of the shape goes the general way and is learned, the next ones are answered
+    # as the shape with their values bound (proxy/literal_shapes.py).
+    p, cfg = audited
+    sql = "SELECT c_mktsegment, COUNT(*) FROM customer WHERE c_acctbal > {} AND c_mktsegment <> '{}' GROUP BY 1"
+    values = [("0", "x"), ("1234.5", "MACHINERY"), ("7000", "it''s"), ("-0.5", "")]
+    with psycopg.connect(p.dsn("dave", "dave-pw"), autocommit=True) as conn:
+        conn.execute("SET dp.epsilon = 100")  # noise of a count: 0 but with probability ~e^-100
+        for v in values:
+            got = sorted(conn.execute(sql.format(*v)).fetchall())  # type: ignore[call-overload]
+            exact = dict(truth(env.tpch_dsn, sql.format(*v)))  # type: ignore[arg-type]
+            assert got == sorted((k, exact.get(k, 0)) for k, _ in got), v
+    texts = [sql.format(*v) for v in values]
+    with psycopg.connect(ledger_dsn(cfg)) as ledger:
+        charged = [f for (f,) in ledger.execute(
+            "SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'dave' ORDER BY id").fetchall()]  # fmt: skip
+    assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
+    rows = wait_for(lambda: (r := audit_rows(cfg, "analyst = 'dave' AND route = 'dp'")) and len(r) >= 4 and r,
+                    what="four audit rows")  # fmt: skip
+    assert [r["statement"] for r in rows[-4:]] == [normalize(t, parse_one(t))[0] for t in texts]
