@@ -328,7 +328,10 @@ class Connection:
                                           "simple" if isinstance(msg, m.Query) else "extended")  # fmt: skip
                 await self._fatal(ADMIN_SHUTDOWN, ADMIN_SHUTDOWN_MESSAGE)
             if type(msg) is m.Query:
-                fast = self._try_fast(self._fast_query, msg.sql) if self._synced else None
+                # Only a text routed before can be a remembered constant: a new one (a DP
+                # query's new filter value) is not routed twice, here and in the general path.
+                known = self._synced and self.ctx.routes.knows(msg.sql)
+                fast = self._try_fast(self._fast_query, msg.sql) if known else None
                 if fast is None:
                     self._synced = False
                     await self._simple_query(msg.sql)

@@ -63,6 +63,10 @@ class RouteCache:
             raise entry.error()
         return entry
 
+    def knows(self, sql: str) -> bool:
+        """Whether `sql` has been routed (so `commands` will not parse it)."""
+        return sql in self._entries
+
     def parameters(self, routed: Routed) -> tuple[int, dict[int, str]]:
         """A parsed statement's highest $n and the types inferred for its parameters,
         remembered by its text (a driver sends Parse and Describe for every execution)."""
