@@ -481,6 +481,8 @@ class Connection:
         if parse is not None:
             if parse.param_oids or bind.statement != parse.name or (parse.name and parse.name in self.state.statements):
                 return None
+            if not self.ctx.routes.knows(parse.query):
+                return None  # only a text routed before can be a remembered constant
             found = self._constant(parse.query)
             if found is None:
                 return None
@@ -774,7 +776,7 @@ class Connection:
             await self._describe(msg)
         elif isinstance(msg, m.Execute):
             started = portal_command(self, msg.portal)  # issue #8: None when a portal resumes
-            obs = self.ctx.ops.begin(self, *started, "extended") if started else None
+            obs = self.ctx.ops.begin(self, started[0], started[1], "extended", started[2]) if started else None
             await self._execute_portal(msg)
             await self.ctx.ops.end(obs)
         elif isinstance(msg, m.Close):
@@ -784,12 +786,20 @@ class Connection:
     def _parse(self, msg: m.Parse) -> None:
         if msg.name and msg.name in self.state.statements:
             self.state.add_statement(msg.name, self.state.statements[msg.name])  # raises 42P05
-        routed = self.ctx.routes.commands(msg.query)
+        # Issue #7: a literal text whose shape is learned runs as the shape with its
+        # values bound at every Bind (proxy/literal_shapes.py); the client binds none.
+        shaped = None if msg.param_oids else self.ctx.shapes.lookup(msg.query)
+        routed = self.ctx.routes.commands(msg.query if shaped is None else shaped.shape)
         if len(routed) > 1:
             raise ProxyError(SYNTAX_ERROR, "cannot insert multiple commands into a prepared statement")
         command = routed[0][1] if routed else None
-        oids = self._param_oids(command, msg.param_oids)
-        self.state.add_statement(msg.name, Prepared(msg.query, command, oids))
+        if shaped is not None:
+            prepared = Prepared(msg.query, command, (), shaped.values, shaped.normalized)
+        else:
+            prepared = Prepared(msg.query, command, self._param_oids(command, msg.param_oids))
+            if isinstance(command, Routed) and not msg.param_oids:
+                self.ctx.shapes.learn(msg.query, command)
+        self.state.add_statement(msg.name, prepared)
         self._send(codec.parse_complete())
 
     def _param_oids(self, command: Command | None, given: tuple[int, ...]) -> tuple[int, ...]:
@@ -832,6 +842,8 @@ class Connection:
                 params.append(None if raw is None else decode_param(raw, oids[i], fmt))
             except ValueError as e:
                 raise ProxyError("22P02", f"invalid value for parameter ${i + 1}: {e}") from e
+        if prepared.values is not None:
+            params = list(prepared.values)
         self.state.add_portal(msg.portal, Portal(prepared, params, msg.result_formats))
         self._send(codec.bind_complete())
 
@@ -845,7 +857,7 @@ class Connection:
         elif msg.kind == "S":
             prepared = self.state.statement(msg.name)
             self._send(codec.parameter_description(prepared.param_oids))
-            self._send_description(await self._columns_of(prepared.command, None), ())
+            self._send_description(await self._columns_of(prepared.command, prepared.values), ())
         elif msg.name in self.state.cursors:
             # A SQL cursor is a portal too (psycopg describes its DECLAREd cursors).
             cursor = self.state.cursor(msg.name)

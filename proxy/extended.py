@@ -32,6 +32,10 @@ class Prepared:
     sql: str
     command: Command | None
     param_oids: tuple[int, ...]  # complete: given by the client or inferred
+    # A literal text run as its learned shape (proxy/literal_shapes.py): the values every
+    # Bind binds (the client binds none), and the audit's normalized text of the literal.
+    values: list[Any] | None = None
+    normalized: tuple[str | None, str, int] | None = None
 
 
 @dataclass

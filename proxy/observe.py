@@ -289,12 +289,13 @@ def message_text(conn: Any, msg: Any) -> str | None:
     return None
 
 
-def portal_command(conn: Any, name: str) -> tuple[Any, str | None] | None:
-    """The command and SQL of a portal about to run, or None if it continues an earlier run."""
+def portal_command(conn: Any, name: str) -> tuple[Any, str | None, tuple[str | None, str, int] | None] | None:
+    """The command, SQL and (for a literal text run as its shape) normalized text of a
+    portal about to run, or None if it continues an earlier run."""
     try:
         portal = conn.state.portal(name)
     except Exception:  # noqa: BLE001 - unknown portal: _execute_portal reports it
         return None
     if portal.result is not None or portal.catalog is not None:
         return None  # a later Execute of a suspended portal: the statement already ran
-    return portal.prepared.command, portal.prepared.sql
+    return portal.prepared.command, portal.prepared.sql, portal.prepared.normalized

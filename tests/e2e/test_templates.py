@@ -138,26 +138,46 @@ def test_literal_texts_share_a_template_and_answer_as_before(proxy: ProxyProcess
     assert "Parameters: $1 = 2500.5" in lines
 
 
+def _literal_answers_simple(dsn: str, texts: list[str]) -> list[list[tuple[Any, ...]]]:
+    # psycopg sends a text without parameters as a Query message.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET dp.epsilon = 100")  # noise of a count: 0 but with probability ~e^-100
+        return [sorted(conn.execute(t).fetchall()) for t in texts]  # type: ignore[call-overload]
+
+
+async def _literal_answers_extended(port: int, texts: list[str]) -> list[list[tuple[Any, ...]]]:
+    # asyncpg runs a text without arguments as Parse, Describe, Bind, Execute, Sync.
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="dave", password="dave-pw",
+                                 database="tpch", ssl=False)  # fmt: skip
+    try:
+        await conn.execute("SET dp.epsilon = 100")
+        return [sorted(tuple(r) for r in await conn.fetch(t)) for t in texts]
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_path(
-    audited: tuple[ProxyProcess, Path], env: Env
+    audited: tuple[ProxyProcess, Path], env: Env, protocol: str
 ) -> None:
-    # Simple protocol (psycopg sends a text without parameters as a Query): the first
-    # text of the shape goes the general way and is learned, the next ones are answered
+    # The first text of the shape goes the general way and is learned; the next ones run
     # as the shape with their values bound (proxy/literal_shapes.py).
     p, cfg = audited
-    sql = "SELECT c_mktsegment, COUNT(*) FROM customer WHERE c_acctbal > {} AND c_mktsegment <> '{}' GROUP BY 1"
+    sql = ("SELECT c_mktsegment, COUNT(*) FROM customer WHERE c_acctbal > {} AND c_mktsegment <> '{}' "
+           f"AND c_custkey > {len(protocol)} GROUP BY 1")  # (a shape of its own per protocol)
     values = [("0", "x"), ("1234.5", "MACHINERY"), ("7000", "it''s"), ("-0.5", "")]
-    with psycopg.connect(p.dsn("dave", "dave-pw"), autocommit=True) as conn:
-        conn.execute("SET dp.epsilon = 100")  # noise of a count: 0 but with probability ~e^-100
-        for v in values:
-            got = sorted(conn.execute(sql.format(*v)).fetchall())  # type: ignore[call-overload]
-            exact = dict(truth(env.tpch_dsn, sql.format(*v)))  # type: ignore[arg-type]
-            assert got == sorted((k, exact.get(k, 0)) for k, _ in got), v
     texts = [sql.format(*v) for v in values]
+    if protocol == "simple":
+        answers = _literal_answers_simple(p.dsn("dave", "dave-pw"), texts)
+    else:
+        answers = asyncio.run(_literal_answers_extended(p.port, texts))
+    for text, got in zip(texts, answers, strict=True):
+        exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
+        assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
     with psycopg.connect(ledger_dsn(cfg)) as ledger:
         charged = [f for (f,) in ledger.execute(
             "SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'dave' ORDER BY id").fetchall()]  # fmt: skip
     assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
-    rows = wait_for(lambda: (r := audit_rows(cfg, "analyst = 'dave' AND route = 'dp'")) and len(r) >= 4 and r,
-                    what="four audit rows")  # fmt: skip
+    where = f"analyst = 'dave' AND route = 'dp' AND protocol = '{protocol}'"
+    rows = wait_for(lambda: (r := audit_rows(cfg, where)) and len(r) >= 4 and r, what="four audit rows")
     assert [r["statement"] for r in rows[-4:]] == [normalize(t, parse_one(t))[0] for t in texts]
