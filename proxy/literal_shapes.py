@@ -43,10 +43,12 @@ from rewriter.parse import split_statements
 from rewriter.rewrite import canonical_sql
 from rewriter.template import fill, parameterize, value_kind
 
+# ASCII classes only: PostgreSQL's whitespace and digits are ASCII (Python's \s and \d
+# would take other Unicode spaces and digits, which PostgreSQL reads as name characters).
 _TOKEN = re.compile(
-    r"""(?P<ws>\s+)
+    r"""(?P<ws>[ \t\n\r\f\v]+)
       | (?P<str>'(?:[^'\\]|'')*')
-      | (?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)
+      | (?P<num>(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][+-]?[0-9]+)?)
       | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
       | (?P<quoted>"(?:[^"]|"")*")
       | (?P<op>::|<=|>=|<>|!=|\|\||[-+*/%<>=(),.;\[\]])""",

@@ -34,6 +34,8 @@ def _routed(sql: str) -> Routed:
     "SELECT COUNT(*) FROM orders WHERE o_totalprice > 10abc",
     "SELECT COUNT(*) FROM orders",  # no literal: the exact-text caches serve it
     "SELECT COUNT(*) FROM orders WHERE o_comment = 'unterminated",
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice >\u00a05",  # a name character to PostgreSQL
+    "SELECT COUNT(*) FROM orders WHERE o_totalprice > \u0665",  # not a digit to PostgreSQL
 ])  # fmt: skip
 def test_text_the_tokenizer_is_not_sure_of_is_left_to_the_parser(sql: str) -> None:
     assert tokenize(sql) is None
