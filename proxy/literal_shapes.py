@@ -56,9 +56,9 @@ _TOKEN = re.compile(
 )
 # Sentinels in a skeleton: NUL cannot occur in a query string.
 _NUM, _STR = "\x00n", "\x00s"
-MAX_SHAPES = 4096
+MAX_SHAPES = 1024  # skeletons; with MAX_CONSTANT_SETS mappings of ~2 kB each: at most ~16 MB
 MAX_FAILURES = 3
-MAX_CONSTANT_SETS = 16
+MAX_CONSTANT_SETS = 8
 
 
 @dataclass(frozen=True, slots=True)
