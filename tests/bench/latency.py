@@ -141,8 +141,9 @@ def main() -> None:
         print_grouped_release()
         return
     meta = load_metadata(example_metadata_path())
-    work = Path(tempfile.mkdtemp(prefix="dpproxy-lat-"))
-    with PgCluster.start(durable=False) as cluster:
+    # (the config, keys and logs are removed with the cluster's data at the end)
+    with tempfile.TemporaryDirectory(prefix="dpproxy-lat-") as tmp, PgCluster.start(durable=False) as cluster:
+        work = Path(tmp)
         analyst = AnalystSpec("bench", "bench-pw", Decimal(10**12), Decimal(10**6))
         cfg_path = provision(cluster.dsn, work, args.scale, [analyst], free_port(), print)
         cfg = yaml.safe_load(cfg_path.read_text())

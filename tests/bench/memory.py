@@ -45,8 +45,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workers", type=int, default=1, help="dpproxy's listen.workers")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="dpproxy-mem-"))
-    with PgCluster.start(durable=False) as cluster:
+    # (the config, keys and logs are removed with the cluster's data at the end)
+    with tempfile.TemporaryDirectory(prefix="dpproxy-mem-") as tmp, PgCluster.start(durable=False) as cluster:
+        work = Path(tmp)
         analyst = AnalystSpec("bench", "bench-pw", Decimal(10**12), Decimal(10**6))
         cfg = provision(cluster.dsn, work, 0.01, [analyst], free_port(), lambda _m: None)
         settings = yaml.safe_load(cfg.read_text())
