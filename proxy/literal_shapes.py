@@ -58,6 +58,9 @@ _TOKEN = re.compile(
 _NUM, _STR = "\x00n", "\x00s"
 MAX_SHAPES = 1024  # skeletons; with MAX_CONSTANT_SETS mappings of ~2 kB each: at most ~16 MB
 MAX_FAILURES = 3
+# Tokens after which `-` followed by a number is a sign, not a subtraction (filter
+# places only; anything else keeps the `-` in the skeleton and the number positive).
+_UNARY_AFTER = {"=", "<", ">", "<=", ">=", "<>", "!=", "(", ",", "between", "and"}
 MAX_CONSTANT_SETS = 8
 
 
@@ -93,6 +96,7 @@ def tokenize(sql: str) -> Tokens | None:
     literals: list[str] = []
     pos = 0
     previous = ""  # the kind of the last token that was not whitespace
+    last = before = ""  # its text, and the text of the one before it
     spaced = False
     semicolon = False
     for m in _TOKEN.finditer(sql):
@@ -116,6 +120,9 @@ def tokenize(sql: str) -> Tokens | None:
         elif kind == "num":
             if previous in ("word", "num") and not spaced:
                 return None  # `t1`-like names are words; a number glued to one is not
+            if last == "-" and not spaced and before.lower() in _UNARY_AFTER:
+                parts.pop()  # `> -5000`: one negative value, as `parameterize` reads it
+                text = "-" + text
             literals.append(text)
             parts.append(_NUM)
         else:
@@ -124,6 +131,7 @@ def tokenize(sql: str) -> Tokens | None:
             semicolon = text == ";"
             parts.append(text)
         previous = kind or ""
+        last, before = text, last
         spaced = False
     if pos != len(sql) or not literals:
         return None

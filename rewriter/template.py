@@ -32,7 +32,8 @@ with its values as literals gets from `rewrite`, whichever way it is planned, so
 different values are different queries and a repeat is the same one in every process.
 
 Literal SQL gets the same treatment (`parameterize`): its filter literals in those
-positions become the values of its shape's template.
+positions become the values of its shape's template, numbered in the order written; a
+signed number (`-5000`) is one value, as PostgreSQL reads it.
 """
 
 from __future__ import annotations
@@ -136,15 +137,24 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
     copy = tree.copy()
     where = copy.args["where"]
     values: list[Any] = []
-    for lit in list(where.find_all(exp.Literal)):
+    # In the order they are written (depth first): a sign (`-5`, one level deeper in the
+    # tree) does not change which value is $1.
+    for lit in list(where.find_all(exp.Literal, bfs=False)):
         if not _allowed_position(lit, where):
             continue
-        value = _literal_value(lit)
-        if value is None or literal(value).sql(dialect="postgres") != lit.sql(dialect="postgres"):
-            return None  # (`007`, `1e5`: bound back, the statement would read differently)
+        node, value = lit, _literal_value(lit)
+        if _negative(lit) and value is not None:
+            node, value = lit.parent, -value  # `-5000`: one value, as PostgreSQL reads it
+        if value is None or literal(value).sql(dialect="postgres") != node.sql(dialect="postgres"):
+            return None  # (`007`, `1e5`, `-0`: bound back, the statement would read differently)
         values.append(value)
-        lit.replace(exp.Parameter(this=exp.Literal.number(len(values))))
+        node.replace(exp.Parameter(this=exp.Literal.number(len(values))))
     return (copy, values) if values else None
+
+
+def _negative(lit: exp.Expression) -> bool:
+    """A number literal under a unary minus (`-5000`), which is one negative value."""
+    return isinstance(lit, exp.Literal) and not lit.is_string and isinstance(lit.parent, exp.Neg)
 
 
 def _literal_value(lit: exp.Literal) -> Any:
@@ -282,6 +292,8 @@ def _allowed_position(operand: exp.Expression, where: exp.Expression) -> bool:
     boolean tree."""
     node: exp.Expression = operand
     parent = node.parent
+    if _negative(node):  # a literal only: `-$1` is an expression, not a value
+        node, parent = parent, parent.parent
     if isinstance(parent, exp.Div) and parent.this is node:
         d = parent.expression
         if not (isinstance(d, exp.Literal) and not d.is_string and "." in d.this

@@ -137,11 +137,12 @@ def test_filter_literals_become_parameters_and_others_stay() -> None:
     found = parameterize(parse_one(sql))
     assert found is not None
     shape, values = found
-    assert sorted(map(str, values)) == sorted(["1000", "1-URGENT", "1", "2", "2500"])
+    assert sorted(map(str, values)) == sorted(["1000", "1-URGENT", "1", "2", "-5", "2500"])
     text = shape.sql(dialect="postgres")
-    for kept in ("COUNT(*) + 1", "-5", "5 + 1", "/ 100.0", "LIMIT 3"):
+    for kept in ("COUNT(*) + 1", "5 + 1", "/ 100.0", "LIMIT 3"):
         assert kept in text
-    assert {int(n) for n in re.findall(r"\$(\d+)", text)} == set(range(1, 6))
+    assert "-" not in text  # `-5` is one negative value
+    assert {int(n) for n in re.findall(r"\$(\d+)", text)} == set(range(1, 7))
     assert isinstance(values[[str(v) for v in values].index("1000")], int)
     assert parameterize(parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > 1.50")) is not None
     assert parameterize(parse_one("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 AND o_custkey = 3")) is None
@@ -251,3 +252,21 @@ def test_an_integer_compared_with_a_numeric_column_is_bound_as_numeric(
     assert template is not None
     for p in placeholders:
         assert p in template.sql, (p, template.sql)
+
+
+def test_a_negative_number_is_one_value_and_a_negated_parameter_is_not() -> None:
+    from rewriter.template import parameterize
+
+    found = parameterize(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -5000 / 100.0 "
+                                   "AND c_acctbal BETWEEN -1.5 AND 2"))  # fmt: skip
+    assert found is not None
+    assert found[1] == [-5000, Decimal("-1.5"), 2]  # $1, $2, $3 in the order written
+    template = make_template(found[0], tuple(value_kind(v) or "" for v in found[1]), META)
+    assert template is not None
+    literal_plan = rewrite(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -5000 / 100.0 "
+                                     "AND c_acctbal BETWEEN -1.5 AND 2"), META)  # fmt: skip
+    assert instantiate(template, found[1]).fingerprint == literal_plan.fingerprint
+    # `-0` reads back as `0`: the statement is planned as literals.
+    assert parameterize(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -0")) is None
+    # `-$1` is an expression over a parameter, not a filter value.
+    assert make_template(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -$1"), ("int",), META) is None
