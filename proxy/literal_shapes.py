@@ -189,7 +189,9 @@ class LiteralShapes:
     def learn(self, sql: str, routed: Routed) -> None:
         """Learn the mapping of `sql`, a statement the general path has just routed to
         the DP engine (see the module doc for the checks); nothing if any check fails.
-        A skeleton that fails MAX_FAILURES times is not tried again."""
+        A skeleton that fails MAX_FAILURES times is not tried again; one that comes with
+        new non-filter literals again and again (beyond MAX_CONSTANT_SETS) counts each
+        as a failure, since learning costs two more parses."""
         if routed.route != Route.DP or routed.tree is None:
             return
         tokens = tokenize(sql)
@@ -199,6 +201,9 @@ class LiteralShapes:
         if known is not None and (known.failures >= MAX_FAILURES or any(
                 _constants_match(tokens.literals, m.params, c) for c, m in known.mappings.items())):  # fmt: skip
             return
+        if known is not None and len(known.mappings) >= MAX_CONSTANT_SETS:
+            known.failures += 1
+            return
         mapping = _mapping(tokens, routed.tree, self.meta)
         if known is None:
             known = self._skeletons[tokens.skeleton] = _Skeleton({})
@@ -207,8 +212,6 @@ class LiteralShapes:
         if mapping is None:
             known.failures += 1
             return
-        if len(known.mappings) >= MAX_CONSTANT_SETS:
-            known.mappings.clear()  # one skeleton with ever new constants: keep the newest
         known.mappings[tuple(t for i, t in enumerate(tokens.literals) if i not in mapping.params)] = mapping
 
 

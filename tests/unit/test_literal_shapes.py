@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.literal_shapes import MAX_FAILURES, LiteralShapes, literal_value, tokenize
+from proxy.literal_shapes import (
+    MAX_CONSTANT_SETS,
+    MAX_FAILURES,
+    LiteralShapes,
+    literal_value,
+    tokenize,
+)
 from proxy.observe import normalize
 from proxy.router import Routed
 from proxy.statements import route
@@ -110,3 +116,14 @@ def test_a_shape_that_cannot_be_learned_is_tried_a_few_times_only() -> None:
     tokens = tokenize(sql.format(1))
     assert tokens is not None
     assert shapes._skeletons[tokens.skeleton].failures == MAX_FAILURES  # then no more parses
+
+
+def test_a_skeleton_with_ever_new_constants_stops_being_learned() -> None:
+    shapes = LiteralShapes(META)
+    sql = "SELECT o_orderpriority, COUNT(*) FROM orders WHERE o_totalprice > {} GROUP BY 1 LIMIT {}"
+    for limit in range(1, MAX_CONSTANT_SETS + MAX_FAILURES + 3):
+        shapes.learn(sql.format(5, limit), _routed(sql.format(5, limit)))
+    assert shapes.lookup(sql.format(6, 1)) is not None  # the first sets are kept
+    assert shapes.lookup(sql.format(6, MAX_CONSTANT_SETS + 1)) is None
+    tokens = tokenize(sql.format(5, 1))
+    assert tokens is not None and shapes._skeletons[tokens.skeleton].failures == MAX_FAILURES
