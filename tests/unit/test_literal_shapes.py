@@ -127,3 +127,47 @@ def test_a_skeleton_with_ever_new_constants_stops_being_learned() -> None:
     assert shapes.lookup(sql.format(6, MAX_CONSTANT_SETS + 1)) is None
     tokens = tokenize(sql.format(5, 1))
     assert tokens is not None and shapes._skeletons[tokens.skeleton].failures == MAX_FAILURES
+
+
+def _bumped(literal: str) -> str:
+    """Another literal of the same kind (the sign kept)."""
+    if literal.startswith("'"):
+        return literal[:-1] + "z'"
+    if "." in literal:
+        return literal + "1"
+    return str(int(literal) * 10 + 3) if literal.lstrip("-").isdigit() else literal
+
+
+def test_every_learnable_corpus_query_answers_new_values_as_the_general_path() -> None:
+    # The corpus's accepted queries, each learned, then asked again with other filter
+    # values: a hit must give the shape, values and audit text the general path gives.
+    from tests.unit.test_corpus import ACCEPTED
+
+    checked = 0
+    for case in ACCEPTED:
+        tokens = tokenize(case.sql)
+        try:
+            routed = _routed(case.sql)
+        except Exception:  # noqa: BLE001 - several statements, or refused by the router
+            continue
+        if tokens is None or routed.tree is None:
+            continue
+        shapes = LiteralShapes(META)
+        shapes.learn(case.sql, routed)
+        learned = shapes._skeletons.get(tokens.skeleton)
+        if learned is None or not learned.mappings:
+            continue
+        (mapping,) = learned.mappings.values()
+        literals = [_bumped(t) if i in mapping.params else t for i, t in enumerate(tokens.literals)]
+        pieces = tokens.skeleton.split("\x00")
+        text = pieces[0] + "".join(lit + piece[1:] for lit, piece in zip(literals, pieces[1:], strict=True))
+        hit = shapes.lookup(text)
+        assert hit is not None, text
+        general = _routed(text)
+        found = parameterize(general.tree)
+        assert found is not None, text
+        assert hit.shape == found[0].sql(dialect="postgres"), text
+        assert [(type(v), v) for v in hit.values] == [(type(v), v) for v in found[1]], text
+        assert hit.normalized == normalize(text, general.tree), text
+        checked += 1
+    assert checked >= 20  # the corpus's queries with filter values
