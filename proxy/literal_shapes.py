@@ -29,7 +29,6 @@ import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlglot import exp
@@ -41,7 +40,7 @@ from rewriter.metadata import Metadata
 from rewriter.params import bind_parameters
 from rewriter.parse import split_statements
 from rewriter.rewrite import canonical_sql
-from rewriter.template import fill, parameterize, value_kind
+from rewriter.template import fill, number_value, parameterize, value_kind
 
 # ASCII classes only: PostgreSQL's whitespace and digits are ASCII (Python's \s and \d
 # would take other Unicode spaces and digits, which PostgreSQL reads as name characters).
@@ -143,13 +142,7 @@ def literal_value(token: str) -> Any:
     it would not take it as a parameter (`007`, `1e5`: they read back otherwise)."""
     if token[0] == "'":
         return token[1:-1].replace("''", "'")
-    try:
-        v = Decimal(token)
-    except InvalidOperation:
-        return None
-    if not v.is_finite():
-        return None
-    value: Any = int(v) if "." not in token and "e" not in token.lower() else v
+    value = number_value(token)
     return value if str(value) == token else None
 
 

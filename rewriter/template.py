@@ -159,16 +159,18 @@ def _negative(lit: exp.Expression) -> bool:
 
 def _literal_value(lit: exp.Literal) -> Any:
     """The value `rewriter.params.literal` turns back into this literal (None: none)."""
-    if lit.is_string:
-        return str(lit.this)
-    text = str(lit.this)
+    return str(lit.this) if lit.is_string else number_value(str(lit.this))
+
+
+def number_value(text: str) -> int | Decimal | None:
+    """A number literal's value as the row-expression analyzer reads it (digits alone
+    are an integer), or None for text that is no finite number."""
     try:
         v = Decimal(text)
     except ArithmeticError:
         return None
     if not v.is_finite():
         return None
-    # As the row-expression analyzer reads it: digits alone are an integer.
     return int(v) if "." not in text and "e" not in text.lower() else v
 
 
