@@ -33,7 +33,9 @@ different values are different queries and a repeat is the same one in every pro
 
 Literal SQL gets the same treatment (`parameterize`): its filter literals in those
 positions become the values of its shape's template, numbered in the order written; a
-signed number (`-5000`) is one value, as PostgreSQL reads it.
+signed number (`-5000`) is one value, as PostgreSQL reads it, and so is a typed date or
+timestamp written in its ISO form (`DATE '1995-01-01'`, `'1995-01-01'::date`,
+`TIMESTAMP '1995-01-01 10:00:00'`: a BI tool's date filter), bound as a date or timestamp.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
         return None
     # Positions are found on the statement first: most have no filter literal, and the
     # copy is only made for one that does.
-    found = sum(_allowed_position(lit, tree.args["where"]) for lit in tree.args["where"].find_all(exp.Literal))
+    where = tree.args["where"]
+    found = sum(_allowed_position(_operand(lit), where) for lit in where.find_all(exp.Literal))
     if not 0 < found <= MAX_PARAMETERS:
         return None
     copy = tree.copy()
@@ -140,11 +143,13 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
     # In the order they are written (depth first): a sign (`-5`, one level deeper in the
     # tree) does not change which value is $1.
     for lit in list(where.find_all(exp.Literal, bfs=False)):
-        if not _allowed_position(lit, where):
+        node = _operand(lit)
+        if not _allowed_position(node, where):
             continue
-        node, value = lit, _literal_value(lit)
-        if _negative(lit) and value is not None:
-            node, value = lit.parent, -value  # `-5000`: one value, as PostgreSQL reads it
+        value = _literal_value(lit)
+        if value is not None and node is not lit:
+            # `-5000` is one value, as PostgreSQL reads it; `DATE '1995-01-01'` a date
+            value = -value if _negative(lit) else _typed_value(value, node)  # type: ignore[arg-type]
         if value is None or literal(value).sql(dialect="postgres") != node.sql(dialect="postgres"):
             return None  # (`007`, `1e5`, `-0`: bound back, the statement would read differently)
         values.append(value)
@@ -155,6 +160,48 @@ def parameterize(tree: exp.Expression) -> tuple[exp.Expression, list[Any]] | Non
 def _negative(lit: exp.Expression) -> bool:
     """A number literal under a unary minus (`-5000`), which is one negative value."""
     return isinstance(lit, exp.Literal) and not lit.is_string and isinstance(lit.parent, exp.Neg)
+
+
+# A typed literal is a value where its text reads back as itself: the ISO forms, which
+# mean one day and time under every DateStyle (`literal` writes dates and timestamps so).
+_TYPED_TEXT = {"date": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+               "timestamp": re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?")}  # fmt: skip
+_TYPED_CAST = {exp.DataType.Type.DATE: "date", exp.DataType.Type.TIMESTAMP: "timestamp"}
+
+
+def _operand(lit: exp.Literal) -> exp.Expression:
+    """The filter operand a literal is part of: a signed number (`-5000`) or a typed
+    literal (`DATE '1995-01-01'`, `'...'::timestamp`, one Cast node to sqlglot), else itself."""
+    parent = lit.parent
+    if _negative(lit):
+        return parent  # type: ignore[return-value]
+    # (a typed value is never divided: `DATE '...' / 2.0` is no value, only an error)
+    if lit.is_string and isinstance(parent, exp.Cast) and parent.this is lit \
+            and not isinstance(parent.parent, exp.Div) \
+            and _typed_value(str(lit.this), parent) is not None:  # fmt: skip
+        return parent
+    return lit
+
+
+def _typed_value(text: str, cast: exp.Cast) -> date | None:
+    """The value of a typed literal (`typed_value`), None for other casts."""
+    kind = _TYPED_CAST.get(cast.to.this) if not cast.to.expressions else None
+    return typed_value(text, kind) if kind is not None else None
+
+
+def typed_value(text: str, kind: str) -> date | None:
+    """The date (`kind` "date") or timestamp ("timestamp") a typed literal's text
+    stands for, or None: another spelling (`'1995-1-1'`, `'today'`, `.000000`) reads
+    back otherwise, so such a literal is no filter value and is planned as written."""
+    pattern = _TYPED_TEXT.get(kind)
+    if pattern is None or not pattern.fullmatch(text):
+        return None
+    try:
+        value = date.fromisoformat(text) if kind == "date" else datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    rendered = value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    return value if rendered == text else None
 
 
 def _literal_value(lit: exp.Literal) -> Any:
@@ -294,8 +341,6 @@ def _allowed_position(operand: exp.Expression, where: exp.Expression) -> bool:
     boolean tree."""
     node: exp.Expression = operand
     parent = node.parent
-    if _negative(node):  # a literal only: `-$1` is an expression, not a value
-        node, parent = parent, parent.parent
     if isinstance(parent, exp.Div) and parent.this is node:
         d = parent.expression
         if not (isinstance(d, exp.Literal) and not d.is_string and "." in d.this

@@ -270,3 +270,29 @@ def test_a_negative_number_is_one_value_and_a_negated_parameter_is_not() -> None
     assert parameterize(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -0")) is None
     # `-$1` is an expression over a parameter, not a filter value.
     assert make_template(parse_one("SELECT COUNT(*) FROM customer WHERE c_acctbal > -$1"), ("int",), META) is None
+
+
+def test_a_typed_date_or_timestamp_literal_is_one_value_where_it_reads_back_as_written() -> None:
+    from rewriter.template import parameterize
+
+    sql = ("SELECT COUNT(*) FROM orders WHERE o_orderdate >= DATE '1995-01-01' AND o_orderdate < "
+           "'1996-02-29'::date AND o_orderdate IN (CAST('1995-06-01' AS DATE), TIMESTAMP '1995-07-01 "
+           "10:11:12') AND o_orderdate <> TIMESTAMP '1995-08-01 00:00:00.000001' AND o_totalprice > -7")  # fmt: skip
+    found = parameterize(parse_one(sql))
+    assert found is not None
+    assert found[1] == [date(1995, 1, 1), date(1996, 2, 29), date(1995, 6, 1), datetime(1995, 7, 1, 10, 11, 12),
+                        datetime(1995, 8, 1, 0, 0, 0, 1), -7]  # fmt: skip
+    kinds = value_kinds(found[1])
+    assert kinds == ("date", "date", "date", "timestamp", "timestamp", "int")
+    template = make_template(found[0], kinds, META)
+    assert template is not None and "$1::date" in template.sql and "1995" not in template.sql
+    assert instantiate(template, found[1]).fingerprint == rewrite(parse_one(sql), META).fingerprint
+    # Other spellings are planned as written (each reads back otherwise, or is no date);
+    # so are typed literals with a precision, divided ones, and other types.
+    for other in ("DATE '1995-1-1'", "DATE 'today'", "DATE '1995-02-30'", "DATE ' 1995-01-01'",
+                  "TIMESTAMP '1995-01-01 10:00:00.000000'", "TIMESTAMP '1995-01-01T10:00:00'",
+                  "TIMESTAMP '1995-01-01'", "'1995-01-01'::timestamp(3)", "TIMESTAMPTZ '1995-01-01 10:00:00'",
+                  "DATE '1995-01-01' / 2.0", "'5'::int"):  # fmt: skip
+        found = parameterize(parse_one(f"SELECT COUNT(*) FROM orders WHERE o_orderdate >= {other} "
+                                       "AND o_totalprice > 5"))  # fmt: skip
+        assert found is not None and found[1] == [5], other  # the other filter value only
