@@ -29,6 +29,7 @@ import re
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlglot import exp
@@ -40,7 +41,7 @@ from rewriter.metadata import Metadata
 from rewriter.params import bind_parameters
 from rewriter.parse import split_statements
 from rewriter.rewrite import canonical_sql
-from rewriter.template import fill, number_value, parameterize, value_kind
+from rewriter.template import fill, number_value, parameterize, typed_value, value_kind
 
 # ASCII classes only: PostgreSQL's whitespace and digits are ASCII (Python's \s and \d
 # would take other Unicode spaces and digits, which PostgreSQL reads as name characters).
@@ -74,6 +75,7 @@ class Tokens:
 @dataclass(frozen=True, slots=True)
 class _Mapping:
     params: tuple[int, ...]  # the literal behind each $n, in order
+    readers: tuple[str, ...]  # how each is read: "" as written, "date"/"timestamp" typed
     shape: str  # the parameterized statement's SQL, routed like a prepared statement's
     audit: str  # the audit log's normalized text of the shape, filled with values
 
@@ -137,13 +139,26 @@ def tokenize(sql: str) -> Tokens | None:
     return Tokens("".join(parts), tuple(literals))
 
 
-def literal_value(token: str) -> Any:
+def literal_value(token: str, reader: str = "") -> Any:
     """The value `rewriter.template.parameterize` reads from this literal, or None where
-    it would not take it as a parameter (`007`, `1e5`: they read back otherwise)."""
+    it would not take it as a parameter (`007`, `1e5`: they read back otherwise).
+    `reader` "date" or "timestamp": a string typed so (`DATE '1995-01-01'`), whose
+    type the skeleton around it holds."""
     if token[0] == "'":
-        return token[1:-1].replace("''", "'")
+        text = token[1:-1].replace("''", "'")
+        return typed_value(text, reader) if reader else text
     value = number_value(token)
-    return value if str(value) == token else None
+    return value if str(value) == token and not reader else None
+
+
+_READERS = ("", "date", "timestamp")
+
+
+def _reader(value: Any) -> str:
+    """How a value `parameterize` read is read from its literal's token."""
+    if isinstance(value, datetime):
+        return "timestamp"
+    return "date" if isinstance(value, date) else ""
 
 
 @dataclass(slots=True)
@@ -171,7 +186,7 @@ class LiteralShapes:
         for constants, mapping in known.mappings.items():
             if not _constants_match(tokens.literals, mapping.params, constants):
                 continue
-            values = [literal_value(tokens.literals[i]) for i in mapping.params]
+            values = [literal_value(tokens.literals[i], r) for i, r in zip(mapping.params, mapping.readers, strict=True)]
             if any(v is None or value_kind(v) is None for v in values):
                 return None
             self._skeletons.move_to_end(tokens.skeleton)
@@ -221,11 +236,11 @@ def _mapping(tokens: Tokens, tree: exp.Expression, meta: Metadata) -> _Mapping |
     # Only a literal that reads as one of the values can be a parameter; the others keep
     # their text (`GROUP BY 1` stays an ordinal).
     wanted = {(type(v), v) for v in values}
-    candidates = [i for i, t in enumerate(tokens.literals)
-                  if (v := literal_value(t)) is not None and (type(v), v) in wanted]  # fmt: skip
+    candidates = {i: kind for i, t in enumerate(tokens.literals)
+                  for kind in _READERS if (v := literal_value(t, kind)) is not None and (type(v), v) in wanted}  # fmt: skip
     if len(candidates) >= 1000:
         return None
-    marked_text, marker_of = _marker_text(tokens, set(candidates))
+    marked_text, marker_of = _marker_text(tokens, candidates)
     marked = _route_one(marked_text, meta)
     if marked is None:
         return None
@@ -238,8 +253,10 @@ def _mapping(tokens: Tokens, tree: exp.Expression, meta: Metadata) -> _Mapping |
         if i is None or i in params:
             return None
         params.append(i)
-    # The real text's parameters are these literals, read the same way.
-    read = [literal_value(tokens.literals[i]) for i in params]
+    # The real text's parameters are these literals, read the same way (a date-shaped
+    # marker read as a date was typed by the text around it).
+    readers = tuple(_reader(v) for v in marked_found[1])
+    read = [literal_value(tokens.literals[i], r) for i, r in zip(params, readers, strict=True)]
     if [(type(v), v) for v in read] != [(type(v), v) for v in values]:
         return None
     shape = shape_tree.sql(dialect="postgres")
@@ -251,7 +268,7 @@ def _mapping(tokens: Tokens, tree: exp.Expression, meta: Metadata) -> _Mapping |
     audit_shape = normalize(None, shape_tree)[0]
     if audit_shape is None or fill(audit_shape, values) != normalize(None, tree)[0]:
         return None
-    return _Mapping(tuple(params), shape, audit_shape)
+    return _Mapping(tuple(params), readers, shape, audit_shape)
 
 
 def _route_one(sql: str, meta: Metadata) -> Routed | None:
@@ -268,19 +285,26 @@ def _route_one(sql: str, meta: Metadata) -> Routed | None:
     return routed
 
 
-def _marker_text(tokens: Tokens, candidates: set[int]) -> tuple[str, dict[str, int]]:
+def _marker_text(tokens: Tokens, candidates: dict[int, str]) -> tuple[str, dict[str, int]]:
     """The text with a unique marker of its kind in place of each candidate literal, and
-    the literal index of each marker's value (as `parameterize` would read it)."""
+    the literal index of each marker's value (as `parameterize` would read it: `str` of
+    it). A literal that reads as a date or timestamp gets a marker of that shape, which
+    reads as text where the literal is untyped."""
     tag = uuid.uuid4().int % 10**12
     marker_of: dict[str, int] = {}
     pieces = tokens.skeleton.split("\x00")
     out = [pieces[0]]
+    first_day = date(2100 + tag % 7000, 1, 1)
     for i, (piece, literal) in enumerate(zip(pieces[1:], tokens.literals, strict=True)):
         kind, rest = piece[0], piece[1:]
         if i not in candidates:
             out.append(literal + rest)
             continue
-        if kind == "s":
+        if kind == "s" and candidates[i]:
+            day = first_day + timedelta(days=i)  # (fewer than 1,000 candidates)
+            value = day.isoformat() if candidates[i] == "date" else f"{day.isoformat()} 13:17:29"
+            text = f"'{value}'"
+        elif kind == "s":
             value = f"dpproxy_literal_{tag:012d}_{i}"
             text = f"'{value}'"
         else:

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from proxy.config import BackendConfig
+from proxy.literal_shapes import tokenize
 from proxy.observe import normalize
 from rewriter.params import bind_parameters
 from rewriter.parse import parse_one
@@ -138,19 +139,25 @@ def test_literal_texts_share_a_template_and_answer_as_before(proxy: ProxyProcess
     assert "Parameters: $1 = 2500.5" in lines
 
 
-def _literal_answers_simple(dsn: str, texts: list[str]) -> list[list[tuple[Any, ...]]]:
-    # psycopg sends a text without parameters as a Query message.
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SET dp.epsilon = 100")  # noise of a count: 0 but with probability ~e^-100
-        return [sorted(conn.execute(t).fetchall()) for t in texts]  # type: ignore[call-overload]
+def _literal_answers(protocol: str, p: ProxyProcess, analyst: str, epsilon: int,
+                     texts: list[str]) -> list[list[tuple[Any, ...]]]:  # fmt: skip
+    """The answers of `texts`, as `analyst` at `epsilon` by the protocol named."""
+    password = ANALYSTS[analyst].password
+    if protocol == "simple":
+        # psycopg sends a text without parameters as a Query message.
+        with psycopg.connect(p.dsn(analyst, password), autocommit=True) as conn:
+            conn.execute(f"SET dp.epsilon = {epsilon}")
+            return [sorted(conn.execute(t).fetchall()) for t in texts]  # type: ignore[call-overload]
+    return asyncio.run(_literal_answers_extended(p.port, analyst, password, epsilon, texts))
 
 
-async def _literal_answers_extended(port: int, texts: list[str]) -> list[list[tuple[Any, ...]]]:
+async def _literal_answers_extended(port: int, analyst: str, password: str, epsilon: int,
+                                    texts: list[str]) -> list[list[tuple[Any, ...]]]:  # fmt: skip
     # asyncpg runs a text without arguments as Parse, Describe, Bind, Execute, Sync.
-    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="dave", password="dave-pw",
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user=analyst, password=password,
                                  database="tpch", ssl=False)  # fmt: skip
     try:
-        await conn.execute("SET dp.epsilon = 100")
+        await conn.execute(f"SET dp.epsilon = {epsilon}")
         return [sorted(tuple(r) for r in await conn.fetch(t)) for t in texts]
     finally:
         await conn.close()
@@ -167,10 +174,7 @@ def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_pat
            f"AND c_custkey > {len(protocol)} GROUP BY 1")  # (a shape of its own per protocol)
     values = [("0", "x"), ("1234.5", "MACHINERY"), ("7000", "it''s"), ("-0.5", "")]
     texts = [sql.format(*v) for v in values]
-    if protocol == "simple":
-        answers = _literal_answers_simple(p.dsn("dave", "dave-pw"), texts)
-    else:
-        answers = asyncio.run(_literal_answers_extended(p.port, texts))
+    answers = _literal_answers(protocol, p, "dave", 100, texts)  # count noise 0 but w.p. ~e^-100
     for text, got in zip(texts, answers, strict=True):
         exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
         assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
@@ -181,3 +185,38 @@ def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_pat
     where = f"analyst = 'dave' AND route = 'dp' AND protocol = '{protocol}'"
     rows = wait_for(lambda: (r := audit_rows(cfg, where)) and len(r) >= 4 and r, what="four audit rows")
     assert [r["statement"] for r in rows[-4:]] == [normalize(t, parse_one(t))[0] for t in texts]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_new_dates_in_a_typed_literal_text_answer_as_the_general_path(
+    audited: tuple[ProxyProcess, Path], env: Env, protocol: str
+) -> None:
+    # A BI tool's date filter (`DATE '...'`, `'...'::date`, `TIMESTAMP '...'`): the dates
+    # are the shape's values, bound as dates (rewriter/template.py `typed_value`).
+    p, cfg = audited
+    sql = ("SELECT o_orderpriority, COUNT(*) FROM orders WHERE o_orderdate >= DATE '{}' "
+           "AND o_orderdate < '{}'::date AND o_orderdate <> TIMESTAMP '{} 00:00:00' "
+           f"AND o_custkey > {len(protocol)} GROUP BY 1")  # (a shape of its own per protocol)
+    months = [("1995-01-01", "1995-02-01", "1995-01-05"), ("1996-03-01", "1996-04-01", "1996-03-31"),
+              ("1997-12-01", "1998-01-01", "1997-12-24"), ("1993-06-01", "1993-07-01", "1993-06-15")]  # fmt: skip
+    texts = [sql.format(*m) for m in months]
+    for first, end, _ in months:  # no customer has more orders in a month than bounding keeps
+        (most,) = truth(env.tpch_dsn, "SELECT max(n) FROM (SELECT count(*) AS n FROM orders WHERE o_orderdate "
+                        f">= '{first}' AND o_orderdate < '{end}' GROUP BY o_custkey) c")[0]  # fmt: skip
+        assert most <= META.tables["orders"].max_rows
+    # epsilon 5000: a count's noise (sensitivity 8) is 0 but with probability ~2e^-625
+    answers = _literal_answers(protocol, p, "alice", 5000, texts)
+    for text, got in zip(texts, answers, strict=True):
+        exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
+        assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
+    with psycopg.connect(ledger_dsn(cfg)) as ledger:
+        charged = [f for (f,) in ledger.execute(
+            "SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'alice' ORDER BY id").fetchall()]  # fmt: skip
+    assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
+    shapes = [t for t in (tokenize(x) for x in texts) if t is not None]
+    assert len(shapes) == len(texts) and len({t.skeleton for t in shapes}) == 1
+    with psycopg.connect(p.dsn("alice", ANALYSTS["alice"].password), autocommit=True) as conn:
+        lines = [r[0] for r in conn.execute("EXPLAIN " + texts[1]).fetchall()]  # type: ignore[call-overload]
+    # planned from the template: the dates are bound, not written into the bounded SQL
+    assert any(ln.startswith("Rewritten SQL:") and "$1::date" in ln and "1996" not in ln for ln in lines), lines
+    assert f"Parameters: $1 = '1996-03-01', $2 = '1996-04-01', $3 = '1996-03-31 00:00:00', $4 = {len(protocol)}" in lines

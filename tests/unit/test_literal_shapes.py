@@ -3,6 +3,8 @@ tokenizer's refusals, and a hit giving exactly what the general path gives."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from proxy.literal_shapes import (
@@ -16,7 +18,7 @@ from proxy.observe import normalize
 from proxy.router import Routed
 from proxy.statements import route
 from rewriter.parse import split_statements
-from rewriter.template import parameterize
+from rewriter.template import parameterize, typed_value
 from tests.unit.test_corpus import META
 
 
@@ -66,6 +68,13 @@ SHAPES = [
     # A sign after a comparison is part of the value: positive and negative share a shape.
     ("SELECT COUNT(*) FROM customer WHERE c_acctbal > {} / 100.0 AND c_acctbal BETWEEN {} AND 2",
      [("-5000", "-1.5"), ("5000", "1.5"), ("-7", "-0.25")]),
+    # Typed dates and timestamps are values too (bound as such); the same text untyped
+    # in another place is a text value.
+    ("SELECT COUNT(*) FROM orders WHERE o_orderdate >= DATE '{}' AND o_orderdate < '{}'::date "
+     "AND o_orderdate <> CAST('{}' AS TIMESTAMP) AND o_comment <> '{}'",
+     [("1995-01-01", "1995-02-01", "1995-01-05 10:00:00", "1995-01-01"),
+      ("1996-02-29", "1996-04-01", "1996-03-31 23:59:59.000001", "x"),
+      ("0001-01-01", "9999-12-31", "2000-01-01 00:00:00", "1995-01-01")]),
 ]  # fmt: skip
 
 
@@ -103,6 +112,11 @@ def test_a_value_the_template_cannot_bind_goes_the_general_way() -> None:
     shapes.learn(sql.format(5), _routed(sql.format(5)))
     assert shapes.lookup(sql.format(10**30)) is None  # beyond int8: planned as a literal
     assert shapes.lookup(sql.format("007")) is None
+    dated = "SELECT COUNT(*) FROM orders WHERE o_orderdate >= DATE {}"
+    shapes.learn(dated.format("'1995-01-01'"), _routed(dated.format("'1995-01-01'")))
+    assert shapes.lookup(dated.format("'1996-01-01'")) is not None
+    for other in ("'1996-1-1'", "'today'", "'1996-02-30'", "5"):  # no ISO date: planned as written
+        assert shapes.lookup(dated.format(other)) is None, other
 
 
 def test_a_shape_that_cannot_be_learned_is_tried_a_few_times_only() -> None:
@@ -130,8 +144,13 @@ def test_a_skeleton_with_ever_new_constants_stops_being_learned() -> None:
 
 
 def _bumped(literal: str) -> str:
-    """Another literal of the same kind (the sign kept)."""
+    """Another literal of the same kind (the sign kept; an ISO date a day later)."""
     if literal.startswith("'"):
+        text = literal[1:-1]
+        for kind, step in (("date", timedelta(days=1)), ("timestamp", timedelta(seconds=1))):
+            if (value := typed_value(text, kind)) is not None:
+                later = value + step
+                return f"'{later.isoformat(sep=' ') if kind == 'timestamp' else later.isoformat()}'"
         return literal[:-1] + "z'"
     if "." in literal:
         return literal + "1"
@@ -170,4 +189,4 @@ def test_every_learnable_corpus_query_answers_new_values_as_the_general_path() -
         assert [(type(v), v) for v in hit.values] == [(type(v), v) for v in found[1]], text
         assert hit.normalized == normalize(text, general.tree), text
         checked += 1
-    assert checked >= 20  # the corpus's queries with filter values
+    assert checked >= 25  # the corpus's queries with filter values (4 with typed dates)
