@@ -163,6 +163,19 @@ async def _literal_answers_extended(port: int, analyst: str, password: str, epsi
         await conn.close()
 
 
+def _assert_exact_and_charged_as_general(env: Env, cfg: Path, analyst: str, texts: list[str],
+                                         answers: list[list[tuple[Any, ...]]]) -> None:  # fmt: skip
+    """Each answer is the exact one (noise negligible at the epsilon used), and the
+    ledger's last charges carry the fingerprints the general path gives the texts."""
+    for text, got in zip(texts, answers, strict=True):
+        exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
+        assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
+    with psycopg.connect(ledger_dsn(cfg)) as ledger:
+        charged = [f for (f,) in ledger.execute(
+            "SELECT fingerprint FROM dpproxy.charges WHERE analyst = %s ORDER BY id", [analyst]).fetchall()]  # fmt: skip
+    assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
+
+
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_path(
     audited: tuple[ProxyProcess, Path], env: Env, protocol: str
@@ -175,13 +188,7 @@ def test_new_values_in_a_literal_text_answer_charge_and_audit_as_the_general_pat
     values = [("0", "x"), ("1234.5", "MACHINERY"), ("7000", "it''s"), ("-0.5", "")]
     texts = [sql.format(*v) for v in values]
     answers = _literal_answers(protocol, p, "dave", 100, texts)  # count noise 0 but w.p. ~e^-100
-    for text, got in zip(texts, answers, strict=True):
-        exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
-        assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
-    with psycopg.connect(ledger_dsn(cfg)) as ledger:
-        charged = [f for (f,) in ledger.execute(
-            "SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'dave' ORDER BY id").fetchall()]  # fmt: skip
-    assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
+    _assert_exact_and_charged_as_general(env, cfg, "dave", texts, answers)
     where = f"analyst = 'dave' AND route = 'dp' AND protocol = '{protocol}'"
     rows = wait_for(lambda: (r := audit_rows(cfg, where)) and len(r) >= 4 and r, what="four audit rows")
     assert [r["statement"] for r in rows[-4:]] == [normalize(t, parse_one(t))[0] for t in texts]
@@ -206,13 +213,7 @@ def test_new_dates_in_a_typed_literal_text_answer_as_the_general_path(
         assert most <= META.tables["orders"].max_rows
     # epsilon 5000: a count's noise (sensitivity 8) is 0 but with probability ~2e^-625
     answers = _literal_answers(protocol, p, "alice", 5000, texts)
-    for text, got in zip(texts, answers, strict=True):
-        exact = dict(truth(env.tpch_dsn, text))  # type: ignore[arg-type]
-        assert got == sorted((k, exact.get(k, 0)) for k, _ in got), text
-    with psycopg.connect(ledger_dsn(cfg)) as ledger:
-        charged = [f for (f,) in ledger.execute(
-            "SELECT fingerprint FROM dpproxy.charges WHERE analyst = 'alice' ORDER BY id").fetchall()]  # fmt: skip
-    assert charged[-len(texts):] == [rewrite(parse_one(t), META).fingerprint for t in texts]
+    _assert_exact_and_charged_as_general(env, cfg, "alice", texts, answers)
     shapes = [t for t in (tokenize(x) for x in texts) if t is not None]
     assert len(shapes) == len(texts) and len({t.skeleton for t in shapes}) == 1
     with psycopg.connect(p.dsn("alice", ANALYSTS["alice"].password), autocommit=True) as conn:
