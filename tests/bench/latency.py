@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -96,6 +97,30 @@ def latencies(proxy: ProxyProcess, cluster: PgCluster, query: str, meta: Metadat
     return through, plain, rewritten
 
 
+# A dashboard's date range, sent by a BI tool as new literal text for each new range.
+DATE_RANGE = ("SELECT o_orderpriority, COUNT(*), AVG(o_totalprice) FROM orders WHERE o_orderdate >= "
+              "DATE '{}' AND o_orderdate < DATE '{}' GROUP BY o_orderpriority")  # fmt: skip
+
+
+def date_ranges(proxy: ProxyProcess, runs: int) -> tuple[list[float], list[float]]:
+    """Wall times through dpproxy of DATE_RANGE with a new range each run: as sent (its
+    learned shape, proxy/literal_shapes.py) and behind a comment, which the literal
+    tokenizer leaves to the general path (parsed, routed and parameterized by sqlglot)."""
+    start = date(1992, 1, 1)
+    learned: list[float] = []
+    general: list[float] = []
+    with psycopg.connect(proxy.dsn("bench", "bench-pw"), autocommit=True) as via:
+        for i in range(runs + 1):
+            for prefix, out in (("", learned), ("/* general */ ", general)):
+                first = start + timedelta(days=i % 2000)
+                sql = prefix + DATE_RANGE.format(first.isoformat(), (first + timedelta(days=365)).isoformat())
+                if i:  # (the first run learns the shape)
+                    out += timed_runs(via, sql, 1)
+                else:
+                    via.execute(sql)  # type: ignore[call-overload]
+    return learned, general
+
+
 def bi_query(lines: int) -> str:
     """A BI-tool-style query: many CASE-bucketed filters and aliased aggregates."""
     conds = [f"(o_totalprice BETWEEN {i * 1000} AND {i * 1000 + 999} OR o_orderstatus = 'F')"
@@ -159,6 +184,7 @@ def main() -> None:
             for query in (DP, DP_SHORT):
                 timings.append((query, *latencies(proxy, cluster, query, meta, args.runs)))
             stages = stage_means(f"http://127.0.0.1:{metrics_port}/metrics")
+            learned, general = date_ranges(proxy, args.runs)
         finally:
             proxy.stop()
     for query, through, plain, rewritten in timings:
@@ -173,6 +199,10 @@ def main() -> None:
     print("\n| stage (both queries) | mean ms |\n|---|---|")
     for k, v in sorted(stages.items()):
         print(f"| {k} | {v:.3f} |")
+
+    print(f"\n1b. A dashboard's date range, new dates each run ({args.runs} runs, p50 ms): as literal "
+          f"text, answered as its learned shape {pct(learned, 0.5):.2f}; the same behind a comment "
+          f"(the general path) {pct(general, 0.5):.2f}")  # fmt: skip
 
     print("\n2. Parse + rewrite of new queries (ms, median of 20)\n")
     typical = [
