@@ -57,7 +57,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lambda spec: _run(_serve(worker_config(config, spec), config_path=path, worker=spec)),
             _progress,
         )
-    _run(_serve(config, config_path=path))
+    try:
+        _run(_serve(config, config_path=path))
+    except ConfigError as e:  # found at start-up against the databases (e.g. a declared key)
+        print(f"dpproxy: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,7 +14,8 @@ from accounting.mechanisms import Mechanisms
 from accounting.pool import LeanPool, create_pool
 from proxy.admin import open_ledger
 from proxy.catalog import Catalog
-from proxy.config import Config
+from proxy.config import Config, ConfigError
+from proxy.declared_keys import find_unbacked_keys
 from proxy.dp import DPEngine
 from proxy.enforced_bounds import find_enforced_bounds, find_numeric_types
 from proxy.limits import Admission
@@ -111,6 +112,13 @@ class Server:
             server_settings=config.backend.session_settings(),
         )  # fmt: skip
         version = await data.fetchval("SHOW server_version")
+        # Bounding, joins and unit paths rely on every declared unique key.
+        unbacked = await find_unbacked_keys(data, config.metadata)
+        if unbacked:
+            await data.close()
+            raise ConfigError("metadata: " + "; ".join(unbacked) + ". Contribution bounding, joins "
+                              "and unit paths rely on declared keys: add the key to the database, "
+                              "or remove `unique: true`")  # fmt: skip
         # Issue #5: the ledger (accountant, group commit, analysts synced from the
         # config) and the answer cache come from proxy/admin.py.
         ledger, cache = await open_ledger(config)

@@ -1,0 +1,79 @@
+"""Declared unique keys are checked against the database at start-up
+(proxy/declared_keys.py): `dpproxy serve` refuses metadata whose declared key the data
+does not keep, since bounding, joins and unit paths would rest on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from proxy.declared_keys import find_unbacked_keys
+from rewriter.metadata import Metadata, TableMeta
+from tests.e2e.conftest import Env
+from tests.support.catalog_facts import catalog_facts
+
+
+def test_every_key_the_example_metadata_declares_is_a_key_of_the_loaded_database(
+    tpch_dsn: str, tpch_metadata: Metadata
+) -> None:
+    assert any(c.unique for t in tpch_metadata.tables.values() for c in t.columns.values())
+    assert catalog_facts(tpch_dsn, tpch_metadata, find_unbacked_keys) == []
+
+
+@pytest.fixture
+def scratch_visits(tpch_dsn: str) -> Iterator[str]:
+    """scratch.visits: an index on uid that is not unique, a unique one on a nullable
+    column, and a partial unique one."""
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS scratch_keys CASCADE; CREATE SCHEMA scratch_keys")
+        conn.execute("CREATE TABLE scratch_keys.visits (uid int NOT NULL, vid int, tag int NOT NULL)")
+        conn.execute("CREATE INDEX ON scratch_keys.visits (uid)")
+        conn.execute("CREATE UNIQUE INDEX ON scratch_keys.visits (vid)")
+        conn.execute("CREATE UNIQUE INDEX ON scratch_keys.visits (tag) WHERE tag > 0")
+    yield tpch_dsn
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA scratch_keys CASCADE")
+
+
+@pytest.mark.parametrize(("unit", "declared", "problem"), [
+    ("uid", "uid", "scratch_keys.visits.uid is declared unique, but the database has no primary key"),
+    ("vid", "vid", "scratch_keys.visits.vid is a privacy unit declared unique, but the database lets it be NULL"),
+    ("uid", "tag", "scratch_keys.visits.tag is declared unique, but the database has no primary key"),
+])  # fmt: skip
+def test_a_declared_key_the_database_does_not_keep_is_named(
+    scratch_visits: str, unit: str, declared: str, problem: str
+) -> None:
+    (found,) = catalog_facts(scratch_visits, _visits(unit, declared), find_unbacked_keys)
+    assert found.startswith(problem), found
+    # A unique key on a column that is no privacy unit may hold NULLs (they join nothing).
+    assert catalog_facts(scratch_visits, _visits("uid", "vid"), find_unbacked_keys) == []
+
+
+def _visits(unit: str, declared: str) -> Metadata:
+    """Metadata of scratch_keys.visits with `unit` its privacy unit, `declared` unique."""
+    return Metadata(dataset="s", tables={"visits": TableMeta.model_validate({
+        "schema": "scratch_keys", "privacy_unit": unit,
+        "columns": {c: {"type": "integer", "unique": c == declared} for c in ("uid", "vid", "tag")}})})  # fmt: skip
+
+
+def test_serve_refuses_to_start_on_a_declared_key_the_database_lacks(env: Env, tmp_path: Path) -> None:
+    settings = yaml.safe_load(env.config.read_text())
+    metadata_path = (env.config.parent / settings["metadata_file"]).resolve()
+    meta = yaml.safe_load(metadata_path.read_text())
+    meta["tables"]["customer"]["columns"]["c_name"]["unique"] = True  # not a key of customer
+    bad_meta = tmp_path / "metadata.yaml"
+    bad_meta.write_text(yaml.safe_dump(meta))
+    settings["metadata_file"] = str(bad_meta)
+    bad = tmp_path / "config.yaml"
+    bad.write_text(yaml.safe_dump(settings))
+    out = subprocess.run([sys.executable, "-m", "proxy.cli", "serve", "--config", str(bad), "--port", "0"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "public.customer.c_name is declared unique, but the database has no primary key" in out.stderr
+    assert "Traceback" not in out.stderr
