@@ -6,10 +6,11 @@ has one row), a public table joined on its unique key cannot fan a private row o
 into several, and a `unit_path` through a unique column gives each row one unit. A
 declaration the data does not keep would quietly break each of them: a unit with two
 rows would count twice, unbounded. So `dpproxy serve` starts only when every declared
-unique column has a unique index of its own in the data database (a primary key or a
-UNIQUE constraint on that column alone: valid, not partial, not on an expression), and
-a privacy-unit column declared unique is also NOT NULL there (a unique index lets any
-number of rows be NULL, which would make them one unbounded unit).
+unique column is the whole of a PRIMARY KEY or UNIQUE constraint in the data database,
+and a privacy-unit column declared unique is also NOT NULL there (a UNIQUE constraint
+lets any number of rows be NULL, which would make them one unbounded unit). Each query's
+SQL then checks that those constraints still stand (`rewriter.rewrite._guarded`, with
+`ColumnMeta.key_constraint`): once one is dropped, queries fail instead of answering.
 """
 
 from __future__ import annotations
@@ -20,38 +21,43 @@ from typing import Any
 from accounting.pool import LeanPool
 from rewriter.metadata import Metadata
 
-# Single-column unique indexes that hold for every row, with the column's NOT NULL.
-UNIQUE_KEYS_SQL = """
-SELECT n.nspname AS schema, r.relname AS table, a.attname AS column, a.attnotnull AS not_null
-  FROM pg_catalog.pg_index i
-  JOIN pg_catalog.pg_class r ON r.oid = i.indrelid
+# Single-column PRIMARY KEY and UNIQUE constraints, with their column's NOT NULL. (A
+# unique index without a constraint is not counted: the per-query check reads
+# pg_constraint, in the subquery that already checks CHECK constraints.)
+KEYS_SQL = """
+SELECT c.oid, n.nspname AS schema, r.relname AS table, a.attname AS column, a.attnotnull AS not_null
+  FROM pg_catalog.pg_constraint c
+  JOIN pg_catalog.pg_class r ON r.oid = c.conrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
-  JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
- WHERE i.indisunique AND i.indisvalid AND i.indnkeyatts = 1
-   AND i.indpred IS NULL AND i.indexprs IS NULL
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+ WHERE c.contype IN ('p', 'u') AND cardinality(c.conkey) = 1
 """
 
 
-def unbacked_keys(meta: Metadata, rows: Iterable[dict[str, Any]]) -> list[str]:
-    """What is wrong with each declared unique column the rows of UNIQUE_KEYS_SQL do
-    not back (pure: the rows are the catalog's answer); empty when every one is a key."""
-    keys = {(r["schema"], r["table"], r["column"]): bool(r["not_null"]) for r in rows}
+def declared_keys(meta: Metadata, rows: Iterable[dict[str, Any]]) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """The constraint behind each declared unique column ((table, column) -> OID), and
+    what is wrong with each one the rows of KEYS_SQL do not back (pure: the rows are
+    the catalog's answer); no problems when every declared key is a key."""
+    found = {(r["schema"], r["table"], r["column"]): (int(r["oid"]), bool(r["not_null"])) for r in rows}
+    keys: dict[tuple[str, str], int] = {}
     problems = []
     for tname, table in sorted(meta.tables.items()):
         for cname, column in sorted(table.columns.items()):
             if not column.unique:
                 continue
             where = f"{table.schema_}.{tname}.{cname}"
-            not_null = keys.get((table.schema_, tname, cname))
-            if not_null is None:
+            key = found.get((table.schema_, tname, cname))
+            if key is None:
                 problems.append(f"{where} is declared unique, but the database has no primary key "
                                 "or UNIQUE constraint on it alone")  # fmt: skip
-            elif cname == table.privacy_unit and not not_null:
+            elif cname == table.privacy_unit and not key[1]:
                 problems.append(f"{where} is a privacy unit declared unique, but the database "
                                 "lets it be NULL (any number of NULL rows)")  # fmt: skip
-    return problems
+            else:
+                keys[(tname, cname)] = key[0]
+    return keys, problems
 
 
-async def find_unbacked_keys(pool: LeanPool, meta: Metadata) -> list[str]:
-    """`unbacked_keys` of the data database behind `pool`."""
-    return unbacked_keys(meta, [dict(r) for r in await pool.fetch(UNIQUE_KEYS_SQL)])
+async def find_declared_keys(pool: LeanPool, meta: Metadata) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """`declared_keys` of the data database behind `pool`."""
+    return declared_keys(meta, [dict(r) for r in await pool.fetch(KEYS_SQL)])

@@ -15,7 +15,7 @@ from accounting.pool import LeanPool, create_pool
 from proxy.admin import open_ledger
 from proxy.catalog import Catalog
 from proxy.config import Config, ConfigError
-from proxy.declared_keys import find_unbacked_keys
+from proxy.declared_keys import find_declared_keys
 from proxy.dp import DPEngine
 from proxy.enforced_bounds import find_enforced_bounds, find_numeric_types
 from proxy.limits import Admission
@@ -30,7 +30,12 @@ from proxy.workers import (
     read_cancels,
     receive_clients,
 )
-from rewriter.metadata import Metadata, with_enforced_bounds, with_numeric_types
+from rewriter.metadata import (
+    Metadata,
+    with_enforced_bounds,
+    with_key_constraints,
+    with_numeric_types,
+)
 
 if TYPE_CHECKING:
     from proxy.connection import Connection
@@ -113,7 +118,7 @@ class Server:
         )  # fmt: skip
         version = await data.fetchval("SHOW server_version")
         # Bounding, joins and unit paths rely on every declared unique key.
-        unbacked = await find_unbacked_keys(data, config.metadata)
+        keys, unbacked = await find_declared_keys(data, config.metadata)
         if unbacked:
             await data.close()
             raise ConfigError("metadata: " + "; ".join(unbacked) + ". Contribution bounding, joins "
@@ -127,10 +132,10 @@ class Server:
                                      pool_size=config.backend.pool_size,
                                      statement_timeout_ms=config.backend.statement_timeout_ms)
         # Declared bounds the database enforces itself need no clamp (issue #7).
-        dp_meta = with_numeric_types(
+        dp_meta = with_key_constraints(with_numeric_types(
             with_enforced_bounds(config.metadata, await find_enforced_bounds(data, config.metadata)),
             await find_numeric_types(data, config.metadata),
-        )
+        ), keys)  # fmt: skip
         engine = DPEngine(dp_meta, Mechanisms(), ledger, data, cache=cache,
                           cache_shared=config.cache.shared, data_version=config.cache.data_version,
                           default_delta=config.privacy.default_delta)  # fmt: skip

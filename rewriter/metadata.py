@@ -85,11 +85,16 @@ class ColumnMeta(BaseModel):
     # fit bigint, and the clamp can compare integers instead of numerics; every query's
     # SQL checks that the column's type is still the same.
     numeric_type: tuple[int, int, int, int] | None = Field(default=None, exclude=True)
+    # Never read from a metadata file either: set at start-up (`with_key_constraints`), for
+    # a column declared unique, to the OID of the PRIMARY KEY or UNIQUE constraint on it
+    # alone that keeps it unique (dpproxy does not start without one: proxy/declared_keys.py).
+    # Bounding, joins and unit paths rely on it; every query's SQL checks it still stands.
+    key_constraint: int | None = Field(default=None, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _not_declared(cls, data: Any) -> Any:
-        for name in ("enforced_by", "numeric_type"):
+        for name in ("enforced_by", "numeric_type", "key_constraint"):
             if isinstance(data, dict) and name in data:
                 raise ValueError(f"{name} is found by dpproxy in the database's catalog, "
                                  "never declared")  # fmt: skip
@@ -246,6 +251,12 @@ class Metadata(BaseModel):
         return tuple(sorted({c.enforced_by for t in self._named(tables)
                              for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
 
+    def key_constraints_of(self, tables: Iterable[str]) -> tuple[int, ...]:
+        """The PRIMARY KEY / UNIQUE constraints (OIDs, sorted) behind the declared unique
+        columns of `tables`."""
+        return tuple(sorted({c.key_constraint for t in self._named(tables)
+                             for c in t.columns.values() if c.key_constraint is not None}))  # fmt: skip
+
     def numeric_types_of(self, tables: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
         """The (attrelid, attnum, atttypmod) of every column of `tables` whose numeric
         type some query's clamp relies on (sorted; a column a CHECK constraint bounds has
@@ -267,6 +278,12 @@ def with_numeric_types(meta: Metadata, types: Mapping[tuple[str, str], tuple[int
     """`meta` with `numeric_type` set from `types` ((table, column) -> (attrelid, attnum,
     atttypmod, digits before the point)) and cleared everywhere else."""
     return _with_catalog_facts(meta, "numeric_type", types)
+
+
+def with_key_constraints(meta: Metadata, keys: Mapping[tuple[str, str], int]) -> Metadata:
+    """`meta` with `key_constraint` set from `keys` ((table, column) -> constraint OID)
+    and cleared everywhere else."""
+    return _with_catalog_facts(meta, "key_constraint", keys)
 
 
 def _with_catalog_facts(meta: Metadata, name: str, facts: Mapping[tuple[str, str], Any]) -> Metadata:

@@ -944,7 +944,8 @@ def _tables_read(sql: str, meta: Metadata) -> set[str]:
 def _guarded(sql: str, meta: Metadata, tables: set[str]) -> str:
     """`sql`, failing in the database unless every CHECK constraint that replaces a
     clamp (`ColumnMeta.enforced_by`) of the tables it reads still stands, validated, in
-    the query's snapshot (and every numeric type a clamp relies on is unchanged).
+    the query's snapshot (and every numeric type a clamp relies on is unchanged, and every
+    key a declared unique column relies on, `ColumnMeta.key_constraint`, still stands).
 
     A constraint dropped after start-up must not let unclamped values through: the query
     then divides by zero (an error that depends on the catalog, not on the data) instead
@@ -953,13 +954,18 @@ def _guarded(sql: str, meta: Metadata, tables: set[str]) -> str:
     every execution, and another table's constraints cannot change this query's rows.
     """
     oids, types = meta.enforced_checks_of(sorted(tables)), meta.numeric_types_of(sorted(tables))
-    if not oids and not types:
+    keys = meta.key_constraints_of(sorted(tables))
+    if not oids and not types and not keys:
         return sql
     conditions = []
-    if oids:
-        listed = ", ".join(str(o) for o in oids)
+    if oids or keys:
+        # (one subquery for both: each costs its planning, every execution)
+        listed = ", ".join(str(o) for o in sorted(oids + keys))
+        kinds = "contype = 'c' AND convalidated"
+        if keys:
+            kinds = f"(contype IN ('p', 'u') OR {kinds})"
         conditions.append(f"(SELECT count(*) FROM pg_catalog.pg_constraint WHERE oid IN ({listed}) "
-                          f"AND contype = 'c' AND convalidated) = {len(oids)}")  # fmt: skip
+                          f"AND {kinds}) = {len(oids) + len(keys)}")  # fmt: skip
     if types:
         # (attrelid, attnum) as they are typed: the lookups then use pg_attribute's index.
         listed = ", ".join(f"({r}::oid, {n}::int2, {m})" for r, n, m in types)

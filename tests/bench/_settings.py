@@ -7,8 +7,14 @@ import psycopg.sql
 from psycopg.rows import dict_row
 
 from proxy.config import BackendConfig
+from proxy.declared_keys import KEYS_SQL, declared_keys
 from proxy.enforced_bounds import CHECKS_SQL, NUMERIC_TYPES_SQL, enforced_columns, numeric_columns
-from rewriter.metadata import Metadata, with_enforced_bounds, with_numeric_types
+from rewriter.metadata import (
+    Metadata,
+    with_enforced_bounds,
+    with_key_constraints,
+    with_numeric_types,
+)
 
 
 def as_dpproxy_sessions(conn: psycopg.Connection, work_mem: str | None = None) -> None:
@@ -27,6 +33,7 @@ def as_dpproxy_metadata(conn: psycopg.Connection, meta: Metadata) -> Metadata:
     with conn.cursor(row_factory=dict_row) as cur:
         enforced = enforced_columns(meta, cur.execute(CHECKS_SQL).fetchall())
         types = numeric_columns(meta, cur.execute(NUMERIC_TYPES_SQL).fetchall())
+        keys, _ = declared_keys(meta, cur.execute(KEYS_SQL).fetchall())
     print(f"clamps left out (CHECK constraints): {sorted(enforced) or 'none'}; "
           f"clamped as integers (numeric(p, s)): {sorted(set(types) - set(enforced)) or 'none'}", flush=True)
-    return with_numeric_types(with_enforced_bounds(meta, enforced), types)
+    return with_key_constraints(with_numeric_types(with_enforced_bounds(meta, enforced), types), keys)

@@ -13,8 +13,10 @@ import psycopg
 import pytest
 import yaml
 
-from proxy.declared_keys import find_unbacked_keys
-from rewriter.metadata import Metadata, TableMeta
+from proxy.declared_keys import find_declared_keys
+from rewriter.metadata import Metadata, TableMeta, with_key_constraints
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
 from tests.e2e.conftest import Env
 from tests.support.catalog_facts import catalog_facts
 
@@ -23,18 +25,21 @@ def test_every_key_the_example_metadata_declares_is_a_key_of_the_loaded_database
     tpch_dsn: str, tpch_metadata: Metadata
 ) -> None:
     assert any(c.unique for t in tpch_metadata.tables.values() for c in t.columns.values())
-    assert catalog_facts(tpch_dsn, tpch_metadata, find_unbacked_keys) == []
+    keys, problems = catalog_facts(tpch_dsn, tpch_metadata, find_declared_keys)
+    assert problems == []
+    declared = {(t, c) for t, tm in tpch_metadata.tables.items() for c, cm in tm.columns.items() if cm.unique}
+    assert set(keys) == declared
 
 
 @pytest.fixture
 def scratch_visits(tpch_dsn: str) -> Iterator[str]:
-    """scratch.visits: an index on uid that is not unique, a unique one on a nullable
-    column, and a partial unique one."""
+    """scratch_keys.visits: an index on uid that is not unique, a UNIQUE constraint on a
+    nullable column, and a unique index that is no constraint (partial, too)."""
     with psycopg.connect(tpch_dsn, autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS scratch_keys CASCADE; CREATE SCHEMA scratch_keys")
         conn.execute("CREATE TABLE scratch_keys.visits (uid int NOT NULL, vid int, tag int NOT NULL)")
         conn.execute("CREATE INDEX ON scratch_keys.visits (uid)")
-        conn.execute("CREATE UNIQUE INDEX ON scratch_keys.visits (vid)")
+        conn.execute("ALTER TABLE scratch_keys.visits ADD UNIQUE (vid)")
         conn.execute("CREATE UNIQUE INDEX ON scratch_keys.visits (tag) WHERE tag > 0")
     yield tpch_dsn
     with psycopg.connect(tpch_dsn, autocommit=True) as conn:
@@ -49,10 +54,11 @@ def scratch_visits(tpch_dsn: str) -> Iterator[str]:
 def test_a_declared_key_the_database_does_not_keep_is_named(
     scratch_visits: str, unit: str, declared: str, problem: str
 ) -> None:
-    (found,) = catalog_facts(scratch_visits, _visits(unit, declared), find_unbacked_keys)
-    assert found.startswith(problem), found
-    # A unique key on a column that is no privacy unit may hold NULLs (they join nothing).
-    assert catalog_facts(scratch_visits, _visits("uid", "vid"), find_unbacked_keys) == []
+    keys, (found,) = catalog_facts(scratch_visits, _visits(unit, declared), find_declared_keys)
+    assert found.startswith(problem) and keys == {}, found
+    # A UNIQUE constraint on a column that is no privacy unit may hold NULLs (they join nothing).
+    keys, problems = catalog_facts(scratch_visits, _visits("uid", "vid"), find_declared_keys)
+    assert problems == [] and set(keys) == {("visits", "vid")}
 
 
 def _visits(unit: str, declared: str) -> Metadata:
@@ -77,3 +83,33 @@ def test_serve_refuses_to_start_on_a_declared_key_the_database_lacks(env: Env, t
     assert out.returncode == 2, out.stdout + out.stderr
     assert "public.customer.c_name is declared unique, but the database has no primary key" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_dropped_key_makes_the_query_fail_instead_of_answering_unbounded(
+    tpch_dsn: str, tpch_metadata: Metadata
+) -> None:
+    # customer's unit is its primary key: no contribution bounding. Without the key a
+    # unit could have two rows, counted twice: the query must fail, not answer.
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS scratch_keys CASCADE; CREATE SCHEMA scratch_keys")
+        conn.execute("CREATE TABLE scratch_keys.customer AS SELECT * FROM public.customer")
+        conn.execute("ALTER TABLE scratch_keys.customer ADD PRIMARY KEY (c_custkey)")
+    try:
+        table = tpch_metadata.tables["customer"].model_copy(update={"schema_": "scratch_keys"})
+        meta = tpch_metadata.model_copy(update={"tables": {"customer": table}})
+        keys, problems = catalog_facts(tpch_dsn, meta, find_declared_keys)
+        assert problems == [] and set(keys) == {("customer", "c_custkey")}
+        plan = rewrite(parse_one("SELECT COUNT(*) FROM customer"), with_key_constraints(meta, keys))
+        assert "GROUP BY" not in plan.sql  # one row per unit: nothing to bound
+        with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+            (row,) = conn.execute(plan.sql).fetchall()
+            assert row[0] is not None
+            conn.execute("ALTER TABLE scratch_keys.customer DROP CONSTRAINT customer_pkey")
+            conn.execute("INSERT INTO scratch_keys.customer SELECT * FROM scratch_keys.customer WHERE c_custkey = 1")
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute(plan.sql).fetchall()
+        # Read again from the catalog, the declaration is no longer backed: no start.
+        assert catalog_facts(tpch_dsn, meta, find_declared_keys)[1] != []
+    finally:
+        with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA scratch_keys CASCADE")
