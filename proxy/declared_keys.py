@@ -25,7 +25,8 @@ from rewriter.metadata import Metadata
 # unique index without a constraint is not counted: the per-query check reads
 # pg_constraint, in the subquery that already checks CHECK constraints.)
 KEYS_SQL = """
-SELECT c.oid, n.nspname AS schema, r.relname AS table, a.attname AS column, a.attnotnull AS not_null
+SELECT c.oid, n.nspname AS schema, r.relname AS table, a.attname AS column, a.attnotnull AS not_null,
+       r.relkind = 'r' AND r.relhassubclass AS inherited
   FROM pg_catalog.pg_constraint c
   JOIN pg_catalog.pg_class r ON r.oid = c.conrelid
   JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
@@ -38,7 +39,8 @@ def declared_keys(meta: Metadata, rows: Iterable[dict[str, Any]]) -> tuple[dict[
     """The constraint behind each declared unique column ((table, column) -> OID), and
     what is wrong with each one the rows of KEYS_SQL do not back (pure: the rows are
     the catalog's answer); no problems when every declared key is a key."""
-    found = {(r["schema"], r["table"], r["column"]): (int(r["oid"]), bool(r["not_null"])) for r in rows}
+    found = {(r["schema"], r["table"], r["column"]): (int(r["oid"]), bool(r["not_null"]), bool(r["inherited"]))
+             for r in rows}  # fmt: skip
     keys: dict[tuple[str, str], int] = {}
     problems = []
     for tname, table in sorted(meta.tables.items()):
@@ -50,6 +52,10 @@ def declared_keys(meta: Metadata, rows: Iterable[dict[str, Any]]) -> tuple[dict[
             if key is None:
                 problems.append(f"{where} is declared unique, but the database has no primary key "
                                 "or UNIQUE constraint on it alone")  # fmt: skip
+            elif key[2]:
+                # (a scan of the table reads its children's rows too, which its key does not cover)
+                problems.append(f"{where} is declared unique, but its table has inheritance "
+                                "children, which its key does not cover")  # fmt: skip
             elif cname == table.privacy_unit and not key[1]:
                 problems.append(f"{where} is a privacy unit declared unique, but the database "
                                 "lets it be NULL (any number of NULL rows)")  # fmt: skip

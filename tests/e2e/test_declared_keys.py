@@ -41,6 +41,8 @@ def scratch_visits(tpch_dsn: str) -> Iterator[str]:
         conn.execute("CREATE INDEX ON scratch_keys.visits (uid)")
         conn.execute("ALTER TABLE scratch_keys.visits ADD UNIQUE (vid)")
         conn.execute("CREATE UNIQUE INDEX ON scratch_keys.visits (tag) WHERE tag > 0")
+        conn.execute("CREATE TABLE scratch_keys.parent (pid int PRIMARY KEY)")
+        conn.execute("CREATE TABLE scratch_keys.child () INHERITS (scratch_keys.parent)")
     yield tpch_dsn
     with psycopg.connect(tpch_dsn, autocommit=True) as conn:
         conn.execute("DROP SCHEMA scratch_keys CASCADE")
@@ -113,3 +115,12 @@ def test_a_dropped_key_makes_the_query_fail_instead_of_answering_unbounded(
     finally:
         with psycopg.connect(tpch_dsn, autocommit=True) as conn:
             conn.execute("DROP SCHEMA scratch_keys CASCADE")
+
+
+def test_a_key_of_a_table_with_inheritance_children_is_not_enough(scratch_visits: str) -> None:
+    # Reading the parent reads its children's rows too; its primary key covers its own only.
+    meta = Metadata(dataset="s", tables={"parent": TableMeta.model_validate({
+        "schema": "scratch_keys", "privacy_unit": "pid",
+        "columns": {"pid": {"type": "integer", "unique": True, "nullable": False}}})})  # fmt: skip
+    keys, (problem,) = catalog_facts(scratch_visits, meta, find_declared_keys)
+    assert keys == {} and "has inheritance children" in problem, problem
