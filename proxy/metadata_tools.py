@@ -13,8 +13,10 @@ from typing import Any
 
 import psycopg
 import yaml
+from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from proxy.declared_keys import KEYS_SQL, declared_keys
 from rewriter.metadata import ColumnType, Metadata
 
 # PostgreSQL type names (format_type / udt_name) -> the metadata's logical types.
@@ -61,7 +63,7 @@ SELECT cl.relname, con.conname, con.contype, a.attname, fcl.relname, fa.attname
   JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
   LEFT JOIN pg_class fcl ON fcl.oid = con.confrelid
   LEFT JOIN pg_attribute fa ON fa.attrelid = con.confrelid AND fa.attnum = con.confkey[k.ord]
- WHERE n.nspname = %s AND con.contype IN ('p', 'f', 'u')
+ WHERE n.nspname = %s AND con.contype IN ('p', 'f')
  ORDER BY cl.relname, con.conname, k.ord
 """
 
@@ -72,7 +74,6 @@ class LiveTable:
 
     columns: dict[str, tuple[str, bool, str | None]] = field(default_factory=dict)
     primary_key: list[str] = field(default_factory=list)
-    unique: list[list[str]] = field(default_factory=list)  # columns of each UNIQUE constraint
     foreign_keys: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -82,17 +83,13 @@ def read_schema(dsn: str, schema: str) -> dict[str, LiveTable]:
     with psycopg.connect(dsn) as conn:
         for tname, cname, dtype, nullable, comment in conn.execute(_COLUMNS_SQL, (schema,)):
             tables.setdefault(tname, LiveTable()).columns[cname] = (dtype, nullable, comment)
-        uniques: dict[tuple[str, str], list[str]] = {}
-        for tname, conname, kind, col, ref_t, ref_c in conn.execute(_KEYS_SQL, (schema,)):
+        # (declared unique keys are checked by `declared_keys`, as `dpproxy serve` does)
+        for tname, _conname, kind, col, ref_t, ref_c in conn.execute(_KEYS_SQL, (schema,)):
             t = tables.setdefault(tname, LiveTable())
             if kind == "p":
                 t.primary_key.append(col)
-            elif kind == "u":
-                uniques.setdefault((tname, conname), []).append(col)
             else:
                 t.foreign_keys.append((col, ref_t, ref_c))
-        for (tname, _), cols in uniques.items():
-            tables[tname].unique.append(cols)
     return tables
 
 
@@ -170,12 +167,6 @@ def check_metadata(meta: Metadata, dsn: str) -> CheckReport:
                 report.errors.append(
                     f"{tname}.{cname}: declared {cmeta.type.value}, live type is {dtype}"
                 )
-            single_keys = [[c] for c in lt.primary_key] if len(lt.primary_key) == 1 else []
-            if cmeta.unique and [cname] not in single_keys + lt.unique:
-                report.errors.append(
-                    f"{tname}.{cname}: declared unique but the live table has no primary key "
-                    "or unique constraint on it alone (joins and bounding rely on it)"
-                )
             if nullable and not cmeta.nullable:
                 report.errors.append(
                     f"{tname}.{cname}: declared NOT NULL but the live column allows NULL "
@@ -183,6 +174,9 @@ def check_metadata(meta: Metadata, dsn: str) -> CheckReport:
                 )
         if table.privacy_unit is None and not table.public:
             report.warnings.append(f"{tname}: no privacy_unit, so each row is a unit")
+    # Declared keys as `dpproxy serve` checks them at start-up (it does not start otherwise).
+    with psycopg.connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        report.errors += declared_keys(meta, cur.execute(KEYS_SQL).fetchall())[1]
     return report
 
 

@@ -43,12 +43,15 @@ def test_check_reports_mismatches(env: Env, tmp_path: Path) -> None:
     src = yaml.safe_load((REPO / "proxy" / "examples" / "tpch.yaml").read_text())
     src["tables"]["orders"]["columns"]["o_missing"] = {"type": "integer"}
     src["tables"]["orders"]["columns"]["o_orderdate"] = {"type": "integer"}
+    src["tables"]["orders"]["columns"]["o_clerk"] = {"type": "text", "unique": True}  # no key
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(src))
     r = dpproxy("metadata", "check", str(bad), "--dsn", env.tpch_dsn)
     assert r.returncode == 1
     assert "orders.o_missing: column not found" in r.stdout
     assert "orders.o_orderdate: declared integer, live type is date" in r.stdout
+    # the rule `dpproxy serve` applies at start-up (proxy/declared_keys.py)
+    assert "public.orders.o_clerk is declared unique, but the database has no primary key" in r.stdout
     r = dpproxy("metadata", "check", str(REPO / "proxy" / "examples" / "tpch.yaml"),
                 "--config", str(env.config))  # fmt: skip
     assert r.returncode == 0, r.stdout
