@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 
 log = logging.getLogger("dpproxy.workers")
 
@@ -166,6 +166,9 @@ def serve_workers(config: Config, run: Callable[[WorkerSpec], None],
             code = 0
             try:
                 run(WorkerSpec(index, count, theirs, peers))
+            except ConfigError as e:  # e.g. a declared key the database lacks: no traceback
+                progress(f"worker {index}: {e}")
+                code = 2
             except BaseException:  # noqa: BLE001 - a worker reports and exits, never returns
                 log.exception("worker %d failed", index)
                 code = 1

@@ -248,14 +248,17 @@ class Metadata(BaseModel):
     def enforced_checks_of(self, tables: Iterable[str]) -> tuple[int, ...]:
         """The CHECK constraints (OIDs, sorted) that a missing clamp of a column of
         `tables` relies on."""
-        return tuple(sorted({c.enforced_by for t in self._named(tables)
-                             for c in t.columns.values() if c.enforced_by is not None}))  # fmt: skip
+        return self._oids_of(tables, "enforced_by")
 
     def key_constraints_of(self, tables: Iterable[str]) -> tuple[int, ...]:
         """The PRIMARY KEY / UNIQUE constraints (OIDs, sorted) behind the declared unique
         columns of `tables`."""
-        return tuple(sorted({c.key_constraint for t in self._named(tables)
-                             for c in t.columns.values() if c.key_constraint is not None}))  # fmt: skip
+        return self._oids_of(tables, "key_constraint")
+
+    def _oids_of(self, tables: Iterable[str], fact: str) -> tuple[int, ...]:
+        """The catalog OIDs (sorted, distinct) the columns of `tables` hold in `fact`."""
+        return tuple(sorted({oid for t in self._named(tables) for c in t.columns.values()
+                             if (oid := getattr(c, fact)) is not None}))  # fmt: skip
 
     def numeric_types_of(self, tables: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
         """The (attrelid, attnum, atttypmod) of every column of `tables` whose numeric
