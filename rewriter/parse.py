@@ -65,11 +65,26 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+def syntax_error(e: ParseError) -> RewriteError:
+    """PostgreSQL's wording for a statement sqlglot cannot parse: where it stopped, and
+    sqlglot's reason only where it is written for people (not its class names)."""
+    first = e.errors[0] if e.errors else {}
+    near = str(first.get("highlight") or "")
+    at_end = not first.get("end_context") and str(first.get("description", "")).startswith("Required")
+    message = "syntax error at end of input" if at_end or not near else f'syntax error at or near "{near}"'
+    reason = str(first.get("description") or "")
+    where = f"line {first['line']}, column {first['col']}" if "line" in first and "col" in first else ""
+    hint = "; ".join(part for part in (where, "" if "<class" in reason else reason) if part)
+    return RewriteError(SYNTAX_ERROR, message, hint or None)
+
+
 def parse_one(sql: str) -> exp.Expression:
     """Parse exactly one statement; refuse anything sqlglot cannot represent precisely."""
     try:
         trees = sqlglot.parse(sql, read=DIALECT)
-    except (ParseError, TokenError) as e:
+    except ParseError as e:
+        raise syntax_error(e) from e
+    except TokenError as e:
         raise RewriteError(SYNTAX_ERROR, f"syntax error: {_first_line(e)}") from e
     except RecursionError as e:
         raise unsupported("the query is nested too deeply") from e

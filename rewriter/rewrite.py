@@ -36,7 +36,7 @@ from rewriter.plan import (
 )
 from rewriter.postprocess import infer_type
 from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
-from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe, reads_clock
+from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe, reads_clock, written_name
 
 MAX_GROUPS = 100_000
 # Grouped weighted plans over short listed domains keep one partial per (cell,
@@ -606,8 +606,8 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
     }  # fmt: skip
     func = funcs.get(type(node))  # type: ignore[call-overload]
     if func is None:
-        name = node.sql_name() if isinstance(node, exp.Func) else type(node).__name__
-        raise unsupported(f"the aggregate {name.upper()}() is not supported", AGG_HINT)
+        name = written_name(node) if isinstance(node, exp.Func) else None
+        raise unsupported(f"the aggregate {name or node.key.upper()}() is not supported", AGG_HINT)
     arg = node.this
     if isinstance(arg, exp.Distinct):
         raise unsupported(f"{label}: DISTINCT is only supported inside COUNT")
