@@ -29,7 +29,11 @@ TYPE_OIDS = {
 
 
 def type_oid(type_name: str) -> int:
-    """The OID of a PostgreSQL type name dpproxy produces (text for anything else)."""
+    """The OID of a PostgreSQL type name dpproxy produces, `name[]` for an array of one
+    (text for anything else)."""
+    if type_name.endswith("[]"):
+        element = TYPE_OIDS.get(type_name[:-2])
+        return oids.ARRAY_OF.get(element, oids.TEXT_ARRAY) if element is not None else oids.TEXT_ARRAY
     return TYPE_OIDS.get(type_name, oids.TEXT)
 
 

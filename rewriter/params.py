@@ -36,6 +36,10 @@ def literal(value: Any) -> exp.Expression:
         return exp.cast(exp.Literal.string(value.isoformat()), "time")
     if isinstance(value, bytes):
         raise RewriteError("0A000", "bytea parameters are not supported")
+    if isinstance(value, list):
+        # A binary array parameter (proxy.wire.binary_values): an ARRAY[...] of its values,
+        # which only `x op ANY/ALL(...)` accepts (rewriter.quantified).
+        return exp.Array(expressions=[literal(v) for v in value])
     return exp.Literal.string(str(value))
 
 

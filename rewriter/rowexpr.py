@@ -29,6 +29,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from sqlglot import exp
 
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
+from rewriter.quantified import expand_quantified
 
 INT8_MIN = Decimal(-(1 << 63))
 INT8_MAX = Decimal((1 << 63) - 1)
@@ -284,6 +285,9 @@ class Analyzer:
         )
 
     def _n_EQ(self, n: exp.Expression) -> Typed:
+        chain = expand_quantified(n)
+        if chain is not None:
+            return self.analyze(chain)
         a, b = self.analyze(n.this), self.analyze(n.expression)
         self._comparable(a, b, self.context)
         return self._bool(type(n)(this=a.sql, expression=b.sql), [a, b])
@@ -916,12 +920,24 @@ class Analyzer:
 
 
 def describe(n: exp.Expression) -> str:
-    """A human name for a refused node."""
+    """A human name for a refused node, as the analyst wrote it: `the function F()` for a
+    call, else the expression itself (an operator such as `~`, a row constructor...)."""
     if isinstance(n, exp.Anonymous):
         return f"the function {str(n.this).upper()}()"
-    if isinstance(n, exp.Func):
-        return f"the function {_written_name(n)}()"
-    return f"the construct {type(n).__name__.upper()}"
+    name = written_name(n) if isinstance(n, exp.Func) else None
+    if name is not None:
+        return f"the function {name}()"
+    return f"the expression {written_sql(n)}"
+
+
+def written_sql(n: exp.Expression, limit: int = 60) -> str:
+    """`n` in PostgreSQL syntax, shortened to `limit` characters, for refusal messages
+    (the analyst's own text: no data of the database)."""
+    try:
+        text = " ".join(n.sql(dialect="postgres").split())
+    except Exception:  # noqa: BLE001 - a node sqlglot cannot render
+        return type(n).__name__.upper()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # strftime directives (sqlglot's spelling of PostgreSQL's YYYY, MM, DD, HH24, MI, SS, US)
@@ -994,15 +1010,17 @@ def _widened(parts: list[Typed], out: Typed) -> list[Typed]:
     return [_date_as_timestamp(p) for p in parts]
 
 
-def _written_name(n: exp.Func) -> str:
-    """The function's name as PostgreSQL spells it (`TO_CHAR`, not sqlglot's TIME_TO_STR)."""
+def written_name(n: exp.Func) -> str | None:
+    """The function's name as PostgreSQL spells it (`TO_CHAR` and `STRING_AGG`, not
+    sqlglot's TIME_TO_STR and GROUP_CONCAT); None where PostgreSQL writes it as an
+    operator (`~`) or sqlglot cannot render it."""
     try:
         rendered = n.sql(dialect="postgres")
-    except Exception:  # noqa: BLE001 - a node sqlglot cannot render: its own name will do
-        rendered = ""
+    except Exception:  # noqa: BLE001 - a node sqlglot cannot render
+        return None
     name = rendered.split("(", 1)[0].strip()
     if "(" not in rendered or not name.replace("_", "").isalnum():
-        name = n.sql_name()
+        return None
     return name.upper()
 
 

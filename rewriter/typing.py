@@ -11,7 +11,7 @@ from sqlglot import exp
 from rewriter.metadata import ColumnMeta, Metadata
 from rewriter.params import parameter_number
 from rewriter.parse import table_refs
-from rewriter.sqltypes import pg_type_name
+from rewriter.sqltypes import pg_cast_name, pg_type_name
 
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Between, exp.In,
                 exp.Like, exp.ILike)  # fmt: skip
@@ -30,7 +30,15 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
             out[n] = "int8"
             continue
         if isinstance(parent, exp.Cast):
-            out[n] = parent.to.sql(dialect="postgres").lower()
+            out[n] = pg_cast_name(parent.to) or parent.to.sql(dialect="postgres").lower()
+            continue
+        quantified = _quantified_comparison(param)
+        if quantified is not None:
+            # `col = ANY($1)`: an array of the column's type (asyncpg encodes by it).
+            for sibling in quantified.iter_expressions():
+                if isinstance(sibling, exp.Column) and (cmeta := columns.get(sibling.name.lower())):
+                    out[n] = pg_type_name(cmeta.type) + "[]"
+                    break
             continue
         if isinstance(parent, _ARITHMETIC):
             # As PostgreSQL resolves `$1 / 100.0` or `$1 + col`: the other operand's type.
@@ -50,6 +58,19 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
 
 
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
+
+
+def _quantified_comparison(param: exp.Parameter) -> exp.Expression | None:
+    """The comparison of which `param` is the array of `ANY($n)`/`SOME($n)`/`ALL($n)`."""
+    node = param.parent
+    if isinstance(node, exp.Paren):
+        node = node.parent
+    quantifier = isinstance(node, (exp.Any, exp.All)) or (
+        isinstance(node, exp.Anonymous) and str(node.this).upper() in ("ALL", "SOME"))  # fmt: skip
+    if not quantifier or node is None:
+        return None
+    parent = node.parent
+    return parent if isinstance(parent, _COMPARISONS) else None
 
 
 def _visible_columns(tree: exp.Expression, meta: Metadata) -> dict[str, ColumnMeta]:

@@ -185,8 +185,53 @@ def _fixed(data: bytes, size: int, what: str) -> None:
         raise ValueError(f"binary {what} must be {size} bytes, got {len(data)}")
 
 
+_ELEMENT_OF = {array: element for element, array in oids.ARRAY_OF.items()}
+_ARRAY_HEADER = struct.Struct("!iiI")
+_DIMENSION = struct.Struct("!ii")
+
+
+def decode_binary_array(data: bytes, oid: int) -> list[object]:
+    """Decode a one-dimensional binary array of type ``oid`` (an entry of ARRAY_OF) into
+    its elements, NULL as None; more dimensions or a mismatched element type raise."""
+    element = _ELEMENT_OF[oid]
+    if len(data) < _ARRAY_HEADER.size:
+        raise ValueError("binary array is shorter than its header")
+    ndim, _flags, element_oid = _ARRAY_HEADER.unpack_from(data)
+    if ndim == 0:
+        return []
+    if ndim != 1:
+        raise ValueError("only one-dimensional array parameters are supported")
+    if element_oid != element:
+        raise ValueError(f"binary array of type OID {oid} holds elements of type OID {element_oid}")
+    if len(data) < _ARRAY_HEADER.size + _DIMENSION.size:
+        raise ValueError("binary array is shorter than its header")
+    count, _lower = _DIMENSION.unpack_from(data, _ARRAY_HEADER.size)
+    pos = _ARRAY_HEADER.size + _DIMENSION.size
+    if count < 0 or count > len(data):
+        raise ValueError("binary array has an invalid length")
+    out: list[object] = []
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise ValueError("binary array ends early")
+        size = _I32.unpack_from(data, pos)[0]
+        pos += 4
+        if size == -1:
+            out.append(None)
+            continue
+        if size < 0 or pos + size > len(data):
+            raise ValueError("binary array ends early")
+        out.append(decode_binary(data[pos : pos + size], element))
+        pos += size
+    if pos != len(data):
+        raise ValueError("binary array has trailing bytes")
+    return out
+
+
 def decode_binary(data: bytes, oid: int) -> object:
-    """Decode a binary-format parameter of type ``oid``."""
+    """Decode a binary-format parameter of type ``oid`` (a one-dimensional array of a
+    known element type decodes to a list)."""
+    if oid in _ELEMENT_OF:
+        return decode_binary_array(data, oid)
     if oid in _INT_STRUCTS:
         codec = _INT_STRUCTS[oid]
         _fixed(data, codec.size, f"type OID {oid}")
