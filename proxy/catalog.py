@@ -99,12 +99,65 @@ _ASYNCPG_JIT = re.compile(
 )
 
 
-def prepare_catalog_sql(sql: str) -> str:
+def _current_database_call(tokens: Sequence[Any], i: int) -> tuple[int, int] | None:
+    """The source span of `[pg_catalog.]current_database()` or `current_catalog` starting
+    at token i (the function name), or None."""
+    tok = tokens[i]
+    name = tok.text.lower()
+    if i + 1 < len(tokens) and tokens[i + 1].token_type == TokenType.DOT:
+        return None
+    start = tok.start
+    if i >= 2 and tokens[i - 1].token_type == TokenType.DOT:
+        if tokens[i - 2].text.lower() != "pg_catalog":
+            return None
+        start = tokens[i - 2].start
+    if name == "current_catalog" and tok.token_type != TokenType.IDENTIFIER:
+        return (start, tok.end + 1)
+    if name == "current_database" and tok.token_type != TokenType.IDENTIFIER and i + 2 < len(tokens) \
+            and tokens[i + 1].token_type == TokenType.L_PAREN and tokens[i + 2].token_type == TokenType.R_PAREN:  # fmt: skip
+        return (start, tokens[i + 2].end + 1)
+    return None
+
+
+def _names_database(tokens: Sequence[Any], i: int, database: str) -> bool:
+    """Whether token i is the database part of a three-part table name right after FROM or
+    JOIN (`FROM db.schema.table`) and names `database`."""
+    if i == 0 or i + 4 >= len(tokens):
+        return False
+    tok = tokens[i]
+    quoted = tok.token_type == TokenType.IDENTIFIER
+    if (tok.text if quoted else tok.text.lower()) != (database if quoted else database.lower()):
+        return False
+    if tokens[i - 1].token_type not in (TokenType.FROM, TokenType.JOIN):
+        return False
+    shape = [t.token_type for t in tokens[i + 1 : i + 5]]
+    if shape[0] != TokenType.DOT or shape[2] != TokenType.DOT or TokenType.DOT in (shape[1], shape[3]):
+        return False
+    return i + 5 >= len(tokens) or tokens[i + 5].token_type != TokenType.DOT
+
+
+def _source_start(sql: str, tok: Any) -> int:
+    """Where token `tok` starts in `sql`, its opening quote included (sqlglot reports a
+    quoted identifier's start after the quote)."""
+    start: int = tok.start
+    while start > 0 and sql[start - 1] == '"':
+        start -= 1
+    return start
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def prepare_catalog_sql(sql: str, database: str | None = None) -> str:
     """Check a catalog statement and redirect neutralized statistics; return the SQL to run.
 
     Works on sqlglot's PostgreSQL tokens (strings, comments and dollar quotes follow
     PostgreSQL's lexer with standard_conforming_strings on), so every identifier is seen
-    wherever it appears. Raises ProxyError 42501 naming the refused name.
+    wherever it appears. Raises ProxyError 42501 naming the refused name. With `database`
+    (the name clients connect to), `current_database()` and `current_catalog` answer it
+    instead of the mirror's own name, as the connection's catalog (pgjdbc's getCatalog())
+    and the TABLE_CAT of drivers' table lists must agree.
     """
     if _ASYNCPG_JIT.match(sql):
         return sql
@@ -120,6 +173,20 @@ def prepare_catalog_sql(sql: str) -> str:
             raise ProxyError(QUERY_NOT_ALLOWED, 'Unicode-escaped identifiers (U&"...") are not '
                              "allowed in catalog queries", hint=_REFUSAL_HINT)  # fmt: skip
         name = tok.text.lower()
+        if database is not None and (span := _current_database_call(tokens, i)) is not None:
+            start, end = span
+            out.append(sql[pos:start])
+            # A scalar subquery keeps the column name PostgreSQL gives the call.
+            column = "current_catalog" if name == "current_catalog" else "current_database"
+            out.append(f"(SELECT {_quote_literal(database)}::pg_catalog.name AS {column})")
+            pos = end
+            continue
+        if database is not None and _names_database(tokens, i, database):
+            # FROM tpch.public.nation: the mirror is another database, so the client's
+            # database name (the dataset's) is dropped, leaving schema.table.
+            out.append(sql[pos:_source_start(sql, tok)])
+            pos = tokens[i + 1].end + 1
+            continue
         if not (_FORBIDDEN_NAME.match(name) or name in _STUB_NAMES):
             continue
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
@@ -388,9 +455,11 @@ class _Pool:
 class Catalog:
     """Runs statements that read no private table on the catalog mirror database."""
 
-    def __init__(self, pool: _Pool | None, tables: list[str] | None = None) -> None:
+    def __init__(self, pool: _Pool | None, tables: list[str] | None = None,
+                 database: str | None = None) -> None:  # fmt: skip
         self.pool = pool
         self.tables = tables or []
+        self.database = database  # the name clients connect to (the dataset's)
         self._prepared: OrderedDict[str, tuple[str, bool]] = OrderedDict()  # -> (checked SQL, constant)
         # Text answers of constant statements (`is_constant_select`), by (SQL, binary).
         self._constants: OrderedDict[tuple[str, bool], CatalogResult] = OrderedDict()
@@ -403,10 +472,10 @@ class Catalog:
         """Bring the mirror up to date with the data database's schema, and connect to it."""
         tables = sorted(meta.tables)
         if dsn is None:
-            return cls(None, tables)
+            return cls(None, tables, meta.dataset)
         if data_dsn is not None:
             await asyncio.to_thread(refresh_mirror, data_dsn, dsn, meta, False)
-        return cls(_Pool(dsn, pool_size, statement_timeout_ms), tables)
+        return cls(_Pool(dsn, pool_size, statement_timeout_ms), tables, meta.dataset)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -430,7 +499,7 @@ class Catalog:
         """(SQL to send, whether its answer is constant), remembered per client text."""
         entry = self._prepared.get(sql)
         if entry is None:
-            checked = prepare_catalog_sql(sql)
+            checked = prepare_catalog_sql(sql, self.database)
             entry = (checked, is_constant_select(checked))
             self._prepared[sql] = entry
             if len(self._prepared) > 512:

@@ -260,8 +260,11 @@ class FromResolver:
         if isinstance(item, exp.Table):
             if not item.name:
                 raise unsupported("table functions in FROM are not supported")
-            if item.args.get("catalog"):
-                raise not_allowed("cross-database references are not allowed")
+            catalog = item.catalog
+            if catalog and catalog.lower() != self.meta.dataset.lower():
+                # The database clients connect to is the dataset's (a BI tool may write
+                # three-part names with it); any other is PostgreSQL's own refusal.
+                raise unsupported(f'cross-database references are not implemented: "{item.sql(dialect="postgres")}"')
             qual = (item.alias or item.name).lower()
             if qual in scope:
                 raise RewriteError("42712", f'table name "{qual}" specified more than once')

@@ -1,6 +1,7 @@
 """pgjdbc 42.7 through dpproxy: a PreparedStatement executed 6 times (pgjdbc switches to
 a named statement and binary results from the 5th), setFetchSize with autocommit off,
-setQueryTimeout cancel, and preferQueryMode=simple. Driven by a small Java program
+setQueryTimeout cancel, preferQueryMode=simple, an array parameter, and getTables' TABLE_CAT
+agreeing with getCatalog(). Driven by a small Java program
 compiled in the test."""
 
 from __future__ import annotations
@@ -72,6 +73,20 @@ public class Probe {
                     rs.next();
                     System.out.println("after " + rs.getString(1));
                 }
+            } else if (mode.equals("arrays")) {
+                c.createStatement().execute("SET dp.epsilon = 400");
+                PreparedStatement ps = c.prepareStatement(
+                    "SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY(?)");
+                ps.setArray(1, c.createArrayOf("text", new String[] {"F", "P"}));
+                try (ResultSet rs = ps.executeQuery()) {
+                    rs.next();
+                    System.out.println("any " + rs.getLong(1));
+                }
+                System.out.println("catalog " + c.getCatalog());
+                try (ResultSet rs = c.getMetaData().getTables(null, "public", "orders", null)) {
+                    rs.next();
+                    System.out.println("tablecat " + rs.getString("TABLE_CAT"));
+                }
             } else {
                 PreparedStatement ps = c.prepareStatement(
                     "SELECT COUNT(*) FROM orders WHERE o_orderpriority = ?");
@@ -118,6 +133,14 @@ def test_prepared_statement_six_times(probe: Path, proxy: ProxyProcess, env: Env
         # of scale 8/200, which is non-zero with probability 2e^-25/(1+e^-25) < 3e-11 (< 1e-6).
         assert int(count) == bounded
         assert (t1, t2) == ("int8", "numeric")
+
+
+def test_array_parameter_and_the_catalog_of_table_lists(probe: Path, proxy: ProxyProcess, env: Env) -> None:
+    lines = run_probe(probe, proxy, "arrays")
+    bounded = truth(env.tpch_dsn, """SELECT sum(least(n, 8)) FROM (SELECT count(*) AS n FROM orders
+        WHERE o_orderstatus IN ('F', 'P') GROUP BY o_custkey) c""")[0][0]
+    # Epsilon 400: the count is exact but with probability < 3e-11 (as above).
+    assert lines == [f"any {bounded}", "catalog tpch", "tablecat tpch"]
 
 
 def test_fetch_size_with_autocommit_off(probe: Path, proxy: ProxyProcess) -> None:

@@ -128,6 +128,47 @@ def test_refusals_name_functions_as_the_analyst_wrote_them(sql: str, named: str)
     assert f"the function {named} is not allowed" in info.value.message
 
 
+@pytest.mark.parametrize(("sql", "message"), [
+    # sqlglot calls these JSONArrayAgg, GroupConcat, LogicalOr, RegexpLike and Tuple.
+    ("SELECT json_agg(o_orderstatus) FROM orders", "the aggregate JSON_AGG() is not supported"),
+    ("SELECT string_agg(o_comment, ',') FROM orders", "the aggregate STRING_AGG() is not supported"),
+    ("SELECT bool_or(o_totalprice > 5) FROM orders", "the aggregate BOOL_OR() is not supported"),
+    ("SELECT COUNT(*) FROM orders WHERE o_comment ~ 'a.*b'",
+     "the expression o_comment ~ 'a.*b' is not allowed in WHERE"),
+    ("SELECT COUNT(*) FROM orders WHERE (o_orderstatus, o_shippriority) = ('F', 0)",
+     "the expression (o_orderstatus, o_shippriority) is not allowed in WHERE"),
+    ("SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY(SELECT 'F')",
+     "the expression ANY (SELECT 'F') is not allowed in WHERE"),
+])  # fmt: skip
+def test_refusals_name_constructs_in_postgresql_syntax(sql: str, message: str) -> None:
+    with pytest.raises(RewriteError) as info:
+        plan(sql)
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(("sql", "message", "hint"), [
+    ("SELECT COUNT(*) FROM orders WHERE", "syntax error at end of input", "line 1, column 33"),
+    ("SELECT COUNT(* FROM orders", 'syntax error at or near "FROM"', "line 1, column 19; Expecting )"),
+    ("SELEC 1", 'syntax error at or near "1"', "line 1, column 7; Invalid expression / Unexpected token"),
+    ("SELECT COUNT(*) FROM orders WHERE o_custkey = = 1", 'syntax error at or near "="', "line 1, column 47"),
+])  # fmt: skip
+def test_syntax_errors_say_where_in_postgresql_words(sql: str, message: str, hint: str) -> None:
+    with pytest.raises(RewriteError) as info:
+        parse_one(sql)
+    assert (info.value.sqlstate, info.value.message, info.value.hint) == ("42601", message, hint)
+
+
+def test_three_part_names_may_name_the_dataset_database_only() -> None:
+    assert plan("SELECT COUNT(*) FROM tpch.public.orders").sql == plan("SELECT COUNT(*) FROM orders").sql
+    assert plan('SELECT COUNT(*) FROM "tpch".public.orders o JOIN TPCH.public.customer c '
+                "ON o.o_custkey = c.c_custkey").sql == plan(
+        "SELECT COUNT(*) FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey").sql
+    with pytest.raises(RewriteError) as info:
+        plan("SELECT COUNT(*) FROM other.public.orders")
+    assert info.value.sqlstate == "0A000"
+    assert info.value.message == 'cross-database references are not implemented: "other.public.orders"'
+
+
 def test_split_statements_respects_quotes_and_comments() -> None:
     parts = split_statements("select 'a;b'; select $$x;y$$ /* ; */; -- c;\n select 3;;")
     assert [p.keyword for p in parts] == ["SELECT", "SELECT", "SELECT"]
