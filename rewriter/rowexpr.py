@@ -13,7 +13,8 @@ What makes an expression total here:
   so overflow is impossible; arithmetic over an operand without finite bounds is refused;
 - a division or modulo by anything but a non-zero constant is guarded with NULLIF(d, 0);
 - casts that can fail for some values (text to number, numeric out of an integer's range)
-  are refused; date arithmetic over columns (which fails on infinite dates) is refused;
+  are refused; date arithmetic over columns (which can leave the range PostgreSQL holds)
+  is refused except a constant shift of a column, made total (`_shifted`);
 - function arguments that make a function fail (negative substring lengths, LIKE
   patterns ending in an escape) must be constants and are checked here.
 """
@@ -451,11 +452,15 @@ class Analyzer:
         if isinstance(n, exp.Sub) and a.kind == b.kind == "date" and not (a.constant and b.constant):
             return _days_between(a, b)
         if not (a.constant and b.constant):
+            shifted = _shifted(n, a, b)
+            if shifted is not None:
+                return shifted
             raise unsupported(
-                f"date arithmetic over columns is not allowed in {self.context}: it fails "
-                "for infinite dates",
-                "compare the column with a computed constant, e.g. d >= DATE '1995-01-01' "
-                "+ INTERVAL '1 month', or use EXTRACT/DATE_TRUNC",
+                f"this date arithmetic over columns is not allowed in {self.context}: it can "
+                "fail on extreme dates",
+                "a date or timestamp column plus or minus a constant interval of up to 1000 "
+                "years, or a date plus or minus whole days, is allowed; or compare the column "
+                "with a computed constant, e.g. d >= DATE '1995-01-01' + INTERVAL '1 month'",
             )
         kind = a.kind if a.kind in TEMPORAL_KINDS else b.kind
         if isinstance(n, exp.Sub) and a.kind in TEMPORAL_KINDS and b.kind in TEMPORAL_KINDS:
@@ -717,6 +722,9 @@ class Analyzer:
             raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
         a = _date_as_timestamp(a)
+        if a.kind in ("timestamp", "timestamptz") and not a.constant:
+            # Truncating the first timestamps PostgreSQL holds (4714 BC) leaves its range.
+            a = replace(a, sql=_saturated(a.sql, a.kind, late=False), value=None)
         args = [exp.Literal.string(uname), a.sql]
         zone = n.args.get("zone")
         if zone is not None:  # date_trunc(unit, timestamptz, 'time zone')
@@ -982,6 +990,65 @@ def _days_between(a: Typed, b: Typed) -> Typed:
                  pg_type="int4")  # fmt: skip
 
 
+# Dates and timestamps a constant shift of up to _MAX_SHIFT_DAYS moves without leaving
+# the range PostgreSQL can hold (4713 BC .. 294276 AD for timestamps); a finite value
+# outside it is shifted to NULL rather than risk the "out of range" error, which would
+# tell whether such a row exists. Infinite values shift to themselves, as in PostgreSQL.
+_SHIFT_WINDOW = {"date": ("3000-01-01 BC", "200000-12-31"),
+                 "timestamp": ("3000-01-01 00:00:00 BC", "200000-12-31 00:00:00")}  # fmt: skip
+_MAX_SHIFT_DAYS = Decimal(366_000)  # 1000 years: far inside either margin of the window
+_UNIT_DAYS = {"microsecond": Decimal(1) / 86_400_000_000, "millisecond": Decimal(1) / 86_400_000,
+              "second": Decimal(1) / 86_400, "sec": Decimal(1) / 86_400, "minute": Decimal(1) / 1440,
+              "min": Decimal(1) / 1440, "hour": Decimal(1) / 24, "day": Decimal(1), "week": Decimal(7),
+              "month": Decimal(31), "mon": Decimal(31), "year": Decimal(366), "decade": Decimal(3660),
+              "centurie": Decimal(36_600), "century": Decimal(36_600), "millennium": Decimal(366_000),
+              "millennia": Decimal(366_000)}  # fmt: skip
+_INTERVAL_PART = re.compile(r"([-+]?\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
+
+
+def _interval_days(t: Typed) -> Decimal | None:
+    """An upper bound on the days a constant interval literal spans (months as 31 days,
+    years as 366), or None for an interval that is not a plain literal."""
+    node = t.sql
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal):
+        text = str(node.this.this)
+    elif isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
+        unit = node.args.get("unit")
+        text = str(node.this.this) + (f" {unit.name}" if unit is not None else "")
+    else:
+        return None
+    total = Decimal(0)
+    for number, unit in _INTERVAL_PART.findall(text):
+        days = _UNIT_DAYS.get(unit.lower().removesuffix("s"), _UNIT_DAYS.get(unit.lower()))
+        if days is None:
+            return None
+        total += abs(Decimal(number)) * days
+    return total
+
+
+def _shifted(n: exp.Expression, a: Typed, b: Typed) -> Typed | None:
+    """`column ± constant interval` (a date or timestamp column) or `date column ± whole
+    days`, made total (see _SHIFT_WINDOW); None for any other temporal arithmetic."""
+    column, shift = (b, a) if isinstance(n, exp.Add) and a.constant else (a, b)
+    if column.constant or not shift.constant or column.kind not in _SHIFT_WINDOW:
+        return None
+    if shift.kind == "interval":
+        days = _interval_days(shift)
+        kind = "timestamp"
+    elif shift.kind == "int" and column.kind == "date" and shift.lo is not None and shift.lo == shift.hi:
+        days, kind = abs(shift.lo), "date"
+    else:
+        return None
+    if days is None or days > _MAX_SHIFT_DAYS:
+        return None
+    lo, hi = (exp.cast(exp.Literal.string(v), column.kind) for v in _SHIFT_WINDOW[column.kind])
+    safe = exp.or_(exp.Between(this=column.sql.copy(), low=lo, high=hi),
+                   exp.not_(exp.Anonymous(this="isfinite", expressions=[column.sql.copy()])))  # fmt: skip
+    moved = type(n)(this=column.sql.copy(), expression=shift.sql.copy()) if column is a \
+        else exp.Add(this=shift.sql.copy(), expression=column.sql.copy())  # fmt: skip
+    return Typed(exp.Case(ifs=[exp.If(this=safe, true=moved)]), kind, nullable=True, columns=_cols(a, b))
+
+
 # The last day a timestamp can hold: a later date raises when cast to a timestamp.
 _LAST_TIMESTAMP_DATE = "294276-12-31"
 
@@ -989,18 +1056,28 @@ _LAST_TIMESTAMP_DATE = "294276-12-31"
 def _date_as_timestamp(a: Typed) -> Typed:
     """A date column about to be read as a timestamp, made total.
 
-    PostgreSQL raises for dates after 294276 AD (which a date can hold): an error that
-    would tell whether such a row exists. Those dates become 'infinity', which a
-    timestamp holds and which sorts after every finite timestamp, as they do.
-    (Comparisons of a date with a timestamp need no guard: PostgreSQL's cross-type
-    operators saturate instead of raising.)
+    PostgreSQL raises for dates after 294276 AD (which a date can hold), and DATE_TRUNC
+    or a time zone can move the first dates PostgreSQL holds (4714 BC) out of range: an
+    error that would tell whether such a row exists. Dates after 294276 AD become
+    'infinity' and dates before 3000 BC '-infinity', which a timestamp holds and which
+    sort where those dates do. (Comparisons of a date with a timestamp need no guard:
+    PostgreSQL's cross-type operators saturate instead of raising.)
     """
     if a.kind != "date" or a.constant:
         return a
-    late = exp.GT(this=a.sql.copy(), expression=exp.cast(exp.Literal.string(_LAST_TIMESTAMP_DATE), "date"))
-    guarded = exp.Case(ifs=[exp.If(this=late, true=exp.cast(exp.Literal.string("infinity"), "date"))],
-                       default=a.sql.copy())  # fmt: skip
-    return replace(a, sql=guarded, value=None)
+    return replace(a, sql=_saturated(a.sql, "date", late=True), value=None)
+
+
+def _saturated(sql: exp.Expression, kind: str, late: bool) -> exp.Expression:
+    """`sql` (a date or timestamp) with values before 3000 BC as '-infinity' and, with
+    `late`, dates after 294276 AD as 'infinity'."""
+    first = _SHIFT_WINDOW["date" if kind == "date" else "timestamp"][0]
+    ifs = [exp.If(this=exp.LT(this=sql.copy(), expression=exp.cast(exp.Literal.string(first), kind)),
+                  true=exp.cast(exp.Literal.string("-infinity"), kind))]  # fmt: skip
+    if late:
+        ifs.insert(0, exp.If(this=exp.GT(this=sql.copy(), expression=exp.cast(exp.Literal.string(_LAST_TIMESTAMP_DATE), kind)),
+                             true=exp.cast(exp.Literal.string("infinity"), kind)))  # fmt: skip
+    return exp.Case(ifs=ifs, default=sql.copy())
 
 
 def _widened(parts: list[Typed], out: Typed) -> list[Typed]:

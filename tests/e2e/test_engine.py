@@ -251,23 +251,33 @@ def test_weighted_bounding_matches_its_definition(proxy: ProxyProcess, env: Env)
 
 
 def test_dates_past_the_timestamp_range_raise_no_error(env: Env) -> None:
-    # A date after 294276 AD raises when PostgreSQL reads it as a timestamp: an error
-    # would tell whether such a row exists. The rewritten SQL must answer instead; the
+    # A date after 294276 AD raises when PostgreSQL reads it as a timestamp, the last
+    # (first) date when a day is added (subtracted): an error would tell whether such a
+    # row exists. The rewritten SQL must answer instead; the
     # planted rows are rolled back.
     queries = [
         "SELECT date_trunc('month', o_orderdate) AS m, COUNT(*) FROM orders GROUP BY 1",
+        "SELECT date_trunc('millennium', o_orderdate) AS m, COUNT(*) FROM orders GROUP BY 1",
         "SELECT to_char(o_orderdate, 'YYYY-MM') AS m, COUNT(*) FROM orders GROUP BY 1",
         "SELECT COUNT(*) FROM orders WHERE o_orderdate::timestamp >= TIMESTAMP '1995-01-01'",
         "SELECT COUNT(*) FROM orders WHERE GREATEST(o_orderdate, TIMESTAMP '1995-01-01') > TIMESTAMP '1996-01-01'",
         "SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1",
         "SELECT COUNT(*) FROM orders WHERE o_orderdate - DATE '1995-01-01' > 30",
         "SELECT AVG(DATE '2000-01-01' - o_orderdate) FROM orders",
+        # Constant shifts: past 294276 AD a date plus an interval leaves the timestamp
+        # range, and the last date plus a day leaves the date range.
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate + INTERVAL '1 day' > TIMESTAMP '1995-01-01'",
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate + 30 > DATE '1995-01-01'",
+        "SELECT COUNT(*) FROM orders WHERE o_orderdate - 30 < DATE '1995-01-01'",
+        "SELECT (date_trunc('week', (o_orderdate + INTERVAL '1 day')) + INTERVAL '-1 day') AS w, "
+        "COUNT(*) FROM orders GROUP BY 1",
     ]
     with psycopg.connect(env.tpch_dsn) as conn:
         conn.execute(
-            "INSERT INTO orders SELECT o_orderkey + 1000000000 * k, o_custkey, o_orderstatus, o_totalprice, "
+            "INSERT INTO orders SELECT o_orderkey + 1000000000::int8 * k, o_custkey, o_orderstatus, o_totalprice, "
             "d, o_orderpriority, o_clerk, o_shippriority, o_comment FROM (SELECT * FROM orders LIMIT 1) o, "
-            "(VALUES (1, DATE '300000-01-01'), (2, DATE 'infinity')) AS v(k, d)"
+            "(VALUES (1, DATE '300000-01-01'), (2, DATE 'infinity'), (3, DATE '5874897-12-31'), "
+            "(4, DATE '4714-11-24 BC')) AS v(k, d)"
         )
         for sql in queries:
             # Fetched as text: the client could not convert a date of 300000 AD.
