@@ -200,6 +200,10 @@ class Analyzer:
             raise not_allowed(f"* is not allowed in {self.context}")
         return self.resolve(n)
 
+    def _n_RawString(self, n: exp.Expression) -> Typed:
+        """A dollar-quoted string ($$1995-01-01$$): a string literal like any other."""
+        return self._n_Literal(exp.Literal.string(str(n.this)))
+
     def _n_Literal(self, n: exp.Literal) -> Typed:
         if n.is_string:
             return Typed(exp.Literal.string(n.this), "text", domain=(n.this,), nullable=False,
