@@ -21,7 +21,9 @@ What makes an expression total here:
 
 from __future__ import annotations
 
+import functools
 import re
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
@@ -734,6 +736,7 @@ class Analyzer:
         if zone is not None:  # date_trunc(unit, timestamptz, 'time zone')
             if not (isinstance(zone, exp.Literal) and zone.is_string) or a.kind == "timestamp":
                 raise unsupported("DATE_TRUNC with a time zone needs a timestamptz and a string literal zone")
+            _check_time_zone(str(zone.this))
             args.append(zone.copy())
         sql = exp.Anonymous(this="date_trunc", expressions=args)
         return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant)
@@ -982,6 +985,20 @@ def reads_clock(tree: exp.Expression) -> bool:
 
 # Days between PostgreSQL's first and last dates (4713 BC to 5874897 AD): date - date fits int4.
 _MAX_DAYS = Decimal(2147483494)
+
+
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(z.lower() for z in zoneinfo.available_timezones()) | {"utc", "gmt"}
+
+
+def _check_time_zone(name: str) -> None:
+    """Refuse, before anything is charged, a zone PostgreSQL may not know: it raises on
+    the first row it reads, so the error would tell whether any row passed the filter.
+    Only IANA names (PostgreSQL matches them ignoring case) are accepted."""
+    if name.lower() not in _known_zones():
+        raise RewriteError("22023", f'time zone "{name}" not recognized',
+                           "use an IANA time zone name such as 'America/New_York' or 'UTC'")  # fmt: skip
 
 
 def _days_between(a: Typed, b: Typed) -> Typed:
