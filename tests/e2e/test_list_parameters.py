@@ -44,9 +44,18 @@ def test_psycopg_list_parameters_count_exactly_as_in_lists(proxy: ProxyProcess, 
         with psycopg.ClientCursor(conn) as cur:
             cur.execute("SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY(%s)", [["P", "O"]])
             assert cur.fetchone() == truth(env.tpch_dsn, BOUNDED.format("o_orderstatus IN ('P', 'O')"))[0]
-        # An array literal, as psql users and some tools write it.
-        got = conn.execute("SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY('{F,O}')").fetchone()
-        assert got == truth(env.tpch_dsn, BOUNDED.format("o_orderstatus IN ('F', 'O')"))[0]
+        # Array literals, as psql users and some tools write them: the same text shape
+        # with lists of other lengths (the literal-shape learner must not reuse one
+        # list's plan for another), in the simple and the extended protocol.
+        for items in (["F", "O"], ["P"], ["O", "P", "F"], ["F", "O"], []):
+            literal = "{" + ",".join(items) + "}"
+            plain = "o_orderstatus IN (" + ", ".join(f"'{i}'" for i in items) + ")" if items else "false"
+            want = truth(env.tpch_dsn, BOUNDED.format(plain))[0]
+            with psycopg.ClientCursor(conn) as cur:
+                cur.execute(f"SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY('{literal}')")
+                assert cur.fetchone() == want, literal
+            got = conn.execute(f"SELECT COUNT(*) FROM orders WHERE o_orderstatus = ANY('{literal}')").fetchone()
+            assert got == want, literal
 
 
 def test_asyncpg_binary_array_parameters(proxy: ProxyProcess, env: Env) -> None:
