@@ -1220,7 +1220,7 @@ def _emit_sql(b: _Builder) -> str:
                 f"g AS (SELECT u, {klist}, row_number() OVER (PARTITION BY u ORDER BY random()) "
                 f"AS gn FROM (SELECT DISTINCT u, {klist} FROM i) AS x)"
             )
-            on = " AND ".join(["g.u = i.u"] + [f"g.{k} IS NOT DISTINCT FROM i.{k}" for k in keys])
+            on = " AND ".join(["g.u = i.u"] + [_key_match(b, j, f"g.{k}", f"i.{k}") for j, k in enumerate(keys)])
             # Rows are then taken round-robin over the kept groups (every kept group keeps
             # a row before any keeps two), so a unit is counted in each group it kept.
             ctes.append(
@@ -1238,17 +1238,21 @@ def _emit_sql(b: _Builder) -> str:
             )
         source = "r AS b"
         where = f" WHERE b.rn <= {rel.max_rows}"
-    outer = [f"b.{k}" for k in keys]
-    for p in b.primitives.values():
-        if p.kind == PrimitiveKind.QUANTILE:
-            outer.append(f"{_histogram_sql(p, keys, source, where)} AS {p.name}")
-        else:
-            outer.append(f"{p.sql} AS {p.name}")
-    sql = f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM {source}{where}"
-    if keys:
-        sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
-    elif any(p.kind == PrimitiveKind.QUANTILE for p in b.primitives.values()):
-        sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
+    quantiles = [p for p in b.primitives.values() if p.kind == PrimitiveKind.QUANTILE]
+    if keys and quantiles:
+        sql = _grouped_with_histograms(b, keys, ctes, source, where)
+    else:
+        outer = [f"b.{k}" for k in keys]
+        for p in b.primitives.values():
+            if p.kind == PrimitiveKind.QUANTILE:
+                outer.append(f"{_histogram_sql(p, source, where)} AS {p.name}")
+            else:
+                outer.append(f"{p.sql} AS {p.name}")
+        sql = f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM {source}{where}"
+        if keys:
+            sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
+        elif quantiles:
+            sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
     if any(k.domain_sql for k in b.keys):
         sql = _complete_public_groups(sql, b)
     return sql
@@ -1321,25 +1325,63 @@ def _same_key(left: str, right: str, kind: str, nullable: bool) -> str:
             f"coalesce({left}, {stand_in}) = coalesce({right}, {stand_in})")  # fmt: skip
 
 
-def _histogram_sql(p: NoisyPrimitive, keys: list[str], source: str, where: str) -> str:
-    """A per-group JSON object {cell: count} of the bounded values (a correlated subquery
-    over the same bounded rows, matched on the group keys)."""
+def _key_match(b: _Builder, i: int, left: str, right: str) -> str:
+    """NULL-safe, hashable equality of group key i between two row sets of the sampling
+    plans (whose listed-domain keys are domain indexes, never NULL)."""
+    key, t = b.keys[i], b.key_typed[i]
+    if not (key.private or key.domain_sql):
+        return f"{left} = {right}"
+    return _same_key(left, right, t.kind, _key_nullable(t, b))
+
+
+def _histogram_parts(p: NoisyPrimitive, alias: str) -> tuple[str, str]:
+    """A quantile primitive's cell index and its FILTER condition (" AND ..." or "")
+    over the bounded rows aliased `alias`."""
     cell = p.sql[len("quantile_histogram("):-1]
     filt = ""
     if " FILTER (WHERE " in p.sql:
         cell, cond = cell.split(") FILTER (WHERE ")
         filt = f" AND {cond}"
-    match = "".join(f" AND h.{k} IS NOT DISTINCT FROM b.{k}" for k in keys)
-    inner_where = (where.replace(" WHERE ", " WHERE ") if where else " WHERE TRUE") + match
-    inner_where = inner_where.replace("b.rn", "h.rn")
-    hcell = cell.replace("b.", "h.")
-    hfilt = filt.replace("b.", "h.")
+    return cell.replace("b.", f"{alias}."), filt.replace("b.", f"{alias}.")
+
+
+def _histogram_sql(p: NoisyPrimitive, source: str, where: str) -> str:
+    """The JSON object {cell: count} of the bounded values of an ungrouped query."""
+    hcell, hfilt = _histogram_parts(p, "h")
+    inner_where = (where or " WHERE TRUE").replace("b.rn", "h.rn")
     src = source.replace(" AS b", " AS h")
     return (
         f"(SELECT coalesce(jsonb_object_agg(c.cell, c.n), '{{}}'::jsonb) FROM (SELECT {hcell} AS "
         f"cell, count(*) AS n FROM {src}{inner_where}{hfilt} AND {hcell} IS NOT NULL "
         "GROUP BY 1) AS c)"
     )
+
+
+def _grouped_with_histograms(b: _Builder, keys: list[str], ctes: list[str], source: str, where: str) -> str:
+    """A grouped sampling plan with quantile primitives: each group's histogram {cell:
+    count} comes from one pass grouped by (keys, cell), joined to the other primitives by
+    the keys. (A correlated subquery per group rescanned the bounded rows once per
+    group: 2,400 dates took 4.6 s on TPC-H 0.1.)"""
+    klist = ", ".join(f"b.{k}" for k in keys)
+    others = [f"{p.sql} AS {p.name}" for p in b.primitives.values() if p.kind != PrimitiveKind.QUANTILE]
+    ctes = [*ctes, f"m AS (SELECT {', '.join([klist, *others])} FROM {source}{where} GROUP BY {klist})"]
+    joins = []
+    for p in b.primitives.values():
+        if p.kind != PrimitiveKind.QUANTILE:
+            continue
+        cell, filt = _histogram_parts(p, "b")
+        ctes.append(
+            f"h_{p.name} AS (SELECT {', '.join(keys)}, jsonb_object_agg(cell, n) AS v FROM "
+            f"(SELECT {klist}, {cell} AS cell, count(*) AS n FROM {source}{where or ' WHERE TRUE'}{filt} "
+            f"AND {cell} IS NOT NULL GROUP BY {klist}, {cell}) AS c GROUP BY {', '.join(keys)})"
+        )
+        on = " AND ".join(_key_match(b, j, f"m.{k}", f"h_{p.name}.{k}") for j, k in enumerate(keys))
+        joins.append(f"LEFT JOIN h_{p.name} ON {on}")
+    outer = [f"m.{k}" for k in keys] + [
+        f"coalesce(h_{p.name}.v, '{{}}'::jsonb) AS {p.name}" if p.kind == PrimitiveKind.QUANTILE
+        else f"m.{p.name}" for p in b.primitives.values()
+    ]  # fmt: skip
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(outer)} FROM m {' '.join(joins)}"
 
 
 def _literal(v: object, t: Typed) -> str:

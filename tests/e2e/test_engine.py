@@ -513,3 +513,17 @@ def test_public_table_domains_match_their_groups_exactly_and_by_hash(proxy: Prox
         shape = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {plan}").fetchall())  # type: ignore[call-overload]
     # The groups meet the domain in a hash join, not in a nested loop's join filter.
     assert shape.startswith("Hash") and "IS DISTINCT FROM" not in shape, shape
+
+
+def test_grouped_quantiles_read_the_bounded_rows_once(env: Env) -> None:
+    # Each group's histogram comes from one pass grouped by (key, cell), not a
+    # subquery run again per group (2,400 dates took 4.6 s that way on TPC-H 0.1).
+    sql = plan_of("SELECT o_orderdate, MEDIAN(o_totalprice), COUNT(*) FROM orders GROUP BY 1").sql
+    with psycopg.connect(env.tpch_dsn) as conn:
+        shape = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {sql}").fetchall())  # type: ignore[call-overload]
+        rows = conn.execute(sql).fetchall()  # type: ignore[call-overload]
+    assert "SubPlan" not in shape, shape
+    histograms = {r[0]: r[1] for r in rows}
+    assert len(histograms) == len(rows) > 100
+    # Every kept row of a group is in exactly one cell of its histogram.
+    assert all(sum(h.values()) == r[2] for r, h in zip(rows, histograms.values(), strict=True))

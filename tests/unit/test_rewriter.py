@@ -203,7 +203,7 @@ def test_golden_private_key_bounds_groups_then_rows_and_counts_units() -> None:
         "AS t0), g AS (SELECT u, k0, row_number() OVER (PARTITION BY u ORDER BY random()) AS gn "
         "FROM (SELECT DISTINCT u, k0 FROM i) AS x), q AS (SELECT i.*, row_number() OVER "
         "(PARTITION BY i.u, i.k0 ORDER BY random()) AS gr FROM i JOIN g ON g.u = i.u AND g.k0 "
-        "IS NOT DISTINCT FROM i.k0 WHERE g.gn <= 4), r AS (SELECT q.*, row_number() OVER "
+        "= i.k0 WHERE g.gn <= 4), r AS (SELECT q.*, row_number() OVER "
         "(PARTITION BY q.u ORDER BY q.gr, random()) AS rn FROM q) SELECT b.k0, count(*) AS p0, "
         "count(DISTINCT b.u) AS p1 FROM r AS b WHERE b.rn <= 8 GROUP BY b.k0"
     )
