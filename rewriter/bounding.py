@@ -285,3 +285,60 @@ def weighted_sql(
     if keys:
         sql += " GROUP BY " + ", ".join(f"q.{key}" for key in keys)
     return sql, scaled
+
+
+def group_bounded_sql(
+    ctes: list[str],
+    keys: list[str],
+    primitives: dict[str, NoisyPrimitive],
+    terms: dict[str, RowTerm],
+    max_rows: int,
+    max_groups: int,
+    unit_counts: set[str],
+) -> tuple[str, dict[str, NoisyPrimitive]] | None:
+    """The weighted plan for grouped queries that also bound the groups a unit touches
+    (keys without a public domain, which pass partition selection; or counts of units).
+
+    The sampling plan sorts every row twice (a window choosing each unit's groups, then
+    one choosing its rows). Here the rows are first summed per (unit, group), one hash
+    aggregate; each unit keeps `max_groups` of its groups chosen at random (a window over
+    those partials only), and its rows in them are weighted by `min(1, max_rows / n)`,
+    `n` its rows in the kept groups. One unit then adds at most `max_rows * bound` over
+    at most `max_groups` groups, as with sampling, and 1 to the units of each kept group
+    (`unit_counts`: the partition-selection count and unfiltered COUNT(DISTINCT unit)).
+    Each group's sums are rounded once; only the groups of the unit added or removed can
+    round differently, so the slack is one unit per kept group.
+
+    None when a primitive is neither a row term nor a unit count.
+    """
+    if any(name not in terms and name not in unit_counts for name in primitives):
+        return None
+    scaled: dict[str, NoisyPrimitive] = {}
+    for name, p in primitives.items():
+        term = terms.get(name)
+        if term is None:
+            scaled[name] = p
+            continue
+        s = denominator(term.bound)
+        slack = 0 if term.sql is None else max_groups
+        scaled[name] = replace(p, sensitivity=p.sensitivity * s + slack, denominator=s)
+    by = ", ".join(f"b.{key}" for key in keys)
+    partials = [f"b.{key}" for key in keys] + ["count(*) AS c"]
+    outer = [f"w.{key}" for key in keys]
+    for j, (name, p) in enumerate(scaled.items()):
+        term = terms.get(name)
+        if term is None:
+            outer.append(f"count(*) AS {name}")  # one (unit, group) row per kept unit
+            continue
+        partials.append(f"{_partial(term)} AS a{j}")
+        total = f"coalesce(sum(w.a{j}::numeric * {_weight('w.n', max_rows, p.denominator)}), 0)"
+        outer.append(f"{total if term.sql is None else _to_units(total, term.step)} AS {name}")
+    return (
+        f"WITH {', '.join(ctes)}, "
+        f"pk AS (SELECT b.u, {', '.join(partials)} FROM i AS b GROUP BY b.u, {by}"
+        f"{_unit_having(terms, 'count(*)')}), "
+        "pg AS (SELECT pk.*, row_number() OVER (PARTITION BY pk.u ORDER BY random()) AS gn FROM pk), "
+        # (sum() of bigint is numeric: as int8, the weight's division is an integer one.)
+        f"w AS (SELECT pg.*, (sum(pg.c) OVER (PARTITION BY pg.u))::int8 AS n FROM pg WHERE pg.gn <= {max_groups}) "
+        f"SELECT {', '.join(outer)} FROM w GROUP BY {', '.join(f'w.{key}' for key in keys)}"
+    ), scaled

@@ -18,7 +18,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlglot import exp
 
-from rewriter.bounding import RowTerm, weighted_sql
+from rewriter.bounding import RowTerm, group_bounded_sql, weighted_sql
 from rewriter.colnames import output_name
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.fold import distinct_as_group_by, fold_outer_select
@@ -1166,30 +1166,8 @@ def _emit_sql(b: _Builder) -> str:
                 "FROM (SELECT count(*) AS c FROM i GROUP BY i.u) AS b")  # fmt: skip
     if not b.group_bound and not any(k.private for k in b.keys):
         one_row = rel.row_level or rel.one_row_per_unit
-        # Weighted plans sum whole steps (integers) in their per-unit hash entries; with
-        # one row per unit, the raw values are summed once per group, where a per-row
-        # cast to steps would cost more than the numeric sum it replaces.
-        raw = ", ".join(
-            f"{sql if one_row else b.steps_of.get(name) or _whole_steps_sql(sql, step, lo, hi)} AS r{name[1:]}"
-            for name, (sql, step, lo, hi) in b.raw_of.items()
-        )
-        terms = b.terms if one_row else {n: t.steps or t for n, t in b.terms.items()}
         cells = None if one_row else _pivot_cells(b)
-        # With one row per unit, rows outside a key's domain change nothing but their
-        # own (dropped) groups; otherwise they would count in their unit's weight (the
-        # pivot plan counts only rows inside the domains, so it needs no filter either).
-        rows = _inner_sql(b, map_keys=False, filter_keys=not one_row and cells is None)
-        extra = ([raw] if raw else []) + ([f"{_cell_index_sql(b)} AS g"] if cells else [])
-        # OFFSET 0 keeps `i` a subquery: inlined, each clamp and cell index would be
-        # evaluated again at every use (a sum and its count, every cell's FILTER):
-        # TPC-H SF 1, the pivot plan of a grouped AVG took 5.6 s inlined, 2.4 s fenced.
-        # Bare column references cost nothing to repeat: inlined, the plan is the plain
-        # query's (4% faster than fenced on a grouped SUM over one row per unit).
-        computed = cells is not None or not all(_bare_column(e.rsplit(" AS ", 1)[0], b) for e in extra)
-        reused = cells is not None or any(t.offset for t in b.terms.values())
-        fence = " OFFSET 0" if reused and computed else ""  # (a single use is cheaper inlined)
-        wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {', '.join(extra)} FROM i0{fence})"
-                 ] if extra else [f"i AS ({rows})"]  # fmt: skip
+        wctes, terms = _weighted_rows(b, one_row, cells)
         # Rounding each group's sum to whole units can move it by one unit per group.
         groups = MAX_GROUPS if any(k.domain_sql for k in b.keys) else _group_count(b.keys)
         weighted = weighted_sql(wctes, keys, b.primitives, terms, rel.max_rows,
@@ -1198,11 +1176,17 @@ def _emit_sql(b: _Builder) -> str:
         if weighted is not None:
             sql, b.primitives = weighted
             b.bounding = "none" if one_row else "weighted"
-            if cells is None and any(not k.domain_sql for k in b.keys):
-                sql = _map_domain_keys(sql, b)
-            if any(k.domain_sql for k in b.keys):
-                sql = _complete_public_groups(sql, b)
-            return sql
+            return _keys_completed(sql, b, mapped=cells is not None)
+    elif keys and not (rel.row_level or rel.one_row_per_unit):
+        wctes, terms = _weighted_rows(b, False, None)
+        unit_counts = {n for n, p in b.primitives.items() if p.kind == PrimitiveKind.UNIT_COUNT}
+        unit_counts |= {n for n in b.unit_distinct if " FILTER " not in b.primitives[n].sql}
+        bounded = group_bounded_sql(wctes, keys, b.primitives, terms, rel.max_rows,
+                                    _groups_per_unit(b), unit_counts)  # fmt: skip
+        if bounded is not None:
+            sql, b.primitives = bounded
+            b.bounding = "weighted"
+            return _keys_completed(sql, b, mapped=False)
     ctes = _window_ctes(b)
     units_only = not keys and set(b.primitives) <= b.unit_distinct
     if rel.row_level or rel.one_row_per_unit or units_only:
@@ -1253,6 +1237,45 @@ def _emit_sql(b: _Builder) -> str:
             sql += " GROUP BY " + ", ".join(f"b.{k}" for k in keys)
         elif quantiles:
             sql += " GROUP BY ()"  # one row even when the histogram subquery is all it selects
+    if any(k.domain_sql for k in b.keys):
+        sql = _complete_public_groups(sql, b)
+    return sql
+
+
+def _weighted_rows(b: _Builder, one_row: bool, cells: list[tuple[int, ...]] | None) -> tuple[list[str], dict[str, RowTerm]]:
+    """The rows (`i`, with the raw values as whole steps and the cell index) and the row
+    terms the weighted plans sum."""
+    # Weighted plans sum whole steps (integers) in their per-unit hash entries; with
+    # one row per unit, the raw values are summed once per group, where a per-row
+    # cast to steps would cost more than the numeric sum it replaces.
+    raw = ", ".join(
+        f"{sql if one_row else b.steps_of.get(name) or _whole_steps_sql(sql, step, lo, hi)} AS r{name[1:]}"
+        for name, (sql, step, lo, hi) in b.raw_of.items()
+    )
+    terms = b.terms if one_row else {n: t.steps or t for n, t in b.terms.items()}
+    # With one row per unit, rows outside a key's domain change nothing but their
+    # own (dropped) groups; otherwise they would count in their unit's weight (the
+    # pivot plan counts only rows inside the domains, so it needs no filter either).
+    rows = _inner_sql(b, map_keys=False, filter_keys=not one_row and cells is None)
+    extra = ([raw] if raw else []) + ([f"{_cell_index_sql(b)} AS g"] if cells else [])
+    # OFFSET 0 keeps `i` a subquery: inlined, each clamp and cell index would be
+    # evaluated again at every use (a sum and its count, every cell's FILTER):
+    # TPC-H SF 1, the pivot plan of a grouped AVG took 5.6 s inlined, 2.4 s fenced.
+    # Bare column references cost nothing to repeat: inlined, the plan is the plain
+    # query's (4% faster than fenced on a grouped SUM over one row per unit).
+    computed = cells is not None or not all(_bare_column(e.rsplit(" AS ", 1)[0], b) for e in extra)
+    reused = cells is not None or any(t.offset for t in b.terms.values())
+    fence = " OFFSET 0" if reused and computed else ""  # (a single use is cheaper inlined)
+    wctes = [f"i0 AS ({rows})", f"i AS (SELECT i0.*, {', '.join(extra)} FROM i0{fence})"
+             ] if extra else [f"i AS ({rows})"]  # fmt: skip
+    return wctes, terms
+
+
+def _keys_completed(sql: str, b: _Builder, *, mapped: bool) -> str:
+    """A weighted plan's groups with listed-domain keys as their domain indexes (unless
+    the plan `mapped` them already) and every value of a public table's domain."""
+    if not mapped and any(not k.private and not k.domain_sql for k in b.keys):
+        sql = _map_domain_keys(sql, b)
     if any(k.domain_sql for k in b.keys):
         sql = _complete_public_groups(sql, b)
     return sql

@@ -47,6 +47,9 @@ QUERIES = {
     "JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority",
     "avg_ungrouped": "SELECT COUNT(*), AVG(o_totalprice) FROM orders "
     "WHERE o_orderdate >= '1995-01-01'",
+    # Keys without a public domain: each unit's groups limited, then partition selection.
+    "year_private_key": "SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(*) FROM orders GROUP BY 1",
+    "clerk_private_key": "SELECT o_clerk, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY 1",
 }
 
 

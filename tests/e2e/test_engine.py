@@ -527,3 +527,37 @@ def test_grouped_quantiles_read_the_bounded_rows_once(env: Env) -> None:
     assert len(histograms) == len(rows) > 100
     # Every kept row of a group is in exactly one cell of its histogram.
     assert all(sum(h.values()) == r[2] for r, h in zip(rows, histograms.values(), strict=True))
+
+
+def test_private_keys_weight_each_units_rows_in_its_kept_groups(proxy: ProxyProcess, env: Env) -> None:
+    # Keys without a public domain: rows summed per (unit, group), each unit keeping at
+    # most max_groups (4) groups and its rows weighted by min(1, 8 / n). With at most 3
+    # groups per unit (lower(o_orderstatus): f, o, p) no group is dropped, so the
+    # release is the exact weighted total, which PostgreSQL computes here directly.
+    q = "SELECT lower(o_orderstatus) AS s, COUNT(*), SUM(o_totalprice) FROM orders GROUP BY 1"
+    # Weights are integers in units of 1/S, rounded down: S is 10^6 for the count and
+    # 10^4 for the sum, released as its distance from the midpoint 300000 (its bound keeps
+    # totals below 2^40 units) plus 300000 times the weighted count.
+    assert [x.denominator for x in plan_of(q).primitives] == [10**6, 10**4, 1]
+    exact = """
+        SELECT s, sum(c * (CASE WHEN n <= 8 THEN 1000000 ELSE 8000000 / n END)) / 1000000,
+               sum((t - 300000 * c) * (CASE WHEN n <= 8 THEN 10000 ELSE 80000 / n END)) / 10000
+               + 300000 * sum(c * (CASE WHEN n <= 8 THEN 1000000 ELSE 8000000 / n END)) / 1000000,
+               count(*) FROM (
+            SELECT lower(o_orderstatus) AS s, count(*) AS c, sum(o_totalprice) AS t,
+                   (sum(count(*)) OVER (PARTITION BY o_custkey))::int8 AS n
+            FROM orders GROUP BY o_custkey, 1) per_unit GROUP BY s"""
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        got = {r[0]: r[1:] for r in conn.execute(q).fetchall()}
+    want = {r[0]: r[1:] for r in truth(env.tpch_dsn, exact)}
+    assert set(got) == set(want)  # every group holds hundreds of units: all released
+    for s, (count, total) in got.items():
+        w_count, w_total, _units = want[s]
+        # Epsilon 9000, 3000 for each of three primitives: discrete Laplace of scale
+        # 8/3000 rows for the count (released rounded) and 8 x 300000 / 3000 = 800 for
+        # the sum's distance from the midpoint, which also takes 300000 times the
+        # count's noise; each margin below is over 18 scales: exceeded with
+        # probability below 1e-7.
+        assert isinstance(count, int) and abs(count - w_count) <= 1, s
+        assert abs(Decimal(total) - w_total) <= 30000, s

@@ -82,7 +82,7 @@ def _binary_array(element: int, values: list[bytes | None], ndim: int = 1) -> by
 def test_binary_array_parameters_decode_to_lists() -> None:
     ints = _binary_array(oids.INT4, [struct.pack("!i", 7), None, struct.pack("!i", -1)])
     assert decode_binary(ints, oids.INT4_ARRAY) == [7, None, -1]
-    texts = _binary_array(oids.TEXT, ["F".encode(), "Ünï".encode()])
+    texts = _binary_array(oids.TEXT, [b"F", "Ünï".encode()])
     assert decode_binary(texts, oids.TEXT_ARRAY) == ["F", "Ünï"]
     days = _binary_array(oids.DATE, [struct.pack("!i", -1461)])
     assert decode_binary(days, oids.DATE_ARRAY) == [date(1996, 1, 1)]  # 1,461 days before 2000

@@ -66,9 +66,10 @@ def test_public_domain_group_keys_and_golden_sql() -> None:
 
 
 def test_sampling_window_kept_where_weights_do_not_apply() -> None:
-    # Partition selection needs each unit's groups limited: rows are sampled.
-    p = plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1")
-    assert "ORDER BY random())" in p.sql and "q.nc" not in p.sql
+    # A grouped quantile has no row term to weight: each unit's groups and then its
+    # rows are sampled.
+    p = plan("SELECT o_clerk, MEDIAN(o_totalprice) FROM orders GROUP BY 1")
+    assert p.bounding == "sampled" and "AS rn FROM q" in p.sql and "q.nc" not in p.sql
     assert all(x.denominator == 1 for x in p.primitives)
 
 
@@ -197,18 +198,20 @@ def test_golden_fk_path_joins_the_referenced_table_for_the_unit() -> None:
 
 def test_golden_private_key_bounds_groups_then_rows_and_counts_units() -> None:
     p = plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1")
-    assert p.selection == "p1" and p.max_groups == 4
+    assert p.selection == "p1" and p.max_groups == 4 and p.bounding == "weighted"
+    # Rows summed per (unit, group); each unit keeps 4 of its groups at random, and its
+    # rows in them weigh min(1, 8 / n); each kept (unit, group) is one unit of its group.
     assert p.sql == (
         'WITH i AS (SELECT "t0"."o_clerk" AS k0, "t0"."o_custkey" AS u FROM "public"."orders" '
-        "AS t0), g AS (SELECT u, k0, row_number() OVER (PARTITION BY u ORDER BY random()) AS gn "
-        "FROM (SELECT DISTINCT u, k0 FROM i) AS x), q AS (SELECT i.*, row_number() OVER "
-        "(PARTITION BY i.u, i.k0 ORDER BY random()) AS gr FROM i JOIN g ON g.u = i.u AND g.k0 "
-        "= i.k0 WHERE g.gn <= 4), r AS (SELECT q.*, row_number() OVER "
-        "(PARTITION BY q.u ORDER BY q.gr, random()) AS rn FROM q) SELECT b.k0, count(*) AS p0, "
-        "count(DISTINCT b.u) AS p1 FROM r AS b WHERE b.rn <= 8 GROUP BY b.k0"
+        "AS t0), pk AS (SELECT b.u, b.k0, count(*) AS c, count(*) AS a0 FROM i AS b GROUP BY "
+        "b.u, b.k0), pg AS (SELECT pk.*, row_number() OVER (PARTITION BY pk.u ORDER BY random()) "
+        "AS gn FROM pk), w AS (SELECT pg.*, (sum(pg.c) OVER (PARTITION BY pg.u))::int8 AS n FROM pg "
+        "WHERE pg.gn <= 4) SELECT w.k0, coalesce(sum(w.a0::numeric * (CASE WHEN w.n <= 8 THEN "
+        "1000000 ELSE 8000000 / w.n END)), 0) AS p0, count(*) AS p1 FROM w GROUP BY w.k0"
     )
     sens = {x.kind: x.sensitivity for x in p.primitives}
-    assert sens == {PrimitiveKind.COUNT: 8, PrimitiveKind.UNIT_COUNT: 4}
+    assert sens == {PrimitiveKind.COUNT: 8 * 10**6, PrimitiveKind.UNIT_COUNT: 4}
+    assert [x.denominator for x in p.primitives] == [10**6, 1]
 
 
 def test_golden_public_join_on_unique_key() -> None:
@@ -257,7 +260,8 @@ def test_plan_names_how_it_bounds_contributions() -> None:
     assert plan("SELECT SUM(c_acctbal) FROM customer").bounding == "none"  # unique unit key
     assert plan("SELECT COUNT(DISTINCT o_custkey) FROM orders").bounding == "none"
     assert plan("SELECT MEDIAN(o_totalprice) FROM orders").bounding == "sampled"
-    assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "sampled"
+    assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "weighted"
+    assert plan("SELECT o_clerk, MEDIAN(o_totalprice) FROM orders GROUP BY 1").bounding == "sampled"
 
 
 @pytest.mark.parametrize(
