@@ -1012,7 +1012,7 @@ def _days_between(a: Typed, b: Typed) -> Typed:
 
 
 # Dates and timestamps a constant shift of up to _MAX_SHIFT_DAYS moves without leaving
-# the range PostgreSQL can hold (4713 BC .. 294276 AD for timestamps); a finite value
+# the range PostgreSQL can hold (4714 BC .. 294276 AD for timestamps); a finite value
 # outside it is shifted to NULL rather than risk the "out of range" error, which would
 # tell whether such a row exists. Infinite values shift to themselves, as in PostgreSQL.
 _SHIFT_WINDOW = {"date": ("3000-01-01 BC", "200000-12-31"),
