@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from accounting.budget import budget_rows
 from proxy.commands import Result
+from proxy.config import MIN_DELTA
 from proxy.errors import FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, ProxyError
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ def parse_delta(text: str) -> str:
             INVALID_PARAMETER_VALUE,
             f"dp.delta must be a number at least 0 and below 1, not {text}",
             hint="for example SET dp.delta = 1e-7",
+        )
+    if 0 < d < MIN_DELTA:
+        raise ProxyError(
+            INVALID_PARAMETER_VALUE,
+            f"dp.delta {text.strip()} is below the smallest positive delta dpproxy accepts, {MIN_DELTA}",
+            hint="use 0 (pure DP: no partition selection) or a delta of at least 1e-12",
         )
     return str(d)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from proxy.config import MIN_EPSILON
 from proxy.errors import (
     IN_FAILED_TRANSACTION,
     INVALID_PARAMETER_VALUE,
@@ -77,6 +78,13 @@ def parse_epsilon(text: str, cap: Decimal | None) -> Decimal:
             INVALID_PARAMETER_VALUE,
             f"dp.epsilon must be a finite number above 0, not {text}",
             hint="for example SET dp.epsilon = 0.5",
+        )
+    if eps < MIN_EPSILON:
+        raise ProxyError(
+            INVALID_PARAMETER_VALUE,
+            f"dp.epsilon {text.strip()} is below the smallest dpproxy accepts, {MIN_EPSILON}",
+            hint="below it the noise is over a million times the query's sensitivity: "
+            "nothing of the answer would be left",
         )
     if cap is not None and eps > cap:
         raise ProxyError(
@@ -195,11 +203,16 @@ def _set(sql: str, up: list[str], session: Session, epsilon_cap: Decimal | None)
     if name.lower() == "dp.delta":  # issue #5: validated in proxy/budget_sql.py
         from proxy.budget_sql import parse_delta
 
-        session.settings["dp.delta"] = parse_delta(_unquote(raw))
+        if raw.upper() == "DEFAULT":
+            session.reset("dp.delta")
+        else:
+            session.settings["dp.delta"] = parse_delta(_unquote(raw))
         return Result("SET")
     is_local = (m.group(1) or "").upper() == "LOCAL"
     if name.lower() in DP_SETTINGS:
-        session.epsilon = parse_epsilon(_unquote(raw), epsilon_cap)
+        # SET dp.epsilon = DEFAULT / TO DEFAULT is RESET, as for any setting.
+        default = raw.upper() == "DEFAULT"
+        session.epsilon = session.default_epsilon if default else parse_epsilon(_unquote(raw), epsilon_cap)
         return Result("SET")
     if name.lower().startswith("dp."):
         raise ProxyError(UNDEFINED_OBJECT, f'unrecognized configuration parameter "{name}"',

@@ -131,18 +131,35 @@ class LimitsConfig(BaseModel):
     )
 
 
+# The smallest per-query epsilon: smaller ones give noise scales past what the noise
+# samplers and the NOTICE's error bounds are built for (1e-20 failed in OpenDP), and
+# noise over a million times the sensitivity leaves nothing of an answer.
+MIN_EPSILON = Decimal("1e-6")
+# The smallest positive delta: partition selection's threshold search reads privacy
+# maps in floating point, which fail below ~1e-15 (a statement's share of delta can be
+# a sixteenth of the session's).
+MIN_DELTA = Decimal("1e-12")
+
+
 class PrivacyConfig(BaseModel):
     """Defaults for the DP path."""
 
     model_config = ConfigDict(extra="forbid")
 
-    default_epsilon: Decimal = Field(default=Decimal("1.0"), gt=0)
+    default_epsilon: Decimal = Field(default=Decimal("1.0"), ge=MIN_EPSILON)
     default_delta: Decimal = Field(default=Decimal("1e-7"), ge=0, lt=1)
     # Issue #5 (budgets): the dataset's accountant and global budget (all analysts).
     accountant: Literal["pure", "approx", "zcdp"] = "pure"
     accounting_delta: Decimal = Field(default=Decimal("1e-7"), gt=0, lt=1)
     global_budget_epsilon: Decimal | None = Field(default=None, ge=0)
     global_budget_delta: Decimal | None = Field(default=None, ge=0, lt=1)
+
+    @field_validator("default_delta")
+    @classmethod
+    def _usable_delta(cls, v: Decimal) -> Decimal:
+        if 0 < v < MIN_DELTA:
+            raise ValueError(f"a positive default_delta must be at least {MIN_DELTA} (or 0: pure DP)")
+        return v
 
 
 class CacheConfig(BaseModel):

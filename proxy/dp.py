@@ -71,7 +71,10 @@ log = logging.getLogger("dpproxy.dp")
 
 
 def fmt_decimal(d: Decimal, places: int = 6) -> str:
-    """A short human rendering of an exact epsilon (trailing zeros dropped)."""
+    """A short human rendering of an exact epsilon (trailing zeros dropped; a value too
+    small for `places` decimals in three significant digits, not as 0)."""
+    if d and abs(d) < Decimal(1).scaleb(-places):
+        return format(d, ".3g")
     q = d.quantize(Decimal(1).scaleb(-places)).normalize()
     return format(q, "f")
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from sqlglot import exp
 
-from rewriter.errors import RewriteError, unsupported
+from rewriter.errors import GROUPING_ERROR, RewriteError, unsupported
 from rewriter.plan import DPPlan
 from rewriter.rewrite import limit_offset
 
@@ -94,7 +94,7 @@ def _grouping_sets(select: exp.Select) -> UnionQuery | None:
         return None
     if len(special) > 1:
         raise unsupported("only one ROLLUP, CUBE or GROUPING SETS per GROUP BY is supported")
-    sets = _sets(special[0])
+    sets = [[_output_reference(k, select) for k in keys] for keys in _sets(special[0])]
     if len(sets) > 16:
         raise unsupported("at most 16 groupings per query (each is its own release)")
     every = {k.sql(): k for s in sets for k in s}
@@ -114,6 +114,29 @@ def _grouping_sets(select: exp.Select) -> UnionQuery | None:
     limit, offset = limit_offset(select)
     order = select.args.get("order")
     return UnionQuery(branches, list(order.expressions) if order else [], limit, offset)
+
+
+def _output_reference(key: exp.Expression, select: exp.Select) -> exp.Expression:
+    """A grouping-set key written as an output column's position (`CUBE (1, 2)`) or
+    name (`ROLLUP (y)` for `... AS y`), as the expression it stands for, so that each
+    grouping drops that expression from the select list as it drops the key."""
+    items = select.expressions
+    if isinstance(key, exp.Literal) and not key.is_string and key.this.isdigit():
+        pos = int(key.this)
+        if not 1 <= pos <= len(items):
+            raise RewriteError(GROUPING_ERROR, f"GROUP BY position {pos} is not in select list")
+        item = items[pos - 1]
+        return (item.this if isinstance(item, exp.Alias) else item).copy()
+    if isinstance(key, exp.Column) and not key.table:
+        name = key.name.lower()
+        # An input column of that name wins in PostgreSQL: only an alias of something
+        # else is resolved.
+        if any(isinstance(i, exp.Column) and i.name.lower() == name for i in items):
+            return key
+        for item in items:
+            if isinstance(item, exp.Alias) and item.alias.lower() == name:
+                return item.this.copy()
+    return key
 
 
 def _sets(node: exp.Expression) -> list[list[exp.Expression]]:

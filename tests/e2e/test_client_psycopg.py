@@ -132,3 +132,28 @@ def test_copy_to_stdout(proxy: ProxyProcess) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), cur.copy("COPY orders TO STDOUT"):
             pass
         assert conn.execute("SHOW dp.epsilon").fetchone() == ("50",)
+
+
+def test_extreme_epsilon_and_delta_are_refused_and_default_resets(proxy: ProxyProcess) -> None:
+    # Below 1e-6 (epsilon) and 1e-12 (a positive delta) the noise calibration leaves
+    # floating point: such values are refused at SET (22023) and the session goes on;
+    # at the smallest accepted values every kind of aggregate is answered.
+    with connect(proxy, autocommit=True) as conn:
+        conn.execute("SET dp.epsilon = 3")
+        for setting in ("dp.epsilon = 1e-7", "dp.epsilon = 1e-400", "dp.delta = 1e-13", "dp.delta = 1e-400"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                conn.execute(f"SET {setting}")
+        assert conn.execute("SHOW dp.epsilon").fetchone() == ("3",)
+        conn.execute("SET dp.epsilon TO DEFAULT")
+        default = conn.execute("SHOW dp.epsilon").fetchone()
+        conn.execute("SET dp.epsilon = 3")
+        conn.execute("RESET dp.epsilon")
+        assert conn.execute("SHOW dp.epsilon").fetchone() == default != ("3",)
+        conn.execute("SET dp.epsilon = 1e-6")
+        conn.execute("SET dp.delta = 1e-12")
+        row = conn.execute("SELECT COUNT(*), AVG(o_totalprice), STDDEV(o_totalprice), "
+                           "MEDIAN(o_totalprice), MAX(o_totalprice) FROM orders").fetchone()  # fmt: skip
+        assert row is not None and len(row) == 5
+        conn.execute("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").fetchall()  # no group passes
+        conn.execute("SET dp.delta = DEFAULT")
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -462,6 +462,10 @@ def test_grouping_sets_and_a_sorted_union_match_postgresql(proxy: ProxyProcess, 
         "SELECT c_mktsegment, COUNT(*) AS n FROM customer GROUP BY CUBE (c_mktsegment) ORDER BY n DESC LIMIT 3",
         "SELECT c_mktsegment, c_nationkey AS nation, COUNT(*) FROM customer "
         "GROUP BY GROUPING SETS ((c_mktsegment), (c_nationkey), ()) ORDER BY 1 NULLS FIRST, 2",
+        # Keys written as output positions and names, as PostgreSQL allows inside them.
+        "SELECT c_mktsegment, c_nationkey AS n, COUNT(*) FROM customer GROUP BY CUBE (1, 2) "
+        "ORDER BY 1 NULLS FIRST, 2 NULLS FIRST",
+        "SELECT c_mktsegment AS seg, COUNT(*) FROM customer GROUP BY ROLLUP (seg) ORDER BY 1",
         "SELECT 'a' AS s, COUNT(*) AS n FROM customer WHERE c_acctbal > 0 UNION ALL "
         "SELECT 'b', COUNT(*) FROM customer ORDER BY n, s DESC LIMIT 1 OFFSET 1",
     ]
