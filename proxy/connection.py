@@ -71,6 +71,24 @@ PROTOCOL_3_0 = 196608
 _EXTENDED = (m.Parse, m.Bind, m.Describe, m.Execute, m.Close)
 
 
+
+# Exceptions that end the connection itself (the client left, or broke the protocol).
+_CONNECTION_ENDS = (OSError, asyncio.IncompleteReadError, codec.ProtocolViolation)
+
+
+def _statement_error(raised: Exception) -> ProxyError | RewriteError:
+    """The ERROR a statement ends with: a refusal as raised; an unexpected exception as
+    XX000 with a fixed text (logged by type and place only: exception texts may quote
+    private values), so that it ends this statement, not the connection, as PostgreSQL's
+    internal errors do. Connection-level exceptions are raised again."""
+    if isinstance(raised, (ProxyError, RewriteError)):
+        return raised
+    if isinstance(raised, (_Close, *_CONNECTION_ENDS)):
+        raise raised
+    log.exception("internal error in a statement")
+    return ProxyError("XX000", "internal error in dpproxy")
+
+
 class _Close(Exception):
     """The connection must end (after a FATAL error or Terminate)."""
 
@@ -351,7 +369,8 @@ class Connection:
                     # An extended batch runs in an implicit transaction up to Sync.
                     self.session.begin_implicit()
                     await self._extended(msg)
-                except (ProxyError, RewriteError) as e:
+                except Exception as raised:  # noqa: BLE001 - see _statement_error
+                    e = _statement_error(raised)
                     await self.ctx.ops.failed(self, e, message_text(self, msg), "extended")  # issue #8
                     self._error(e)
                     self.session.fail()
@@ -579,7 +598,8 @@ class Connection:
                 self.session.end_implicit()
                 if shaped is None and len(routed) == 1 and isinstance(routed[0][1], Routed):
                     self.ctx.shapes.learn(sql, routed[0][1])
-        except (ProxyError, RewriteError) as e:
+        except Exception as raised:  # noqa: BLE001 - see _statement_error
+            e = _statement_error(raised)
             await self.ctx.ops.failed(self, e, sql, "simple")  # issue #8
             self._error(e)
             self.session.fail()

@@ -26,8 +26,23 @@ class PostProcessError(RewriteError):
 
 
 def evaluate(node: exp.Expression, env: dict[str, Value]) -> Value:
-    """Evaluate a post-processing expression; placeholders are looked up in `env`."""
-    return _eval(node, env)
+    """Evaluate a post-processing expression; placeholders are looked up in `env`.
+
+    Raises PostProcessError with PostgreSQL's SQLSTATE where PostgreSQL would raise: an
+    integer result beyond bigint, a decimal beyond what numeric holds, values of types
+    that cannot be compared."""
+    try:
+        v = _eval(node, env)
+    except TypeError as e:  # e.g. GREATEST(COUNT(*), 'abc'): PostgreSQL cannot cast 'abc'
+        raise PostProcessError("22P02", "invalid input: values of different types after noise") from e
+    except (InvalidOperation, OverflowError) as e:
+        raise PostProcessError("22003", "value out of range") from e
+    if type(v) is int and not _INT8_MIN <= v <= _INT8_MAX:
+        raise PostProcessError("22003", "bigint out of range")
+    return v
+
+
+_INT8_MIN, _INT8_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a dispatcher
@@ -234,6 +249,9 @@ def _round(v: Value, decimals: exp.Expression | None, env: dict[str, Value], tru
     return Decimal(v).quantize(Decimal(1).scaleb(-int(places)), rounding=ROUND_DOWN if truncate else ROUND_HALF_UP)
 
 
+_PG_INT_NAMES = {"SMALLINT": "smallint", "INT": "integer", "BIGINT": "bigint"}
+
+
 def _cast(v: Value, to: exp.Expression) -> Value:
     if v is None:
         return None
@@ -241,7 +259,11 @@ def _cast(v: Value, to: exp.Expression) -> Value:
     name = t.name if t is not None else ""
     try:
         if name in ("INT", "BIGINT", "SMALLINT"):
-            return int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
+            n = int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
+            bits = {"SMALLINT": 16, "INT": 32, "BIGINT": 64}[name]
+            if not -(1 << (bits - 1)) <= n < 1 << (bits - 1):
+                raise PostProcessError("22003", f"{_PG_INT_NAMES[name]} out of range")
+            return n
         params = _type_params(to)
         if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
             return _numeric_typmod(Decimal(str(v)) if isinstance(v, float) else Decimal(v), params)
@@ -255,6 +277,8 @@ def _cast(v: Value, to: exp.Expression) -> Value:
         if name == "CHAR":  # char(n): cut or padded to n
             n = params[0] if params else 1
             return str(v)[:n].ljust(n)
+    except OverflowError as e:  # real: beyond float4's range
+        raise PostProcessError("22003", "value out of range: overflow") from e
     except (InvalidOperation, ValueError) as e:
         raise PostProcessError("22P02", f"invalid value for type {name.lower()}") from e
     raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")

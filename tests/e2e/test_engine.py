@@ -565,3 +565,26 @@ def test_private_keys_weight_each_units_rows_in_its_kept_groups(proxy: ProxyProc
         # probability below 1e-7.
         assert isinstance(count, int) and abs(count - w_count) <= 1, s
         assert abs(Decimal(total) - w_total) <= 30000, s
+
+
+def test_post_processing_errors_are_postgresqls_and_the_session_goes_on(proxy: ProxyProcess) -> None:
+    # Expressions over noisy values that PostgreSQL would reject end the statement with
+    # its SQLSTATE (they closed the connection with XX000 before); the next statement runs.
+    cases = [
+        ("SELECT (COUNT(*) * 100)::int2 FROM orders", "22003"),  # thousands of orders x 100
+        ("SELECT (COUNT(*) * 9223372036854775807)::int8 FROM orders", "22003"),
+        ("SELECT abs(-9223372036854775808 + COUNT(*) * 0 - 1) FROM orders", "22003"),
+        ("SELECT round(AVG(o_totalprice), 100000) FROM orders", "22003"),
+        ("SELECT GREATEST(COUNT(*), 'abc') FROM orders", "22P02"),
+        ("SELECT COUNT(*)::float4 * 1e38 * 1e300 FROM orders", None),  # numeric: no overflow
+    ]
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 0.5")
+        for sql, state in cases:
+            if state is None:
+                assert conn.execute(sql).fetchone() is not None
+                continue
+            with pytest.raises(psycopg.Error) as e:
+                conn.execute(sql)
+            assert e.value.sqlstate == state, sql
+            assert conn.execute("SELECT 1").fetchone() == (1,)
