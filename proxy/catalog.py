@@ -44,7 +44,7 @@ from rewriter.metadata import Metadata
 # cluster-wide statistics and activity, sizes, files, large objects, other databases,
 # sleeping, signalling, locks and session state shared through the mirror's pool.
 _FORBIDDEN_NAME = re.compile(
-    r"^(pg_stat(?!istic_ext$).*|pg_.*_size|pg_size_.*|pg_ls_.*|pg_read_.*|"
+    r"^(pg_stat(?!istic_ext$).*|pg_.*_size|pg_ls_.*|pg_read_.*|"
     r"pg_file.*|pg_stat_file|lo_.*|loread|lowrite|pg_largeobject.*|dblink.*|postgres_fdw.*|"
     r"pg_sleep.*|pg_terminate_backend|pg_cancel_backend|pg_signal_backend|"
     r"pg_reload_conf|pg_rotate_logfile|set_config|pg_advisory.*|pg_try_advisory.*|"

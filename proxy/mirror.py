@@ -55,7 +55,13 @@ STUB_FUNCTIONS: dict[str, tuple[str, ...]] = {
     "pg_stat_get_tuples_fetched": ("oid",),
     "pg_stat_get_live_tuples": ("oid",),
     "pg_stat_get_dead_tuples": ("oid",),
+    # psql's \l+ (database sizes), \db and \db+ (tablespace locations and sizes).
+    "pg_database_size": ("name", "oid"),
+    "pg_tablespace_size": ("name", "oid"),
+    "pg_tablespace_location": ("oid",),
 }
+# The stubs' result types where not bigint.
+_STUB_RESULT_TYPES = {"pg_tablespace_location": "text"}
 
 # Functions and views revoked from PUBLIC inside the mirror database (a second layer
 # behind the proxy's own refusal): they reach other databases, other sessions or files.
@@ -139,7 +145,8 @@ class MirrorSchema:
 
     def fingerprint(self) -> str:
         """A digest of the schema: an unchanged schema is not rebuilt at start-up."""
-        return hashlib.sha256(repr((self.tables, self.enums)).encode()).hexdigest()
+        # The stubs are part of what a mirror holds: a release that adds one rebuilds it.
+        return hashlib.sha256(repr((self.tables, self.enums, STUB_VIEWS, STUB_FUNCTIONS)).encode()).hexdigest()
 
 
 # --- reading the real schema ---------------------------------------------------------------
@@ -325,8 +332,9 @@ def _stub_ddl(conn: psycopg.Connection) -> list[str]:
                    f"FROM pg_catalog.{_ident(view)}")  # fmt: skip
     for fn, signatures in STUB_FUNCTIONS.items():
         for sig in signatures:
-            out.append(f"CREATE FUNCTION {_ident(STUB_SCHEMA, fn)}({sig}) RETURNS bigint "
-                       "LANGUAGE sql IMMUTABLE AS 'SELECT NULL::bigint'")  # fmt: skip
+            result = _STUB_RESULT_TYPES.get(fn, "bigint")
+            out.append(f"CREATE FUNCTION {_ident(STUB_SCHEMA, fn)}({sig}) RETURNS {result} "
+                       f"LANGUAGE sql IMMUTABLE AS 'SELECT NULL::{result}'")  # fmt: skip
     out.append(f"GRANT USAGE ON SCHEMA {_ident(STUB_SCHEMA)} TO PUBLIC")
     return out
 

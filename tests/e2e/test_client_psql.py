@@ -47,6 +47,19 @@ def test_multi_statement_and_implicit_transaction(proxy: ProxyProcess) -> None:
 
 
 @needs_psql
+def test_describe_commands_work(proxy: ProxyProcess) -> None:
+    # psql's catalog commands, the "+" ones included (they read sizes, tablespace
+    # locations: answered NULL), and the current database's name as the client knows it.
+    for command in ("\\d", "\\dt+", "\\d+ orders", "\\di+", "\\l+", "\\db+", "\\dn+", "\\df now",
+                    "\\dT", "\\du", "\\dp orders", "\\conninfo"):  # fmt: skip
+        out = psql(proxy, "-c", command)
+        assert out.returncode == 0 and "ERROR" not in out.stderr, (command, out.stderr)
+    out = psql(proxy, "-c", "\\dt+")
+    assert {"customer", "lineitem", "orders"} <= {ln.split("|")[1] for ln in out.stdout.splitlines()}
+    assert psql(proxy, "-c", "SELECT current_database()").stdout.strip() == "tpch"
+
+
+@needs_psql
 def test_fetch_count_uses_cursors(proxy: ProxyProcess) -> None:
     # epsilon 21: a query text and epsilon no other test uses, so the answer cache misses.
     out = psql(proxy, "-c", "\\set FETCH_COUNT 2", "-c", "SET dp.epsilon = 21", "-c", GROUPED)

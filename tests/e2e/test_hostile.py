@@ -72,7 +72,7 @@ REFUSED = [
     # at sync): see test_table_statistics_are_null below.
     ("SELECT * FROM pg_stat_user_tables", set()),
     ("SELECT pg_relation_size('orders')", set()),
-    ("SELECT pg_database_size(current_database())", {"42501"}),
+    ("SELECT pg_database_size(current_database())", set()),  # NULL, as sizes are
     ("SELECT * FROM pg_stat_activity", {"42501"}),
     ("SELECT pg_ls_dir('.')", {"42501"}),
     ("SELECT lo_import('/etc/passwd')", {"42501"}),
@@ -125,6 +125,9 @@ def test_table_statistics_are_null(conn: psycopg.Connection) -> None:
     assert row is None or all(v is None for v in row)
     assert conn.execute("SELECT pg_relation_size('orders')").fetchone() == (None,)
     assert conn.execute("SELECT pg_total_relation_size('customer')").fetchone() == (None,)
+    # psql's \l+ and \db+ read database and tablespace sizes and locations: NULL too.
+    assert conn.execute("SELECT pg_size_pretty(pg_database_size(current_database())), "
+                        "pg_tablespace_size('pg_default'), pg_tablespace_location(0)").fetchone() == (None, None, None)
 
 
 def test_mirror_has_no_rows_or_statistics(conn: psycopg.Connection) -> None:
