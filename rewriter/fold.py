@@ -18,6 +18,31 @@ from rewriter.colnames import output_name
 from rewriter.errors import UNDEFINED_COLUMN, RewriteError, unsupported
 
 
+def inline_column_aliases(tree: exp.Expression) -> exp.Expression:
+    """A copy of `tree` where a derived table's or a CTE's column alias list
+    (`(SELECT c_custkey, COUNT(o_orderkey) ...) AS c_orders (c_custkey, c_count)`, TPC-H
+    Q13) names its SELECT's items instead, as the same statement written without the list.
+    A body with `*` or with fewer items than names keeps its list (refused later)."""
+    if not any(isinstance(a, exp.TableAlias) and a.args.get("columns") for a in tree.find_all(exp.TableAlias)):
+        return tree
+    out = tree.copy()
+    for node in list(out.find_all(exp.Subquery, exp.CTE)):
+        alias = node.args.get("alias")
+        body = node.this
+        names = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
+        if not names or not isinstance(body, exp.Select) or len(names) > len(body.expressions):
+            continue
+        if any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and e.is_star) for e in body.expressions):
+            continue
+        items = list(body.expressions)
+        for i, name in enumerate(names):
+            item = items[i]
+            items[i] = exp.alias_(item.this if isinstance(item, exp.Alias) else item, name.copy())
+        body.set("expressions", items)
+        alias.set("columns", None)
+    return out
+
+
 def distinct_as_group_by(select: exp.Expression) -> exp.Expression:
     """`SELECT DISTINCT a, b FROM ...` (no aggregates) as the `GROUP BY a, b` it means."""
     if not isinstance(select, exp.Select):

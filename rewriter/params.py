@@ -23,6 +23,9 @@ def literal(value: Any) -> exp.Expression:
         return exp.Null()
     if isinstance(value, bool):
         return exp.Boolean(this=value)
+    if isinstance(value, Decimal) and not value.is_finite():
+        # NaN and ±Infinity are no number tokens in SQL: as written in PostgreSQL.
+        return exp.cast(exp.Literal.string(str(value).replace("sNaN", "NaN")), "numeric")
     if isinstance(value, (int, Decimal)):
         return exp.Literal.number(str(value))
     if isinstance(value, float):

@@ -21,7 +21,7 @@ from sqlglot import exp
 from rewriter.bounding import RowTerm, group_bounded_sql, weighted_sql
 from rewriter.colnames import output_name
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
-from rewriter.fold import distinct_as_group_by, fold_outer_select
+from rewriter.fold import distinct_as_group_by, fold_outer_select, inline_column_aliases
 from rewriter.metadata import Metadata
 from rewriter.plan import (
     AggFunc,
@@ -117,7 +117,7 @@ def fingerprint_of(canonical: str) -> str:
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
     # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
-    select = _check_shape(fold_outer_select(_check_shape(distinct_as_group_by(tree))))
+    select = _check_shape(fold_outer_select(_check_shape(distinct_as_group_by(inline_column_aliases(tree)))))
     rel, scope = FromResolver(meta).resolve(select)
     bind_units(rel)
     b = _Builder(rel=rel, scope=scope)
@@ -504,11 +504,15 @@ def limit_offset(select: exp.Expression) -> tuple[int | None, int]:
         limit = _nonneg_int(lim.expression, "LIMIT")
     off = select.args.get("offset")
     if off is not None:
-        offset = _nonneg_int(off.expression, "OFFSET")
+        offset = _nonneg_int(off.expression, "OFFSET") or 0
     return limit, offset
 
 
-def _nonneg_int(node: exp.Expression | None, what: str) -> int:
+def _nonneg_int(node: exp.Expression | None, what: str) -> int | None:
+    """A LIMIT/OFFSET count; None for NULL, which PostgreSQL reads as no limit (a bound
+    parameter's NULL too, as a statement is described before its values are bound)."""
+    if isinstance(node, exp.Null) or isinstance(node, exp.Cast) and isinstance(node.this, exp.Null):
+        return None
     if isinstance(node, exp.Literal) and not node.is_string and node.this.isdigit():
         return int(node.this)
     raise unsupported(f"{what} must be a non-negative integer literal")

@@ -331,6 +331,10 @@ class Analyzer:
         a, p = self.analyze(n.this), self.analyze(n.expression)
         if a.kind not in ("text", "null"):
             raise RewriteError("42883", f"LIKE needs a text value, not {a.type_name}")
+        if p.kind == "null" and p.constant:
+            # LIKE NULL is NULL for every row (also a `$n` pattern before its value is
+            # bound: the bound pattern is checked below when the statement runs).
+            return self._bool(type(n)(this=a.sql, expression=exp.Null(), negate=n.args.get("negate")), [a, p])
         if not (p.constant and isinstance(p.sql, exp.Literal)):
             # A pattern from a column can end in an escape character and fail on that row.
             raise unsupported(f"LIKE patterns must be string literals in {self.context}")

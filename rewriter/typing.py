@@ -47,6 +47,8 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
                 out[n] = pg_type_name(cmeta.type)
             elif isinstance(other, exp.Literal) and not other.is_string:
                 out[n] = "int4" if other.this.isdigit() else "numeric"
+            elif (agg := _aggregate_type(other, columns)) is not None:
+                out[n] = agg
         elif isinstance(parent, _COMPARISONS):
             for sibling in parent.iter_expressions():
                 if isinstance(sibling, exp.Column):
@@ -54,7 +56,23 @@ def infer_parameter_types(tree: exp.Expression, meta: Metadata) -> dict[int, str
                     if cmeta is not None:
                         out[n] = pg_type_name(cmeta.type)
                         break
+                elif sibling is not param and (agg := _aggregate_type(sibling, columns)) is not None:
+                    out[n] = agg  # HAVING COUNT(*) > $1
+                    break
     return out
+
+
+def _aggregate_type(node: exp.Expression, columns: dict[str, ColumnMeta]) -> str | None:
+    """The type PostgreSQL gives an aggregate a parameter is compared or combined with:
+    bigint for COUNT, the column's for MIN/MAX of a column, numeric for the others."""
+    if isinstance(node, exp.Count):
+        return "int8"
+    if isinstance(node, (exp.Min, exp.Max)) and isinstance(node.this, exp.Column):
+        cmeta = columns.get(node.this.name.lower())
+        return pg_type_name(cmeta.type) if cmeta is not None else None
+    if isinstance(node, exp.AggFunc):
+        return "numeric"
+    return None
 
 
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)

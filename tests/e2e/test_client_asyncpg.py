@@ -104,3 +104,36 @@ def test_pool_reset_on_release(proxy: ProxyProcess) -> None:
     assert app == "" and jit == "off" and n > 100
     # RESET ALL in the reset query brings dp.epsilon back to the configured default too.
     assert Decimal(eps) == Decimal("1.0")  # privacy.default_epsilon of the test config
+
+
+def test_parameters_in_like_limit_having_and_over_aggregates(proxy: ProxyProcess, env: Env) -> None:
+    # asyncpg prepares (Describe before Bind: the plan is made with the parameters NULL)
+    # and encodes each argument by the type ParameterDescription reports.
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(**_kw(proxy))
+        try:
+            await conn.execute("SET dp.epsilon = 400")
+            out = [
+                await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_comment LIKE $1", "%special%"),
+                await conn.fetch("SELECT o_orderpriority, COUNT(*) FROM orders GROUP BY 1 "
+                                 "HAVING COUNT(*) > $1 ORDER BY 1 LIMIT $2", 0, 2),  # fmt: skip
+                await conn.fetchval("SELECT COUNT(*) * $1 FROM orders WHERE o_orderstatus = 'F'", 3),
+                await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1", Decimal("NaN")),
+            ]
+            try:
+                await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_comment LIKE $1", "ends\\")
+                out.append(None)
+            except asyncpg.PostgresError as e:
+                out.append(e.sqlstate)
+            return out
+        finally:
+            await conn.close()
+
+    like, top, tripled, above_nan, escape = run(go())
+    # Epsilon 400 over at most two primitives: each count's noise is zero but with
+    # probability < 3e-11 (see test_fetch_with_binary_params).
+    assert like == truth(env.tpch_dsn, BOUNDED_ABOVE.replace("o_totalprice > {}", "o_comment LIKE '%special%'"))[0][0]
+    assert [r[0] for r in top] == sorted(PRIORITIES)[:2]
+    assert tripled == 3 * truth(env.tpch_dsn, BOUNDED_ABOVE.replace("o_totalprice > {}", "o_orderstatus = 'F'"))[0][0]
+    assert above_nan == 0  # NaN sorts above every number: no row is above it
+    assert escape == "22025"  # the bound pattern is checked as a literal one is

@@ -365,6 +365,26 @@ def test_parameter_types_are_inferred_as_postgresql_resolves_them(where: str, ty
     assert infer_parameter_types(parse_one(f"SELECT COUNT(*) FROM customer WHERE {where}"), META) == types
 
 
+@pytest.mark.parametrize(("sql", "types"), [
+    ("SELECT c_mktsegment FROM customer GROUP BY 1 HAVING COUNT(*) > $1", {1: "int8"}),
+    ("SELECT COUNT(*) * $1, SUM(c_acctbal) / $2 FROM customer", {1: "int8", 2: "numeric"}),
+    ("SELECT c_mktsegment FROM customer GROUP BY 1 HAVING MAX(c_acctbal) < $1 AND AVG(c_acctbal) > $2",
+     {1: "numeric", 2: "numeric"}),
+    ("SELECT COUNT(*) FROM customer WHERE c_custkey = $1::integer AND c_acctbal > $2::bigint", {1: "int4", 2: "int8"}),
+])  # fmt: skip
+def test_parameters_beside_aggregates_and_casts_get_their_types(sql: str, types: dict[int, str]) -> None:
+    assert infer_parameter_types(parse_one(sql), META) == types
+
+
+def test_null_limit_and_offset_mean_none_as_in_postgresql() -> None:
+    # Also how a statement with `LIMIT $1` is described before its value is bound.
+    p = plan("SELECT o_orderstatus, COUNT(*) FROM orders GROUP BY 1 LIMIT NULL OFFSET NULL")
+    assert (p.limit, p.offset) == (None, 0)
+    assert plan("SELECT o_orderstatus, COUNT(*) FROM orders GROUP BY 1 LIMIT 2 OFFSET 1").limit == 2
+    p = plan("SELECT COUNT(*) FROM orders WHERE o_comment LIKE NULL")
+    assert "LIKE NULL" in p.sql
+
+
 def test_a_constant_division_stays_numeric() -> None:
     # sqlglot renders an untyped division of constants as CAST(a AS DOUBLE PRECISION) / b:
     # the filter would then compare in floating point, not as PostgreSQL divides numerics.
