@@ -709,6 +709,10 @@ def _bounding_line(plan: DPPlan) -> str:
     if plan.bounding == "none":
         return ("Contribution bounding: none needed (each privacy unit has one row, or "
                 "adds at most one to a count of distinct units)")  # fmt: skip
+    if plan.bounding == "weighted_groups":
+        return (f"Contribution bounding: each privacy unit keeps at most {plan.max_groups} of "
+                f"its groups (chosen at random); a unit with n > {plan.max_rows} rows in them "
+                f"has each row weighted by {plan.max_rows}/n")  # fmt: skip
     if plan.bounding == "weighted":
         return (f"Contribution bounding: a privacy unit with n > {plan.max_rows} rows (after "
                 f"joins) has each row weighted by {plan.max_rows}/n")  # fmt: skip

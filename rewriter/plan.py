@@ -167,6 +167,8 @@ class DPPlan:
     max_groups: int = 1  # groups per unit after contribution bounding
     # How contributions are bounded: "weighted" rows, "sampled" rows, or "none" needed
     # (one row per unit, or distinct units counted without groups).
+    # How contributions are bounded: "none", "weighted" (rows weighted by max_rows / n),
+    # "weighted_groups" (max_groups groups kept per unit, then weighted), "sampled".
     bounding: str = "sampled"
     # The answer depends on when it runs (CURRENT_DATE, now()): never a cached answer.
     reads_clock: bool = False

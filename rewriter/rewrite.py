@@ -1189,7 +1189,7 @@ def _emit_sql(b: _Builder) -> str:
                                     _groups_per_unit(b), unit_counts)  # fmt: skip
         if bounded is not None:
             sql, b.primitives = bounded
-            b.bounding = "weighted"
+            b.bounding = "weighted_groups"
             return _keys_completed(sql, b, mapped=False)
     ctes = _window_ctes(b)
     units_only = not keys and set(b.primitives) <= b.unit_distinct

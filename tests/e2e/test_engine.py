@@ -150,6 +150,11 @@ def test_explain_spends_nothing_and_reports_the_plan(proxy: ProxyProcess) -> Non
     # What the server read from the catalog at start-up: o_totalprice is numeric(15,2),
     # so it is clamped as an integer, and the SQL checks that its type still stands.
     assert "* 100)::int8, 0), 60000000)" in text and "pg_catalog.pg_attribute" in text
+    with connect(proxy, "dave") as conn:  # keys without a public domain: groups kept, then weighted
+        rows = conn.execute("EXPLAIN SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").fetchall()
+    text = "\n".join(r[0] for r in rows)
+    assert "keeps at most 4 of its groups (chosen at random)" in text and "weighted by 8/n" in text
+    assert "Partition selection:" in text
 
 
 def test_sum_over_no_rows_is_a_noisy_number(proxy: ProxyProcess) -> None:

@@ -198,7 +198,7 @@ def test_golden_fk_path_joins_the_referenced_table_for_the_unit() -> None:
 
 def test_golden_private_key_bounds_groups_then_rows_and_counts_units() -> None:
     p = plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1")
-    assert p.selection == "p1" and p.max_groups == 4 and p.bounding == "weighted"
+    assert p.selection == "p1" and p.max_groups == 4 and p.bounding == "weighted_groups"
     # Rows summed per (unit, group); each unit keeps 4 of its groups at random, and its
     # rows in them weigh min(1, 8 / n); each kept (unit, group) is one unit of its group.
     assert p.sql == (
@@ -260,7 +260,7 @@ def test_plan_names_how_it_bounds_contributions() -> None:
     assert plan("SELECT SUM(c_acctbal) FROM customer").bounding == "none"  # unique unit key
     assert plan("SELECT COUNT(DISTINCT o_custkey) FROM orders").bounding == "none"
     assert plan("SELECT MEDIAN(o_totalprice) FROM orders").bounding == "sampled"
-    assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "weighted"
+    assert plan("SELECT o_clerk, COUNT(*) FROM orders GROUP BY 1").bounding == "weighted_groups"
     assert plan("SELECT o_clerk, MEDIAN(o_totalprice) FROM orders GROUP BY 1").bounding == "sampled"
 
 
