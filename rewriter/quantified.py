@@ -10,8 +10,6 @@ subquery or a column stays refused.
 
 from __future__ import annotations
 
-from functools import reduce
-
 from sqlglot import exp
 
 from rewriter.errors import RewriteError
@@ -33,9 +31,20 @@ def expand_quantified(n: exp.Expression) -> exp.Expression | None:
         return exp.false() if quantifier == "ANY" else exp.true()
     if quantifier == "ANY" and isinstance(n, exp.EQ):
         return exp.In(this=n.this.copy(), expressions=values)
+    if quantifier == "ALL" and isinstance(n, exp.NEQ):  # x <> ALL(...) is x NOT IN (...)
+        return exp.Not(this=exp.Paren(this=exp.In(this=n.this.copy(), expressions=values)))
     parts = [type(n)(this=n.this.copy(), expression=v) for v in values]
-    join = exp.Or if quantifier == "ANY" else exp.And
-    return exp.Paren(this=reduce(lambda a, b: join(this=a, expression=b), parts))
+    return exp.Paren(this=_balanced(parts, exp.Or if quantifier == "ANY" else exp.And))
+
+
+def _balanced(parts: list[exp.Expression], join: type[exp.Connector]) -> exp.Expression:
+    """`parts` joined by `join` as a balanced tree: a long list (thousands of values)
+    stays a few dozen levels deep for the recursive analysis, not one level per value."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return join(this=exp.Paren(this=_balanced(parts[:mid], join)),
+                expression=exp.Paren(this=_balanced(parts[mid:], join)))  # fmt: skip
 
 
 def _quantifier(node: exp.Expression | None) -> tuple[str, exp.Expression] | None:
