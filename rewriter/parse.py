@@ -100,9 +100,30 @@ def parse_one(sql: str) -> exp.Expression:
             f"the statement '{str(tree.this).upper()}' is not supported",
             "write a SELECT with aggregates over the private tables",
         )
+    _balance_chains(tree)
     if _depth(tree) > MAX_TREE_DEPTH:
         raise unsupported("the query is nested too deeply")
     return tree
+
+
+def _balance_chains(tree: exp.Expression) -> None:
+    """Rebuild each long AND / OR chain as a balanced tree, in place.
+
+    sqlglot parses `a = 1 OR a = 2 OR ...` one level per operand, so a filter listing a
+    few hundred values (as some BI tools write them) was refused as nested too deeply.
+    The operands and their order are kept, and the SQL renders the same."""
+    tops = [n for n in tree.find_all(exp.And, exp.Or) if type(n.parent) is not type(n)]
+    for top in tops:
+        parts = list(top.flatten(unnest=False))
+        if len(parts) > 8:
+            top.replace(_joined(parts, type(top)))
+
+
+def _joined(parts: list[exp.Expression], join: type[exp.Connector]) -> exp.Expression:
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return join(this=_joined(parts[:mid], join), expression=_joined(parts[mid:], join))
 
 
 def _depth(tree: exp.Expression) -> int:

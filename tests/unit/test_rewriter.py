@@ -170,6 +170,18 @@ def test_three_part_names_may_name_the_dataset_database_only() -> None:
     assert info.value.message == 'cross-database references are not implemented: "other.public.orders"'
 
 
+def test_long_or_chains_are_planned_and_fingerprinted_as_written() -> None:
+    # A filter listing 400 values as ORs (as some BI tools write it) is no deep nesting.
+    ors = " OR ".join(f"o_custkey = {i}" for i in range(400))
+    sql = f"SELECT COUNT(*) FROM orders WHERE o_orderstatus = 'F' AND ({ors})"
+    p = plan(sql)
+    assert "= 399" in p.sql
+    assert p.fingerprint == plan(sql.replace("o_custkey = 0 OR", "o_custkey = 0  OR")).fingerprint
+    with pytest.raises(RewriteError) as info:  # real nesting is still bounded
+        parse_one("SELECT " + "(" * 300 + "1" + ")" * 300)
+    assert info.value.message == "the query is nested too deeply"
+
+
 def test_split_statements_respects_quotes_and_comments() -> None:
     parts = split_statements("select 'a;b'; select $$x;y$$ /* ; */; -- c;\n select 3;;")
     assert [p.keyword for p in parts] == ["SELECT", "SELECT", "SELECT"]
