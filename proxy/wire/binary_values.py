@@ -186,6 +186,10 @@ def _fixed(data: bytes, size: int, what: str) -> None:
 
 
 _ELEMENT_OF = {array: element for element, array in oids.ARRAY_OF.items()}
+# PostgreSQL's binary +/-infinity of dates (int32) and timestamps (int64), which Python's
+# dates cannot hold: decoded as the text PostgreSQL reads them from.
+_INFINITIES = {4: {(1 << 31) - 1: "infinity", -(1 << 31): "-infinity"},
+               8: {(1 << 63) - 1: "infinity", -(1 << 63): "-infinity"}}  # fmt: skip
 _ARRAY_HEADER = struct.Struct("!iiI")
 _DIMENSION = struct.Struct("!ii")
 
@@ -262,13 +266,16 @@ def decode_binary(data: bytes, oid: int) -> object:
     try:
         if oid == oids.DATE:
             _fixed(data, 4, "date")
-            return PG_EPOCH_DATE + timedelta(days=_I32.unpack(data)[0])
-        if oid == oids.TIMESTAMP:
+            days = _I32.unpack(data)[0]
+            if days in _INFINITIES[4]:  # asyncpg sends date.max / date.min as these
+                return _INFINITIES[4][days]
+            return PG_EPOCH_DATE + timedelta(days=days)
+        if oid in (oids.TIMESTAMP, oids.TIMESTAMPTZ):
             _fixed(data, 8, "timestamp")
-            return PG_EPOCH + timedelta(microseconds=_I64.unpack(data)[0])
-        if oid == oids.TIMESTAMPTZ:
-            _fixed(data, 8, "timestamptz")
-            return PG_EPOCH_UTC + timedelta(microseconds=_I64.unpack(data)[0])
+            micros = _I64.unpack(data)[0]
+            if micros in _INFINITIES[8]:
+                return _INFINITIES[8][micros]
+            return (PG_EPOCH if oid == oids.TIMESTAMP else PG_EPOCH_UTC) + timedelta(microseconds=micros)
     except OverflowError:
         # Includes PostgreSQL's +/-infinity, which Python dates cannot hold.
         raise ValueError(f"binary value of type OID {oid} is outside Python's range") from None

@@ -332,6 +332,8 @@ def decode_text(data: bytes, oid: int) -> object:
         return _parse_bool(text)
     if oid == oids.BYTEA:
         return _parse_bytea(text)
+    if oid in (oids.DATE, oids.TIMESTAMP, oids.TIMESTAMPTZ) and text.strip().lower() in ("infinity", "-infinity"):
+        return text.strip().lower()  # no Python date holds it: bound as the text PostgreSQL reads
     if oid == oids.DATE:
         try:
             return date.fromisoformat(text.strip())

@@ -119,6 +119,9 @@ def test_parameters_in_like_limit_having_and_over_aggregates(proxy: ProxyProcess
                                  "HAVING COUNT(*) > $1 ORDER BY 1 LIMIT $2", 0, 2),  # fmt: skip
                 await conn.fetchval("SELECT COUNT(*) * $1 FROM orders WHERE o_orderstatus = 'F'", 3),
                 await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_totalprice > $1", Decimal("NaN")),
+                # asyncpg sends date.max and date.min as PostgreSQL's infinities.
+                await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_orderdate BETWEEN $1 AND $2",
+                                    date.min, date.max),
             ]
             try:
                 await conn.fetchval("SELECT COUNT(*) FROM orders WHERE o_comment LIKE $1", "ends\\")
@@ -129,11 +132,12 @@ def test_parameters_in_like_limit_having_and_over_aggregates(proxy: ProxyProcess
         finally:
             await conn.close()
 
-    like, top, tripled, above_nan, escape = run(go())
+    like, top, tripled, above_nan, every_date, escape = run(go())
     # Epsilon 400 over at most two primitives: each count's noise is zero but with
     # probability < 3e-11 (see test_fetch_with_binary_params).
     assert like == truth(env.tpch_dsn, BOUNDED_ABOVE.replace("o_totalprice > {}", "o_comment LIKE '%special%'"))[0][0]
     assert [r[0] for r in top] == sorted(PRIORITIES)[:2]
     assert tripled == 3 * truth(env.tpch_dsn, BOUNDED_ABOVE.replace("o_totalprice > {}", "o_orderstatus = 'F'"))[0][0]
     assert above_nan == 0  # NaN sorts above every number: no row is above it
+    assert every_date == truth(env.tpch_dsn, BOUNDED_ABOVE.replace("o_totalprice > {}", "true"))[0][0]
     assert escape == "22025"  # the bound pattern is checked as a literal one is

@@ -319,8 +319,8 @@ def test_decode_text_param(data: bytes, oid: int, expected: object) -> None:
         (b"\x00\x00", t.FLOAT4, 1),
         (b"\x02", t.BOOL, 1),
         (b"\xff\xfe", t.VARCHAR, 1),
-        (b"\x7f\xff\xff\xff", t.DATE, 1),  # 'infinity' has no Python date
-        (b"\x7f\xff\xff\xff\xff\xff\xff\xff", t.TIMESTAMPTZ, 1),
+        (b"\x7f\xff\xff\xfe", t.DATE, 1),  # finite, far past any Python date ('infinity' is +1)
+        (b"\x7f\xff\xff\xff\xff\xff\xff\xfe", t.TIMESTAMPTZ, 1),
         (struct.pack("!q", 86_400_000_001), t.TIME, 1),
         (struct.pack("!qii", 0, 0, 1), t.INTERVAL, 1),  # months
         (b"x", 99999, 1),
@@ -354,3 +354,22 @@ def test_decode_param_only_raises_value_error(data: bytes, oid: int, fmt: int) -
         t.decode_param(data, oid, fmt)
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize(("data", "oid", "value"), [
+    (struct.pack("!i", (1 << 31) - 1), t.DATE, "infinity"),
+    (struct.pack("!i", -(1 << 31)), t.DATE, "-infinity"),
+    (struct.pack("!q", (1 << 63) - 1), t.TIMESTAMP, "infinity"),
+    (struct.pack("!q", -(1 << 63)), t.TIMESTAMPTZ, "-infinity"),
+])  # fmt: skip
+def test_binary_infinite_dates_and_timestamps_decode_as_postgresql_text(data: bytes, oid: int, value: str) -> None:
+    # asyncpg sends date.max / date.min as PostgreSQL's infinities.
+    assert t.decode_binary(data, oid) == value
+
+
+@pytest.mark.parametrize("oid", [t.DATE, t.TIMESTAMP, t.TIMESTAMPTZ])
+def test_text_infinite_dates_and_timestamps_decode_as_postgresql_text(oid: int) -> None:
+    assert t.decode_text(b" Infinity ", oid) == "infinity"
+    assert t.decode_text(b"-infinity", oid) == "-infinity"
+    with pytest.raises(ValueError):
+        t.decode_text(b"infinite", oid)
