@@ -43,6 +43,26 @@ def inline_column_aliases(tree: exp.Expression) -> exp.Expression:
     return out
 
 
+def right_join_as_left(select: exp.Expression) -> exp.Expression:
+    """`FROM a RIGHT JOIN b ON ...` (two relations) as the `FROM b LEFT JOIN a ON ...` it
+    is, which the join rules then check; longer chains with a RIGHT JOIN stay as written
+    (and refused)."""
+    if not isinstance(select, exp.Select):
+        return select
+    joins = select.args.get("joins") or []
+    source = select.args.get("from_")
+    if len(joins) != 1 or source is None or (joins[0].args.get("side") or "").upper() != "RIGHT":
+        return select
+    join = joins[0]
+    if join.args.get("kind") or join.args.get("using") or join.args.get("on") is None:
+        return select
+    out = select.copy()
+    first, second = out.args["from_"].this, out.args["joins"][0].this
+    out.set("from_", exp.From(this=second.copy()))
+    out.set("joins", [exp.Join(this=first.copy(), side="LEFT", on=join.args["on"].copy())])
+    return out
+
+
 def distinct_as_group_by(select: exp.Expression) -> exp.Expression:
     """`SELECT DISTINCT a, b FROM ...` (no aggregates) as the `GROUP BY a, b` it means."""
     if not isinstance(select, exp.Select):

@@ -21,7 +21,12 @@ from sqlglot import exp
 from rewriter.bounding import RowTerm, group_bounded_sql, weighted_sql
 from rewriter.colnames import output_name
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
-from rewriter.fold import distinct_as_group_by, fold_outer_select, inline_column_aliases
+from rewriter.fold import (
+    distinct_as_group_by,
+    fold_outer_select,
+    inline_column_aliases,
+    right_join_as_left,
+)
 from rewriter.metadata import Metadata
 from rewriter.plan import (
     AggFunc,
@@ -117,7 +122,8 @@ def fingerprint_of(canonical: str) -> str:
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
     # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
-    select = _check_shape(fold_outer_select(_check_shape(distinct_as_group_by(inline_column_aliases(tree)))))
+    normal = right_join_as_left(distinct_as_group_by(inline_column_aliases(tree)))
+    select = _check_shape(fold_outer_select(_check_shape(normal)))
     rel, scope = FromResolver(meta).resolve(select)
     bind_units(rel)
     b = _Builder(rel=rel, scope=scope)
