@@ -37,6 +37,10 @@ const { Client } = require('pg');
   out.named2 = (await c.query({ name: 'q1', text: 'SELECT SUM(o_totalprice) AS s FROM orders WHERE o_orderstatus = $1',
                                 values: ['O'] })).rows;
   out.array = (await c.query({ text: 'SHOW dp.epsilon', rowMode: 'array' })).rows;
+  // A JavaScript array: node-postgres sends it as a text array literal with no type.
+  out.any = (await c.query('SELECT COUNT(*) AS n FROM orders WHERE o_orderstatus = ANY($1)',
+                           [['F', 'O', 'P']])).rows;
+  out.none = (await c.query('SELECT COUNT(*) AS n FROM orders WHERE o_orderstatus = ANY($1)', [[]])).rows;
   try { await c.query('SELECT * FROM orders'); } catch (e) { out.refused = e.code; }
   out.after = (await c.query('SHOW application_name')).rows;
   out.notices = notices.length;
@@ -72,4 +76,7 @@ def test_node_postgres(node_dir: Path, proxy: ProxyProcess) -> None:
     assert got["array"] == [["1.0"]]
     assert got["refused"] == "42501"
     assert got["after"] == [{"application_name": "node-test"}]
-    assert got["notices"] == 4  # one cost notice per DP query
+    # An empty list counts nothing: a noisy 0 (epsilon 1, scale 8: |noise| >= 150 with
+    # probability e^(-150/8) < 1e-8).
+    assert int(got["any"][0]["n"]) > 1000 and abs(int(got["none"][0]["n"])) < 150
+    assert got["notices"] == 6  # one cost notice per DP query
