@@ -100,9 +100,10 @@ def parse_one(sql: str) -> exp.Expression:
             f"the statement '{str(tree.this).upper()}' is not supported",
             "write a SELECT with aggregates over the private tables",
         )
-    _balance_chains(tree)
     if _depth(tree) > MAX_TREE_DEPTH:
-        raise unsupported("the query is nested too deeply")
+        _balance_chains(tree)  # (only deep trees pay for the walk)
+        if _depth(tree) > MAX_TREE_DEPTH:
+            raise unsupported("the query is nested too deeply")
     return tree
 
 
