@@ -272,7 +272,8 @@ class Analyzer:
                   nullable=False, columns=a.columns)  # fmt: skip
         return t
 
-    def _comparable(self, a: Typed, b: Typed, what: str) -> None:
+    def comparable(self, a: Typed, b: Typed, what: str) -> None:
+        """Refuse (42883, or 22P02 for a bad literal) two values PostgreSQL cannot compare."""
         ka, kb = a.kind, b.kind
         if "null" in (ka, kb) or ka == kb:
             return
@@ -296,7 +297,7 @@ class Analyzer:
         if chain is not None:
             return self.analyze(chain)
         a, b = self.analyze(n.this), self.analyze(n.expression)
-        self._comparable(a, b, self.context)
+        self.comparable(a, b, self.context)
         return self._bool(type(n)(this=a.sql, expression=b.sql), [a, b])
 
     _n_NEQ = _n_GT = _n_GTE = _n_LT = _n_LTE = _n_EQ
@@ -304,7 +305,7 @@ class Analyzer:
     def _n_NullSafeEQ(self, n: exp.Expression) -> Typed:
         """IS [NOT] DISTINCT FROM: a comparison that is never NULL."""
         a, b = self.analyze(n.this), self.analyze(n.expression)
-        self._comparable(a, b, self.context)
+        self.comparable(a, b, self.context)
         return replace(self._bool(type(n)(this=a.sql, expression=b.sql), [a, b]),
                        nullable=False, domain=(True, False))  # fmt: skip
 
@@ -312,8 +313,8 @@ class Analyzer:
 
     def _n_Between(self, n: exp.Between) -> Typed:
         a, lo, hi = (self.analyze(x) for x in (n.this, n.args["low"], n.args["high"]))
-        self._comparable(a, lo, "BETWEEN")
-        self._comparable(a, hi, "BETWEEN")
+        self.comparable(a, lo, "BETWEEN")
+        self.comparable(a, hi, "BETWEEN")
         return self._bool(exp.Between(this=a.sql, low=lo.sql, high=hi.sql,
                                       symmetric=n.args.get("symmetric")), [a, lo, hi])  # fmt: skip
 
@@ -324,7 +325,7 @@ class Analyzer:
         a = self.analyze(n.this)
         opts = [self.analyze(e) for e in n.expressions]
         for o in opts:
-            self._comparable(a, o, "IN")
+            self.comparable(a, o, "IN")
         return self._bool(exp.In(this=a.sql, expressions=[o.sql for o in opts]), [a, *opts])
 
     def _n_Like(self, n: exp.Expression) -> Typed:
@@ -357,7 +358,7 @@ class Analyzer:
             conds = []
             for c in n.args.get("ifs") or []:
                 v = self.analyze(c.this)
-                self._comparable(subject, v, "CASE")
+                self.comparable(subject, v, "CASE")
                 conds.append(exp.EQ(this=subject.sql.copy(), expression=v.sql))
         else:
             conds = [self.predicate(c.this).sql for c in n.args.get("ifs") or []]
@@ -393,7 +394,7 @@ class Analyzer:
 
     def _n_Nullif(self, n: exp.Nullif) -> Typed:
         a, b = self.analyze(n.this), self.analyze(n.expression)
-        self._comparable(a, b, "NULLIF")
+        self.comparable(a, b, "NULLIF")
         sql = exp.Nullif(this=a.operand, expression=b.operand)
         if a.kind == "null":
             # NULLIF(NULL, x) takes x's type in PostgreSQL.
@@ -886,9 +887,12 @@ class Analyzer:
         return Typed(sql, "text", nullable=False, columns=_cols(*parts))
 
     def _n_Replace(self, n: exp.Expression) -> Typed:
-        a = self._text(n.this, "REPLACE")
-        f = self._text(n.expression, "REPLACE")
-        r = self._text(n.args["replacement"], "REPLACE")
+        args = (n.this, n.expression, n.args.get("replacement"))
+        if any(a is None for a in args):
+            raise RewriteError("42883", "REPLACE takes three arguments: REPLACE(text, from, to)")
+        a = self._text(args[0], "REPLACE")
+        f = self._text(args[1], "REPLACE")
+        r = self._text(args[2], "REPLACE")
         return self._text_result(exp.Anonymous(this="replace", expressions=[a.sql, f.sql, r.sql]),
                                  [a, f, r])  # fmt: skip
 

@@ -60,6 +60,9 @@ class SemiJoins:
         x = analyzer.analyze(node.this)
         inner_analyzer = Analyzer(inner, "a subquery")
         y = inner_analyzer.analyze(select.expressions[0].unalias())
+        # A type mismatch (`(a IN (1)) IN (SELECT key ...)`) would fail in PostgreSQL for
+        # every row alike: refused here, before anything is charged.
+        analyzer.comparable(x, y, "IN (subquery)")
         where = select.args.get("where")
         cond = inner_analyzer.predicate(where.this) if where is not None else None
         if not self._unit_local(x, y, table):
