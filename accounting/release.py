@@ -432,5 +432,10 @@ def error_bounds(plan: DPPlan, noise: list[NoiseSpec]) -> list[ErrorBound]:
 
 
 def _fmt(d: Decimal | int) -> str:
-    q = Decimal(d).quantize(Decimal("0.01")).normalize()
+    """An error bound to two decimals; past what two decimals can carry (an aggregate of
+    astronomically wide bounds), in scientific notation."""
+    v = Decimal(d)
+    if v.adjusted() > 24:
+        return format(v, ".3e")
+    q = v.quantize(Decimal("0.01")).normalize()
     return format(q, "f")

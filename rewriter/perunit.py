@@ -129,6 +129,8 @@ def _unit_key(body: exp.Select, items: list[exp.Expression], scope: Scope) -> Ty
     if len(parts) != 1:
         raise unsupported("a derived table may be grouped by the privacy unit only", _HINT)
     g = parts[0]
+    if isinstance(g, exp.Literal) and not g.is_string and not g.this.isdigit():
+        raise RewriteError("42601", f"non-integer constant in GROUP BY: {g.this}")
     if isinstance(g, exp.Literal) and not g.is_string and 1 <= int(g.this) <= len(items):
         g = items[int(g.this) - 1]
     elif isinstance(g, exp.Column) and not g.table:

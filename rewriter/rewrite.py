@@ -312,6 +312,8 @@ def _public_table_domain(t: Typed, b: _Builder) -> str | None:
 def _unalias_group_item(g: exp.Expression, items: list[exp.Expression]) -> exp.Expression:
     # PostgreSQL allows GROUP BY 1 (position) and GROUP BY <output alias>.
     if isinstance(g, exp.Literal) and not g.is_string:
+        if not g.this.isdigit():
+            raise RewriteError("42601", f"non-integer constant in GROUP BY: {g.this}")
         pos = int(g.this)
         if not 1 <= pos <= len(items):
             raise RewriteError(GROUPING_ERROR, f"GROUP BY position {pos} is not in select list")
