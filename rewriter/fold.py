@@ -32,6 +32,10 @@ def inline_column_aliases(tree: exp.Expression) -> exp.Expression:
         names = alias.args.get("columns") if isinstance(alias, exp.TableAlias) else None
         if not names or not isinstance(body, exp.Select) or len(names) > len(body.expressions):
             continue
+        if not all(isinstance(name, exp.Identifier) for name in names):
+            # `AS t(k v)`: typed column definitions, not names; refused with the table.
+            raise unsupported("a column definition list (name and type) is not supported here",
+                              "name the columns only: AS t(a, b)")  # fmt: skip
         if any(isinstance(e, exp.Star) or (isinstance(e, exp.Column) and e.is_star) for e in body.expressions):
             continue
         items = list(body.expressions)
