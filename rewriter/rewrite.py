@@ -121,6 +121,19 @@ def fingerprint_of(canonical: str) -> str:
 
 def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     """Turn one parsed statement into a DP plan, or raise a RewriteError saying why not."""
+    try:
+        return _rewrite(tree, meta)
+    except (KeyError, AttributeError, IndexError, TypeError, ValueError) as e:
+        # sqlglot accepts some malformed SQL (`COUNT() OVER ()`, `WIDTH_BUCKET(x, 0 ORDER
+        # BY 1, ...)`) as trees with a missing or misplaced part, which PostgreSQL would
+        # reject as a syntax error: refused as one, before anything runs or is charged.
+        raise RewriteError(
+            "42601", "syntax error: the statement has a missing or misplaced part",
+            "check the arguments of each function and the order of the clauses",
+        ) from e
+
+
+def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     # An outer SELECT that only filters, sorts or renames an aggregate is folded into it.
     normal = right_join_as_left(distinct_as_group_by(inline_column_aliases(tree)))
     select = _check_shape(fold_outer_select(_check_shape(normal)))
