@@ -33,7 +33,7 @@ def evaluate(node: exp.Expression, env: dict[str, Value]) -> Value:
     that cannot be compared."""
     try:
         v = _eval(node, env)
-    except TypeError as e:  # e.g. GREATEST(COUNT(*), 'abc'): PostgreSQL cannot cast 'abc'
+    except (TypeError, ValueError) as e:  # GREATEST(COUNT(*), 'abc'), ROUND(x, 'F'): no cast
         raise PostProcessError("22P02", "invalid input: values of different types after noise") from e
     except (InvalidOperation, OverflowError) as e:
         raise PostProcessError("22003", "value out of range") from e

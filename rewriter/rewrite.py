@@ -131,6 +131,13 @@ def rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
             "42601", "syntax error: the statement has a missing or misplaced part",
             "check the arguments of each function and the order of the clauses",
         ) from e
+    except ArithmeticError as e:
+        # A constant such as 'NaN'::numeric or Infinity in row arithmetic: its bounds
+        # cannot be derived, so the expression cannot be made total.
+        raise unsupported(
+            "arithmetic with NaN, Infinity or out-of-range constants is not supported on private rows",
+            "compare with such a constant instead, or use a finite number",
+        ) from e
 
 
 def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:

@@ -581,6 +581,7 @@ def test_post_processing_errors_are_postgresqls_and_the_session_goes_on(proxy: P
         ("SELECT abs(-9223372036854775808 + COUNT(*) * 0 - 1) FROM orders", "22003"),
         ("SELECT round(AVG(o_totalprice), 100000) FROM orders", "22003"),
         ("SELECT GREATEST(COUNT(*), 'abc') FROM orders", "22P02"),
+        ("SELECT round(AVG(o_totalprice), 'F') FROM orders", "22P02"),
         ("SELECT COUNT(*)::float4 * 1e38 * 1e300 FROM orders", None),  # numeric: no overflow
         # bigint cubed: bounds (and so the NOTICE's error bound) of ~1e56
         ("SELECT SUM(o_orderkey * o_orderkey * o_orderkey) FROM orders", None),
