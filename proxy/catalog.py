@@ -37,6 +37,7 @@ from proxy.wire.codec import (
 )
 from proxy.wire.types import decode_param, encode_binary
 from rewriter.metadata import Metadata
+from rewriter.parse import token_start
 
 # Names refused wherever they appear as identifiers (table, view or function names):
 # (pg_statistic_ext holds extended-statistics *definitions*, which psql's \d reads; their
@@ -136,15 +137,6 @@ def _names_database(tokens: Sequence[Any], i: int, database: str) -> bool:
     return i + 5 >= len(tokens) or tokens[i + 5].token_type != TokenType.DOT
 
 
-def _source_start(sql: str, tok: Any) -> int:
-    """Where token `tok` starts in `sql`, its opening quote included (sqlglot reports a
-    quoted identifier's start after the quote)."""
-    start: int = tok.start
-    while start > 0 and sql[start - 1] == '"':
-        start -= 1
-    return start
-
-
 def _quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -184,7 +176,7 @@ def prepare_catalog_sql(sql: str, database: str | None = None) -> str:
         if database is not None and _names_database(tokens, i, database):
             # FROM tpch.public.nation: the mirror is another database, so the client's
             # database name (the dataset's) is dropped, leaving schema.table.
-            out.append(sql[pos:_source_start(sql, tok)])
+            out.append(sql[pos:token_start(sql, tok)])
             pos = tokens[i + 1].end + 1
             continue
         if not (_FORBIDDEN_NAME.match(name) or name in _STUB_NAMES):

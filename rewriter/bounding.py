@@ -222,6 +222,26 @@ def _to_units(total: str, step: Decimal) -> str:
     return f"round({total} / {format(step, 'f')})"
 
 
+def _scaled(
+    primitives: dict[str, NoisyPrimitive], terms: dict[str, RowTerm], slack: int,
+    *, whole_counts: bool = False,
+) -> dict[str, NoisyPrimitive]:
+    """The primitives in integer units of 1/S (S their `denominator`), sensitivities
+    scaled to match; a sum's also allows `slack` units of rounding. A primitive without
+    a row term (a count of units) is left as it is; `whole_counts`: counts need no
+    finer unit (one row per unit)."""
+    out: dict[str, NoisyPrimitive] = {}
+    for name, p in primitives.items():
+        term = terms.get(name)
+        if term is None:
+            out[name] = p
+            continue
+        s = 1 if whole_counts and term.sql is None else denominator(term.bound)
+        extra = 0 if term.sql is None else slack
+        out[name] = replace(p, sensitivity=p.sensitivity * s + extra, denominator=s)
+    return out
+
+
 def weighted_sql(
     ctes: list[str],
     keys: list[str],
@@ -244,15 +264,12 @@ def weighted_sql(
     then domain indexes, not raw keys.
     Returns the SQL and the primitives with their denominators and scaled sensitivities.
     """
-    scaled: dict[str, NoisyPrimitive] = {}
-    for name, p in primitives.items():
-        term = terms.get(name)
-        if term is None:
-            return None
-        # Counts of units with one row are whole numbers: no finer unit needed.
-        s = 1 if one_row_per_unit and term.sql is None else denominator(term.bound)
-        slack = 0 if term.sql is None or (not keys and not one_row_per_unit) else rounding_slack
-        scaled[name] = replace(p, sensitivity=p.sensitivity * s + slack, denominator=s)
+    if any(name not in terms for name in primitives):
+        return None
+    # Counts of units with one row are whole numbers: no finer unit needed.
+    whole = one_row_per_unit
+    slack = rounding_slack if keys or one_row_per_unit else 0
+    scaled = _scaled(primitives, terms, slack, whole_counts=whole)
     if one_row_per_unit:
         return _unweighted_sql(ctes, keys, scaled, terms), scaled
     if not keys:
@@ -313,15 +330,7 @@ def group_bounded_sql(
     """
     if any(name not in terms and name not in unit_counts for name in primitives):
         return None
-    scaled: dict[str, NoisyPrimitive] = {}
-    for name, p in primitives.items():
-        term = terms.get(name)
-        if term is None:
-            scaled[name] = p
-            continue
-        s = denominator(term.bound)
-        slack = 0 if term.sql is None else max_groups
-        scaled[name] = replace(p, sensitivity=p.sensitivity * s + slack, denominator=s)
+    scaled = _scaled(primitives, terms, max_groups)
     by = ", ".join(f"b.{key}" for key in keys)
     partials = [f"b.{key}" for key in keys] + ["count(*) AS c"]
     outer = [f"w.{key}" for key in keys]

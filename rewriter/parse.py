@@ -46,15 +46,15 @@ def split_statements(sql: str) -> list[Statement]:
             continue
         if start_tok is None:
             start_tok = tok
-            start_pos = _token_start(sql, tok)
+            start_pos = token_start(sql, tok)
     if start_tok is not None:
         out.append(Statement(sql[start_pos:].strip(), start_tok.text.upper()))
     return out
 
 
-def _token_start(sql: str, tok: object) -> int:
-    # sqlglot reports the start of quoted tokens after the quote; step back over it so
-    # that a statement beginning with a quoted identifier keeps its quote.
+def token_start(sql: str, tok: object) -> int:
+    """Where token `tok` starts in `sql`, its opening quote included: sqlglot reports the
+    start of quoted tokens after the quote."""
     start: int = tok.start  # type: ignore[attr-defined]
     while start > 0 and sql[start - 1] in "\"'$":
         start -= 1
@@ -117,14 +117,21 @@ def _balance_chains(tree: exp.Expression) -> None:
     for top in tops:
         parts = list(top.flatten(unnest=False))
         if len(parts) > 8:
-            top.replace(_joined(parts, type(top)))
+            top.replace(balanced_chain(parts, type(top)))
 
 
-def _joined(parts: list[exp.Expression], join: type[exp.Connector]) -> exp.Expression:
+def balanced_chain(parts: list[exp.Expression], join: type[exp.Connector], *, wrap: bool = False) -> exp.Expression:
+    """`parts` joined by `join` (AND / OR) as a balanced tree: thousands of operands stay
+    a few dozen levels deep for recursive analysis, not one level per operand. `wrap`
+    parenthesizes each half (for operands built by dpproxy rather than parsed)."""
     if len(parts) == 1:
         return parts[0]
     mid = len(parts) // 2
-    return join(this=_joined(parts[:mid], join), expression=_joined(parts[mid:], join))
+    left = balanced_chain(parts[:mid], join, wrap=wrap)
+    right = balanced_chain(parts[mid:], join, wrap=wrap)
+    if wrap:
+        left, right = exp.Paren(this=left), exp.Paren(this=right)
+    return join(this=left, expression=right)
 
 
 def _depth(tree: exp.Expression) -> int:

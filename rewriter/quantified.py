@@ -13,6 +13,7 @@ from __future__ import annotations
 from sqlglot import exp
 
 from rewriter.errors import RewriteError
+from rewriter.parse import balanced_chain
 
 _QUANTIFIERS = {"ANY": "ANY", "SOME": "ANY", "ALL": "ALL"}
 
@@ -34,17 +35,7 @@ def expand_quantified(n: exp.Expression) -> exp.Expression | None:
     if quantifier == "ALL" and isinstance(n, exp.NEQ):  # x <> ALL(...) is x NOT IN (...)
         return exp.Not(this=exp.Paren(this=exp.In(this=n.this.copy(), expressions=values)))
     parts = [type(n)(this=n.this.copy(), expression=v) for v in values]
-    return exp.Paren(this=_balanced(parts, exp.Or if quantifier == "ANY" else exp.And))
-
-
-def _balanced(parts: list[exp.Expression], join: type[exp.Connector]) -> exp.Expression:
-    """`parts` joined by `join` as a balanced tree: a long list (thousands of values)
-    stays a few dozen levels deep for the recursive analysis, not one level per value."""
-    if len(parts) == 1:
-        return parts[0]
-    mid = len(parts) // 2
-    return join(this=exp.Paren(this=_balanced(parts[:mid], join)),
-                expression=exp.Paren(this=_balanced(parts[mid:], join)))  # fmt: skip
+    return exp.Paren(this=balanced_chain(parts, exp.Or if quantifier == "ANY" else exp.And, wrap=True))
 
 
 def _quantifier(node: exp.Expression | None) -> tuple[str, exp.Expression] | None:
