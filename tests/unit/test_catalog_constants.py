@@ -37,3 +37,14 @@ def test_a_remembered_answer_is_encoded_once_and_reused() -> None:
     assert remembered.reply() is remembered.reply()  # the same bytes object: not re-encoded
     assert remembered.reply((1,)) == fresh.reply((1,))  # per requested format
     assert remembered.data_rows((), 0, 0) == b""  # partial ranges are never memoized
+
+
+def test_the_mirror_fingerprint_covers_its_stubs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # README: a mirror built by a release without a stub this one adds is rebuilt at
+    # start-up, because the stubs are part of the fingerprint it is kept by.
+    from proxy import mirror
+
+    schema = mirror.MirrorSchema()
+    before = schema.fingerprint()
+    monkeypatch.setattr(mirror, "STUB_FUNCTIONS", {**mirror.STUB_FUNCTIONS, "pg_new_size": ("oid",)})
+    assert schema.fingerprint() != before
