@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from accounting.extremes import candidate_steps, extreme_bound_text, extreme_scores, rank_target
 from accounting.mechanisms import Mechanisms, NoiseSpec, discrete_laplace_quantile
+from rewriter.dates import from_epoch_days
 from rewriter.plan import AggFunc, AggregateSpec, DPPlan, OrderItem, PrimitiveKind, WindowSpec
 from rewriter.postprocess import evaluate
 
@@ -369,6 +370,8 @@ def _variance(spec: AggregateSpec, count: int, s1: int, s2: int) -> Any:
 
 
 def _typed(value: Decimal, type_name: str, digits: int = 0) -> Any:
+    if type_name == "date":  # a date's days since 1970-01-01 (rewriter/dates.py)
+        return from_epoch_days(int(value.to_integral_value(rounding=ROUND_HALF_EVEN)))
     if type_name in ("int8", "int4", "int2"):
         return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
     if type_name in ("float8", "float4"):

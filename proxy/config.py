@@ -75,8 +75,12 @@ class BackendConfig(BaseModel):
         # five times, then a generic plan if it costs no more) spares most executions
         # their planning, about a tenth of a small aggregate's time. Set explicitly so
         # that a server default of force_custom_plan does not undo it.
+        # TimeZone: DATE_TRUNC of a date gives a timestamptz at the session's midnight;
+        # the values listed for keys over declared dates are UTC midnights (and answers
+        # must not depend on a server's default zone).
         settings = {"statement_timeout": str(self.statement_timeout_ms),
-                    "default_transaction_read_only": "on", "plan_cache_mode": "auto"}  # fmt: skip
+                    "default_transaction_read_only": "on", "plan_cache_mode": "auto",
+                    "TimeZone": "UTC"}  # fmt: skip
         if self.max_parallel_workers_per_gather is not None:
             settings["max_parallel_workers_per_gather"] = str(self.max_parallel_workers_per_gather)
         if self.work_mem is not None:

@@ -133,6 +133,8 @@ def starter_metadata(dataset: str, schema: str, tables: dict[str, LiveTable]) ->
                 todo = "  # TODO: lower/upper to SUM or AVG it"
             elif mtype in (ColumnType.TEXT, ColumnType.BOOLEAN):
                 todo = "  # TODO: domain: [...] to GROUP BY it"
+            elif mtype == ColumnType.DATE:
+                todo = "  # TODO: lower/upper dates (1992-01-01) for MIN/MAX and year/month keys"
             lines.append(f"      {cname}: {flow}{todo}")
     return "\n".join(lines) + "\n"
 

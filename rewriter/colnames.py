@@ -18,6 +18,10 @@ def default_name(body: exp.Expression) -> str:
     """PostgreSQL names an unaliased expression after its outermost function."""
     if isinstance(body, exp.Filter):
         body = body.this
+    if isinstance(body, exp.WithinGroup):
+        body = body.this
+    if isinstance(body, (exp.PercentileCont, exp.PercentileDisc)):
+        return "percentile_cont" if isinstance(body, exp.PercentileCont) else "percentile_disc"
     if isinstance(body, exp.Stddev):
         return "stddev"
     if isinstance(body, exp.Variance):

@@ -7,6 +7,7 @@ ever inferred from the data (bounds computed from the data would themselves leak
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -53,13 +54,15 @@ DomainValue = str | int | bool | None
 
 
 class ColumnMeta(BaseModel):
-    """One declared column: its type, bounds for numeric columns, a public domain for keys."""
+    """One declared column: its type, bounds for numeric and date columns, a public
+    domain for keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: ColumnType
-    lower: Decimal | None = None
-    upper: Decimal | None = None
+    # Numbers for numeric columns; ISO dates (1992-01-01) for date columns.
+    lower: Decimal | date | None = None
+    upper: Decimal | date | None = None
     precision: Decimal | None = Field(
         default=None,
         description="Fixed-point step used to sum decimals and floats exactly as integers.",
@@ -104,13 +107,18 @@ class ColumnMeta(BaseModel):
     def _check_bounds(self) -> ColumnMeta:
         if (self.lower is None) != (self.upper is None):
             raise ValueError("give both 'lower' and 'upper', or neither")
-        if self.lower is not None:
+        if self.type == ColumnType.DATE and self.lower is not None:
+            if not all(type(v) is date for v in (self.lower, self.upper)):
+                raise ValueError("bounds of a date column must be dates (1992-01-01)")
+        elif self.lower is not None:
             if not self.type.is_numeric:
-                raise ValueError(f"bounds are only allowed on numeric columns, not {self.type}")
-            if not (self.lower.is_finite() and self.upper is not None and self.upper.is_finite()):
+                raise ValueError(f"bounds are only allowed on numeric and date columns, not {self.type}")
+            if not all(isinstance(v, Decimal) for v in (self.lower, self.upper)):
+                raise ValueError("bounds of a numeric column must be numbers")
+            if not (self.lower.is_finite() and self.upper is not None and self.upper.is_finite()):  # type: ignore[union-attr]
                 raise ValueError("bounds must be finite numbers")
-            if self.lower > self.upper:  # type: ignore[operator]
-                raise ValueError(f"lower ({self.lower}) is above upper ({self.upper})")
+        if self.lower is not None and self.lower > self.upper:  # type: ignore[operator]
+            raise ValueError(f"lower ({self.lower}) is above upper ({self.upper})")
         if self.precision is not None and not (self.precision.is_finite() and self.precision > 0):
             raise ValueError("precision must be a positive number")
         if self.domain is not None and len(self.domain) == 0:
@@ -121,8 +129,15 @@ class ColumnMeta(BaseModel):
 
     @property
     def bounded(self) -> bool:
-        """True when the column declares finite bounds."""
-        return self.lower is not None
+        """True when the column declares finite numeric bounds."""
+        return isinstance(self.lower, Decimal)
+
+    @property
+    def date_bounds(self) -> tuple[date, date] | None:
+        """The declared first and last dates of a date column, or None."""
+        if type(self.lower) is date and type(self.upper) is date:
+            return self.lower, self.upper
+        return None
 
     @property
     def step(self) -> Decimal:

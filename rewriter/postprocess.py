@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
+from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -176,9 +177,40 @@ def _promote(a: Value, b: Value) -> tuple[Value, Value]:
     return a, b
 
 
+def _date_arith(n: exp.Expression, a: Value, b: Value) -> Value:
+    """date - date (whole days, an integer) and date +/- whole days, as PostgreSQL."""
+    if isinstance(n, exp.Sub) and _is_date(a) and _is_date(b):
+        return (a - b).days
+    if isinstance(n, (exp.Add, exp.Sub)) and _is_date(a) and type(b) is int:
+        return a + timedelta(days=b if isinstance(n, exp.Add) else -b)
+    if isinstance(n, exp.Add) and type(a) is int and _is_date(b):
+        return b + timedelta(days=a)
+    raise PostProcessError("42883", "operator does not exist for date and "
+                           f"{'date' if _is_date(b) and _is_date(a) else type(b if _is_date(a) else a).__name__}")  # fmt: skip
+
+
+def _is_date(v: Value) -> bool:
+    return isinstance(v, date) and not isinstance(v, datetime)
+
+
+def _as_date(v: Value) -> date:
+    """A date, or a string literal read as one (PostgreSQL casts an untyped literal
+    compared with a date to date)."""
+    if _is_date(v):
+        return v  # type: ignore[no-any-return]
+    if isinstance(v, str):
+        try:
+            return date.fromisoformat(v.strip())
+        except ValueError as e:
+            raise PostProcessError("22007", f'invalid input syntax for type date: "{v}"') from e
+    raise PostProcessError("42883", f"cannot compare date with {type(v).__name__}")
+
+
 def _arith(n: exp.Expression, a: Value, b: Value) -> Value:
     if a is None or b is None:
         return None
+    if _is_date(a) or _is_date(b):
+        return _date_arith(n, a, b)
     if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str):
         raise PostProcessError("42883", f"operator does not exist for {type(a).__name__}")
     a, b = _promote(a, b)
@@ -219,6 +251,8 @@ def _compare(n: exp.Expression, a: Value, b: Value) -> Value:
         return None
     if isinstance(a, (int, float, Decimal)) and isinstance(b, (int, float, Decimal)):
         a, b = _promote(a, b)
+    elif _is_date(a) or _is_date(b):
+        a, b = _as_date(a), _as_date(b)
     try:
         if isinstance(n, exp.EQ):
             return a == b
@@ -277,6 +311,8 @@ def _cast(v: Value, to: exp.Expression) -> Value:
         if name == "CHAR":  # char(n): cut or padded to n
             n = params[0] if params else 1
             return str(v)[:n].ljust(n)
+        if name == "DATE" and (_is_date(v) or isinstance(v, str)):
+            return _as_date(v)
     except OverflowError as e:  # real: beyond float4's range
         raise PostProcessError("22003", "value out of range: overflow") from e
     except (InvalidOperation, ValueError) as e:
@@ -335,7 +371,18 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
         t = infer_type(n.args["true"], env)
         return _wider(t, infer_type(false, env)) if false is not None else t
     if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
-        return _wider(infer_type(n.this, env), infer_type(n.expression, env))
+        a, b = infer_type(n.this, env), infer_type(n.expression, env)
+        if "date" in (a, b):  # date - date is whole days; date +/- days a date
+            ints = ("int2", "int4", "int8")
+            if isinstance(n, exp.Sub) and a == b:
+                return "int4"
+            if isinstance(n, (exp.Add, exp.Sub)) and (b in ints or isinstance(n, exp.Add) and a in ints):
+                return "date"
+            op = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%"}[type(n)]
+            raise PostProcessError("42883", f"operator does not exist: {a} {op} {b}",
+                                   "dates after the noise can be compared, subtracted (whole days) "
+                                   "and shifted by whole days")  # fmt: skip
+        return _wider(a, b)
     if isinstance(n, (exp.Round, exp.Trunc)) and n.args.get("decimals") is not None:
         return "numeric"  # round(x, n) and trunc(x, n) exist for numeric only
     if isinstance(n, (exp.Round, exp.Trunc, exp.Ceil, exp.Floor, exp.Sign)):
@@ -360,7 +407,8 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
     if isinstance(n, exp.Cast):
         name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
         return {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8",
-                "FLOAT": "float4", "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar"}.get(name, "numeric")  # fmt: skip
+                "FLOAT": "float4", "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar",
+                "DATE": "date"}.get(name, "numeric")  # fmt: skip
     return "text"
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from sqlglot import exp
 
 from rewriter.commajoin import conjuncts, inner_joins_from_where
+from rewriter.dates import date_literal, epoch_days, trunc_domain
 from rewriter.errors import (
     UNDEFINED_COLUMN,
     UNDEFINED_TABLE,
@@ -31,7 +32,7 @@ from rewriter.errors import (
 )
 from rewriter.metadata import ColumnMeta, ColumnType, Metadata, TableMeta
 from rewriter.perunit import per_unit_table
-from rewriter.rowexpr import Analyzer, Typed
+from rewriter.rowexpr import MAX_DATE_DOMAIN, Analyzer, Typed
 from rewriter.semijoin import SemiJoins
 
 AMBIGUOUS_COLUMN = "42702"
@@ -162,18 +163,33 @@ def column_typed(alias: str, cname: str, cmeta: ColumnMeta, table: TableMeta) ->
         from decimal import Decimal
 
         lo, hi = (Decimal(x) for x in _INT_RANGES[cmeta.type])
+    span = None
+    if cmeta.date_bounds is not None:
+        first, last = cmeta.date_bounds
+        span = (epoch_days(first), epoch_days(last))
+        # As numbers are: before any expression, NULL kept; infinities clamp to a bound.
+        value = exp.Paren(this=exp.Case(ifs=[
+            exp.If(this=exp.LT(this=col.copy(), expression=date_literal(first)), true=date_literal(first)),
+            exp.If(this=exp.GT(this=col.copy(), expression=date_literal(last)), true=date_literal(last)),
+        ], default=col.copy()))  # fmt: skip
     domain = None
     if cmeta.domain is not None:
         domain = tuple(cmeta.domain) + ((None,) if cmeta.nullable and None not in cmeta.domain else ())
     elif cmeta.type == ColumnType.BOOLEAN:
         domain = (True, False, None) if cmeta.nullable else (True, False)
+    elif cmeta.date_bounds is not None:
+        # Every day of the declared range (unless too many): grouped by the raw date,
+        # days outside it are left out like any value outside a domain.
+        days = trunc_domain("day", *cmeta.date_bounds, MAX_DATE_DOMAIN)
+        if days is not None:
+            domain = tuple(d.date() for d in days) + ((None,) if cmeta.nullable else ())
     step = cmeta.step if cmeta.type.is_numeric else None
     return Typed(col, kind, lo, hi, domain, cmeta.nullable, value=value, step=step,
                  unit=cname == table.privacy_unit, pg_type=pg,
                  columns=frozenset({(alias, cname)}),
                  # (only where a clamp is computed: an enforced bound has none to save)
                  int_digits=cmeta.numeric_type[3] if cmeta.numeric_type and cmeta.enforced_by is None
-                 else None)  # fmt: skip
+                 else None, span=span)  # fmt: skip
 
 
 def _num(v: object) -> exp.Expression:

@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from rewriter.bounding import RowTerm, group_bounded_sql, weighted_sql
 from rewriter.colnames import output_name
+from rewriter.dates import days_sql
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.fold import (
     distinct_as_group_by,
@@ -720,6 +721,8 @@ def _quantile_spec(
         alpha = 1 - alpha
     filt = _filter_column(filt_cond, b)
     t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    rtype = "date" if t.kind == "date" else ("float8" if t.kind == "float" else "numeric")
+    t = _as_days(t)
     grid = _candidate_grid(t, label, "quantiles need", b)
     num, den = alpha.as_integer_ratio()
     # One unit's rows (at most max_rows) each move #(x < c) or #(x > c) by one.
@@ -729,8 +732,7 @@ def _quantile_spec(
                  grid.histogram_sql)  # fmt: skip
     return AggregateSpec(AggFunc.QUANTILE, label, count=None, sum=name, step=grid.step,
                          lower=grid.lo, upper=grid.hi,
-                         result_type="float8" if t.kind == "float" else "numeric",
-                         alpha_num=num, alpha_den=den, stride=grid.stride,
+                         result_type=rtype, alpha_num=num, alpha_den=den, stride=grid.stride,
                          candidates=grid.candidates)  # fmt: skip
 
 
@@ -752,6 +754,9 @@ def _extreme_spec(
         raise RewriteError(GROUPING_ERROR, f"{label}: aggregate calls cannot be nested")
     filt = _filter_column(filt_cond, b)
     t = b.analyzer(f"the aggregate {label}").analyze(arg)
+    # MIN and MAX keep PostgreSQL's result type: the value's own type.
+    rtype = t.type_name if t.kind in ("int", "float", "date") else "numeric"
+    t = _as_days(t)
     func = AggFunc.MIN if isinstance(node, exp.Min) else AggFunc.MAX
     # MAX(x) is MIN(-x): its candidates are spaced down from the upper bound.
     grid = _candidate_grid(t, label, f"{func.value.upper()} needs", b,
@@ -760,11 +765,19 @@ def _extreme_spec(
     # every candidate c: the score's sensitivity.
     name = _prim(b, PrimitiveKind.QUANTILE, f"{grid.col}/{func.value}", filt, b.rows, label,
                  grid.histogram_sql)  # fmt: skip
-    # MIN and MAX keep PostgreSQL's result type: the value's own type.
-    rtype = t.type_name if t.kind in ("int", "float") else "numeric"
     return AggregateSpec(func, label, count=None, sum=name, step=grid.step, lower=grid.lo,
                          upper=grid.hi, result_type=rtype, stride=grid.stride,
                          candidates=grid.candidates)  # fmt: skip
+
+
+def _as_days(t: Typed) -> Typed:
+    """A date with declared bounds as its days since 1970-01-01 (clamped, an integer in
+    the declared range), so that quantiles, MIN and MAX run over numbers; the released
+    day is turned back into a date. Any other value is returned as it is."""
+    if t.kind != "date" or t.span is None or t.value is None:
+        return t
+    return Typed(days_sql(t.value), "int", Decimal(t.span[0]), Decimal(t.span[1]), None, t.nullable,
+                 step=Decimal(1), pg_type="int4", columns=t.columns)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -790,8 +803,9 @@ def _candidate_grid(t: Typed, label: str, what: str, b: _Builder,
     """
     if t.kind not in NUMERIC_KINDS or not t.bounded:
         raise unsupported(
-            f"{label}: {what} a numeric value with finite bounds",
-            "declare lower and upper bounds for the column in the metadata",
+            f"{label}: {what} a number or a date with finite bounds",
+            "declare lower and upper bounds for the column in the metadata (dates: "
+            "lower: 1992-01-01)",
         )
     lo, hi, step = _steps(t)
     width = hi - lo

@@ -26,11 +26,18 @@ import re
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 
 from sqlglot import exp
 
+from rewriter.dates import (
+    epoch_days,
+    extract_domain,
+    extract_range,
+    from_epoch_days,
+    trunc_domain,
+)
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.quantified import expand_quantified
 
@@ -40,6 +47,9 @@ INT4 = (Decimal(-(1 << 31)), Decimal((1 << 31) - 1))
 INT2 = (Decimal(-(1 << 15)), Decimal((1 << 15) - 1))
 MAX_TEXT_LENGTH = Decimal(1 << 30)  # PostgreSQL's largest field is 1 GB
 MAX_DERIVED_DOMAIN = 1000
+# DATE_TRUNC over declared date bounds lists every truncated value up to this many (the
+# days of 27 years): a domain releases every group, where partition selection drops some.
+MAX_DATE_DOMAIN = 10_000
 NUMERIC_KINDS = frozenset({"int", "numeric", "float"})
 TEMPORAL_KINDS = frozenset({"date", "timestamp", "timestamptz"})
 DATATYPE_ERROR = "42804"
@@ -85,6 +95,12 @@ class Typed:
     columns: frozenset[tuple[str, str]] = frozenset()
     # A bare column of type numeric(p, s): p - s, the most digits before its point.
     int_digits: int | None = None
+    # A date with declared bounds: their days since 1970-01-01; `value` is then the date
+    # clamped to them (never infinite, never outside them).
+    span: tuple[int, int] | None = None
+    # EXTRACT(field) of such a date: `sql` (raw) and `value` (clamped) differ, and a cast
+    # to an integer keeps both.
+    span_key: str | None = None
 
     @property
     def bounded(self) -> bool:
@@ -656,6 +672,21 @@ class Analyzer:
                 raise unsupported(f"a cast to {to.lower()} can overflow for values in "
                                   f"[{a.lo}, {a.hi}]")  # fmt: skip
             pg = {"INT": "int4", "SMALLINT": "int2", "BIGINT": "int8"}[to]
+            if a.value is None or a.span_key is not None:
+                # Whole numbers (EXTRACT) keep their listed values. Of declared dates, the
+                # raw value keys groups (values outside the dates fall outside the list);
+                # the clamped one is aggregated.
+                dom = a.domain if a.domain is not None and all(
+                    v is None or type(v) is int for v in a.domain) else None  # fmt: skip
+                raw = a.sql
+                if a.span_key is not None:
+                    # A raw value outside the declared dates' range (an infinite year,
+                    # epoch seconds of a far date) must not reach the cast, which would raise.
+                    raw = exp.Case(ifs=[exp.If(this=exp.Between(this=exp.Paren(this=a.sql.copy()), low=exp.Literal.number(str(a.lo)),
+                                                                 high=exp.Literal.number(str(a.hi))), true=a.sql.copy())])  # fmt: skip
+                return Typed(exp.Cast(this=exp.Paren(this=raw), to=sqlto.copy()), "int", lo, hi,
+                             dom, a.nullable, columns=a.columns, pg_type=pg,
+                             value=None if a.value is None else exp.Cast(this=exp.Paren(this=a.operand), to=sqlto))  # fmt: skip
             return Typed(exp.Cast(this=exp.Paren(this=a.operand), to=sqlto), "int", lo, hi,
                          None, a.nullable, columns=a.columns, pg_type=pg)  # fmt: skip
         if to in _NUMERIC_TYPES or to in _FLOAT_TYPES:
@@ -679,9 +710,16 @@ class Analyzer:
             if a.kind not in TEMPORAL_KINDS:
                 raise unsupported(f"a cast of {a.type_name} to {to.lower()} can fail for some rows")
             if a.kind == "date" and target != "date" or a.kind != "date" and target == "date":
+                span = a.span if a.value is not None and target == "timestamp" else None
+                value = exp.Cast(this=a.value.copy(), to=sqlto.copy()) if span and a.value else None
                 a = _date_as_timestamp(a) if target != "date" else a
+                # A listed timestamp (DATE_TRUNC of declared dates) keeps its list as dates.
+                dom = None
+                if target == "date" and a.domain is not None:
+                    dom = _dedup(tuple(v.date() if isinstance(v, datetime) else v for v in a.domain))
                 return Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=a.nullable,
-                             columns=a.columns, constant=a.constant)  # fmt: skip
+                             columns=a.columns, constant=a.constant, domain=dom, span=span,
+                             value=value)  # fmt: skip
             return replace(a, sql=exp.Cast(this=a.sql, to=sqlto), kind=target, unit=False)
         if to == "BOOLEAN" and a.kind == "bool":
             return a
@@ -705,6 +743,10 @@ class Analyzer:
         if field in ("hour", "minute") and a.kind == "date":
             raise RewriteError("0A000", f"EXTRACT({field.upper()}) of a date is not supported")
         rng = _EXTRACT_RANGES[field]
+        if a.span is not None and a.value is not None:
+            spanned = _extract_spanned(field, a)
+            if spanned is not None:
+                return spanned
         if rng is None and finite:
             src = exp.Case(ifs=[exp.If(this=exp.Anonymous(this="isfinite", expressions=[a.sql.copy()]),
                                        true=a.sql.copy())])  # fmt: skip
@@ -718,9 +760,14 @@ class Analyzer:
         lo, hi = Decimal(rng[0]), Decimal(rng[1])
         dom = None
         if field in _SMALL_DOMAIN_FIELDS:
-            # Infinite dates give NULL for these fields.
-            dom = (*range(rng[0], rng[1] + 1), None)
-        return Typed(sql, "numeric", lo, hi, dom, True, columns=a.columns, step=Decimal(1))
+            # Infinite dates give NULL for these fields; as a group key, such rows are
+            # left out like any value outside a domain, so NULL is listed only for NULLs.
+            dom = (*range(rng[0], rng[1] + 1), *((None,) if a.nullable else ()))
+        value = key = None
+        if a.span is not None and a.value is not None:
+            value, key = exp.Extract(this=exp.var(field.upper()), expression=a.value.copy()), field
+        return Typed(sql, "numeric", lo, hi, dom, True, columns=a.columns, step=Decimal(1),
+                     value=value, span_key=key)  # fmt: skip
 
     def _n_TimestampTrunc(self, n: exp.Expression) -> Typed:
         unit = n.args.get("unit")
@@ -732,6 +779,7 @@ class Analyzer:
         if a.kind not in TEMPORAL_KINDS:
             raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
+        span = a.span if a.value is not None else None
         a = _date_as_timestamp(a)
         if a.kind in ("timestamp", "timestamptz") and not a.constant:
             # Truncating the first timestamps PostgreSQL holds (4714 BC) leaves its range.
@@ -744,7 +792,13 @@ class Analyzer:
             _check_time_zone(str(zone.this))
             args.append(zone.copy())
         sql = exp.Anonymous(this="date_trunc", expressions=args)
-        return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant)
+        dom = None
+        if span is not None and zone is None:
+            # Values outside the declared dates truncate outside this list, and are left
+            # out where it is a group key's domain.
+            dom = _trunc_values(uname, span, kind, a.nullable)
+        return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant,
+                     domain=dom)  # fmt: skip
 
     _n_DateTrunc = _n_TimestampTrunc
 
@@ -1009,14 +1063,65 @@ def _check_time_zone(name: str) -> None:
                            "use an IANA time zone name such as 'America/New_York' or 'UTC'")  # fmt: skip
 
 
+def _day_range(t: Typed) -> tuple[int, int] | None:
+    """The days since 1970-01-01 a date can be: a declared range (of its clamped value)
+    or a date literal's day; None when unknown."""
+    if t.span is not None and t.value is not None:
+        return t.span
+    if t.constant and isinstance(t.sql, exp.Cast) and isinstance(t.sql.this, exp.Literal):
+        try:
+            day = epoch_days(date.fromisoformat(str(t.sql.this.this).strip()))
+        except ValueError:
+            return None
+        return day, day
+    return None
+
+
 def _days_between(a: Typed, b: Typed) -> Typed:
     """date - date in days, NULL when either is infinite (PostgreSQL raises there: an
     error that would tell whether such a row exists; a constant is guarded too, since
-    the error would then tell whether any row is read at all)."""
+    the error would then tell whether any row is read at all).
+
+    Between dates with declared bounds (or literals), the clamped dates are subtracted:
+    finite, and bounded by the declared ranges, so the difference can be aggregated."""
+    ra, rb = _day_range(a), _day_range(b)
+    if ra is not None and rb is not None:
+        sql = exp.Paren(this=exp.Sub(this=a.operand.copy(), expression=b.operand.copy()))
+        return Typed(sql, "int", Decimal(ra[0] - rb[1]), Decimal(ra[1] - rb[0]), None,
+                     a.nullable or b.nullable, columns=_cols(a, b), step=Decimal(1),
+                     pg_type="int4")  # fmt: skip
     finite = exp.and_(*(exp.Anonymous(this="isfinite", expressions=[t.sql.copy()]) for t in (a, b)))
     sql = exp.Case(ifs=[exp.If(this=finite, true=exp.Sub(this=a.sql.copy(), expression=b.sql.copy()))])
     return Typed(sql, "int", -_MAX_DAYS, _MAX_DAYS, None, True, columns=_cols(a, b), step=Decimal(1),
                  pg_type="int4")  # fmt: skip
+
+
+def _extract_spanned(field: str, a: Typed) -> Typed | None:
+    """EXTRACT of a year-like field or epoch from a date with declared bounds (see
+    rewriter/dates.py): bounds (and for years a domain) from those dates. The raw value
+    keys groups and filters; the clamped one (`value`) is aggregated."""
+    assert a.span is not None and a.value is not None
+    first, last = from_epoch_days(a.span[0]), from_epoch_days(a.span[1])
+    rng = extract_range(field, first, last)
+    if rng is None:
+        return None
+    dom: tuple[object, ...] | None = extract_domain(field, first, last, MAX_DERIVED_DOMAIN)
+    if dom is not None and a.nullable:
+        dom = (*dom, None)
+    var = exp.var(field.upper())
+    return Typed(exp.Extract(this=var, expression=a.sql), "numeric", Decimal(rng[0]), Decimal(rng[1]),
+                 dom, True, columns=a.columns, step=Decimal(1),
+                 value=exp.Extract(this=var.copy(), expression=a.value.copy()), span_key=field)  # fmt: skip
+
+
+def _trunc_values(unit: str, span: tuple[int, int], kind: str, nullable: bool) -> tuple[object, ...] | None:
+    """Every DATE_TRUNC(unit, d) of the declared dates (UTC midnights; naive ones for a
+    timestamp), NULL too when the date is nullable; None when there are too many."""
+    values = trunc_domain(unit, from_epoch_days(span[0]), from_epoch_days(span[1]), MAX_DATE_DOMAIN)
+    if values is None:
+        return None
+    out: tuple[object, ...] = values if kind == "timestamptz" else tuple(v.replace(tzinfo=None) for v in values)
+    return (*out, None) if nullable else out
 
 
 # Dates and timestamps a constant shift of up to _MAX_SHIFT_DAYS moves without leaving
@@ -1073,9 +1178,55 @@ def _shifted(n: exp.Expression, a: Typed, b: Typed) -> Typed | None:
     lo, hi = (exp.cast(exp.Literal.string(v), column.kind) for v in _SHIFT_WINDOW[column.kind])
     safe = exp.or_(exp.Between(this=column.sql.copy(), low=lo, high=hi),
                    exp.not_(exp.Anonymous(this="isfinite", expressions=[column.sql.copy()])))  # fmt: skip
-    moved = type(n)(this=column.sql.copy(), expression=shift.sql.copy()) if column is a \
-        else exp.Add(this=shift.sql.copy(), expression=column.sql.copy())  # fmt: skip
-    return Typed(exp.Case(ifs=[exp.If(this=safe, true=moved)]), kind, nullable=True, columns=_cols(a, b))
+    def move(c: exp.Expression) -> exp.Expression:
+        if column is a:
+            return type(n)(this=c.copy(), expression=shift.sql.copy())
+        return exp.Add(this=shift.sql.copy(), expression=c.copy())
+
+    out = Typed(exp.Case(ifs=[exp.If(this=safe, true=move(column.sql))]), kind, nullable=True,
+                columns=_cols(a, b))  # fmt: skip
+    whole = _whole_days(shift)
+    if whole is None:
+        return out
+    # A shift by whole days keeps midnights midnights: declared dates stay declared
+    # (shifted), and listed values stay listed (Metabase's Sunday weeks:
+    # date_trunc('week', d + INTERVAL '1 day') + INTERVAL '-1 day').
+    whole = -whole if isinstance(n, exp.Sub) else whole
+    if column.span is not None and column.value is not None:
+        # The clamped value lies within the declared dates, far inside the window.
+        out = replace(out, span=(column.span[0] + whole, column.span[1] + whole),
+                      value=exp.Paren(this=move(column.value)))  # fmt: skip
+    if column.domain is not None and all(v is None or isinstance(v, date) for v in column.domain):
+        step = timedelta(days=whole)
+        out = replace(out, domain=tuple(
+            None if v is None else (v if isinstance(v, datetime) or kind == "date" else datetime(v.year, v.month, v.day)) + step
+            for v in column.domain))  # fmt: skip
+    return out
+
+
+def _whole_days(shift: Typed) -> int | None:
+    """The signed whole days a constant shift moves by (an integer, or an interval of
+    days and weeks only); None for anything else (months vary in length)."""
+    if shift.kind == "int":
+        return int(shift.lo) if shift.lo is not None and shift.lo == shift.hi else None
+    node = shift.sql
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal):
+        text = str(node.this.this)
+    elif isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
+        unit = node.args.get("unit")
+        text = str(node.this.this) + (f" {unit.name}" if unit is not None else "")
+    else:
+        return None
+    parts = _INTERVAL_PART.findall(text)
+    if not parts or _INTERVAL_PART.sub("", text).strip():
+        return None
+    total = 0
+    for number, unit in parts:
+        per = {"day": 1, "days": 1, "week": 7, "weeks": 7}.get(unit.lower())
+        if per is None or not re.fullmatch(r"[-+]?\d+", number):
+            return None
+        total += int(number) * per
+    return total
 
 
 # The last day a timestamp can hold: a later date raises when cast to a timestamp.

@@ -47,8 +47,10 @@ QUERIES = {
     "JOIN orders ON l_orderkey = o_orderkey GROUP BY o_orderpriority",
     "avg_ungrouped": "SELECT COUNT(*), AVG(o_totalprice) FROM orders "
     "WHERE o_orderdate >= '1995-01-01'",
+    # The year of a date with declared bounds: a public domain (1992..1998).
+    "year_declared_dates": "SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(*) FROM orders GROUP BY 1",
     # Keys without a public domain: each unit's groups limited, then partition selection.
-    "year_private_key": "SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(*) FROM orders GROUP BY 1",
+    "year_private_key": "SELECT to_char(o_orderdate, 'YYYY') AS y, COUNT(*) FROM orders GROUP BY 1",
     "clerk_private_key": "SELECT o_clerk, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY 1",
 }
 

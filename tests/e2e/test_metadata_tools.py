@@ -33,6 +33,8 @@ def test_init_writes_a_valid_starter_without_reading_rows(env: Env, tmp_path: Pa
     orders = meta.tables["orders"]
     assert orders.columns["o_totalprice"].type.value == "numeric"
     assert orders.columns["o_totalprice"].lower is None, "bounds are left to the admin"
+    assert orders.columns["o_orderdate"].date_bounds is None
+    assert "type: date}  # TODO: lower/upper dates" in text.split("o_orderdate:")[1].split("\n")[0]
     assert orders.columns["o_orderkey"].nullable is False
     # The starter checks clean against the schema it was made from.
     r = dpproxy("metadata", "check", str(out), "--dsn", env.tpch_dsn)

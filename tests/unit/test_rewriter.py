@@ -17,6 +17,20 @@ from rewriter.typing import infer_parameter_types
 META = load_metadata(Path(__file__).resolve().parents[2] / "proxy" / "examples" / "tpch.yaml")
 
 
+def without_date_bounds(meta: Metadata) -> Metadata:
+    """`meta` with no bounds on its date columns (the paths for undeclared dates)."""
+    tables = {
+        name: t.model_copy(update={"columns": {
+            c: m.model_copy(update={"lower": None, "upper": None}) if m.date_bounds else m
+            for c, m in t.columns.items()}})
+        for name, t in meta.tables.items()
+    }  # fmt: skip
+    return meta.model_copy(update={"tables": tables})
+
+
+META_UNDATED = without_date_bounds(META)
+
+
 def plan(sql: str, meta: Metadata = META):  # type: ignore[no-untyped-def]
     return rewrite(parse_one(sql), meta)
 
@@ -311,11 +325,15 @@ def test_comma_join_without_a_linking_equality_stays_refused() -> None:
 
 def test_integer_cast_of_a_year_maps_infinite_dates_to_null() -> None:
     # EXTRACT(YEAR FROM 'infinity'::date)::int raises in PostgreSQL: a data-dependent error.
-    p = plan("SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1")
+    q = "SELECT EXTRACT(YEAR FROM o_orderdate)::int AS y, COUNT(*) FROM orders GROUP BY 1"
+    p = plan(q, META_UNDATED)
     assert 'EXTRACT(YEAR FROM CASE WHEN ISFINITE("t0"."o_orderdate") THEN "t0"."o_orderdate" END)' in p.sql
     with pytest.raises(RewriteError, match="can overflow") as e:
-        plan("SELECT COUNT(*) FROM orders WHERE EXTRACT(EPOCH FROM o_orderdate)::int > 0")
+        plan("SELECT COUNT(*) FROM orders WHERE EXTRACT(EPOCH FROM o_orderdate)::int > 0", META_UNDATED)
     assert e.value.sqlstate == "0A000"
+    # With declared dates, years outside them become NULL before the cast (and fall
+    # outside the listed years).
+    assert 'CASE WHEN (EXTRACT(YEAR FROM "t0"."o_orderdate")) BETWEEN 1992 AND 1998 THEN' in plan(q).sql
 
 
 def test_plans_reading_the_clock_are_marked() -> None:

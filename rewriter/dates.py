@@ -1,0 +1,117 @@
+"""Dates with declared bounds: days since 1970-01-01 and the public values derived from
+a declared range (the years, months or weeks it spans).
+
+A date column may declare `lower`/`upper` dates. Those are public, so every value an
+expression of the column can take inside them is public too: `EXTRACT(YEAR ...)` over
+1992-01-01 .. 1998-12-31 is one of 1992..1998, `DATE_TRUNC('month', ...)` one of 84
+month starts. Group keys with such a domain are released like declared domains (every
+group, no partition selection), and MIN/MAX/quantiles of a date run over its days.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from sqlglot import exp
+
+EPOCH = date(1970, 1, 1)
+
+
+def epoch_days(d: date) -> int:
+    """Days from 1970-01-01 to `d` (negative before it)."""
+    return (d - EPOCH).days
+
+
+def from_epoch_days(days: int) -> date:
+    """The date `days` days after 1970-01-01."""
+    return EPOCH + timedelta(days=days)
+
+
+def date_literal(d: date) -> exp.Expression:
+    """`d` as a typed SQL literal (DATE '1992-01-01')."""
+    return exp.cast(exp.Literal.string(d.isoformat()), "date")
+
+
+def days_sql(clamped: exp.Expression) -> exp.Expression:
+    """The days since 1970-01-01 of a clamped (finite) date, as an integer."""
+    return exp.Paren(this=exp.Sub(this=clamped.copy(), expression=date_literal(EPOCH)))
+
+
+def _year_like(field: str, year: int) -> int:
+    """EXTRACT(field) of a date in `year` (year >= 1, as declared bounds are)."""
+    if field == "decade":
+        return year // 10
+    if field == "century":
+        return (year + 99) // 100
+    if field == "millennium":
+        return (year + 999) // 1000
+    return year
+
+
+def extract_range(field: str, first: date, last: date) -> tuple[int, int] | None:
+    """The least and greatest EXTRACT(field) over first..last, for the year-like fields
+    and epoch (None for other fields: their ranges do not depend on the dates)."""
+    if field == "epoch":
+        return epoch_days(first) * 86_400, epoch_days(last) * 86_400
+    if field == "isoyear":  # the ISO year of early January or late December differs by one
+        return first.year - 1, last.year + 1
+    if field in ("year", "decade", "century", "millennium"):
+        return _year_like(field, first.year), _year_like(field, last.year)
+    return None
+
+
+def extract_domain(field: str, first: date, last: date, limit: int) -> tuple[int, ...] | None:
+    """Every EXTRACT(field) value over first..last when a year-like field has at most
+    `limit` of them (None otherwise)."""
+    rng = extract_range(field, first, last)
+    if rng is None or field == "epoch" or rng[1] - rng[0] + 1 > limit:
+        return None
+    return tuple(range(rng[0], rng[1] + 1))
+
+
+def _truncated(unit: str, d: date) -> date:
+    if unit == "week":  # ISO weeks start on Monday
+        return d - timedelta(days=d.weekday())
+    if unit == "month":
+        return d.replace(day=1)
+    if unit == "quarter":
+        return d.replace(month=3 * ((d.month - 1) // 3) + 1, day=1)
+    if unit == "year":
+        return d.replace(month=1, day=1)
+    if unit == "decade":
+        return date(d.year - d.year % 10, 1, 1)
+    return d  # day and finer units: a date is already midnight
+
+
+def _next(unit: str, d: date) -> date:
+    if unit == "week":
+        return d + timedelta(days=7)
+    if unit in ("month", "quarter"):
+        months = d.month - 1 + (1 if unit == "month" else 3)
+        return date(d.year + months // 12, months % 12 + 1, 1)
+    if unit == "year":
+        return date(d.year + 1, 1, 1)
+    if unit == "decade":
+        return date(d.year - d.year % 10 + 10, 1, 1)
+    return d + timedelta(days=1)
+
+
+# DATE_TRUNC units whose values over a date range are listed (century and millennium
+# start at years ending in 01 and are too coarse to matter; they get no domain).
+TRUNC_DOMAIN_UNITS = frozenset({"microseconds", "milliseconds", "second", "minute", "hour",
+                                "day", "week", "month", "quarter", "year", "decade"})  # fmt: skip
+
+
+def trunc_domain(unit: str, first: date, last: date, limit: int) -> tuple[datetime, ...] | None:
+    """Every DATE_TRUNC(unit, d) for d in first..last, as the timestamptz values a UTC
+    session computes (midnights UTC), when there are at most `limit` (None otherwise)."""
+    if unit not in TRUNC_DOMAIN_UNITS or first.year < 10 or last.year >= 9990:
+        return None
+    out = []
+    d = _truncated(unit, first)
+    while d <= last:
+        if len(out) == limit:
+            return None
+        out.append(datetime(d.year, d.month, d.day, tzinfo=UTC))
+        d = _next(unit, d)
+    return tuple(out)

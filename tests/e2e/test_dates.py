@@ -1,0 +1,82 @@
+"""Dates with declared bounds on the real TPC-H data (orders.o_orderdate and the line
+item dates declare 1992-01-01 .. 1998-12-31): the values dpproxy lists for date keys
+are the ones PostgreSQL computes, and MIN/MAX of dates come back as dates."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import psycopg
+import pytest
+
+from proxy.config import BackendConfig
+from tests.e2e.conftest import Env, truth
+from tests.e2e.test_engine import connect
+from tests.support.proxy_process import ProxyProcess
+from tests.unit.test_corpus import plan_of
+
+KEYS = [
+    "o_orderdate", "EXTRACT(YEAR FROM o_orderdate)", "EXTRACT(YEAR FROM o_orderdate)::int",
+    "DATE_PART('year', o_orderdate)", "EXTRACT(QUARTER FROM o_orderdate)",
+    "EXTRACT(MONTH FROM o_orderdate)::int", "EXTRACT(ISOYEAR FROM o_orderdate)",
+    "EXTRACT(DECADE FROM o_orderdate)", "DATE_TRUNC('year', o_orderdate)",
+    "DATE_TRUNC('quarter', o_orderdate)", "DATE_TRUNC('month', o_orderdate)",
+    "DATE_TRUNC('week', o_orderdate)", "DATE_TRUNC('day', o_orderdate)",
+    "DATE_TRUNC('month', o_orderdate)::date", "CAST(DATE_TRUNC('week', o_orderdate) AS DATE)",
+    "DATE_TRUNC('month', CAST(o_orderdate AS timestamp))", "DATE_TRUNC('decade', o_orderdate)",
+    # shifts by whole days keep the list (Metabase's weeks starting on Sunday)
+    "date_trunc('week', (o_orderdate + INTERVAL '1 day')) + INTERVAL '-1 day'", "o_orderdate + 1",
+    "o_orderdate - INTERVAL '2 weeks'", "EXTRACT(YEAR FROM o_orderdate - 100)",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_listed_date_keys_are_the_groups_postgresql_computes(env: Env, zone: str) -> None:
+    # The rewritten SQL runs directly, in a session whose server default zone is `zone`
+    # and which then takes dpproxy's session settings (TimeZone UTC among them): every
+    # group PostgreSQL finds must be a listed value holding rows, and no listed value
+    # may hold rows PostgreSQL does not group there. (With DATE_TRUNC computed at another
+    # zone's midnight, every listed month would be empty.)
+    wrong = []
+    with psycopg.connect(env.tpch_dsn, autocommit=True, options=f"-c TimeZone={zone}") as conn:
+        for name, value in BackendConfig(dsn="", ledger_dsn="").session_settings().items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        for k in KEYS:
+            q = f"SELECT {k} AS k, COUNT(*) FROM orders GROUP BY 1"
+            p = plan_of(q)
+            (key,) = p.keys
+            assert not key.private and key.domain, k
+            got = {key.domain[r[0]]: r[1] for r in conn.execute(p.sql).fetchall() if r[1]}  # type: ignore[arg-type]
+            want = dict(conn.execute(q).fetchall())  # type: ignore[arg-type]
+            if set(got) != set(want):
+                wrong.append(f"{k}: listed groups with rows {sorted(set(got) ^ set(want), key=str)[:5]} differ")
+            # Weighted counts (units of 1/S): at most PostgreSQL's count of each group.
+            s = p.primitives[0].denominator
+            wrong += [f"{k}: {v} has {n / s} > {want[v]}" for v, n in got.items() if n > want.get(v, 0) * s]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_min_max_median_of_dates_are_dates_near_the_truth(proxy: ProxyProcess, env: Env) -> None:
+    # 8 of ~15 orders per customer are kept at random, so a released extreme is among
+    # the extreme values, not always the true one: all 100 earliest (latest) orders are
+    # dropped with probability far below 1e-20. At epsilon 9000 the rank target is 1.
+    q = "SELECT MIN(o_orderdate), MAX(o_orderdate), MEDIAN(o_orderdate), MAX(o_orderdate) - MIN(o_orderdate) FROM orders"
+    stride = timedelta(days=plan_of(q).aggregates[0].stride)
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        cur = conn.execute(q)
+        got_min, got_max, median, span = cur.fetchone()  # type: ignore[misc]
+        oids = [c.type_code for c in cur.description or []]
+        having = conn.execute("SELECT o_orderstatus FROM orders GROUP BY 1 "
+                              "HAVING MAX(o_orderdate) >= '1992-01-01' ORDER BY 1").fetchall()  # fmt: skip
+    assert oids == [1082, 1082, 1082, 23]  # date, date, date, and date - date: integer days
+    ((true_min, min_100, true_max, max_100, true_median),) = truth(env.tpch_dsn, """
+        SELECT min(d), min(d) FILTER (WHERE up = 100), max(d), max(d) FILTER (WHERE down = 100),
+               percentile_disc(0.5) WITHIN GROUP (ORDER BY d)
+        FROM (SELECT o_orderdate AS d, row_number() OVER (ORDER BY o_orderdate) AS up,
+                     row_number() OVER (ORDER BY o_orderdate DESC) AS down FROM orders) o""")  # fmt: skip
+    assert isinstance(got_min, date) and true_min - stride < got_min <= min_100  # type: ignore[operator]
+    assert max_100 <= got_max < true_max + stride  # type: ignore[operator]
+    assert abs((median - true_median).days) <= 31, (median, true_median)  # type: ignore[operator]
+    assert span == (got_max - got_min).days
+    assert having == [("F",), ("O",), ("P",)]

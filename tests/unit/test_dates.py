@@ -1,0 +1,173 @@
+"""Dates with declared bounds: metadata, the values derived from them, plans and
+post-processing (rewriter/dates.py; PostgreSQL's own values are checked end to end in
+tests/e2e/test_dates.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+from sqlglot import exp
+
+from accounting.release import _typed
+from rewriter.dates import epoch_days, extract_domain, extract_range, from_epoch_days, trunc_domain
+from rewriter.errors import RewriteError
+from rewriter.metadata import ColumnMeta, Metadata
+from rewriter.parse import parse_one
+from rewriter.postprocess import PostProcessError, evaluate, infer_type
+from tests.unit.test_rewriter import META, META_UNDATED, plan
+
+FIRST, LAST = date(1992, 1, 1), date(1998, 12, 31)
+
+
+def test_date_columns_declare_dates_and_only_dates() -> None:
+    col = ColumnMeta(type="date", lower="1992-01-01", upper=date(1998, 12, 31))  # type: ignore[arg-type]
+    assert col.date_bounds == (FIRST, LAST) and not col.bounded
+    assert ColumnMeta(type="numeric", lower=1, upper=2).date_bounds is None  # type: ignore[arg-type]
+    bad = [
+        {"type": "date", "lower": 1, "upper": 2},
+        {"type": "integer", "lower": "1992-01-01", "upper": "1993-01-01"},
+        {"type": "date", "lower": "1999-01-01", "upper": "1998-01-01"},
+        {"type": "date", "lower": "1999-01-01"},
+        {"type": "timestamp", "lower": "1992-01-01", "upper": "1993-01-01"},
+        {"type": "text", "lower": 1, "upper": 2},
+    ]
+    for fields in bad:
+        with pytest.raises(ValidationError):
+            ColumnMeta(**fields)  # type: ignore[arg-type]
+
+
+def test_epoch_days_round_trip() -> None:
+    assert epoch_days(date(1970, 1, 1)) == 0 and epoch_days(FIRST) == 8035
+    assert from_epoch_days(epoch_days(LAST)) == LAST and from_epoch_days(-1) == date(1969, 12, 31)
+
+
+def test_truncated_values_of_a_date_range() -> None:
+    weeks = trunc_domain("week", date(1992, 1, 1), date(1992, 1, 20), 100)  # a Wednesday to a Monday
+    assert weeks is not None
+    assert [w.date() for w in weeks] == [date(1991, 12, 30), date(1992, 1, 6), date(1992, 1, 13),
+                                         date(1992, 1, 20)]  # fmt: skip
+    assert all(w.tzinfo is UTC and w.hour == 0 for w in weeks)
+    assert len(trunc_domain("month", FIRST, LAST, 100) or ()) == 84
+    quarters = trunc_domain("quarter", date(1992, 2, 15), date(1992, 12, 1), 100)
+    assert [q.month for q in quarters or ()] == [1, 4, 7, 10]
+    assert len(trunc_domain("year", FIRST, LAST, 100) or ()) == 7
+    assert trunc_domain("decade", FIRST, LAST, 100) == (datetime(1990, 1, 1, tzinfo=UTC),)
+    assert len(trunc_domain("day", FIRST, LAST, 10_000) or ()) == 2557
+    assert trunc_domain("day", FIRST, LAST, 2556) is None  # too many to list
+    assert trunc_domain("century", FIRST, LAST, 100) is None
+
+
+def test_extracted_ranges_of_a_date_range() -> None:
+    assert extract_range("year", FIRST, LAST) == (1992, 1998)
+    assert extract_range("isoyear", FIRST, LAST) == (1991, 1999)  # 1992-01-01 is in ISO 1991
+    assert extract_range("century", FIRST, LAST) == (20, 20)
+    assert extract_range("decade", FIRST, LAST) == (199, 199)
+    assert extract_range("epoch", FIRST, LAST) == (8035 * 86_400, 10_591 * 86_400)
+    assert extract_range("month", FIRST, LAST) is None
+    assert extract_domain("year", FIRST, LAST, 1000) == tuple(range(1992, 1999))
+    assert extract_domain("epoch", FIRST, LAST, 1000) is None
+
+
+def test_min_max_and_quantiles_of_a_date_are_released_as_dates() -> None:
+    p = plan("SELECT MIN(o_orderdate), MAX(o_orderdate), MEDIAN(o_orderdate), "
+             "PERCENTILE_DISC(0.9) WITHIN GROUP (ORDER BY o_orderdate) FROM orders")  # fmt: skip
+    assert [a.result_type for a in p.aggregates] == ["date"] * 4
+    assert all((a.lower, a.upper, a.step) == (8035, 10_591, 1) for a in p.aggregates)
+    assert [o.type_name for o in p.outputs] == ["date"] * 4
+    assert [o.name for o in p.outputs][2:] == ["median", "percentile_disc"]
+    # The histogram reads the clamped date's days, never an infinite or unbounded one.
+    assert "- CAST('1970-01-01' AS DATE)" in p.sql and "WHEN \"t0\".\"o_orderdate\" > CAST('1998-12-31' AS DATE)" in p.sql
+    assert _typed(Decimal(8035), "date") == FIRST and _typed(Decimal("10590.6"), "date") == LAST
+
+
+def test_undeclared_dates_are_refused_where_bounds_are_needed() -> None:
+    for q in ("SELECT MIN(o_orderdate) FROM orders", "SELECT AVG(EXTRACT(YEAR FROM o_orderdate)) FROM orders"):
+        with pytest.raises(RewriteError) as e:
+            plan(q, META_UNDATED)
+        assert e.value.sqlstate == "0A000"
+        assert "lower: 1992-01-01" in (e.value.hint or "") or "bounds" in e.value.message
+    assert plan("SELECT EXTRACT(YEAR FROM o_orderdate), COUNT(*) FROM orders GROUP BY 1", META_UNDATED).needs_delta
+
+
+@pytest.mark.parametrize(("key", "values"), [
+    ("EXTRACT(YEAR FROM o_orderdate)", tuple(range(1992, 1999))),
+    ("DATE_PART('year', o_orderdate)::int", tuple(range(1992, 1999))),
+    ("EXTRACT(MONTH FROM o_orderdate)", tuple(range(1, 13))),  # no NULL: the date is NOT NULL
+    ("DATE_TRUNC('year', o_orderdate)", tuple(datetime(y, 1, 1, tzinfo=UTC) for y in range(1992, 1999))),
+    ("DATE_TRUNC('year', o_orderdate)::date", tuple(date(y, 1, 1) for y in range(1992, 1999))),
+    ("DATE_TRUNC('year', CAST(o_orderdate AS timestamp))", tuple(datetime(y, 1, 1) for y in range(1992, 1999))),
+])  # fmt: skip
+def test_keys_over_declared_dates_list_every_value(key: str, values: tuple[object, ...]) -> None:
+    p = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1")
+    (k,) = p.keys
+    assert not k.private and k.domain == values and not p.needs_delta
+
+
+def test_a_date_key_lists_every_declared_day_and_nullable_dates_add_null() -> None:
+    (k,) = plan("SELECT o_orderdate, COUNT(*) FROM orders GROUP BY 1").keys
+    assert len(k.domain) == 2557 and k.domain[0] == FIRST and k.domain[-1] == LAST
+    col = META.tables["orders"].columns["o_orderdate"].model_copy(update={"nullable": True})
+    orders = META.tables["orders"].model_copy(update={"columns": {**META.tables["orders"].columns, "o_orderdate": col}})
+    nullable = Metadata.model_validate({**META.model_dump(by_alias=True), "tables": {**META.tables, "orders": orders}})
+    (k,) = plan("SELECT EXTRACT(YEAR FROM o_orderdate), COUNT(*) FROM orders GROUP BY 1", nullable).keys
+    assert k.domain == (*range(1992, 1999), None)
+
+
+def test_differences_of_declared_dates_are_bounded_and_clamped() -> None:
+    p = plan("SELECT AVG(l_receiptdate - l_shipdate) FROM lineitem")
+    (avg,) = p.aggregates
+    assert (avg.lower, avg.upper) == (-2556, 2556)
+    p = plan("SELECT AVG(o_orderdate - DATE '1995-01-01') FROM orders")
+    assert (p.aggregates[0].lower, p.aggregates[0].upper) == (8035 - 9131, 10_591 - 9131)
+    # Without declared dates the difference has no useful bound (PostgreSQL's whole range).
+    p = plan("SELECT AVG(l_receiptdate - l_shipdate) FROM lineitem", META_UNDATED)
+    assert p.aggregates[0].upper > 2_000_000_000
+
+
+def _post(sql: str, env: dict[str, object]) -> object:
+    return evaluate(parse_one(f"SELECT {sql}").expressions[0], env)
+
+
+def test_post_processing_of_released_dates_follows_postgresql() -> None:
+    env = {"a": date(1998, 7, 1), "b": date(1992, 1, 1)}
+    assert _post("a - b", env) == 2373  # date - date: whole days, an integer
+    assert _post("a + 1", env) == date(1998, 7, 2) and _post("a - 31", env) == date(1998, 5, 31)
+    assert _post("a > DATE '1998-06-30'", env) is True
+    assert _post("a > '1998-07-01'", env) is False  # an untyped literal compared as a date
+    assert _post("CAST('1995-03-01' AS DATE)", env) == date(1995, 3, 1)
+    with pytest.raises(PostProcessError) as e:
+        _post("a > 'soon'", env)
+    assert e.value.sqlstate == "22007"
+    with pytest.raises(PostProcessError):
+        _post("a * 2", env)
+    types = {"a": "date", "b": "date"}
+    for sql, want in (("a - b", "int4"), ("a + 1", "date"), ("CAST(b AS date)", "date")):
+        assert infer_type(parse_one(f"SELECT {sql}").expressions[0], types) == want, sql
+    assert isinstance(parse_one("SELECT DATE '1995-01-01'").expressions[0], exp.Cast)
+
+
+@pytest.mark.parametrize(("key", "first"), [
+    ("date_trunc('week', (o_orderdate + INTERVAL '1 day')) + INTERVAL '-1 day'", datetime(1991, 12, 29)),
+    ("o_orderdate + 1", date(1992, 1, 2)),
+    ("1 + o_orderdate", date(1992, 1, 2)),
+    ("o_orderdate - INTERVAL '2 weeks'", datetime(1991, 12, 18)),
+    ("EXTRACT(YEAR FROM o_orderdate - 100)", 1991),
+])  # fmt: skip
+def test_shifts_by_whole_days_keep_the_listed_values(key: str, first: object) -> None:
+    (k,) = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1").keys
+    assert not k.private and k.domain[0] == first
+
+
+@pytest.mark.parametrize("key", ["o_orderdate + INTERVAL '1 day 2 hours'", "o_orderdate + INTERVAL '1 month'",
+                                 "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months')"])  # fmt: skip
+def test_other_shifts_are_private_keys(key: str) -> None:
+    (k,) = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1").keys
+    assert k.private
+
+
+def test_a_shifted_declared_date_is_still_declared() -> None:
+    (agg,) = plan("SELECT MAX(o_orderdate + 30) FROM orders").aggregates
+    assert agg.result_type == "date" and (agg.lower, agg.upper) == (8035 + 30, 10_591 + 30)
