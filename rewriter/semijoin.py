@@ -5,7 +5,9 @@ subquery over a private table keeps that when the match itself ties the subquery
 rows to the outer row's unit:
 - on the privacy unit: `o_custkey IN (SELECT c_custkey FROM customer WHERE ...)`;
 - on the foreign key that gives the subquery's table its unit:
-  `EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND ...)` (TPC-H Q4).
+  `EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND ...)` (TPC-H Q4);
+- on the foreign key that gives the outer row its unit, into the table it references:
+  `l_orderkey IN (SELECT o_orderkey FROM orders WHERE ...)`.
 Any match against a public table is fine. Anything else (a match on another column)
 would let one unit's rows decide whether other units' rows count, and is refused.
 
@@ -67,7 +69,14 @@ class SemiJoins:
         cond = inner_analyzer.predicate(where.this) if where is not None else None
         if not self._unit_local(x, y, table):
             raise not_allowed(f'IN (SELECT ... FROM "{table.name}") must match on the privacy unit', _HINT)
-        sub = self._select(y.sql, alias, table, cond.sql if cond is not None else None)
+        cond_sql = cond.sql if cond is not None else None
+        if y.nullable:
+            # One NULL among the subquery's values makes `x NOT IN (...)` NULL for every
+            # row not found, whichever unit that NULL belongs to: NULLs are left out (so
+            # a row not found is simply not in it; PostgreSQL would give NULL).
+            not_null = exp.Not(this=exp.Is(this=y.sql.copy(), expression=exp.Null()))
+            cond_sql = not_null if cond_sql is None else exp.and_(exp.Paren(this=cond_sql), not_null)
+        sub = self._select(y.sql, alias, table, cond_sql)
         return Typed(exp.In(this=x.sql, query=exp.Subquery(this=sub)), "bool", domain=(True, False, None),
                      columns=x.columns)  # fmt: skip
 
@@ -140,6 +149,17 @@ class SemiJoins:
         xcol = _base(x)
         if ycol is None or xcol is None:
             return False
+        src = next((s for s in self.rel.sources if s.alias == xcol[0]), None)
+        outer_hop = src.table.unit_path[0] if src is not None and src.table.unit_path else None
+        if outer_hop is not None and (outer_hop.column, outer_hop.table, outer_hop.references) == (
+                xcol[1], table.name, ycol[1]):  # fmt: skip
+            # The outer row's own foreign key into the subquery's table (lineitem's
+            # `l_orderkey IN (SELECT o_orderkey FROM orders ...)`): the one row it matches
+            # is the row that gives it its unit.
+            return True
+        if src is not None and src.name == table.name and xcol[1] == ycol[1] and table.meta.columns[ycol[1]].unique:
+            # A table matched to itself on a declared key: the row matches itself only.
+            return True
         if table.meta.privacy_unit is not None:
             return ycol[1] == table.meta.privacy_unit and x.unit
         if table.meta.unit_path is not None:

@@ -431,3 +431,16 @@ def test_values_that_are_bare_columns_are_not_fenced() -> None:
     q = "SELECT c_mktsegment, COUNT(*), SUM(c_acctbal) FROM customer GROUP BY 1"
     assert "OFFSET 0" in plan(q).sql
     assert "OFFSET 0" not in plan(q, with_enforced_bounds(META, {("customer", "c_acctbal"): 1})).sql
+
+
+def test_in_subquery_leaves_out_nulls_of_a_nullable_match() -> None:
+    # One NULL among the subquery's values would make NOT IN NULL for every row of every
+    # unit not found: the subquery leaves NULLs out (only when they can occur).
+    q = "SELECT COUNT(*) FROM customer WHERE c_custkey NOT IN (SELECT o_custkey FROM orders WHERE o_totalprice > 400000)"
+    assert 'WHERE "s0"."o_totalprice" > 400000))' in plan(q).sql
+    orders = META.tables["orders"]
+    unit = orders.columns["o_custkey"].model_copy(update={"nullable": True})
+    meta = META.model_copy(update={"tables": {
+        **META.tables, "orders": orders.model_copy(update={"columns": {**orders.columns, "o_custkey": unit}})}})  # fmt: skip
+    sql = plan(q, meta).sql
+    assert 'WHERE ("s0"."o_totalprice" > 400000) AND NOT "s0"."o_custkey" IS NULL' in sql, sql
