@@ -19,14 +19,16 @@ s1, ...), so the SQL PostgreSQL runs is the checked one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
 from rewriter.commajoin import conjuncts
-from rewriter.errors import UNDEFINED_TABLE, RewriteError, not_allowed, unsupported
+from rewriter.errors import GROUPING_ERROR, UNDEFINED_TABLE, RewriteError, not_allowed, unsupported
 from rewriter.metadata import Metadata, TableMeta
-from rewriter.rowexpr import Analyzer, Typed
+from rewriter.rowexpr import INT8_MAX, NUMERIC_KINDS, Analyzer, Typed, describe
 
 if TYPE_CHECKING:
     from rewriter.relation import Relation, Scope
@@ -56,12 +58,24 @@ class SemiJoins:
     def _in(self, node: exp.In, analyzer: Analyzer) -> Typed:
         query = node.args["query"]
         select = query.this if isinstance(query, exp.Subquery) else query
+        grouped = isinstance(select, exp.Select) and bool(select.args.get("group") or select.args.get("having"))
+        distinct = isinstance(select, exp.Select) and select.args.get("distinct") is not None
+        if isinstance(select, exp.Select) and (grouped or distinct):
+            if distinct and select.args["distinct"].args.get("on") is not None:
+                raise unsupported("DISTINCT ON in a subquery is not supported", _HINT)
+            # `IN (SELECT DISTINCT y ...)` means `IN (SELECT y ...)`; the grouping is
+            # checked below, once y is known.
+            select = select.copy()
+            for arg in ("group", "having", "distinct"):
+                select.set(arg, None)
+            original = query.this if isinstance(query, exp.Subquery) else query
         alias, table, inner = self._table(select)
         if len(select.expressions) != 1:
             raise RewriteError("42601", "subquery has too many columns")
         x = analyzer.analyze(node.this)
         inner_analyzer = Analyzer(inner, "a subquery")
         y = inner_analyzer.analyze(select.expressions[0].unalias())
+        having = self._grouping(original, y, inner) if grouped else None
         # A type mismatch (`(a IN (1)) IN (SELECT key ...)`) would fail in PostgreSQL for
         # every row alike: refused here, before anything is charged.
         analyzer.comparable(x, y, "IN (subquery)")
@@ -77,8 +91,39 @@ class SemiJoins:
             not_null = exp.Not(this=exp.Is(this=y.sql.copy(), expression=exp.Null()))
             cond_sql = not_null if cond_sql is None else exp.and_(exp.Paren(this=cond_sql), not_null)
         sub = self._select(y.sql, alias, table, cond_sql)
+        if grouped:
+            sub.set("group", exp.Group(expressions=[y.sql.copy()]))
+            if having is not None:
+                sub.set("having", exp.Having(this=having))
         return Typed(exp.In(this=x.sql, query=exp.Subquery(this=sub)), "bool", domain=(True, False, None),
                      columns=x.columns)  # fmt: skip
+
+    def _grouping(self, select: exp.Select, y: Typed, inner: Callable[[exp.Column], Typed]) -> exp.Expression | None:
+        """The checked HAVING of `IN (SELECT y FROM t ... GROUP BY y HAVING ...)`.
+
+        Grouped by the matched value itself, each group's aggregates read the rows that
+        match one outer value only, which the match keeps within the outer row's unit
+        (TPC-H Q18: `o_orderkey IN (SELECT l_orderkey FROM lineitem GROUP BY l_orderkey
+        HAVING SUM(l_quantity) > 300)`). Any other grouping is refused."""
+        group = select.args.get("group")
+        keys = group.expressions if group is not None else []
+        rendered = y.sql.sql(dialect="postgres")
+        checker = Analyzer(inner, "a subquery")
+        if len(keys) != 1 or checker.analyze(keys[0]).sql.sql(dialect="postgres") != rendered:
+            raise unsupported("a subquery in WHERE may group only by the value it returns "
+                              "(x IN (SELECT y FROM t GROUP BY y HAVING ...))", _HINT)  # fmt: skip
+        having = select.args.get("having")
+        if having is None:
+            return None
+
+        def resolve(c: exp.Column) -> Typed:
+            t = inner(c)
+            if t.sql.sql(dialect="postgres") != rendered:
+                raise RewriteError(GROUPING_ERROR, f'column "{c.name}" must appear in the GROUP BY '
+                                   "clause or be used in an aggregate function")  # fmt: skip
+            return t
+
+        return _HavingAnalyzer(resolve, Analyzer(inner, "an aggregate in HAVING")).predicate(having.this).sql
 
     def _exists(self, node: exp.Exists) -> Typed:
         select = node.this
@@ -176,6 +221,36 @@ class SemiJoins:
                         alias=exp.TableAlias(this=exp.to_identifier(alias)))  # fmt: skip
         sub = exp.Select(expressions=[what]).from_(ref)
         return sub.where(cond) if cond is not None else sub
+
+
+class _HavingAnalyzer(Analyzer):
+    """HAVING of a grouped subquery: the row-expression allow-list, plus COUNT, SUM,
+    AVG, MIN and MAX of row expressions, none of which can raise."""
+
+    def __init__(self, resolve: Callable[[exp.Column], Typed], rows: Analyzer) -> None:
+        super().__init__(resolve, "HAVING of a subquery")
+        self.rows = rows
+
+    def _aggregate(self, n: exp.Expression) -> Typed:
+        arg = n.this
+        if isinstance(arg, exp.Distinct) or any(isinstance(x, exp.AggFunc) for x in n.find_all(exp.AggFunc) if x is not n):
+            raise unsupported(f"{describe(n)} is not supported in HAVING of a subquery")
+        if isinstance(n, exp.Count) and (arg is None or isinstance(arg, exp.Star)):
+            return Typed(exp.Count(this=exp.Star()), "int", Decimal(0), INT8_MAX, nullable=False, pg_type="int8")
+        t = self.rows.analyze(arg)
+        if isinstance(n, exp.Count):
+            return Typed(exp.Count(this=t.sql), "int", Decimal(0), INT8_MAX, nullable=False, pg_type="int8")
+        if isinstance(n, (exp.Min, exp.Max)):
+            return replace(t, sql=type(n)(this=t.sql), value=None, domain=None, unit=False, span=None, span_key=None)
+        if t.kind not in NUMERIC_KINDS:
+            raise RewriteError("42883", f"function {n.sql_name().lower()}({t.type_name}) does not exist")
+        # The raw values, as PostgreSQL sums them: an int8 or numeric sum cannot overflow,
+        # and a float one could, so floats are summed as numeric (which holds infinities).
+        value = t.sql if t.kind != "float" else exp.cast(exp.Paren(this=t.sql), "numeric")
+        kind = "numeric" if isinstance(n, exp.Avg) or t.kind != "int" else "int"
+        return Typed(type(n)(this=value), kind, nullable=True, pg_type=None if kind == "int" else "numeric")
+
+    _n_Sum = _n_Avg = _n_Count = _n_Min = _n_Max = _aggregate
 
 
 class _Table:

@@ -39,6 +39,11 @@ ATOMS = [
     "c_custkey IN (SELECT o_custkey FROM orders WHERE o_orderstatus = 'P')",
     "c_nationkey IN (SELECT n_nationkey FROM nation WHERE n_regionkey = 1)",
     "EXISTS (SELECT 1 FROM lineitem JOIN orders ON l_orderkey = o_orderkey WHERE o_custkey = c_custkey)",
+    "c_custkey IN (SELECT o_custkey FROM orders GROUP BY o_custkey HAVING COUNT(*) > 15)",
+    "c_custkey IN (SELECT o_custkey FROM orders WHERE o_orderstatus = 'F' GROUP BY o_custkey "
+    "HAVING SUM(o_totalprice) > 1000000 OR MAX(o_orderdate) < DATE '1997-01-01')",
+    "c_custkey NOT IN (SELECT DISTINCT o_custkey FROM orders WHERE o_orderpriority = '1-URGENT')",
+    "c_custkey IN (SELECT o_custkey FROM orders GROUP BY o_custkey HAVING AVG(o_totalprice) > 150000 AND MIN(o_clerk) < 'Clerk#000000500')",
 ]  # fmt: skip
 KEYS = [
     "c_mktsegment", "LOWER(c_mktsegment)", "c_nationkey % 5", "c_acctbal > 0",
