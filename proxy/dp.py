@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -51,6 +51,8 @@ from proxy.observe import lap, note  # issue #8: per-stage timings and cost, see
 from proxy.router import refusal_from
 from rewriter.errors import INVALID_PARAMETER, RewriteError
 from rewriter.metadata import Metadata
+from rewriter.nested import Nested, split_scalar_subqueries
+from rewriter.params import bind_parameters
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
@@ -151,6 +153,17 @@ class DPEngine:
             for i, p in enumerate(plans, 1):
                 lines += [f"[{i}] {ln}" for ln in self._explain_lines(p, epsilon / share, d)]
             return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
+        nested = _nested(tree)
+        if nested is not None:
+            inner, template = self._nested_plans(body, nested)
+            share = Decimal(len(inner) + 1)
+            d = (self.default_delta if delta is None else delta) / share
+            lines = [f"{len(inner)} scalar subquer{'y' if len(inner) == 1 else 'ies'} and the outer query: "
+                     f"{len(inner) + 1} releases, each with 1/{len(inner) + 1} of epsilon and delta; "
+                     "the outer query runs with the subqueries' noisy values as $1..$n:"]  # fmt: skip
+            for i, p in enumerate([*inner, template], 1):
+                lines += [f"[{i}] {ln}" for ln in self._explain_lines(p, epsilon / share, d)]
+            return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
         plan = self.plan(body, tree)
         return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")],
                       rows=[(ln,) for ln in self._explain_lines(plan, epsilon, delta)])  # fmt: skip
@@ -197,6 +210,9 @@ class DPEngine:
         """The answer's (name, type) columns, for Describe: a plan's or a union's."""
         if plan is not None:
             return [(o.name, o.type_name) for o in plan.outputs]
+        nested = _nested(tree)
+        if nested is not None:
+            return [(o.name, o.type_name) for o in self._nested_plans(sql, nested)[1].outputs]
         union = _union_query(tree)
         if union is not None:
             try:
@@ -204,6 +220,76 @@ class DPEngine:
             except RewriteError as e:
                 raise refusal_from(e) from e
         return [(o.name, o.type_name) for o in self.plan(sql, tree).outputs]
+
+    def _nested_plans(self, sql: str, nested: Nested) -> tuple[list[DPPlan], DPPlan]:
+        """The plans of a statement's scalar subqueries, and its outer query's template
+        with their values as $1..$n (rewriter/nested.py): both fixed before any value."""
+        inner = [self.plan(f"{sql}\x00s{i}", s) for i, s in enumerate(nested.inner)]
+        for p in inner:
+            if p.keys or len(p.outputs) != 1 or p.public_only or p.outputs[0].type_name not in _BOUND_KINDS:
+                raise ProxyError("0A000", "a scalar subquery must return one number or date: one "
+                                 "aggregate, no GROUP BY", hint=_NESTED_HINT)  # fmt: skip
+        key = f"{sql}\x00outer"
+        template = self._plans.get(key)
+        if template is None:
+            kinds = tuple(_BOUND_KINDS[p.outputs[0].type_name] for p in inner)
+            try:
+                template = make_template(nested.outer, kinds, self.meta)
+            except RewriteError as e:
+                raise refusal_from(e) from e
+            if template is None:
+                # Planned with the value as a literal, the outer query could then be
+                # refused or cost otherwise for some values: a refusal after the charge.
+                # (A refusal of any value, such as a date compared with a number, is
+                # reported as the rewriter words it.)
+                try:
+                    rewrite(bind_parameters(nested.outer, [_SAMPLES[k] for k in kinds]), self.meta)
+                except RewriteError as e:
+                    raise refusal_from(e) from e
+                raise ProxyError("0A000", "a scalar subquery is supported only as a direct operand "
+                                 "of a comparison, BETWEEN or IN item against a bare column in WHERE",
+                                 hint=_NESTED_HINT)  # fmt: skip
+            self._plans[key] = template
+        return inner, template
+
+    async def _answer_nested(
+        self, sql: str, nested: Nested, analyst: AnalystConfig, epsilon: Decimal, delta: Decimal | None,
+    ) -> Result:  # fmt: skip
+        """Scalar subqueries: each a release with an equal share of epsilon and delta
+        (the outer query one more), one charge for the whole statement; the subqueries'
+        noisy values are bound into the outer query's template, which then runs."""
+        inner, template = self._nested_plans(sql, nested)
+        lap("parse_rewrite")  # issue #8
+        share = Decimal(len(inner) + 1)
+        d = (self.default_delta if delta is None else delta) / share
+        noises = [self._noise(p, epsilon / share, d) for p in inner]
+        outer_noise = self._noise(template, epsilon / share, d)
+        backends = [self._run(p) for p in inner]
+        try:
+            flat = [n for ns in noises for n in ns] + outer_noise
+            cost = price(flat)
+            charge = await self._charge(analyst.name, replace(template, fingerprint=_union_fingerprint(
+                [*inner, template])), cost, flat)  # fmt: skip
+            values = []
+            for plan, noise, backend in zip(inner, noises, backends, strict=True):
+                values.append(_bound_value(release(plan, await _fetched(backend), noise, self.mechanisms)))
+            outer = instantiate(template, values)
+            answer = release(outer, await _fetched(self._run(outer)), outer_noise, self.mechanisms)
+            lap("backend")  # issue #8
+        finally:
+            for backend in backends:
+                _discard(backend)
+        lap("noise")  # issue #8
+        bounds = [_bounds(n, p) for p, n in zip([*inner, outer], [*noises, outer_noise], strict=True) if n]
+        notice = (
+            f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
+            f'"{template.dataset}" over {len(inner) + 1} releases (the subqueries\' noisy values '
+            f"{', '.join(_sql_value(v) for v in values)} filter the outer query), "
+            f"{fmt_decimal(_dec(charge.remaining_epsilon))} of {fmt_decimal(_dec(charge.budget_epsilon))} "
+            f"remaining (new answer). 95% noise bounds: {'; '.join(bounds)}"
+        )
+        return Result(tag=f"SELECT {len(answer.rows)}", columns=answer.columns, rows=answer.rows,
+                      notices=[notice])  # fmt: skip
 
     def _union_plans(self, sql: str, branches: list[exp.Expression]) -> list[DPPlan]:
         try:
@@ -341,6 +427,9 @@ class DPEngine:
             union = _union_query(tree)
             if union is not None:
                 return await self._answer_union(sql, union, analyst, epsilon, delta)
+            nested = _nested(tree)
+            if nested is not None:
+                return await self._answer_nested(sql, nested, analyst, epsilon, delta)
             plan = self.plan(sql, tree)
         lap("parse_rewrite")  # issue #8
         if plan.public_only:
@@ -670,6 +759,41 @@ def _union_query(tree: exp.Expression) -> UnionQuery | None:
         return union_query(tree)
     except RewriteError as e:
         raise refusal_from(e) from e
+
+
+def _nested(tree: exp.Expression) -> Nested | None:
+    """The split of a statement with scalar subqueries in WHERE (None for any other)."""
+    try:
+        return split_scalar_subqueries(tree)
+    except RewriteError as e:
+        raise refusal_from(e) from e
+
+
+# The template kind a subquery's released value is bound as, by its output type.
+_BOUND_KINDS = {"int2": "int", "int4": "int", "int8": "int", "numeric": "numeric", "float4": "numeric",
+                "float8": "numeric", "date": "date"}  # fmt: skip
+_SAMPLES: dict[str, Any] = {"int": 1, "numeric": Decimal("1.5"), "date": date(2000, 1, 1)}
+_NESTED_HINT = ("compare a column with an uncorrelated aggregate: o_totalprice > (SELECT "
+                "AVG(o_totalprice) FROM orders); it costs one release more")  # fmt: skip
+
+
+def _bound_value(answer: Answer) -> Any:
+    """A subquery's released value, as the outer template binds it (floats as numerics)."""
+    value = answer.rows[0][0]
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    if value is None or (isinstance(value, Decimal) and not value.is_finite()):
+        raise ProxyError("22004", "the scalar subquery's noisy value is NULL or not finite; its "
+                         "privacy cost has been charged")  # fmt: skip
+    return value
+
+
+async def _fetched(backend: asyncio.Future[Any]) -> Any:
+    """The rows of a bounded SQL run (the database's error text withheld)."""
+    try:
+        return await backend
+    except (asyncpg.PostgresError, OSError) as e:
+        raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
 
 
 def _union_fingerprint(plans: list[DPPlan]) -> str:

@@ -371,6 +371,10 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
         t = infer_type(n.args["true"], env)
         return _wider(t, infer_type(false, env)) if false is not None else t
     if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
+        divisor = n.expression.unnest() if isinstance(n, (exp.Div, exp.Mod)) else None
+        if isinstance(divisor, exp.Literal) and not divisor.is_string and _zero(divisor.this):
+            # Noisy values are never NULL: this would fail after the charge, every time.
+            raise PostProcessError(DIVISION_BY_ZERO, "division by zero")
         a, b = infer_type(n.this, env), infer_type(n.expression, env)
         if "date" in (a, b):  # date - date is whole days; date +/- days a date
             ints = ("int2", "int4", "int8")
@@ -410,6 +414,13 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
                 "FLOAT": "float4", "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar",
                 "DATE": "date"}.get(name, "numeric")  # fmt: skip
     return "text"
+
+
+def _zero(text: str) -> bool:
+    try:
+        return Decimal(text) == 0
+    except InvalidOperation:
+        return False
 
 
 def _wider(a: str, b: str) -> str:

@@ -1,0 +1,85 @@
+"""Scalar aggregate subqueries in WHERE through the proxy: the subquery's noisy value
+filters the outer query, the statement is charged once for both releases, and what
+cannot be planned before the value is known is refused before anything is spent."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from tests.e2e.conftest import Env, truth
+from tests.e2e.test_engine import connect
+from tests.support.proxy_process import ProxyProcess
+
+ABOVE_AVERAGE = "SELECT COUNT(*) FROM customer WHERE c_acctbal > (SELECT AVG(c_acctbal) FROM customer)"
+
+
+def _spent(conn: psycopg.Connection) -> tuple[Decimal, int]:
+    row = conn.execute("SELECT spent_epsilon, queries_charged FROM dp.budget").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
+    proxy: ProxyProcess, env: Env
+) -> None:
+    # customer has one row per unit, so at epsilon 9000 the count is exact (its noise is
+    # 0 except with probability below 1e-100) for whatever value the AVG released.
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        before = _spent(conn)
+        ((count,),) = conn.execute(ABOVE_AVERAGE).fetchall()
+        notice = conn.notices[-1]  # type: ignore[attr-defined]
+        after = _spent(conn)
+    match = re.search(r"noisy values (-?[0-9.]+) filter", notice)
+    assert match and "over 2 releases" in notice, notice
+    released = Decimal(match.group(1))
+    ((true_avg,),) = truth(env.tpch_dsn, "SELECT AVG(c_acctbal) FROM customer")
+    assert abs(released - true_avg) < 1  # type: ignore[operator]
+    ((want,),) = truth(env.tpch_dsn, f"SELECT COUNT(*) FROM customer WHERE c_acctbal > {released}")
+    assert count == want
+    assert after == (before[0] + 9000, before[1] + 1)
+
+
+def test_dates_constant_arithmetic_and_bind_parameters(proxy: ProxyProcess) -> None:
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 1")
+        rows = conn.execute("SELECT o_orderpriority, COUNT(*) FROM orders WHERE o_orderdate >= "
+                            "(SELECT MAX(o_orderdate) FROM orders) - 365 GROUP BY 1 ORDER BY 1").fetchall()  # fmt: skip
+        assert [r[0] for r in rows] == ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
+        assert re.search(r"noisy values '199\d-\d\d-\d\d' filter", conn.notices[-1])  # type: ignore[attr-defined]
+        q = "SELECT COUNT(*) FROM orders WHERE o_orderstatus = %s AND o_totalprice > (SELECT AVG(o_totalprice) FROM orders)"
+        for prepare in (False, True):
+            cur = conn.execute(q, ["F"], prepare=prepare)
+            assert cur.description is not None and cur.description[0].type_code == 20
+            assert isinstance(cur.fetchone()[0], int)  # type: ignore[index]
+
+
+def test_explain_lists_both_releases_and_spends_nothing(proxy: ProxyProcess) -> None:
+    with connect(proxy, "dave") as conn:
+        before = _spent(conn)
+        text = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {ABOVE_AVERAGE}").fetchall())
+        assert _spent(conn) == before
+    assert "2 releases, each with 1/2 of epsilon" in text
+    assert "[1] Output AVG(c_acctbal)" in text and "$1::numeric" in text.split("[2] Rewritten SQL:")[1]
+
+
+@pytest.mark.parametrize(("sql", "sqlstate"), [
+    ("SELECT COUNT(*) FROM orders WHERE o_totalprice > (SELECT AVG(o_totalprice) FROM orders GROUP BY o_orderstatus)", "0A000"),
+    ("SELECT COUNT(*) FROM orders WHERE o_totalprice > o_shippriority * (SELECT AVG(o_totalprice) FROM orders)", "0A000"),
+    ("SELECT COUNT(*) FROM orders o WHERE o_totalprice > (SELECT AVG(o2.o_totalprice) FROM orders o2 "
+     "WHERE o2.o_custkey = o.o_custkey)", "42P01"),
+    ("SELECT COUNT(*) FROM orders WHERE o_totalprice > (SELECT AVG(o_totalprice), COUNT(*) FROM orders)", "42601"),
+])  # fmt: skip
+def test_what_cannot_be_planned_first_is_refused_before_any_charge(
+    proxy: ProxyProcess, sql: str, sqlstate: str
+) -> None:
+    with connect(proxy, "dave") as conn:
+        before = _spent(conn)
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.sqlstate == sqlstate, info.value.diag.message_primary
+        assert _spent(conn) == before
