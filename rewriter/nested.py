@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from rewriter.errors import RewriteError, unsupported
 from rewriter.params import count_parameters
+from rewriter.template import filter_wheres
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +33,13 @@ class Nested:
 
 
 def split_scalar_subqueries(tree: exp.Expression) -> Nested | None:
-    """The split of `tree` when its outermost WHERE holds scalar subqueries that
-    aggregate; None when it holds none (any other subquery is for the rewriter)."""
+    """The split of `tree` when its outermost WHERE (or that of a derived table or CTE
+    it reads: TPC-H Q22's `custsale`) holds scalar subqueries that aggregate; None when
+    none does (any other subquery is for the rewriter)."""
     if not isinstance(tree, exp.Select):
         return None
-    where = tree.args.get("where")
-    if where is None:
-        return None
-    found = [s for s in where.find_all(exp.Subquery) if _scalar_aggregate(s, where)]
+    found = [s for where in filter_wheres(tree) for s in where.find_all(exp.Subquery)
+             if _scalar_aggregate(s, where)]  # fmt: skip
     if not found:
         return None
     if count_parameters(tree):

@@ -9,7 +9,8 @@ Measured under load, that rewrite was half of dpproxy's CPU per query.
 A template is made only where no value can change the plan, and this is decided from
 the statement's shape, never from a value:
 
-- every `$n` sits in the outermost SELECT's WHERE clause, reached from its root through
+- every `$n` sits in the outermost SELECT's WHERE clause (or the WHERE of a derived
+  table or CTE its FROM reads, which the rewriter accepts only row-level), reached from its root through
   AND / OR / NOT / parentheses only, as a direct operand of a comparison (=, <>, <, <=,
   >, >=), a BETWEEN bound or an IN list item whose other operand is a bare column, or as
   `$n / <non-zero decimal literal>` there (numeric division of a constant: it cannot
@@ -104,18 +105,33 @@ def value_kinds(values: list[Any]) -> tuple[str, ...] | None:
     return tuple(kinds)
 
 
+def filter_wheres(tree: exp.Select) -> list[exp.Where]:
+    """The outermost WHERE and those of the derived tables and CTEs the outermost FROM
+    reads (the rewriter accepts those only row-level: their WHERE filters rows as the
+    outermost one does)."""
+    wheres = [tree.args.get("where")]
+    from_ = tree.args.get("from_") or tree.args.get("from")
+    items = ([from_.this] if from_ is not None else []) + [j.this for j in tree.args.get("joins") or []]
+    bodies = [i.this for i in items if isinstance(i, exp.Subquery)]
+    with_ = tree.args.get("with_") or tree.args.get("with")
+    bodies += [cte.this for cte in (with_.expressions if with_ is not None else [])]
+    wheres += [b.args.get("where") for b in bodies if isinstance(b, exp.Select)]
+    return [w for w in wheres if w is not None]
+
+
 def filter_only(tree: exp.Expression, n_params: int) -> bool:
-    """True when every $1..$n is a filter operand of the outermost WHERE (module doc)."""
+    """True when every $1..$n is a filter operand of the outermost WHERE, or of a
+    derived table's or CTE's that the outermost FROM reads (module doc)."""
     if not isinstance(tree, exp.Select) or n_params == 0:
         return False
-    where = tree.args.get("where")
+    wheres = filter_wheres(tree)
     params = list(tree.find_all(exp.Parameter))
-    if where is None or not params:
+    if not wheres or not params:
         return False
     seen: set[int] = set()
     for p in params:
         n = parameter_number(p)
-        if n is None or not _allowed_position(p, where):
+        if n is None or not any(_allowed_position(p, w) for w in wheres):
             return False
         seen.add(n)
     return seen == set(range(1, n_params + 1))

@@ -45,6 +45,12 @@ CASES: list[tuple[str, list[list[Any]]]] = [
      [[datetime(1994, 6, 1, 12, 30), 1, 4], [datetime(1994, 6, 1, tzinfo=UTC), 7, -5]]),
     ("SELECT o_orderstatus, COUNT(*) FROM orders WHERE NOT (o_totalprice < $1 OR o_shippriority <> $2) "
      "GROUP BY 1", [[Decimal("1000.005"), 0], [5, 1]]),
+    # values in a derived table's and a CTE's WHERE (a scalar subquery's place in Q22)
+    ("SELECT k, COUNT(*), SUM(b) FROM (SELECT c_mktsegment AS k, c_acctbal AS b FROM customer "
+     "WHERE c_acctbal > $1 AND c_nationkey IN ($2, 7)) AS t GROUP BY k",
+     [[Decimal("4500.25"), 3], [-(1 << 63), 1], [Decimal("1e40"), 2]]),
+    ("WITH t AS (SELECT o_totalprice AS p FROM orders WHERE o_orderdate < $1) SELECT COUNT(*), AVG(p) FROM t "
+     "WHERE p > $2", [[date(1995, 6, 1), 100000], [date(1, 1, 1), Decimal("0.5")]]),
 ]
 
 

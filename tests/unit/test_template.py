@@ -35,6 +35,8 @@ def test_one_value_without_a_kind_plans_every_value_as_a_literal() -> None:
 
 
 FILTERS = [
+    "SELECT COUNT(*) FROM (SELECT * FROM orders WHERE o_totalprice > $1) o",  # a derived table's WHERE
+    "WITH t AS (SELECT o_totalprice FROM orders WHERE o_orderdate < $1) SELECT COUNT(*) FROM t WHERE o_totalprice > $2",
     "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1",
     "SELECT COUNT(*) FROM orders WHERE $1 <= o_totalprice",
     "SELECT COUNT(*) FROM orders WHERE o_orderdate BETWEEN $1 AND $2",
@@ -55,7 +57,7 @@ NOT_FILTERS = [
     "SELECT COUNT(*) FROM orders GROUP BY o_orderpriority HAVING COUNT(*) > $1",
     "SELECT COUNT(*) FROM orders LIMIT $1",
     "SELECT COUNT(*) + $1 FROM orders",
-    "SELECT COUNT(*) FROM (SELECT * FROM orders WHERE o_totalprice > $1) o",
+    "SELECT COUNT(*) FROM (SELECT * FROM orders WHERE o_totalprice > $1 + 1) o",
     "SELECT COUNT(*) FROM orders WHERE o_custkey IN (SELECT c_custkey FROM customer WHERE c_acctbal > $1)",
     "SELECT COUNT(*) FROM orders WHERE o_totalprice > $1 UNION ALL SELECT COUNT(*) FROM orders",
 ]
