@@ -7,7 +7,8 @@ rows to the outer row's unit:
 - on the foreign key that gives the subquery's table its unit:
   `EXISTS (SELECT 1 FROM lineitem WHERE l_orderkey = o_orderkey AND ...)` (TPC-H Q4);
 - on the foreign key that gives the outer row its unit, into the table it references:
-  `l_orderkey IN (SELECT o_orderkey FROM orders WHERE ...)`.
+  `l_orderkey IN (SELECT o_orderkey FROM orders WHERE ...)`, or on that same foreign key
+  of both (TPC-H Q21: `l2.l_orderkey = l1.l_orderkey`, line items of one order).
 Any match against a public table is fine. Anything else (a match on another column)
 would let one unit's rows decide whether other units' rows count, and is refused.
 
@@ -201,6 +202,13 @@ class SemiJoins:
             # The outer row's own foreign key into the subquery's table (lineitem's
             # `l_orderkey IN (SELECT o_orderkey FROM orders ...)`): the one row it matches
             # is the row that gives it its unit.
+            return True
+        inner_hop = table.meta.unit_path[0] if table.meta.unit_path else None
+        if outer_hop is not None and inner_hop is not None and xcol[1] == outer_hop.column \
+                and ycol[1] == inner_hop.column and (outer_hop.table, outer_hop.references) == (
+                    inner_hop.table, inner_hop.references):  # fmt: skip
+            # Both rows reference the same row of the table that gives them their unit
+            # (TPC-H Q21's `l2.l_orderkey = l1.l_orderkey`: line items of one order).
             return True
         if src is not None and src.name == table.name and xcol[1] == ycol[1] and table.meta.columns[ycol[1]].unique:
             # A table matched to itself on a declared key: the row matches itself only.
