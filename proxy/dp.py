@@ -224,7 +224,14 @@ class DPEngine:
     def _nested_plans(self, sql: str, nested: Nested) -> tuple[list[DPPlan], DPPlan]:
         """The plans of a statement's scalar subqueries, and its outer query's template
         with their values as $1..$n (rewriter/nested.py): both fixed before any value."""
-        inner = [self.plan(f"{sql}\x00s{i}", s) for i, s in enumerate(nested.inner)]
+        try:
+            inner = [self.plan(f"{sql}\x00s{i}", s) for i, s in enumerate(nested.inner)]
+        except ProxyError as e:
+            if e.sqlstate not in ("42703", "42P01"):
+                raise
+            # A name the subquery alone does not have: most likely the outer query's.
+            raise ProxyError("0A000", f"correlated scalar subqueries are not supported ({e.message})",
+                             hint=_NESTED_HINT) from e  # fmt: skip
         for p in inner:
             if p.keys or len(p.outputs) != 1 or p.public_only or p.outputs[0].type_name not in _BOUND_KINDS:
                 raise ProxyError("0A000", "a scalar subquery must return one number or date: one "
