@@ -265,6 +265,7 @@ _VARIANCE = (AggFunc.VAR_POP, AggFunc.VAR_SAMP, AggFunc.STDDEV_POP, AggFunc.STDD
 _SELECTED = (AggFunc.QUANTILE, AggFunc.MIN, AggFunc.MAX)
 _INT_TYPES = ("int8", "int4", "int2")
 _EXACT_DECIMAL_INT = 10**27  # below the default Decimal precision (28 digits)
+_EXACT_DIGITS = 27
 
 
 def _aggregate_column(
@@ -376,7 +377,9 @@ def _typed(value: Decimal, type_name: str, digits: int = 0) -> Any:
         return int(value.to_integral_value(rounding=ROUND_HALF_EVEN))
     if type_name in ("float8", "float4"):
         return float(value)
-    if digits:
+    if digits and value.is_finite() and value.adjusted() < _EXACT_DIGITS - digits:
+        # (Past the context's 28 digits quantize cannot keep `digits` places: a value that
+        # large keeps the places it has.)
         return value.quantize(Decimal(1).scaleb(-digits))
     return value
 

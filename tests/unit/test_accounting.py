@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlglot import exp
 
+import accounting.release as release_module
 from accounting.mechanisms import (
     Mechanisms,
     NoiseSpec,
@@ -202,3 +203,9 @@ def test_every_post_processing_node_evaluates_as_postgresql_does() -> None:
     for name, (sql, want) in POST_SAMPLES.items():
         node = parse_one(f"SELECT {sql}").expressions[0]
         assert evaluate(node, {"a": 6, "b": 4}) == want, name
+
+
+def test_a_huge_average_keeps_its_places_instead_of_failing() -> None:
+    # Found by fuzzing: AVG(1e308) quantized to 6 places overflowed the Decimal context.
+    assert release_module._typed(Decimal("1E+308"), "numeric", digits=6) == Decimal("1E+308")
+    assert str(release_module._typed(Decimal("1E+20"), "numeric", digits=6)) == "100000000000000000000.000000"
