@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -51,8 +51,14 @@ from proxy.observe import lap, note  # issue #8: per-stage timings and cost, see
 from proxy.router import refusal_from
 from rewriter.errors import INVALID_PARAMETER, RewriteError
 from rewriter.metadata import Metadata
-from rewriter.nested import Nested, split_scalar_subqueries
-from rewriter.params import bind_parameters
+from rewriter.nested import HINT as _NESTED_HINT
+from rewriter.nested import (
+    Nested,
+    outer_template,
+    post_values,
+    split_scalar_subqueries,
+    with_post_values,
+)
 from rewriter.parse import parse_one
 from rewriter.plan import DPPlan
 from rewriter.rewrite import rewrite
@@ -239,23 +245,10 @@ class DPEngine:
         key = f"{sql}\x00outer"
         template = self._plans.get(key)
         if template is None:
-            kinds = tuple(_BOUND_KINDS[p.outputs[0].type_name] for p in inner)
             try:
-                template = make_template(nested.outer, kinds, self.meta)
+                template = outer_template(nested, _kinds(inner), self.meta)
             except RewriteError as e:
                 raise refusal_from(e) from e
-            if template is None:
-                # Planned with the value as a literal, the outer query could then be
-                # refused or cost otherwise for some values: a refusal after the charge.
-                # (A refusal of any value, such as a date compared with a number, is
-                # reported as the rewriter words it.)
-                try:
-                    rewrite(bind_parameters(nested.outer, [_SAMPLES[k] for k in kinds]), self.meta)
-                except RewriteError as e:
-                    raise refusal_from(e) from e
-                raise ProxyError("0A000", "a scalar subquery is supported only as a direct operand "
-                                 "of a comparison, BETWEEN or IN item against a bare column in WHERE",
-                                 hint=_NESTED_HINT)  # fmt: skip
             self._plans[key] = template
         return inner, template
 
@@ -280,7 +273,10 @@ class DPEngine:
             values = []
             for plan, noise, backend in zip(inner, noises, backends, strict=True):
                 values.append(_bound_value(release(plan, await _fetched(backend), noise, self.mechanisms)))
-            outer = instantiate(template, values)
+            f = nested.filters
+            outer = instantiate(template, values[:f]) if f else template
+            if f < len(values):
+                outer = with_post_values(outer, post_values(_kinds(inner), f, values))
             answer = release(outer, await _fetched(self._run(outer)), outer_noise, self.mechanisms)
             lap("backend")  # issue #8
         finally:
@@ -290,8 +286,8 @@ class DPEngine:
         bounds = [_bounds(n, p) for p, n in zip([*inner, outer], [*noises, outer_noise], strict=True) if n]
         notice = (
             f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
-            f'"{template.dataset}" over {len(inner) + 1} releases (the subqueries\' noisy values '
-            f"{', '.join(_sql_value(v) for v in values)} filter the outer query), "
+            f'"{template.dataset}" over {len(inner) + 1} releases (the scalar subqueries\' noisy values: '
+            f"{', '.join(_sql_value(v) for v in values)}), "
             f"{fmt_decimal(_dec(charge.remaining_epsilon))} of {fmt_decimal(_dec(charge.budget_epsilon))} "
             f"remaining (new answer). 95% noise bounds: {'; '.join(bounds)}"
         )
@@ -779,9 +775,9 @@ def _nested(tree: exp.Expression) -> Nested | None:
 # The template kind a subquery's released value is bound as, by its output type.
 _BOUND_KINDS = {"int2": "int", "int4": "int", "int8": "int", "numeric": "numeric", "float4": "numeric",
                 "float8": "numeric", "date": "date"}  # fmt: skip
-_SAMPLES: dict[str, Any] = {"int": 1, "numeric": Decimal("1.5"), "date": date(2000, 1, 1)}
-_NESTED_HINT = ("compare a column with an uncorrelated aggregate: o_totalprice > (SELECT "
-                "AVG(o_totalprice) FROM orders); it costs one release more")  # fmt: skip
+def _kinds(inner: list[DPPlan]) -> tuple[str, ...]:
+    """The kind each subquery's released value is bound as."""
+    return tuple(_BOUND_KINDS[p.outputs[0].type_name] for p in inner)
 
 
 def _bound_value(answer: Answer) -> Any:

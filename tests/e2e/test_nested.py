@@ -34,7 +34,7 @@ def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
         ((count,),) = conn.execute(ABOVE_AVERAGE).fetchall()
         notice = conn.notices[-1]  # type: ignore[attr-defined]
         after = _spent(conn)
-    match = re.search(r"noisy values (-?[0-9.]+) filter", notice)
+    match = re.search(r"noisy values: (-?[0-9.]+)\)", notice)
     assert match and "over 2 releases" in notice, notice
     released = Decimal(match.group(1))
     ((true_avg,),) = truth(env.tpch_dsn, "SELECT AVG(c_acctbal) FROM customer")
@@ -50,7 +50,7 @@ def test_dates_constant_arithmetic_and_bind_parameters(proxy: ProxyProcess) -> N
         rows = conn.execute("SELECT o_orderpriority, COUNT(*) FROM orders WHERE o_orderdate >= "
                             "(SELECT MAX(o_orderdate) FROM orders) - 365 GROUP BY 1 ORDER BY 1").fetchall()  # fmt: skip
         assert [r[0] for r in rows] == ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
-        assert re.search(r"noisy values '199\d-\d\d-\d\d' filter", conn.notices[-1])  # type: ignore[attr-defined]
+        assert re.search(r"noisy values: '199\d-\d\d-\d\d'", conn.notices[-1])  # type: ignore[attr-defined]
         q = "SELECT COUNT(*) FROM orders WHERE o_orderstatus = %s AND o_totalprice > (SELECT AVG(o_totalprice) FROM orders)"
         for prepare in (False, True):
             cur = conn.execute(q, ["F"], prepare=prepare)
@@ -102,7 +102,7 @@ def test_tpch_q22_as_written(proxy: ProxyProcess, env: Env) -> None:
         conn.execute("SET dp.epsilon = 9000")
         rows = conn.execute(Q22).fetchall()
         notice = conn.notices[-1]  # type: ignore[attr-defined]
-    match = re.search(r"noisy values (-?[0-9.]+) filter", notice)
+    match = re.search(r"noisy values: (-?[0-9.]+)\)", notice)
     assert match, notice
     exact = truth(env.tpch_dsn, Q22.replace(Q22[Q22.index("(select avg"):Q22.index("17'))") + 5], match.group(1)))
     # Counts exact; sums within 100 (Laplace scale ~4.4 there: beyond 100 w.p. < 1e-9).
@@ -110,3 +110,19 @@ def test_tpch_q22_as_written(proxy: ProxyProcess, env: Env) -> None:
     assert rows and all(r[0] in want and r[1] == want[r[0]][1] for r in rows)
     assert all(abs(r[2] - want[r[0]][2]) < 100 for r in rows)  # type: ignore[operator]
     assert {r[0] for r in exact if r[1] >= 3} <= {r[0] for r in rows}  # type: ignore[operator]
+
+
+def test_a_share_of_the_total_is_post_processing_of_two_releases(proxy: ProxyProcess, env: Env) -> None:
+    # customer: one row per unit; at epsilon 9000 both counts are exact, so the shares
+    # are PostgreSQL's to the last digit (numeric division, as PostgreSQL scales it).
+    q = ("SELECT c_mktsegment, COUNT(*) * 100.0 / (SELECT COUNT(*) FROM customer) AS pct FROM customer "
+         "GROUP BY 1 HAVING COUNT(*) > (SELECT COUNT(*) FROM customer) / 10 ORDER BY 1")  # fmt: skip
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        before = _spent(conn)
+        cur = conn.execute(q)
+        rows = cur.fetchall()
+        assert cur.description is not None and [d.type_code for d in cur.description] == [25, 1700]
+        assert "over 3 releases" in conn.notices[-1]  # type: ignore[attr-defined]
+        assert _spent(conn) == (before[0] + 9000, before[1] + 1)
+    assert rows == truth(env.tpch_dsn, q) and len(rows) == 5
