@@ -624,7 +624,10 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
     analyzer = b.analyzer(f"the aggregate {label}")
     if isinstance(node, exp.Count):
         arg = node.this
-        if arg is None or isinstance(arg, exp.Star):
+        if arg is None:
+            # `count()`, or a token sqlglot dropped (`count(+)`): PostgreSQL refuses both.
+            raise RewriteError("42809", "count(*) must be used to call a parameterless aggregate function")
+        if isinstance(arg, exp.Star):
             return AggregateSpec(AggFunc.COUNT, label, count=_count(b, None, filt, label), sum=None)
         if isinstance(arg, exp.Distinct):
             if len(arg.expressions) != 1:

@@ -476,6 +476,17 @@ class Analyzer:
         return exp.cast(exp.Paren(this=t.operand), "bigint" if kind == "int" else "numeric")
 
     def _temporal_arith(self, n: exp.Expression, a: Typed, b: Typed) -> Typed:
+        if isinstance(n, exp.Mul):
+            # Only an interval times a number exists (`INTERVAL '1 day' * 30`); a date or
+            # timestamp times anything would fail in PostgreSQL, after the charge.
+            kinds = sorted([a.kind, b.kind], key=lambda k: k != "interval")
+            if kinds[0] != "interval" or kinds[1] not in NUMERIC_KINDS:
+                raise RewriteError("42883", f"operator does not exist: {a.type_name} * {b.type_name}",
+                                   "dates and timestamps can be shifted by a constant interval (d + INTERVAL '1 day')")  # fmt: skip
+            if not (a.constant and b.constant):
+                raise unsupported(f"an interval times a column is not allowed in {self.context}: it can "
+                                  "overflow for some rows", "multiply the interval by a constant")  # fmt: skip
+            return Typed(exp.Mul(this=a.sql, expression=b.sql), "interval", nullable=False, constant=True)
         if isinstance(n, exp.Sub) and a.kind == b.kind == "date" and not (a.constant and b.constant):
             return _days_between(a, b)
         if not (a.constant and b.constant):
