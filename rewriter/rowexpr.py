@@ -149,6 +149,17 @@ _FINITE_RANGES: dict[str, tuple[int, int]] = {
     "millennium": (-5, 5875),
     "epoch": (-210_900_000_000, 185_400_000_000_000),
 }
+# (left kind, operator, right kind) -> result kind, for constant date/time arithmetic.
+_CONSTANT_TEMPORAL: dict[tuple[str, str, str], str] = {
+    ("date", "+", "int"): "date", ("int", "+", "date"): "date", ("date", "-", "int"): "date",
+    ("date", "-", "date"): "int", ("date", "+", "interval"): "timestamp",
+    ("interval", "+", "date"): "timestamp", ("date", "-", "interval"): "timestamp",
+    ("interval", "+", "interval"): "interval", ("interval", "-", "interval"): "interval",
+    **{(t, op, "interval"): t for t in ("timestamp", "timestamptz") for op in "+-"},
+    **{("interval", "+", t): t for t in ("timestamp", "timestamptz")},
+    **{(x, "-", y): "interval" for x in ("date", "timestamp", "timestamptz")
+       for y in ("date", "timestamp", "timestamptz") if "date" not in (x, y) or x != y},
+}  # fmt: skip
 _SMALL_DOMAIN_FIELDS = {"month", "quarter", "dow", "isodow", "hour", "day", "week"}
 _TRUNC_UNITS = {"microseconds", "milliseconds", "second", "minute", "hour", "day", "week",
                 "month", "quarter", "year", "decade", "century", "millennium"}  # fmt: skip
@@ -500,11 +511,17 @@ class Analyzer:
                 "years, or a date plus or minus whole days, is allowed; or compare the column "
                 "with a computed constant, e.g. d >= DATE '1995-01-01' + INTERVAL '1 month'",
             )
-        kind = a.kind if a.kind in TEMPORAL_KINDS else b.kind
-        if isinstance(n, exp.Sub) and a.kind in TEMPORAL_KINDS and b.kind in TEMPORAL_KINDS:
-            kind = "interval" if "date" not in (a.kind, b.kind) else "int"
-        if "interval" in (a.kind, b.kind) and kind == "date":
-            kind = "timestamp"
+        # Constants: only the operators PostgreSQL has (an error would come for every
+        # row, but after the charge).
+        op = "+" if isinstance(n, exp.Add) else "-"
+        kind = _CONSTANT_TEMPORAL.get((a.kind, op, b.kind))
+        if kind is None:
+            unknown = "text" in (a.kind, b.kind)
+            raise RewriteError("42725" if unknown else "42883",
+                               f"operator {'is not unique' if unknown else 'does not exist'}: "
+                               f"{a.type_name if a.kind != 'text' else 'unknown'} {op} "
+                               f"{b.type_name if b.kind != 'text' else 'unknown'}",
+                               "cast the literal: DATE '1995-01-01', INTERVAL '1 day'")  # fmt: skip
         return Typed(type(n)(this=a.sql, expression=b.sql), kind, nullable=False, constant=True)
 
     def _n_Add(self, n: exp.Expression) -> Typed:
