@@ -181,10 +181,13 @@ def _date_arith(n: exp.Expression, a: Value, b: Value) -> Value:
     """date - date (whole days, an integer) and date +/- whole days, as PostgreSQL."""
     if isinstance(n, exp.Sub) and _is_date(a) and _is_date(b):
         return (a - b).days
-    if isinstance(n, (exp.Add, exp.Sub)) and _is_date(a) and type(b) is int:
-        return a + timedelta(days=b if isinstance(n, exp.Add) else -b)
-    if isinstance(n, exp.Add) and type(a) is int and _is_date(b):
-        return b + timedelta(days=a)
+    try:
+        if isinstance(n, (exp.Add, exp.Sub)) and _is_date(a) and type(b) is int:
+            return a + timedelta(days=b if isinstance(n, exp.Add) else -b)
+        if isinstance(n, exp.Add) and type(a) is int and _is_date(b):
+            return b + timedelta(days=a)
+    except OverflowError as e:
+        raise PostProcessError("22008", "date out of range") from e
     raise PostProcessError("42883", "operator does not exist for date and "
                            f"{'date' if _is_date(b) and _is_date(a) else type(b if _is_date(a) else a).__name__}")  # fmt: skip
 

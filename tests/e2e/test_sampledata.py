@@ -117,7 +117,7 @@ def test_declared_domains_cover_the_sample(tpch_metadata: Metadata, tpch_dsn: st
                     values = {r[0] for r in conn.execute(
                         sql.SQL("SELECT DISTINCT {} FROM {}").format(ident, sql.Identifier(tname)))}
                     assert values <= set(column.domain), f"{tname}.{cname}"
-                if column.bounded:
+                if column.bounded or column.date_bounds:
                     lo, hi = conn.execute(sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(
                         ident, sql.Identifier(tname))).fetchone()  # type: ignore[misc]
                     assert column.lower <= lo and hi <= column.upper, f"{tname}.{cname}"  # type: ignore[operator]

@@ -143,6 +143,9 @@ def test_post_processing_of_released_dates_follows_postgresql() -> None:
     assert e.value.sqlstate == "22007"
     with pytest.raises(PostProcessError):
         _post("a * 2", env)
+    with pytest.raises(PostProcessError) as e:
+        _post("a + 100000000", env)  # beyond the dates Python holds
+    assert e.value.sqlstate == "22008"
     types = {"a": "date", "b": "date"}
     for sql, want in (("a - b", "int4"), ("a + 1", "date"), ("CAST(b AS date)", "date")):
         assert infer_type(parse_one(f"SELECT {sql}").expressions[0], types) == want, sql
