@@ -1168,16 +1168,23 @@ _UNIT_DAYS = {"microsecond": Decimal(1) / 86_400_000_000, "millisecond": Decimal
 _INTERVAL_PART = re.compile(r"([-+]?\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
 
 
+def _interval_text(t: Typed) -> str | None:
+    """The text of a constant interval literal (`'1 day'::interval`, `INTERVAL '1' DAY`),
+    or None for an interval that is not a plain literal."""
+    node = t.sql
+    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal):
+        return str(node.this.this)
+    if isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
+        unit = node.args.get("unit")
+        return str(node.this.this) + (f" {unit.name}" if unit is not None else "")
+    return None
+
+
 def _interval_days(t: Typed) -> Decimal | None:
     """An upper bound on the days a constant interval literal spans (months as 31 days,
     years as 366), or None for an interval that is not a plain literal."""
-    node = t.sql
-    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal):
-        text = str(node.this.this)
-    elif isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
-        unit = node.args.get("unit")
-        text = str(node.this.this) + (f" {unit.name}" if unit is not None else "")
-    else:
+    text = _interval_text(t)
+    if text is None:
         return None
     total = Decimal(0)
     for number, unit in _INTERVAL_PART.findall(text):
@@ -1237,13 +1244,8 @@ def _whole_days(shift: Typed) -> int | None:
     days and weeks only); None for anything else (months vary in length)."""
     if shift.kind == "int":
         return int(shift.lo) if shift.lo is not None and shift.lo == shift.hi else None
-    node = shift.sql
-    if isinstance(node, exp.Cast) and isinstance(node.this, exp.Literal):
-        text = str(node.this.this)
-    elif isinstance(node, exp.Interval) and isinstance(node.this, exp.Literal):
-        unit = node.args.get("unit")
-        text = str(node.this.this) + (f" {unit.name}" if unit is not None else "")
-    else:
+    text = _interval_text(shift)
+    if text is None:
         return None
     parts = _INTERVAL_PART.findall(text)
     if not parts or _INTERVAL_PART.sub("", text).strip():
