@@ -27,7 +27,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from sqlglot import exp
 
@@ -547,7 +547,7 @@ class Analyzer:
             others = [p.step for p in (a, b) if p.step is not None]
             if len(others) == 2:
                 out = replace(out, step=others[0] * others[1])
-        return out
+        return replace(out, domain=_mapped_domain(n, a, b))
 
     _n_Sub = _n_Mul = _n_Add
 
@@ -555,7 +555,10 @@ class Analyzer:
         a = self._numeric_operand(self.analyze(n.this), "-")
         assert a.lo is not None and a.hi is not None
         sql = exp.Neg(this=self._cast_for(a, a.kind if a.kind == "int" else "numeric"))
-        return self._arith_result(sql, [a], -a.hi, -a.lo, a.kind)
+        out = self._arith_result(sql, [a], -a.hi, -a.lo, a.kind)
+        if a.domain is not None and all(v is None or type(v) in (int, Decimal) for v in a.domain):
+            out = replace(out, domain=tuple(None if v is None else -v for v in a.domain))  # type: ignore[operator]
+        return out
 
     def _divisor(self, d: Typed) -> tuple[exp.Expression, Decimal | None]:
         """The divisor's SQL (NULLIF-guarded unless a non-zero constant) and its value."""
@@ -646,7 +649,18 @@ class Analyzer:
             step = Decimal(1)
         lo = (a.lo - step).to_integral_value(rounding=ROUND_FLOOR)
         hi = (a.hi + step).to_integral_value(rounding=ROUND_CEILING)
-        return self._arith_result(sql, [a], lo, hi, "numeric")
+        out = self._arith_result(sql, [a], lo, hi, "numeric")
+        if a.kind != "float":  # (a float's conversion to numeric could pass its bound)
+            # Monotone: every value lies on the step's grid between those of the bounds,
+            # a public domain when short (a histogram's `FLOOR(x / 100000)` buckets).
+            mode = {"FLOOR": ROUND_FLOOR, "CEIL": ROUND_CEILING, "ROUND": ROUND_HALF_UP, "TRUNC": ROUND_DOWN}[name]
+            first, last = (v.quantize(step, rounding=mode) for v in (a.lo, a.hi))
+            count = (last - first) / step + 1
+            if count <= MAX_DERIVED_DOMAIN:
+                grid = [first + i * step for i in range(int(count))]
+                dom = tuple(Decimal(int(v)) if step >= 1 else v for v in grid)
+                out = replace(out, domain=(*dom, None) if a.nullable else dom)
+        return out
 
     def _n_Round(self, n: exp.Round) -> Typed:
         return self._rounding(n, "ROUND")
@@ -1316,6 +1330,29 @@ def _cols(*parts: Typed) -> frozenset[tuple[str, str]]:
     for p in parts:
         out |= p.columns
     return out
+
+
+def _mapped_domain(n: exp.Expression, a: Typed, b: Typed) -> tuple[object, ...] | None:
+    """The domain of `a op b` (+, -, *) when one side is a number constant and the other
+    has a domain of numbers. (Computed from a clamped operand, a value can fall outside
+    the list, like any value outside a domain: its rows are left out of the groups.)"""
+    for keyed, const, left in ((a, b, True), (b, a, False)):
+        if keyed.constant or keyed.domain is None:
+            continue
+        if not (const.constant and const.lo is not None and const.lo == const.hi and const.kind in NUMERIC_KINDS):
+            continue
+        if not all(v is None or type(v) in (int, Decimal) for v in keyed.domain):
+            continue
+        c = const.lo if const.kind != "int" else int(const.lo)
+        return _dedup(tuple(None if v is None else _apply(n, (v, c) if left else (c, v)) for v in keyed.domain))
+    return None
+
+
+def _apply(n: exp.Expression, operands: tuple[object, object]) -> object:
+    x, y = operands
+    if isinstance(n, exp.Add):
+        return x + y  # type: ignore[operator]
+    return x - y if isinstance(n, exp.Sub) else x * y  # type: ignore[operator]
 
 
 def _dedup(values: tuple[object, ...]) -> tuple[object, ...]:

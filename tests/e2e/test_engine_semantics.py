@@ -51,6 +51,9 @@ KEYS = [
     "FLOOR(c_acctbal / 2500)", "c_nationkey IN (1, 2)", "c_comment LIKE '%final%'",
     "c_nationkey", "SUBSTRING(c_phone FROM 1 FOR 2)", "c_comment NOT LIKE '%final%'",
     "c_phone IS NOT NULL", "width_bucket(c_acctbal, 0, 10000, 3) * 10",
+    # listed by their bounds: rounded buckets, and constant arithmetic over a listed key
+    "CEIL(c_acctbal / 2500) * 2500", "ROUND(c_acctbal, -3)", "TRUNC(c_acctbal / 1000) - 1",
+    "-(c_nationkey % 5)", "c_nationkey * 2 + 1", "ROUND(c_acctbal / 1000, 1)",
 ]  # fmt: skip
 
 

@@ -444,3 +444,17 @@ def test_in_subquery_leaves_out_nulls_of_a_nullable_match() -> None:
         **META.tables, "orders": orders.model_copy(update={"columns": {**orders.columns, "o_custkey": unit}})}})  # fmt: skip
     sql = plan(q, meta).sql
     assert 'WHERE ("s0"."o_totalprice" > 400000) AND NOT "s0"."o_custkey" IS NULL' in sql, sql
+
+
+@pytest.mark.parametrize(("key", "domain"), [
+    ("FLOOR(o_totalprice / 100000) * 100000", tuple(Decimal(v) for v in range(0, 600001, 100000))),
+    ("ROUND(o_totalprice, -5)", tuple(Decimal(v) for v in range(0, 600001, 100000))),
+    ("TRUNC(o_totalprice / 100000)", tuple(Decimal(v) for v in range(7))),
+    ("CEIL(o_totalprice / 100000) - 1", tuple(Decimal(v) for v in range(-1, 6))),
+    ("ROUND(o_totalprice / 100000, 1)", tuple(Decimal(v).scaleb(-1) for v in range(61))),
+    ("-EXTRACT(MONTH FROM o_orderdate) + 13", tuple(range(12, 0, -1))),
+])  # fmt: skip
+def test_rounded_and_shifted_keys_list_every_value_their_bounds_allow(key: str, domain: tuple[object, ...]) -> None:
+    (k,) = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1").keys
+    assert not k.private and k.domain == domain
+    assert [str(v) for v in k.domain[:2]] == [str(v) for v in domain[:2]]  # as PostgreSQL prints them
