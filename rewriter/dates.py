@@ -10,6 +10,7 @@ group, no partition selection), and MIN/MAX/quantiles of a date run over its day
 
 from __future__ import annotations
 
+from calendar import monthrange
 from datetime import UTC, date, datetime, timedelta
 
 from sqlglot import exp
@@ -115,3 +116,22 @@ def trunc_domain(unit: str, first: date, last: date, limit: int) -> tuple[dateti
         out.append(datetime(d.year, d.month, d.day, tzinfo=UTC))
         d = _next(unit, d)
     return tuple(out)
+
+
+def shifted_span(span: tuple[int, int], months: int, days: int) -> tuple[int, int] | None:
+    """The days since 1970-01-01 of the first and last declared dates moved by months
+    (the day of month clamped to the month's length, as PostgreSQL does), then days:
+    monotone, so the ends move to the ends. None when they would leave years 1..9999."""
+    out = []
+    for day in span:
+        d = from_epoch_days(day)
+        year, month = divmod(d.month - 1 + months, 12)
+        year += d.year
+        if not 1 <= year <= 9999:
+            return None
+        moved = date(year, month + 1, min(d.day, monthrange(year, month + 1)[1]))
+        try:
+            out.append(epoch_days(moved + timedelta(days=days)))
+        except OverflowError:
+            return None
+    return out[0], out[1]

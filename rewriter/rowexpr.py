@@ -36,6 +36,7 @@ from rewriter.dates import (
     extract_domain,
     extract_range,
     from_epoch_days,
+    shifted_span,
     trunc_domain,
 )
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
@@ -1234,18 +1235,25 @@ def _shifted(n: exp.Expression, a: Typed, b: Typed) -> Typed | None:
 
     out = Typed(exp.Case(ifs=[exp.If(this=safe, true=move(column.sql))]), kind, nullable=True,
                 columns=_cols(a, b))  # fmt: skip
-    whole = _whole_days(shift)
-    if whole is None:
+    calendar = _calendar_shift(shift)
+    if calendar is None:
         return out
-    # A shift by whole days keeps midnights midnights: declared dates stay declared
-    # (shifted), and listed values stay listed (Metabase's Sunday weeks:
+    # A shift by whole months and days keeps midnights midnights: declared dates stay
+    # declared (shifted; months added first, as PostgreSQL does, so a fiscal year
+    # EXTRACT(YEAR FROM d + INTERVAL '6 months') has its years listed too) and, by whole
+    # days, listed values stay listed (Metabase's Sunday weeks:
     # date_trunc('week', d + INTERVAL '1 day') + INTERVAL '-1 day').
-    whole = -whole if isinstance(n, exp.Sub) else whole
+    sign = -1 if isinstance(n, exp.Sub) else 1
+    months, whole = sign * calendar[0], sign * calendar[1]
     if column.span is not None and column.value is not None:
-        # The clamped value lies within the declared dates, far inside the window.
-        out = replace(out, span=(column.span[0] + whole, column.span[1] + whole),
-                      value=exp.Paren(this=move(column.value)))  # fmt: skip
-    if column.domain is not None and all(v is None or isinstance(v, date) for v in column.domain):
+        span = shifted_span(column.span, months, whole)
+        if span is not None:
+            # The clamped date lies within the declared dates, far inside the window: it
+            # is shifted with no guard (and is NULL only where the date is), as numbers
+            # are clamped before arithmetic.
+            moved = exp.Paren(this=move(column.value))
+            out = replace(out, sql=moved, value=moved.copy(), span=span, nullable=column.nullable)
+    if months == 0 and column.domain is not None and all(v is None or isinstance(v, date) for v in column.domain):
         step = timedelta(days=whole)
         out = replace(out, domain=tuple(
             None if v is None else (v if isinstance(v, datetime) or kind == "date" else datetime(v.year, v.month, v.day)) + step
@@ -1253,24 +1261,30 @@ def _shifted(n: exp.Expression, a: Typed, b: Typed) -> Typed | None:
     return out
 
 
-def _whole_days(shift: Typed) -> int | None:
-    """The signed whole days a constant shift moves by (an integer, or an interval of
-    days and weeks only); None for anything else (months vary in length)."""
+_CALENDAR_UNITS = {"day": (0, 1), "days": (0, 1), "week": (0, 7), "weeks": (0, 7), "mon": (1, 0),
+                   "mons": (1, 0), "month": (1, 0), "months": (1, 0), "year": (12, 0), "years": (12, 0)}  # fmt: skip
+
+
+def _calendar_shift(shift: Typed) -> tuple[int, int] | None:
+    """The signed whole (months, days) a constant shift moves by (an integer of days, or
+    an interval of whole years, months, weeks and days); None for anything else (hours
+    would move midnights)."""
     if shift.kind == "int":
-        return int(shift.lo) if shift.lo is not None and shift.lo == shift.hi else None
+        return (0, int(shift.lo)) if shift.lo is not None and shift.lo == shift.hi else None
     text = _interval_text(shift)
     if text is None:
         return None
     parts = _INTERVAL_PART.findall(text)
     if not parts or _INTERVAL_PART.sub("", text).strip():
         return None
-    total = 0
+    months = days = 0
     for number, unit in parts:
-        per = {"day": 1, "days": 1, "week": 7, "weeks": 7}.get(unit.lower())
+        per = _CALENDAR_UNITS.get(unit.lower())
         if per is None or not re.fullmatch(r"[-+]?\d+", number):
             return None
-        total += int(number) * per
-    return total
+        months, days = months + int(number) * per[0], days + int(number) * per[1]
+    return months, days
+
 
 
 # The last day a timestamp can hold: a later date raises when cast to a timestamp.

@@ -27,6 +27,9 @@ KEYS = [
     # shifts by whole days keep the list (Metabase's weeks starting on Sunday)
     "date_trunc('week', (o_orderdate + INTERVAL '1 day')) + INTERVAL '-1 day'", "o_orderdate + 1",
     "o_orderdate - INTERVAL '2 weeks'", "EXTRACT(YEAR FROM o_orderdate - 100)",
+    # and by whole months (a fiscal year; a month's last days clamp as PostgreSQL does)
+    "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months')::int",
+    "DATE_TRUNC('month', o_orderdate - INTERVAL '1 year 1 day')", "DATE_TRUNC('day', o_orderdate + INTERVAL '1 month')",
 ]  # fmt: skip
 
 

@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from sqlglot import exp
 
 from accounting.release import _typed
-from rewriter.dates import epoch_days, extract_domain, extract_range, from_epoch_days, trunc_domain
+from rewriter.dates import (
+    epoch_days,
+    extract_domain,
+    extract_range,
+    from_epoch_days,
+    shifted_span,
+    trunc_domain,
+)
 from rewriter.errors import RewriteError
 from rewriter.metadata import ColumnMeta, Metadata
 from rewriter.parse import parse_one
@@ -158,6 +165,9 @@ def test_post_processing_of_released_dates_follows_postgresql() -> None:
     ("1 + o_orderdate", date(1992, 1, 2)),
     ("o_orderdate - INTERVAL '2 weeks'", datetime(1991, 12, 18)),
     ("EXTRACT(YEAR FROM o_orderdate - 100)", 1991),
+    # whole months too (a fiscal year): the declared dates move, months first
+    ("EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months')::int", 1992),
+    ("DATE_TRUNC('month', o_orderdate - INTERVAL '1 year 1 day')", datetime(1990, 12, 1)),
 ])  # fmt: skip
 def test_shifts_by_whole_days_keep_the_listed_values(key: str, first: object) -> None:
     (k,) = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1").keys
@@ -165,7 +175,7 @@ def test_shifts_by_whole_days_keep_the_listed_values(key: str, first: object) ->
 
 
 @pytest.mark.parametrize("key", ["o_orderdate + INTERVAL '1 day 2 hours'", "o_orderdate + INTERVAL '1 month'",
-                                 "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months')"])  # fmt: skip
+                                 "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 hours')"])  # fmt: skip
 def test_other_shifts_are_private_keys(key: str) -> None:
     (k,) = plan(f"SELECT {key} AS k, COUNT(*) FROM orders GROUP BY 1").keys
     assert k.private
@@ -174,3 +184,10 @@ def test_other_shifts_are_private_keys(key: str) -> None:
 def test_a_shifted_declared_date_is_still_declared() -> None:
     (agg,) = plan("SELECT MAX(o_orderdate + 30) FROM orders").aggregates
     assert agg.result_type == "date" and (agg.lower, agg.upper) == (8035 + 30, 10_591 + 30)
+
+
+def test_shifted_spans_move_months_first_and_clamp_the_day() -> None:
+    jan31, mar31 = epoch_days(date(1992, 1, 31)), epoch_days(date(1992, 3, 31))
+    assert shifted_span((jan31, mar31), 1, 0) == (epoch_days(date(1992, 2, 29)), epoch_days(date(1992, 4, 30)))
+    assert shifted_span((jan31, mar31), -12, 1) == (epoch_days(date(1991, 2, 1)), epoch_days(date(1991, 4, 1)))
+    assert shifted_span((jan31, mar31), 12 * 9000, 0) is None
