@@ -260,6 +260,11 @@ class DPEngine:
         noisy values are bound into the outer query's template, which then runs."""
         inner, template = self._nested_plans(sql, nested)
         lap("parse_rewrite")  # issue #8
+        whole = replace(template, fingerprint=_union_fingerprint([*inner, template]),
+                        reads_clock=any(p.reads_clock for p in [*inner, template]))  # fmt: skip
+        key, hit = await self._stored_answer(whole, analyst, epsilon, delta)
+        if hit is not None:
+            return hit
         share = Decimal(len(inner) + 1)
         d = (self.default_delta if delta is None else delta) / share
         noises = [self._noise(p, epsilon / share, d) for p in inner]
@@ -268,8 +273,7 @@ class DPEngine:
         try:
             flat = [n for ns in noises for n in ns] + outer_noise
             cost = price(flat)
-            charge = await self._charge(analyst.name, replace(template, fingerprint=_union_fingerprint(
-                [*inner, template])), cost, flat)  # fmt: skip
+            charge = await self._charge(analyst.name, whole, cost, flat)
             values = []
             for plan, noise, backend in zip(inner, noises, backends, strict=True):
                 values.append(_bound_value(release(plan, await _fetched(backend), noise, self.mechanisms)))
@@ -284,12 +288,14 @@ class DPEngine:
                 _discard(backend)
         lap("noise")  # issue #8
         bounds = [_bounds(n, p) for p, n in zip([*inner, outer], [*noises, outer_noise], strict=True) if n]
+        if key is not None:
+            self._store(key, whole, analyst, CachedAnswer(answer.columns, answer.rows, "; ".join(bounds)))
         notice = (
             f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
             f'"{template.dataset}" over {len(inner) + 1} releases (the scalar subqueries\' noisy values: '
             f"{', '.join(_sql_value(v) for v in values)}), "
             f"{fmt_decimal(_dec(charge.remaining_epsilon))} of {fmt_decimal(_dec(charge.budget_epsilon))} "
-            f"remaining (new answer). 95% noise bounds: {'; '.join(bounds)}"
+            f"remaining (new answer{_CACHED if key else ''}). 95% noise bounds: {'; '.join(bounds)}"
         )
         return Result(tag=f"SELECT {len(answer.rows)}", columns=answer.columns, rows=answer.rows,
                       notices=[notice])  # fmt: skip
@@ -313,6 +319,10 @@ class DPEngine:
         except RewriteError as e:
             raise refusal_from(e) from e
         lap("parse_rewrite")  # issue #8
+        whole = replace(plans[0], fingerprint=_union_fingerprint(plans), reads_clock=any(p.reads_clock for p in plans))
+        key, hit = await self._stored_answer(whole, analyst, epsilon, delta)
+        if hit is not None:
+            return hit
         share = Decimal(len(plans))
         d = (self.default_delta if delta is None else delta) / share
         noises = [[] if p.public_only else self._noise(p, epsilon / share, d) for p in plans]
@@ -320,7 +330,6 @@ class DPEngine:
         try:
             flat = [n for ns in noises for n in ns]
             cost = price(flat)
-            whole = replace(plans[0], fingerprint=_union_fingerprint(plans))
             charge = await self._charge(analyst.name, whole, cost, flat)
             results = []
             for backend in backends:
@@ -342,13 +351,34 @@ class DPEngine:
                 bounds.append(_bounds(noise, plan))
         rows = sort_rows(rows, order, union)
         lap("noise")  # issue #8
+        if key is not None:
+            self._store(key, whole, analyst, CachedAnswer(columns, rows, "; ".join(bounds)))
         notice = (
             f'dpproxy: {_cost_text(charge.epsilon, cost, self.ledger.accountant.kind)} spent on dataset '
             f'"{plans[0].dataset}" over {len(plans)} UNION ALL releases, '
             f"{fmt_decimal(_dec(charge.remaining_epsilon))} of {fmt_decimal(_dec(charge.budget_epsilon))} "
-            f"remaining (new answer). 95% noise bounds: {'; '.join(bounds)}"
+            f"remaining (new answer{_CACHED if key else ''}). 95% noise bounds: {'; '.join(bounds)}"
         )
         return Result(tag=f"SELECT {len(rows)}", columns=columns, rows=rows, notices=[notice])
+
+    async def _stored_answer(
+        self, whole: DPPlan, analyst: AnalystConfig, epsilon: Decimal, delta: Decimal | None
+    ) -> tuple[str | None, Result | None]:
+        """A statement of several releases: its answer-cache key (None when it is not
+        cached) and its stored answer, if a repeat. (Looked up before the charge, not
+        inside it as single releases are: a concurrent twin may then be charged too.)"""
+        key = self._cache_key(whole, analyst.name, epsilon, self.default_delta if delta is None else delta)
+        if key is None:
+            return None, None
+        assert self.cache is not None
+        storing = self._storing.get(key)
+        hit = storing[1] if storing is not None else await self.cache.get(key)
+        lap("cache_lookup")  # issue #8
+        note(cache_hit=hit is not None)  # issue #8
+        if hit is None:
+            return key, None
+        self._remember(key)
+        return key, await self._cached_result(hit, whole, analyst)
 
     def has_plan(self, key: str) -> bool:
         """Whether a plan is cached under this key (then `plan` ignores its tree)."""
@@ -517,7 +547,7 @@ class DPEngine:
             f'dpproxy: {cost_text} spent on dataset "{plan.dataset}", '
             f"{fmt_decimal(_dec(charge.remaining_epsilon))} of "
             f"{fmt_decimal(_dec(charge.budget_epsilon))} remaining (new answer"
-            f"{', cached for repeats' if cache_key else ''}). 95% noise bounds: {bounds}"
+            f"{_CACHED if cache_key else ''}). 95% noise bounds: {bounds}"
         )
         return Result(
             tag=f"SELECT {len(out_rows)}", columns=columns, rows=out_rows, notices=[notice]
@@ -762,6 +792,9 @@ def _union_query(tree: exp.Expression) -> UnionQuery | None:
         return union_query(tree)
     except RewriteError as e:
         raise refusal_from(e) from e
+
+
+_CACHED = ", cached for repeats"
 
 
 def _nested(tree: exp.Expression) -> Nested | None:

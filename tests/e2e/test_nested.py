@@ -42,6 +42,11 @@ def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
     ((want,),) = truth(env.tpch_dsn, f"SELECT COUNT(*) FROM customer WHERE c_acctbal > {released}")
     assert count == want
     assert after == (before[0] + 9000, before[1] + 1)
+    with connect(proxy, "alice") as conn:  # a repeat is the stored answer, spending nothing
+        conn.execute("SET dp.epsilon = 9000")
+        assert conn.execute(ABOVE_AVERAGE).fetchall() == [(count,)]
+        assert "cache hit, epsilon 0 spent" in conn.notices[-1]  # type: ignore[attr-defined]
+        assert _spent(conn) == after
 
 
 def test_dates_constant_arithmetic_and_bind_parameters(proxy: ProxyProcess) -> None:
