@@ -30,6 +30,7 @@ from rewriter.errors import (
     not_allowed,
     unsupported,
 )
+from rewriter.fold import distinct_as_group_by
 from rewriter.metadata import ColumnMeta, ColumnType, Metadata, TableMeta
 from rewriter.perunit import per_unit_table
 from rewriter.rowexpr import MAX_DATE_DOMAIN, Analyzer, Typed
@@ -332,6 +333,9 @@ class FromResolver:
         if not isinstance(body, exp.Select):
             raise unsupported("set operations (UNION...) in a derived table are not supported")
         hidden = self.expanding | ({expanding} if expanding else set())
+        # `SELECT DISTINCT o_custkey FROM orders WHERE ...` is the grouping it means: one
+        # row per unit (the per-unit rules below then apply to it).
+        body = distinct_as_group_by(body)
         if body.args.get("group"):
             self._add_per_unit(body, qual, rel, scope, frozenset(hidden))
             return

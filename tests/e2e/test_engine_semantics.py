@@ -16,6 +16,7 @@ from rewriter.errors import RewriteError
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
 from tests.e2e.conftest import Env
+from tests.support.proxy_process import ProxyProcess
 from tests.unit.test_corpus import META
 
 ATOMS = [
@@ -160,3 +161,13 @@ def test_post_processing_matches_postgresql_text_and_types(env: Env) -> None:
             if got != want or oid != want_oid:
                 wrong.append(f"{e}: ours {got[:2]} oid {oid}, PostgreSQL {want[:2]} oid {want_oid}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_distinct_units_in_a_derived_table_count_as_postgresql_does(proxy: ProxyProcess, env: Env) -> None:
+    # One row per customer: a count of them has sensitivity 1, exact at epsilon 9000.
+    from tests.e2e.test_engine import at_large_epsilon
+
+    q = "SELECT COUNT(*) FROM (SELECT DISTINCT o_custkey FROM orders WHERE o_orderstatus = 'F') t"
+    rows, _, _ = at_large_epsilon(proxy, q)
+    with psycopg.connect(env.tpch_dsn) as conn:
+        assert rows == conn.execute(q).fetchall()  # type: ignore[arg-type]
