@@ -1,5 +1,10 @@
 """Derived tables grouped by the privacy unit: one row per unit, read like a table.
 
+Grouped instead by a key that decides the unit (lineitem's `l_orderkey`, orders'
+`o_orderkey`: one row per order), the rows are grouped by key and unit, carry their unit,
+and are a private table whose units may have several rows: the outer query bounds them
+to the key's table's `max_rows` (orders: 8), as it would that table's rows.
+
 `SELECT AVG(n) FROM (SELECT o_custkey, COUNT(*) AS n FROM orders GROUP BY o_custkey) t`
 asks for a statistic over units. Grouped by the unit, the derived table has exactly one
 row per unit, so adding or removing a unit adds or removes one of its rows: it is a
@@ -32,7 +37,10 @@ if TYPE_CHECKING:
     from rewriter.relation import Relation, Scope
 
 GROUPING_ERROR = "42803"
-_HINT = "group the derived table by the privacy unit only, e.g. (SELECT o_custkey, COUNT(*) AS n FROM orders GROUP BY o_custkey)"
+_HINT = ("group the derived table by the privacy unit, e.g. (SELECT o_custkey, COUNT(*) AS n FROM orders "
+         "GROUP BY o_custkey), or by a key that decides it (SELECT l_orderkey, COUNT(*) FROM lineitem GROUP BY l_orderkey)")
+# The unit column of a derived table grouped by a key that decides the unit.
+_SUB_UNIT = "c_unit"
 _MAX_DOMAIN = 1000
 _AVG_STEP = Decimal("0.000001")  # AVG per unit is rounded to this step so it sums exactly
 _TYPES = {"int": ColumnType.BIGINT, "numeric": ColumnType.NUMERIC}
@@ -61,7 +69,7 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
         raise unsupported("a derived table over a table without a privacy unit cannot be grouped",
                           "each row is its own unit there: aggregate in the outer query")  # fmt: skip
     items = list(body.expressions)
-    unit = _unit_key(body, items, scope)
+    unit, per = _unit_key(body, items, scope, rel)
     rows = rel.max_rows
     analyzer = Analyzer(lambda c: _lookup(scope, c), "a derived table")
     columns: dict[str, ColumnMeta] = {}
@@ -78,12 +86,12 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
             t = analyzer.analyze(body_e)
             if not _is_unit(t, unit):
                 raise RewriteError(GROUPING_ERROR, f'column "{name}" of the derived table must be '
-                                   "the privacy unit it is grouped by, or an aggregate", _HINT)  # fmt: skip
+                                   "the column it is grouped by, or an aggregate", _HINT)  # fmt: skip
             unit_name = internal
-            columns[internal] = ColumnMeta(type=_unit_type(t), nullable=False, unique=True)
+            columns[internal] = ColumnMeta(type=_unit_type(t), nullable=False, unique=per is None)
             select_sql.append(f"{t.sql.sql(dialect='postgres')} AS {internal}")
             continue
-        t = _aggregate_expression(body_e, analyzer, rows)
+        t = _aggregate_expression(body_e, analyzer, rows, unit)
         if t.kind not in NUMERIC_KINDS or not t.bounded:
             raise unsupported(f'column "{name}" of the derived table has no finite bounds',
                               "aggregate bounded columns, or clamp with LEAST/GREATEST")  # fmt: skip
@@ -101,16 +109,30 @@ def per_unit_table(body: exp.Select, rel: Relation, scope: Scope) -> PerUnitTabl
     if unit_name is None:
         raise unsupported("a derived table grouped by the privacy unit must select the unit",
                           "select it so the outer query can join on it, e.g. SELECT o_custkey, COUNT(*) ...")  # fmt: skip
+    group_by = unit.sql.sql(dialect="postgres")
+    if per is not None:
+        # Grouped by a key each unit holds several of (an order): the rows carry their
+        # unit, and a unit has at most as many rows as it may have rows of that key's table.
+        assert rel.unit is not None
+        unit_sql = rel.unit.sql(dialect="postgres")
+        select_sql.append(f"{unit_sql} AS {_SUB_UNIT}")
+        columns[_SUB_UNIT] = ColumnMeta(type=_unit_column_type(rel), nullable=True)
+        group_by += f", {unit_sql}"
     where = " AND ".join(f"({c.sql(dialect='postgres')})" for c in rel.conditions)
     sql = f"SELECT {', '.join(select_sql)} FROM {rel.from_sql()}"
     if where:
         sql += f" WHERE {where}"
-    sql += f" GROUP BY {unit.sql.sql(dialect='postgres')}"
+    sql += f" GROUP BY {group_by}"
     having = body.args.get("having")
     if having is not None:
         pred = Analyzer(lambda c: _lookup(scope, c), "HAVING")
         sql += f" HAVING {_having(having.this, pred, rows).sql.sql(dialect='postgres')}"
-    table = TableMeta(privacy_unit=unit_name, max_rows=1, max_groups=1, columns=columns)
+    if per is None:
+        table = TableMeta(privacy_unit=unit_name, max_rows=1, max_groups=1, columns=columns)
+    else:
+        keyed = per[1]
+        table = TableMeta(privacy_unit=_SUB_UNIT, max_rows=keyed.max_rows, max_groups=keyed.max_groups,
+                          columns=columns)  # fmt: skip
     return PerUnitTable(sql=sql, table=table, names=names)
 
 
@@ -120,8 +142,10 @@ def _lookup(scope: Scope, col: exp.Column) -> Typed:
     return lookup(scope, col)
 
 
-def _unit_key(body: exp.Select, items: list[exp.Expression], scope: Scope) -> Typed:
-    """The one GROUP BY item, which must be the relation's privacy unit."""
+def _unit_key(body: exp.Select, items: list[exp.Expression], scope: Scope,
+              rel: Relation) -> tuple[Typed, tuple[str, TableMeta] | None]:  # fmt: skip
+    """The one GROUP BY item: the relation's privacy unit (then None), or a key that
+    determines it (then the key's kind and the table with one row per key value)."""
     group = body.args.get("group")
     parts = list(group.expressions) if group is not None else []
     if group is not None and any(group.args.get(k) for k in ("rollup", "cube", "grouping_sets")):
@@ -139,10 +163,45 @@ def _unit_key(body: exp.Select, items: list[exp.Expression], scope: Scope) -> Ty
                 g = it
     g = g.this if isinstance(g, exp.Alias) else g
     t = Analyzer(lambda c: _lookup(scope, c), "GROUP BY").analyze(g)
-    if not t.unit:
-        raise not_allowed("a derived table may be grouped by the privacy unit only: other "
+    if t.unit:
+        return t, None
+    keyed = _unit_determining(t, rel)
+    if keyed is None:
+        raise not_allowed("a derived table may be grouped by the privacy unit, or by a key that "
+                          "decides it (a foreign key on its path, a declared unique column): other "
                           "groups would mix the rows of several units", _HINT)  # fmt: skip
-    return t
+    return t, (t.kind, keyed)
+
+
+def _unit_column_type(rel: Relation) -> ColumnType:
+    """The declared type of the relation's unit column."""
+    unit = rel.unit
+    if isinstance(unit, exp.Column):
+        src = next((s for s in rel.sources if s.alias == unit.table), None)
+        if src is not None and unit.name in src.table.columns:
+            return src.table.columns[unit.name].type
+    return ColumnType.TEXT
+
+
+def _unit_determining(t: Typed, rel: Relation) -> TableMeta | None:
+    """The table with one row per value of `t` when `t` is a bare column whose value
+    decides the row's unit: the first foreign key of its table's unit path (lineitem's
+    `l_orderkey`: orders) or a declared unique column (`o_orderkey`: orders)."""
+    if not isinstance(t.sql, exp.Column) or len(t.columns) != 1:
+        return None
+    alias, col = next(iter(t.columns))
+    src = next((s for s in rel.sources if s.alias == alias and s.subquery is None), None)
+    if src is None or src.table.public:
+        return None
+    # (Privacy does not rest on this: the rows are grouped by key and unit, so none
+    # mixes units, and the outer query bounds each unit's rows. It makes the grouping
+    # the analyst's: one row per key.)
+    if src.table.columns[col].unique:
+        return src.table
+    path = src.table.unit_path
+    if path and path[0].column == col:
+        return rel.meta.tables.get(path[0].table)
+    return None
 
 
 def _unit_type(t: Typed) -> ColumnType:
@@ -153,7 +212,8 @@ def _unit_type(t: Typed) -> ColumnType:
 
 
 def _is_unit(t: Typed, unit: Typed) -> bool:
-    return t.unit and t.columns == unit.columns
+    """`t` is the column the derived table is grouped by."""
+    return isinstance(t.sql, exp.Column) and t.columns == unit.columns
 
 
 def _swap_aggregates(e: exp.Expression, analyzer: Analyzer, rows: int) -> tuple[exp.Expression, dict[str, Typed]]:
@@ -171,7 +231,7 @@ def _swap_aggregates(e: exp.Expression, analyzer: Analyzer, rows: int) -> tuple[
     return e.copy().transform(swap), placeholders
 
 
-def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int) -> Typed:
+def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int, key: Typed) -> Typed:
     """A select item over per-unit aggregates (and the unit's own columns)."""
     tree, placeholders = _swap_aggregates(e, analyzer, rows)
 
@@ -179,7 +239,7 @@ def _aggregate_expression(e: exp.Expression, analyzer: Analyzer, rows: int) -> T
         if c.name in placeholders and not c.table:
             return placeholders[c.name]
         t = analyzer.resolve(c)
-        if not t.unit:  # outside an aggregate only the unit it is grouped by may be read
+        if not _is_unit(t, key):  # outside an aggregate only the column it is grouped by may be read
             raise RewriteError(GROUPING_ERROR, f'column "{c.name}" must appear in the GROUP BY clause '
                                "or be used in an aggregate function")  # fmt: skip
         return t

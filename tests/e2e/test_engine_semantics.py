@@ -171,3 +171,18 @@ def test_distinct_units_in_a_derived_table_count_as_postgresql_does(proxy: Proxy
     rows, _, _ = at_large_epsilon(proxy, q)
     with psycopg.connect(env.tpch_dsn) as conn:
         assert rows == conn.execute(q).fetchall()  # type: ignore[arg-type]
+
+
+def test_a_derived_table_per_order_is_bounded_like_orders(proxy: ProxyProcess, env: Env) -> None:
+    # One row per (order, customer): the outer count weights each customer's rows to at
+    # most orders' max_rows (8), so at epsilon 9000 it is sum(least(orders, 8)) over
+    # customers (up to the weights' rounding, far below one row).
+    from tests.e2e.test_engine import at_large_epsilon
+
+    q = "SELECT COUNT(*) FROM (SELECT l_orderkey, COUNT(*) AS n FROM lineitem GROUP BY l_orderkey) t"
+    rows, _, _ = at_large_epsilon(proxy, q)
+    with psycopg.connect(env.tpch_dsn) as conn:
+        ((want,),) = conn.execute(  # type: ignore[misc]
+            "SELECT sum(least(n, 8)) FROM (SELECT o_custkey, count(*) AS n FROM orders "
+            "WHERE o_orderkey IN (SELECT l_orderkey FROM lineitem) GROUP BY o_custkey) c").fetchall()
+    assert abs(rows[0][0] - want) <= 1, (rows, want)  # type: ignore[operator]
