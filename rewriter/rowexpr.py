@@ -367,6 +367,10 @@ class Analyzer:
         if not (p.constant and isinstance(p.sql, exp.Literal)):
             # A pattern from a column can end in an escape character and fail on that row.
             raise unsupported(f"LIKE patterns must be string literals in {self.context}")
+        if not p.sql.is_string:
+            # (`LIKE 0`: PostgreSQL has no text ~~ integer, and would fail after the charge.)
+            raise RewriteError("42883", f"operator does not exist: text ~~ {p.type_name}",
+                               "write the pattern as a string literal: LIKE '0%'")  # fmt: skip
         pat = str(p.sql.this)
         trailing = len(pat) - len(pat.rstrip("\\"))
         if trailing % 2 == 1:
