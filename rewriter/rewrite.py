@@ -1180,7 +1180,10 @@ def _map_domain_keys(sql: str, b: _Builder) -> str:
             cols.append(f"a.k{i}")
             continue
         values = ", ".join(f"({j}, {lit})" for j, lit in enumerate(_domain_literals(b, i)))
-        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON a.k{i} IS NOT DISTINCT FROM d{i}.v")
+        # Hashable (`_same_key`): thousands of listed days matched by IS NOT DISTINCT
+        # FROM were a nested loop over every pair (2,557 x 2,406: 0.37 s at SF 1).
+        on = _same_key(f"a.k{i}", f"d{i}.v", b.key_typed[i].kind, None in key.domain)
+        joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON {on}")
         cols.append(f"d{i}.i AS k{i}")
     cols += [f"a.{name}" for name in b.primitives]
     return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}"
