@@ -174,6 +174,14 @@ def test_shifts_by_whole_days_keep_the_listed_values(key: str, first: object) ->
     assert not k.private and k.domain[0] == first
 
 
+def test_the_readme_counts_of_shifted_lists() -> None:
+    weeks = "date_trunc('week', (o_orderdate + INTERVAL '1 day')) + INTERVAL '-1 day'"
+    (k,) = plan(f"SELECT {weeks} AS w, COUNT(*) FROM orders GROUP BY 1").keys
+    assert len(k.domain) == 366 and None not in k.domain
+    (k,) = plan("SELECT EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months') AS fy, COUNT(*) FROM orders GROUP BY 1").keys
+    assert k.domain == tuple(range(1992, 2000))
+
+
 @pytest.mark.parametrize("key", ["o_orderdate + INTERVAL '1 day 2 hours'", "o_orderdate + INTERVAL '1 month'",
                                  "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 hours')"])  # fmt: skip
 def test_other_shifts_are_private_keys(key: str) -> None:
