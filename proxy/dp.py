@@ -331,12 +331,7 @@ class DPEngine:
             flat = [n for ns in noises for n in ns]
             cost = price(flat)
             charge = await self._charge(analyst.name, whole, cost, flat)
-            results = []
-            for backend in backends:
-                try:
-                    results.append(await backend if backend is not None else [])
-                except (asyncpg.PostgresError, OSError) as e:
-                    raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
+            results = [await _fetched(backend) if backend is not None else [] for backend in backends]
             lap("backend")  # issue #8
         finally:
             for backend in backends:
