@@ -57,6 +57,18 @@ def test_check_reports_mismatches(env: Env, tmp_path: Path) -> None:
     r = dpproxy("metadata", "check", str(REPO / "proxy" / "examples" / "tpch.yaml"),
                 "--config", str(env.config))  # fmt: skip
     assert r.returncode == 0, r.stdout
+    # The loader indexes o_custkey; lineitem's hop l_orderkey leads its primary key.
+    assert "no index starts with" not in r.stdout, r.stdout
+
+
+def test_check_warns_of_an_unindexed_privacy_unit(env: Env, tmp_path: Path) -> None:
+    src = yaml.safe_load((REPO / "proxy" / "examples" / "tpch.yaml").read_text())
+    src["tables"]["orders"]["privacy_unit"] = "o_clerk"
+    moved = tmp_path / "clerk.yaml"
+    moved.write_text(yaml.safe_dump(src))
+    r = dpproxy("metadata", "check", str(moved), "--dsn", env.tpch_dsn)
+    assert r.returncode == 0, r.stdout  # advice, not an error
+    assert "warning: public.orders.o_clerk: no index starts with this privacy-unit column" in r.stdout
 
 
 SMARTNOISE = """

@@ -43,6 +43,22 @@ def test_keys_and_comments(tpch_dsn: str) -> None:
     assert comment is not None and all(comment)
 
 
+def test_unit_index_and_frozen_pages(tpch_dsn: str) -> None:
+    """orders' privacy-unit column has an index of its own, and COPY FREEZE left every
+    page all-visible (index-only scans need no VACUUM first)."""
+    with psycopg.connect(tpch_dsn) as conn:
+        leading = {r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = 'public.orders'::regclass"
+        ).fetchall()}  # fmt: skip
+        pages = conn.execute(
+            "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'public.orders'::regclass"
+        ).fetchone()
+    assert leading == {"o_orderkey", "o_custkey"}
+    assert pages is not None and pages[0] > 0 and pages[1] == pages[0]
+
+
 @pytest.fixture()
 def reader(pg_cluster: PgCluster, tpch_dsn: str, unique_name: Callable[[str], str]) -> Iterator[str]:
     """URI of a reader role granted SELECT on customer and orders only."""
