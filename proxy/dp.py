@@ -739,6 +739,8 @@ def price(noise: list[NoiseSpec]) -> Cost:
 
 def _sql_value(v: Any) -> str:
     """A bound value as EXPLAIN shows it (SQL literal syntax)."""
+    if v is None:
+        return "NULL"
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
     if isinstance(v, (int, Decimal)):
@@ -809,12 +811,15 @@ def _kinds(inner: list[DPPlan]) -> tuple[str, ...]:
 
 
 def _bound_value(answer: Answer) -> Any:
-    """A subquery's released value, as the outer template binds it (floats as numerics)."""
+    """A subquery's released value, as the outer template binds it (floats as numerics).
+
+    NULL (a post-processed value, `NULLIF(COUNT(*), 0)`) is bound as NULL, as PostgreSQL
+    substitutes a scalar subquery's NULL: a comparison with it holds for no row."""
     value = answer.rows[0][0]
     if isinstance(value, float):
         value = Decimal(repr(value))
-    if value is None or (isinstance(value, Decimal) and not value.is_finite()):
-        raise ProxyError("22004", "the scalar subquery's noisy value is NULL or not finite; its "
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ProxyError("22004", "the scalar subquery's noisy value is not finite; its "
                          "privacy cost has been charged")  # fmt: skip
     return value
 

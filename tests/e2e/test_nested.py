@@ -131,3 +131,21 @@ def test_a_share_of_the_total_is_post_processing_of_two_releases(proxy: ProxyPro
         assert "over 3 releases" in conn.notices[-1]  # type: ignore[attr-defined]
         assert _spent(conn) == (before[0] + 9000, before[1] + 1)
     assert rows == truth(env.tpch_dsn, q) and len(rows) == 5
+
+
+def test_a_null_released_value_acts_as_sql_null(proxy: ProxyProcess) -> None:
+    # NULLIF(COUNT(*), COUNT(*)) releases NULL whatever the noise. As in PostgreSQL, a
+    # comparison with it holds for no row (customer: one row per unit, so at epsilon
+    # 9000 the outer count of no rows is exactly 0), and after the noise it stays NULL.
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        assert conn.execute(
+            "SELECT COUNT(*) FROM customer WHERE c_acctbal > "
+            "(SELECT NULLIF(COUNT(*), COUNT(*)) FROM customer)"
+        ).fetchall() == [(0,)]
+        assert "noisy values: NULL)" in conn.notices[-1]  # type: ignore[attr-defined]
+        ((count, share),) = conn.execute(
+            "SELECT COUNT(*), COUNT(*) * 100.0 / (SELECT NULLIF(COUNT(*), COUNT(*)) FROM customer) "
+            "FROM customer"
+        ).fetchall()
+    assert count > 0 and share is None
