@@ -165,7 +165,7 @@ def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
                 dataset=meta.dataset, tables=tuple(dict.fromkeys(s.name for s in rel.sources)),
                 sql="", keys=tuple(b.keys), primitives=(), aggregates=(), outputs=tuple(outputs),
                 having=having_expr, order_by=tuple(order_by), limit=limit, offset=offset,
-                fingerprint="", bounding="none", public_only=True,
+                fingerprint="", bounding="none", public_only=True, windows=tuple(b.windows),
             )  # fmt: skip
         raise not_allowed(
             "the query reads private rows without aggregating them",

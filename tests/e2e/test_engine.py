@@ -414,6 +414,10 @@ def test_listing_declared_public_values_reads_nothing_and_spends_nothing(proxy: 
         before = conn.execute("SHOW dp.budget").fetchone()
         rows = conn.execute("SELECT DISTINCT o_orderpriority FROM orders ORDER BY 1 DESC LIMIT 3").fetchall()
         grouped = conn.execute('SELECT "o"."o_orderstatus" FROM "public"."orders" "o" GROUP BY 1').fetchall()
+        # A window over the listed values is post-processing of them (it read no window
+        # spec here once, an internal error).
+        numbered = conn.execute("SELECT o_orderstatus, COUNT(*) OVER (), ROW_NUMBER() OVER (ORDER BY "
+                                "o_orderstatus DESC) FROM orders GROUP BY 1 ORDER BY 1").fetchall()  # fmt: skip
         assert "nothing spent" in conn.notices[-1]  # type: ignore[attr-defined]
         after = conn.execute("SHOW dp.budget").fetchone()
         with psycopg.ClientCursor(conn) as cur:  # the same through the simple protocol
@@ -424,6 +428,7 @@ def test_listing_declared_public_values_reads_nothing_and_spends_nothing(proxy: 
     assert before == after
     assert rows == [("5-LOW",), ("4-NOT SPECIFIED",), ("3-MEDIUM",)]
     assert sorted(grouped) == [("F",), ("O",), ("P",)]
+    assert numbered == [("F", 3, 3), ("O", 3, 2), ("P", 3, 1)]
     assert sorted(pairs) == [("F", 0), ("O", 0), ("P", 0)]
     assert private.value.sqlstate == "42501"
 
