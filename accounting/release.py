@@ -22,7 +22,7 @@ from accounting.extremes import candidate_steps, extreme_bound_text, extreme_sco
 from accounting.mechanisms import Mechanisms, NoiseSpec, discrete_laplace_quantile
 from rewriter.dates import from_epoch_days
 from rewriter.plan import AggFunc, AggregateSpec, DPPlan, OrderItem, PrimitiveKind, WindowSpec
-from rewriter.postprocess import evaluate
+from rewriter.postprocess import PostProcessError, evaluate
 
 AGG_PREFIX = "__a"
 KEY_PREFIX = "__k"
@@ -64,11 +64,27 @@ def release(
                for spec in plan.aggregates]  # fmt: skip
     # One record per group: its key values, then its aggregates (the env's order).
     records = [k + a for k, a in zip(groups, zip(*columns, strict=True), strict=True)] if columns else groups
-    return Answer(
-        columns=[(o.name, o.type_name) for o in plan.outputs],
-        rows=_post_process(plan, records),
-        noise=noise,
-    )
+    out_columns = [(o.name, o.type_name) for o in plan.outputs]
+    rows = _post_process(plan, records)
+    _check_int_ranges(out_columns, rows)
+    return Answer(columns=out_columns, rows=rows, noise=noise)
+
+
+_INT_RANGES = {"int2": ("smallint", 1 << 15), "int4": ("integer", 1 << 31), "int8": ("bigint", 1 << 63)}
+
+
+def _check_int_ranges(columns: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL's `22003` for a noisy integer beyond its column's type (a SUM of an
+    int4 column with wide bounds at a tiny epsilon; `AVG(x)::int`), which would
+    otherwise fail in the wire encoding."""
+    for j, (_, type_name) in enumerate(columns):
+        limit = _INT_RANGES.get(type_name)
+        if limit is None:
+            continue
+        for row in rows:
+            v = row[j]
+            if type(v) is int and not -limit[1] <= v < limit[1]:
+                raise PostProcessError("22003", f"{limit[0]} out of range")
 
 
 def _gather(

@@ -437,6 +437,7 @@ def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression
 
 _WINDOW_AGGS = {exp.Sum: "sum", exp.Avg: "avg", exp.Count: "count", exp.Min: "min", exp.Max: "max"}
 _RANKINGS = {exp.RowNumber: "row_number", exp.Rank: "rank", exp.DenseRank: "dense_rank"}
+_NUMBER_TYPES = ("int2", "int4", "int8", "numeric", "float4", "float8")
 
 
 def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
@@ -467,6 +468,9 @@ def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
         order.append(OrderItem(expr=_post_expr(o.this, b, clause), descending=desc,
                                nulls_first=bool(nulls_first) if nulls_first is not None else desc))  # fmt: skip
     arg_type = infer_type(arg, _types(b)) if arg is not None else "int8"
+    if func in ("sum", "avg") and arg_type not in _NUMBER_TYPES:
+        raise RewriteError("42883", f"function {func}({arg_type}) does not exist",
+                           "SUM and AVG OVER (...) take numbers")  # fmt: skip
     if func in ("count", "row_number", "rank", "dense_rank"):
         type_name = "int8"
     elif func in ("min", "max"):
@@ -660,7 +664,8 @@ def _aggregate_spec(node: exp.Expression, b: _Builder) -> AggregateSpec:
     col = _fixed_column(t, lo, hi, step, b)
     counted = t if t.nullable else None
     if func == AggFunc.SUM:
-        rtype = "int8" if t.kind == "int" else ("float8" if t.kind == "float" else "numeric")
+        # As PostgreSQL types sum(): int8 of smallints and integers, numeric of bigints.
+        rtype = "int8" if t.kind == "int" and t.type_name != "int8" else ("float8" if t.kind == "float" else "numeric")
         count = None  # decided in _choose_sum_forms, once every aggregate is known
     else:
         rtype = "float8" if func != AggFunc.AVG or t.kind == "float" else "numeric"

@@ -209,3 +209,14 @@ def test_a_huge_average_keeps_its_places_instead_of_failing() -> None:
     # Found by fuzzing: AVG(1e308) quantized to 6 places overflowed the Decimal context.
     assert release_module._typed(Decimal("1E+308"), "numeric", digits=6) == Decimal("1E+308")
     assert str(release_module._typed(Decimal("1E+20"), "numeric", digits=6)) == "100000000000000000000.000000"
+
+
+def test_noisy_integers_beyond_their_type_are_22003() -> None:
+    check = release_module._check_int_ranges
+    check([("s", "int8"), ("n", "int4")], [(2**63 - 1, -(2**31)), (None, 5)])
+    cases = [([("s", "int8")], (2**63,), "bigint"), ([("n", "int4")], (-(2**31) - 1,), "integer"),
+             ([("n", "int2")], (40000,), "smallint")]  # fmt: skip
+    for cols, row, name in cases:
+        with pytest.raises(PostProcessError) as info:
+            check(cols, [row])
+        assert info.value.sqlstate == "22003" and info.value.message == f"{name} out of range"
