@@ -242,6 +242,16 @@ def window_values(w: WindowSpec, envs: list[dict[str, Any]]) -> list[Any]:
                 out[i] = rank
             elif w.func == "dense_rank":
                 out[i] = dense
+            elif w.func in ("lag", "lead"):
+                at = pos - w.offset if w.func == "lag" else pos + w.offset
+                if 0 <= at < len(ordered):
+                    out[i] = args[ordered[at]]
+                else:
+                    out[i] = evaluate(w.default, envs[i]) if w.default is not None else None
+            elif w.func == "ntile":
+                out[i] = _ntile(pos, len(ordered), w.offset)
+            elif w.func == "percent_rank":
+                out[i] = (rank - 1) / (len(ordered) - 1) if len(ordered) > 1 else 0.0
             else:
                 # The frame: the whole partition, or (with ORDER BY) through the last peer.
                 end = len(ordered)
@@ -249,8 +259,24 @@ def window_values(w: WindowSpec, envs: list[dict[str, Any]]) -> list[Any]:
                     end = pos + 1
                     while end < len(ordered) and order_keys[end] == order_keys[pos]:
                         end += 1
-                out[i] = _window_aggregate(w, [args[k] for k in ordered[:end]])
+                if w.func == "cume_dist":
+                    out[i] = end / len(ordered)
+                elif w.func == "first_value":
+                    out[i] = args[ordered[0]]
+                elif w.func == "last_value":
+                    out[i] = args[ordered[end - 1]]
+                else:
+                    out[i] = _window_aggregate(w, [args[k] for k in ordered[:end]])
     return out
+
+
+def _ntile(pos: int, n: int, buckets: int) -> int:
+    """PostgreSQL's NTILE: `n` rows in `buckets` buckets as even as can be, the first
+    `n % buckets` one row larger (0-based `pos`; 1-based bucket)."""
+    size, extra = divmod(n, buckets)
+    if pos < extra * (size + 1):
+        return pos // (size + 1) + 1
+    return extra + (pos - extra * (size + 1)) // size + 1
 
 
 def _window_aggregate(w: WindowSpec, values: list[Any]) -> Any:

@@ -154,7 +154,7 @@ def with_post_values(plan: DPPlan, values: dict[str, Any]) -> DPPlan:
         outputs=tuple(replace(o, expr=fix(o.expr)) for o in plan.outputs),
         having=fix(plan.having),
         order_by=tuple(replace(o, expr=fix(o.expr)) for o in plan.order_by),
-        windows=tuple(replace(w, arg=fix(w.arg), partition=tuple(fix(p) for p in w.partition),
+        windows=tuple(replace(w, arg=fix(w.arg), default=fix(w.default), partition=tuple(fix(p) for p in w.partition),
                               order=tuple(replace(o, expr=fix(o.expr)) for o in w.order))
                       for w in plan.windows),
     )  # fmt: skip

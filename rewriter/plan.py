@@ -133,8 +133,11 @@ class OrderItem:
 class WindowSpec:
     """A window function over the released groups (post-processing: `SUM(COUNT(*)) OVER ()`).
 
-    `func` is sum, avg, count, min, max, row_number, rank or dense_rank; `arg` its
-    argument over keys and aggregates (None for COUNT(*) and the rankings).
+    `func` is sum, avg, count, min, max, row_number, rank, dense_rank, ntile,
+    percent_rank, cume_dist, lag, lead, first_value or last_value; `arg` its argument
+    over keys and aggregates (None for COUNT(*), the rankings and distributions).
+    `offset`: LAG's and LEAD's row offset, NTILE's bucket count; `default`: LAG's and
+    LEAD's value past the partition's edge (None: NULL).
     """
 
     func: str
@@ -142,6 +145,8 @@ class WindowSpec:
     partition: tuple[exp.Expression, ...]
     order: tuple[OrderItem, ...]
     type_name: str
+    offset: int = 1
+    default: exp.Expression | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,7 +437,27 @@ def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression
 
 _WINDOW_AGGS = {exp.Sum: "sum", exp.Avg: "avg", exp.Count: "count", exp.Min: "min", exp.Max: "max"}
 _RANKINGS = {exp.RowNumber: "row_number", exp.Rank: "rank", exp.DenseRank: "dense_rank"}
-_NUMBER_TYPES = ("int2", "int4", "int8", "numeric", "float4", "float8")
+_NUMBER_TYPES = ("int2", "int4", "int8", "numeric", "float4", "float8")  # widening order
+_OFFSETS = {exp.Lag: "lag", exp.Lead: "lead", exp.FirstValue: "first_value", exp.LastValue: "last_value"}
+_DISTRIBUTIONS = {exp.PercentRank: "percent_rank", exp.CumeDist: "cume_dist"}
+
+
+def _window_count(n: exp.Expression, func: str, *, minimum: int) -> int:
+    """An integer-literal argument of a window function (LAG's offset, NTILE's buckets):
+    the rows are released before any window runs, so it must be known up front."""
+    if isinstance(n, exp.Literal) and not n.is_string and n.this.isdigit() and int(n.this) >= minimum:
+        return int(n.this)
+    raise unsupported(f"{func.upper()}'s count must be an integer literal of at least {minimum}",
+                      f"write it as a number, e.g. {func.upper()}(x, 1)")  # fmt: skip
+
+
+def _common_type(a: str, b: str, func: str) -> str:
+    """The type of LAG/LEAD with a default: PostgreSQL's common type of the two."""
+    if a == b:
+        return a
+    if a in _NUMBER_TYPES and b in _NUMBER_TYPES:
+        return max(a, b, key=_NUMBER_TYPES.index)
+    raise RewriteError("42804", f"{func.upper()} types {a} and {b} cannot be matched")
 
 
 def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
@@ -451,15 +471,28 @@ def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
     if any(isinstance(x, exp.Window) for x in n.walk() if x is not n):
         raise RewriteError("42P20", "window function calls cannot be nested")
     arg: exp.Expression | None = None
+    offset, default = 1, None
     if type(fn) in _RANKINGS:
         func = _RANKINGS[type(fn)]
     elif type(fn) in _WINDOW_AGGS and not isinstance(fn.this, exp.Distinct):
         func = _WINDOW_AGGS[type(fn)]
         if not (func == "count" and isinstance(fn.this, exp.Star)):
             arg = _post_expr(fn.this, b, clause)
+    elif type(fn) in _OFFSETS:
+        func = _OFFSETS[type(fn)]
+        arg = _post_expr(fn.this, b, clause)
+        if fn.args.get("offset") is not None:
+            offset = _window_count(fn.args["offset"], func, minimum=0)
+        if fn.args.get("default") is not None:
+            default = _post_expr(fn.args["default"], b, clause)
+    elif isinstance(fn, exp.Ntile):
+        func, offset = "ntile", _window_count(fn.this, "ntile", minimum=1)
+    elif type(fn) in _DISTRIBUTIONS:
+        func = _DISTRIBUTIONS[type(fn)]
     else:
         raise unsupported(f"{describe(fn)} is not supported as a window function",
-                          "use SUM, AVG, COUNT, MIN, MAX, ROW_NUMBER, RANK or DENSE_RANK OVER (...)")  # fmt: skip
+                          "use SUM, AVG, COUNT, MIN, MAX, ROW_NUMBER, RANK, DENSE_RANK, NTILE, "
+                          "PERCENT_RANK, CUME_DIST, LAG, LEAD, FIRST_VALUE or LAST_VALUE OVER (...)")  # fmt: skip
     partition = tuple(_post_expr(p, b, clause) for p in n.args.get("partition_by") or [])
     order = []
     for o in (n.args["order"].expressions if n.args.get("order") is not None else []):
@@ -467,18 +500,25 @@ def _register_window(n: exp.Window, b: _Builder, clause: str) -> int:
         nulls_first = o.args.get("nulls_first")
         order.append(OrderItem(expr=_post_expr(o.this, b, clause), descending=desc,
                                nulls_first=bool(nulls_first) if nulls_first is not None else desc))  # fmt: skip
-    arg_type = infer_type(arg, _types(b)) if arg is not None else "int8"
+    types = _types(b)
+    arg_type = infer_type(arg, types) if arg is not None else "int8"
     if func in ("sum", "avg") and arg_type not in _NUMBER_TYPES:
         raise RewriteError("42883", f"function {func}({arg_type}) does not exist",
                            "SUM and AVG OVER (...) take numbers")  # fmt: skip
     if func in ("count", "row_number", "rank", "dense_rank"):
         type_name = "int8"
+    elif func == "ntile":
+        type_name = "int4"
+    elif func in _DISTRIBUTIONS.values():
+        type_name = "float8"
     elif func in ("min", "max"):
         type_name = arg_type
+    elif func in _OFFSETS.values():
+        type_name = arg_type if default is None else _common_type(arg_type, infer_type(default, types), func)
     else:  # sum and avg of integers and numerics are numeric; of floats, double
         type_name = "float8" if arg_type in ("float4", "float8") else "numeric"
     b.windows.append(WindowSpec(func=func, arg=arg, partition=partition, order=tuple(order),
-                                type_name=type_name))  # fmt: skip
+                                type_name=type_name, offset=offset, default=default))  # fmt: skip
     return len(b.windows) - 1
 
 

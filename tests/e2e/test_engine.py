@@ -604,3 +604,29 @@ def test_post_processing_errors_are_postgresqls_and_the_session_goes_on(proxy: P
                 conn.execute(sql)
             assert e.value.sqlstate == state, sql
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+WINDOWS_OVER_GROUPS = """
+SELECT c_mktsegment, COUNT(*) AS n,
+       LAG(COUNT(*)) OVER (ORDER BY c_mktsegment) AS prev,
+       LEAD(COUNT(*), 2, 0) OVER (ORDER BY c_mktsegment) AS next2,
+       LAG(COUNT(*) * 1.5, 1, 0.5) OVER (ORDER BY c_mktsegment) AS prev_share,
+       FIRST_VALUE(COUNT(*)) OVER (ORDER BY c_mktsegment DESC) AS first,
+       LAST_VALUE(COUNT(*) > 290) OVER (ORDER BY COUNT(*) > 290) AS last_peer,
+       NTILE(3) OVER (ORDER BY c_mktsegment) AS tile,
+       PERCENT_RANK() OVER (ORDER BY COUNT(*) > 290) AS pr,
+       CUME_DIST() OVER (ORDER BY COUNT(*) > 290) AS cd
+  FROM customer GROUP BY 1 ORDER BY 1
+"""
+
+
+def test_offset_and_distribution_windows_over_groups_match_postgres(proxy: ProxyProcess, env: Env) -> None:
+    # customer: one row per unit, so at epsilon 9000 the counts and sums are exact and
+    # every window over them is PostgreSQL's own answer, peers and types included.
+    got, _, types = at_large_epsilon(proxy, WINDOWS_OVER_GROUPS)
+    want, want_types = exactly(env, WINDOWS_OVER_GROUPS)
+    assert got == want and len(got) == 5
+    assert types[1:] == want_types[1:]
+    with connect(proxy, "alice") as conn, pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT c_mktsegment, LAG(COUNT(*), c_nationkey) OVER () FROM customer GROUP BY 1")
+    assert refused.value.sqlstate == "0A000"
