@@ -11,6 +11,7 @@ group, no partition selection), and MIN/MAX/quantiles of a date run over its day
 from __future__ import annotations
 
 from calendar import monthrange
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 
 from sqlglot import exp
@@ -135,3 +136,74 @@ def shifted_span(span: tuple[int, int], months: int, days: int) -> tuple[int, in
         except OverflowError:
             return None
     return out[0], out[1]
+
+
+# TO_CHAR patterns whose text dpproxy renders exactly as PostgreSQL does (English names;
+# the longest match first, as PostgreSQL's keyword table matches). Numeric patterns are
+# accepted in upper case only, and a pattern with anything else gets no domain.
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")  # fmt: skip
+_TO_CHAR_FIELDS: tuple[tuple[str, Callable[[date], str]], ...] = (
+    ("FMMonth", lambda d: _MONTHS[d.month - 1]),
+    ("FMMONTH", lambda d: _MONTHS[d.month - 1].upper()),
+    ("FMmonth", lambda d: _MONTHS[d.month - 1].lower()),
+    ("FMMM", lambda d: str(d.month)),
+    ("FMDD", lambda d: str(d.day)),
+    ("Month", lambda d: _MONTHS[d.month - 1].ljust(9)),
+    ("MONTH", lambda d: _MONTHS[d.month - 1].upper().ljust(9)),
+    ("month", lambda d: _MONTHS[d.month - 1].lower().ljust(9)),
+    ("Mon", lambda d: _MONTHS[d.month - 1][:3]),
+    ("MON", lambda d: _MONTHS[d.month - 1][:3].upper()),
+    ("mon", lambda d: _MONTHS[d.month - 1][:3].lower()),
+    ("YYYY", lambda d: f"{d.year:04d}"),
+    ("YY", lambda d: f"{d.year % 100:02d}"),
+    ("MM", lambda d: f"{d.month:02d}"),
+    ("DD", lambda d: f"{d.day:02d}"),
+    ("Q", lambda d: str((d.month - 1) // 3 + 1)),
+)
+_TO_CHAR_SEPARATORS = frozenset(" -/.,:_")
+# Days a domain is read from (about 270 years); wider ranges get no domain.
+_TO_CHAR_MAX_DAYS = 100_000
+
+
+def _to_char_parts(fmt: str) -> list[str | Callable[[date], str]] | None:
+    """A TO_CHAR format as literal text and field renderers; None when it holds a
+    pattern this module does not render exactly."""
+    parts: list[str | Callable[[date], str]] = []
+    i = 0
+    while i < len(fmt):
+        ch = fmt[i]
+        if ch == '"':  # quoted text is copied without its quotes
+            end = fmt.find('"', i + 1)
+            if end < 0 or "\\" in fmt[i:end]:
+                return None
+            parts.append(fmt[i + 1 : end])
+            i = end + 1
+            continue
+        if ch in _TO_CHAR_SEPARATORS:
+            parts.append(ch)
+            i += 1
+            continue
+        field = next((f for f in _TO_CHAR_FIELDS if fmt.startswith(f[0], i)), None)
+        if field is None:
+            return None
+        parts.append(field[1])
+        i += len(field[0])
+    return parts
+
+
+def to_char_domain(fmt: str, first: date, last: date, limit: int) -> tuple[str, ...] | None:
+    """Every TO_CHAR(d, fmt) for d in first..last, in the order of the first day giving
+    each (years 1000..9999 only, where YYYY is four digits); None for a format this
+    module does not render, too many values, or too wide a range."""
+    parts = _to_char_parts(fmt)
+    if parts is None or first.year < 1000 or (last - first).days > _TO_CHAR_MAX_DAYS:
+        return None
+    seen: dict[str, None] = {}
+    d = first
+    while d <= last:
+        seen[''.join(p if isinstance(p, str) else p(d) for p in parts)] = None
+        if len(seen) > limit:
+            return None
+        d += timedelta(days=1)
+    return tuple(seen)

@@ -30,6 +30,7 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 
 from rewriter.dates import (
     epoch_days,
@@ -37,6 +38,7 @@ from rewriter.dates import (
     extract_range,
     from_epoch_days,
     shifted_span,
+    to_char_domain,
     trunc_domain,
 )
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
@@ -885,10 +887,11 @@ class Analyzer:
                               "TO_CHAR formats dates and timestamps; for numbers use ROUND or a cast to text")  # fmt: skip
         if not (isinstance(fmt, exp.Literal) and fmt.is_string):
             raise unsupported("TO_CHAR needs a string literal as its format")
+        dom = _to_char_values(n, a)
         a = _date_as_timestamp(a)
         # Infinite dates and timestamps give NULL.
         return Typed(exp.TimeToStr(this=a.sql, format=fmt.copy()), "text", nullable=True,
-                     columns=a.columns)  # fmt: skip
+                     columns=a.columns, domain=dom)  # fmt: skip
 
     def _n_WidthBucket(self, n: exp.Expression) -> Typed:
         """WIDTH_BUCKET(x, low, high, count): the bucket index, a small public domain."""
@@ -1159,6 +1162,24 @@ def _extract_spanned(field: str, a: Typed) -> Typed | None:
     return Typed(exp.Extract(this=var, expression=a.sql), "numeric", Decimal(rng[0]), Decimal(rng[1]),
                  dom, True, columns=a.columns, step=Decimal(1),
                  value=exp.Extract(this=var.copy(), expression=a.value.copy()), span_key=field)  # fmt: skip
+
+
+def _to_char_values(n: exp.TimeToStr, a: Typed) -> tuple[object, ...] | None:
+    """Every TO_CHAR(d, format) of a date with declared bounds, for the formats
+    rewriter/dates.py renders exactly (years, months, days, quarters, English month
+    names), NULL too when the date is nullable; None otherwise. (The key reads the raw
+    date: rows outside the declared bounds fall outside the domain, as for EXTRACT.)"""
+    if a.kind != "date" or a.span is None or a.value is None:
+        return None
+    # The format as PostgreSQL receives it: sqlglot's round trip of the analyst's.
+    written = Postgres().generator().format_time(n)
+    if written is None or not (written.startswith("'") and written.endswith("'")):
+        return None
+    fmt = written[1:-1].replace("''", "'")
+    values = to_char_domain(fmt, from_epoch_days(a.span[0]), from_epoch_days(a.span[1]), MAX_DATE_DOMAIN)
+    if values is None:
+        return None
+    return (*values, None) if a.nullable else values
 
 
 def _trunc_values(unit: str, span: tuple[int, int], kind: str, nullable: bool) -> tuple[object, ...] | None:

@@ -49,8 +49,10 @@ QUERIES = {
     "WHERE o_orderdate >= '1995-01-01'",
     # The year of a date with declared bounds: a public domain (1992..1998).
     "year_declared_dates": "SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(*) FROM orders GROUP BY 1",
+    # The year as text: since TO_CHAR of declared dates lists its values, the pivot plan.
+    "year_to_char": "SELECT to_char(o_orderdate, 'YYYY') AS y, COUNT(*) FROM orders GROUP BY 1",
     # Keys without a public domain: each unit's groups limited, then partition selection.
-    "year_private_key": "SELECT to_char(o_orderdate, 'YYYY') AS y, COUNT(*) FROM orders GROUP BY 1",
+    "week_private_key": "SELECT to_char(o_orderdate, 'IYYY-IW') AS w, COUNT(*) FROM orders GROUP BY 1",
     "clerk_private_key": "SELECT o_clerk, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY 1",
 }
 

@@ -30,7 +30,12 @@ KEYS = [
     # and by whole months (a fiscal year; a month's last days clamp as PostgreSQL does)
     "EXTRACT(YEAR FROM o_orderdate + INTERVAL '6 months')::int",
     "DATE_TRUNC('month', o_orderdate - INTERVAL '1 year 1 day')", "DATE_TRUNC('day', o_orderdate + INTERVAL '1 month')",
+    # TO_CHAR of the formats rewriter/dates.py renders
+    "to_char(o_orderdate, 'YYYY')", "TO_CHAR(o_orderdate, 'YYYY-MM')", "to_char(o_orderdate, 'Mon YYYY')",
+    "to_char(o_orderdate, 'YYYY\"Q\"Q')", "to_char(o_orderdate + 1, 'FMMonth')", "to_char(o_orderdate, 'DD/MM/YY')",
 ]  # fmt: skip
+TO_CHAR_FORMATS = ["YYYY", "YYYY-MM", "Mon YYYY", 'YYYY"Q"Q', "FMMonth", "Month", "MONTH", "mon", "MON-YY",
+                   "DD.MM.YYYY", "FMDD/FMMM", "Q", "yyyy"]  # fmt: skip
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
@@ -57,6 +62,25 @@ def test_listed_date_keys_are_the_groups_postgresql_computes(env: Env, zone: str
             s = p.primitives[0].denominator
             wrong += [f"{k}: {v} has {n / s} > {want[v]}" for v, n in got.items() if n > want.get(v, 0) * s]
     assert not wrong, "\n".join(wrong)
+
+
+def test_to_char_domains_are_postgresql_renderings_of_every_declared_day(env: Env) -> None:
+    # Every day of the declared range, formatted by PostgreSQL, against the listed values
+    # (a value listed wrongly would drop its rows: keys outside a domain are filtered).
+    first, last = date(1992, 1, 1), date(1998, 12, 31)
+    with psycopg.connect(env.tpch_dsn) as conn:
+        for fmt in TO_CHAR_FORMATS:
+            p = plan_of(f"SELECT to_char(o_orderdate, '{fmt}'), COUNT(*) FROM orders GROUP BY 1")
+            (key,) = p.keys
+            assert key.domain, fmt
+            want = [r[0] for r in conn.execute(
+                "SELECT to_char(d, %s) FROM generate_series(%s::date, %s::date, '1 day') AS d "
+                "GROUP BY 1 ORDER BY min(d)", (fmt, first, last)).fetchall()]  # fmt: skip
+            assert list(key.domain) == want, fmt
+    # a pattern it does not render (hours, ISO or plain weeks, day names, digits) keeps partition selection
+    for fmt in ("HH24", "IYYY-IW", "WW", "Day", "YYYYMMDD1"):
+        (key,) = plan_of(f"SELECT to_char(o_orderdate, '{fmt}'), COUNT(*) FROM orders GROUP BY 1").keys
+        assert not key.domain, fmt
 
 
 def test_min_max_median_of_dates_are_dates_near_the_truth(proxy: ProxyProcess, env: Env) -> None:
