@@ -161,6 +161,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(text: str) -> float:
+    """A TPC-H scale factor argument, checked before anything starts."""
+    from proxy.sampledata import MIN_SCALE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= MIN_SCALE:  # (NaN included)
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_SCALE} (smaller TPC-H scales repeat keys)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `dpproxy` command."""
     p = argparse.ArgumentParser(prog="dpproxy", description=__doc__)
@@ -174,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="PostgreSQL + TPC-H sample data behind dpproxy")
     d.add_argument("--port", type=int, default=6432, help="port for dpproxy (default 6432)")
-    d.add_argument("--scale", type=float, default=0.1, help="TPC-H scale factor (default 0.1)")
+    d.add_argument("--scale", type=_scale, default=0.1, help="TPC-H scale factor (default 0.1, at least 0.01)")
     d.add_argument(
         "--dsn",
         default=None,

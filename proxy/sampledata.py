@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 
 _CHUNK_BYTES = 1 << 20
+# The smallest scale whose generated keys are unique (partsupp repeats keys below it).
+MIN_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ def load_tpch(dsn: str, scale: float, progress: Callable[[str], None]) -> None:
     specification's ranges, table and column comments, then runs ANALYZE. Reports each step
     through `progress`.
     """
-    if scale <= 0:
-        raise ValueError("scale must be positive")
+    if scale < MIN_SCALE:
+        # (tpchgen-cli's smaller scales repeat partsupp keys: 60 of 800 rows at 0.001)
+        raise ValueError(f"the TPC-H scale factor must be at least {MIN_SCALE} (got {scale})")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dpproxy-tpch-") as tmp:
         out_dir = Path(tmp)

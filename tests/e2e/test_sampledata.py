@@ -9,7 +9,7 @@ import pytest
 from psycopg import errors, sql
 
 from proxy.pgcluster import PgCluster
-from proxy.sampledata import TPCH_TABLE_NAMES, create_reader_role
+from proxy.sampledata import TPCH_TABLE_NAMES, create_reader_role, load_tpch
 from rewriter.metadata import ColumnType, Metadata
 
 READER_PASSWORD = "reader-secret"
@@ -43,18 +43,27 @@ def test_keys_and_comments(tpch_dsn: str) -> None:
     assert comment is not None and all(comment)
 
 
-def test_unit_index_and_frozen_pages(tpch_dsn: str) -> None:
+def test_unit_index_and_frozen_pages(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> None:
     """orders' privacy-unit column has an index of its own, and COPY FREEZE left every
-    page all-visible (index-only scans need no VACUUM first)."""
-    with psycopg.connect(tpch_dsn) as conn:
-        leading = {r[0] for r in conn.execute(
-            "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
-            "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = 'public.orders'::regclass"
-        ).fetchall()}  # fmt: skip
-        pages = conn.execute(
-            "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'public.orders'::regclass"
-        ).fetchone()
+    page all-visible (index-only scans need no VACUUM first). A database of its own:
+    other tests' rolled-back rows clear pages' all-visible bits in the shared one."""
+    dbname = unique_name("tpch_frozen")
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    try:
+        load_tpch(pg_cluster.dsn(dbname), 0.01, lambda _msg: None)
+        with psycopg.connect(pg_cluster.dsn(dbname)) as conn:
+            leading = {r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a "
+                "ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+                "WHERE i.indrelid = 'public.orders'::regclass"
+            ).fetchall()}  # fmt: skip
+            pages = conn.execute(
+                "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'public.orders'::regclass"
+            ).fetchone()
+    finally:
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
     assert leading == {"o_orderkey", "o_custkey"}
     assert pages is not None and pages[0] > 0 and pages[1] == pages[0]
 
