@@ -159,7 +159,7 @@ class DPEngine:
             for i, p in enumerate(plans, 1):
                 lines += [f"[{i}] {ln}" for ln in self._explain_lines(p, epsilon / share, d)]
             return Result(tag="EXPLAIN", columns=[("QUERY PLAN", "text")], rows=[(ln,) for ln in lines])
-        nested = _nested(tree)
+        nested = _nested(tree, self.meta)
         if nested is not None:
             inner, template = self._nested_plans(body, nested)
             share = Decimal(len(inner) + 1)
@@ -216,7 +216,7 @@ class DPEngine:
         """The answer's (name, type) columns, for Describe: a plan's or a union's."""
         if plan is not None:
             return [(o.name, o.type_name) for o in plan.outputs]
-        nested = _nested(tree)
+        nested = _nested(tree, self.meta)
         if nested is not None:
             return [(o.name, o.type_name) for o in self._nested_plans(sql, nested)[1].outputs]
         union = _union_query(tree)
@@ -455,7 +455,7 @@ class DPEngine:
             union = _union_query(tree)
             if union is not None:
                 return await self._answer_union(sql, union, analyst, epsilon, delta)
-            nested = _nested(tree)
+            nested = _nested(tree, self.meta)
             if nested is not None:
                 return await self._answer_nested(sql, nested, analyst, epsilon, delta)
             plan = self.plan(sql, tree)
@@ -525,7 +525,7 @@ class DPEngine:
                     lap("backend")  # issue #8: the wait for the database after the charge
                 except (asyncpg.PostgresError, OSError) as e:
                     # The backend's text may quote private values: never forward it.
-                    raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
+                    raise _failed(e) from e
         finally:
             if backend is not None:
                 _discard(backend)
@@ -794,10 +794,10 @@ def _union_query(tree: exp.Expression) -> UnionQuery | None:
 _CACHED = ", cached for repeats"
 
 
-def _nested(tree: exp.Expression) -> Nested | None:
+def _nested(tree: exp.Expression, meta: Metadata) -> Nested | None:
     """The split of a statement with scalar subqueries in WHERE (None for any other)."""
     try:
-        return split_scalar_subqueries(tree)
+        return split_scalar_subqueries(tree, frozenset(t.lower() for t in meta.public_tables()))
     except RewriteError as e:
         raise refusal_from(e) from e
 
@@ -829,7 +829,22 @@ async def _fetched(backend: asyncio.Future[Any]) -> Any:
     try:
         return await backend
     except (asyncpg.PostgresError, OSError) as e:
-        raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
+        raise _failed(e) from e
+
+
+def _failed(e: BaseException) -> ProxyError:
+    """The error an analyst sees when the bounded SQL fails: the database's text is
+    withheld (it may quote private values), except for a fixed-text error that only the
+    analyst's scalar subqueries over public tables can raise (every scalar subquery the
+    rewriter itself writes aggregates, one row)."""
+    if isinstance(e, asyncpg.PostgresError) and e.sqlstate == CARDINALITY_VIOLATION:
+        return ProxyError(CARDINALITY_VIOLATION, "more than one row returned by a subquery used as an expression",
+                          "a scalar subquery over a public table matched several rows (its privacy cost "
+                          "has been charged); add a condition that picks one, or use IN (SELECT ...)")  # fmt: skip
+    return ProxyError(QUERY_FAILED, FAILED_IN_DATABASE)
+
+
+CARDINALITY_VIOLATION = "21000"
 
 
 def _union_fingerprint(plans: list[DPPlan]) -> str:

@@ -260,6 +260,10 @@ class Metadata(BaseModel):
         """The tables whose rows may only leave as DP aggregates."""
         return {k: v for k, v in self.tables.items() if not v.public}
 
+    def public_tables(self) -> dict[str, TableMeta]:
+        """The tables declared public (read freely inside a query's SQL)."""
+        return {k: v for k, v in self.tables.items() if v.public}
+
     def enforced_checks_of(self, tables: Iterable[str]) -> tuple[int, ...]:
         """The CHECK constraints (OIDs, sorted) that a missing clamp of a column of
         `tables` relies on."""

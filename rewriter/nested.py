@@ -40,15 +40,15 @@ class Nested:
     filters: int
 
 
-def split_scalar_subqueries(tree: exp.Expression) -> Nested | None:
+def split_scalar_subqueries(tree: exp.Expression, public: frozenset[str] = frozenset()) -> Nested | None:
     """The split of `tree` when its outermost WHERE (or that of a derived table or CTE
     it reads: TPC-H Q22's `custsale`), its select list, HAVING or ORDER BY holds scalar
-    subqueries that aggregate; None when none does (any other subquery is for the
-    rewriter)."""
+    subqueries that aggregate private rows; None when none does (any other subquery,
+    one over `public` tables only among them, is for the rewriter)."""
     if not isinstance(tree, exp.Select):
         return None
     filters = [s for where in filter_wheres(tree) for s in where.find_all(exp.Subquery)
-               if _scalar_aggregate(s, where)]  # fmt: skip
+               if _scalar_aggregate(s, where) and not _reads_only(s, public)]  # fmt: skip
     roots = [*tree.expressions, tree.args.get("having"), tree.args.get("order")]
     post = [s for root in roots if root is not None for s in root.find_all(exp.Subquery)
             if _scalar_aggregate(s, root, post=True)]  # fmt: skip
@@ -80,6 +80,12 @@ def split_scalar_subqueries(tree: exp.Expression) -> Nested | None:
         inner.append(body)
         top.replace(exp.Parameter(this=exp.Literal.number(len(inner))))
     return Nested(outer=outer, inner=tuple(inner), filters=len(filters))
+
+
+def _reads_only(sub: exp.Subquery, public: frozenset[str]) -> bool:
+    """Whether every table `sub` reads is one of `public` (unqualified names)."""
+    tables = list(sub.find_all(exp.Table))
+    return bool(tables) and all(t.name.lower() in public for t in tables)
 
 
 def _constant_arithmetic(sub: exp.Subquery) -> exp.Expression:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Protocol
 
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
@@ -181,15 +182,26 @@ ROW_HINT = (
 )
 
 
+class Subqueries(Protocol):
+    """What analyzes a WHERE clause's subqueries (rewriter/semijoin.py's SemiJoins)."""
+
+    def __call__(self, node: exp.Expression, analyzer: Analyzer) -> Typed:
+        """EXISTS or IN (subquery)."""
+        ...
+
+    def scalar(self, node: exp.Subquery) -> Typed:
+        """A scalar subquery used as a value."""
+        ...
+
+
 class Analyzer:
     """Analyzes row expressions against a column resolver (see module docstring)."""
 
-    def __init__(self, resolve: Resolver, context: str,
-                 semijoins: Callable[[exp.Expression, Analyzer], Typed] | None = None) -> None:  # fmt: skip
+    def __init__(self, resolve: Resolver, context: str, semijoins: Subqueries | None = None) -> None:
         self.resolve = resolve
         self.context = context
-        # EXISTS / IN (subquery) are analyzed by the FROM clause's owner (semijoin.py),
-        # which knows the tables; elsewhere they are refused.
+        # EXISTS / IN (subquery) and scalar subqueries are analyzed by the FROM clause's
+        # owner (semijoin.py), which knows the tables; elsewhere they are refused.
         self.semijoins = semijoins
 
     # -- entry points -----------------------------------------------------------------
@@ -199,6 +211,8 @@ class Analyzer:
         if self.semijoins is not None and (
                 isinstance(node, exp.Exists) or isinstance(node, exp.In) and node.args.get("query") is not None):  # fmt: skip
             return self.semijoins(node, self)
+        if self.semijoins is not None and isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
+            return self.semijoins.scalar(node)
         handler = getattr(self, f"_n_{type(node).__name__}", None)
         if handler is None:
             if isinstance(node, exp.AggFunc):

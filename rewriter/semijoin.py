@@ -99,6 +99,44 @@ class SemiJoins:
         return Typed(exp.In(this=x.sql, query=exp.Subquery(this=sub)), "bool", domain=(True, False, None),
                      columns=x.columns)  # fmt: skip
 
+    def scalar(self, node: exp.Subquery) -> Typed:
+        """A scalar subquery over one public table, a value the same for every row
+        (`n_regionkey = (SELECT r_regionkey FROM region WHERE r_name = 'EUROPE')`): kept
+        in the SQL as PostgreSQL's own scalar subquery (NULL when no row matches;
+        `21000` when several do, which depends on public rows only)."""
+        select = node.this
+        alias, table, inner = self._table(select)
+        if not table.meta.public:
+            raise unsupported(f'a scalar subquery over the private table "{table.name}" must aggregate',
+                              "compare with an aggregate, o_totalprice > (SELECT AVG(o_totalprice) FROM "
+                              "orders), or match rows with IN (SELECT ...)")  # fmt: skip
+        if len(select.expressions) != 1:
+            raise RewriteError("42601", "subquery must return only one column")
+
+        def own(c: exp.Column) -> Typed:
+            try:
+                return inner(c)
+            except RewriteError as e:
+                raise unsupported(f"correlated scalar subqueries are not supported ({e.message})",
+                                  "use a join, or IN (SELECT ...)") from e  # fmt: skip
+
+        analyzer = Analyzer(own, "a scalar subquery")
+        item = select.expressions[0].unalias()
+        if item.find(exp.AggFunc) is not None:
+            # An aggregate without GROUP BY: exactly one row (COUNT, SUM, AVG, MIN, MAX).
+            aggregates = _HavingAnalyzer(own, analyzer)
+            aggregates.context = "a scalar subquery"
+            y = aggregates.analyze(item)
+        else:
+            y = analyzer.analyze(item)
+        where = select.args.get("where")
+        cond = analyzer.predicate(where.this) if where is not None else None
+        sub = self._select(y.sql, alias, table, cond.sql if cond is not None else None)
+        # Public: no private column, the same value for every row; NULL when no row matches.
+        domain = None if y.domain is None else tuple(dict.fromkeys((*y.domain, None)))
+        return replace(y, sql=exp.Subquery(this=sub), nullable=True, domain=domain, columns=frozenset(),
+                       value=None, unit=False, span=None, span_key=None, constant=False)  # fmt: skip
+
     def _grouping(self, select: exp.Select, y: Typed, inner: Callable[[exp.Column], Typed]) -> exp.Expression | None:
         """The checked HAVING of `IN (SELECT y FROM t ... GROUP BY y HAVING ...)`.
 

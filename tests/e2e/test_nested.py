@@ -149,3 +149,34 @@ def test_a_null_released_value_acts_as_sql_null(proxy: ProxyProcess) -> None:
             "FROM customer"
         ).fetchall()
     assert count > 0 and share is None
+
+
+def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: ProxyProcess, env: Env) -> None:
+    # A subquery over a public table is the same value for every row: it stays in the
+    # SQL (one release, not two), exactly as PostgreSQL computes it. customer has one
+    # row per unit, so at epsilon 9000 the counts are PostgreSQL's.
+    queries = [
+        "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = 'FRANCE')",
+        "SELECT COUNT(*) FROM customer WHERE c_acctbal > (SELECT MAX(s_acctbal) FROM supplier WHERE s_nationkey = 3)",
+        "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = 'NOWHERE')",
+    ]
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        for q in queries:
+            assert conn.execute(q).fetchall() == truth(env.tpch_dsn, q), q
+            assert "over 2 releases" not in conn.notices[-1]  # type: ignore[attr-defined]
+        # Several matching rows: PostgreSQL's error (it depends on public rows only).
+        with pytest.raises(psycopg.Error) as several:
+            conn.execute("SELECT COUNT(*) FROM customer WHERE c_nationkey = "
+                         "(SELECT n_nationkey FROM nation WHERE n_regionkey = 1)")  # fmt: skip
+        before = _spent(conn)
+        refused = []
+        for q in ("SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = c_name)",
+                  "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT o_custkey FROM orders WHERE o_orderkey = 1)"):  # fmt: skip
+            with pytest.raises(psycopg.Error) as e:
+                conn.execute(q)
+            refused.append(e.value.sqlstate)
+        assert _spent(conn) == before  # refused before anything is spent
+    assert several.value.sqlstate == "21000"
+    assert several.value.diag.message_primary == "more than one row returned by a subquery used as an expression"
+    assert refused == ["0A000", "0A000"]
