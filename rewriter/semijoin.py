@@ -131,11 +131,20 @@ class SemiJoins:
             y = analyzer.analyze(item)
         where = select.args.get("where")
         cond = analyzer.predicate(where.this) if where is not None else None
-        sub = self._select(y.sql, alias, table, cond.sql if cond is not None else None)
+        cond_sql = cond.sql if cond is not None else None
+        sub = self._select(y.sql, alias, table, cond_sql)
+        # Arithmetic reads the value clamped to its declared bounds, as it does a column's:
+        # the public rows may break those bounds, and an overflow would then raise only
+        # where private rows reach the expression. Without a clamped form, no bounds.
+        value: exp.Expression | None = None
+        lo, hi = (y.lo, y.hi) if (y.lo, y.hi) in _TYPE_RANGES else (None, None)  # (an integer type's own)
+        if y.value is not None:
+            value = exp.Subquery(this=self._select(y.value.copy(), alias, table, cond_sql))
+            lo, hi = y.lo, y.hi
         # Public: no private column, the same value for every row; NULL when no row matches.
         domain = None if y.domain is None else tuple(dict.fromkeys((*y.domain, None)))
         return replace(y, sql=exp.Subquery(this=sub), nullable=True, domain=domain, columns=frozenset(),
-                       value=None, unit=False, span=None, span_key=None, constant=False)  # fmt: skip
+                       value=value, lo=lo, hi=hi, unit=False, span=None, span_key=None, constant=False)  # fmt: skip
 
     def _grouping(self, select: exp.Select, y: Typed, inner: Callable[[exp.Column], Typed]) -> exp.Expression | None:
         """The checked HAVING of `IN (SELECT y FROM t ... GROUP BY y HAVING ...)`.
@@ -267,6 +276,10 @@ class SemiJoins:
                         alias=exp.TableAlias(this=exp.to_identifier(alias)))  # fmt: skip
         sub = exp.Select(expressions=[what]).from_(ref)
         return sub.where(cond) if cond is not None else sub
+
+
+# The ranges of PostgreSQL's integer types: bounds no row can break.
+_TYPE_RANGES = frozenset((Decimal(-(1 << b)), Decimal((1 << b) - 1)) for b in (15, 31, 63))
 
 
 class _HavingAnalyzer(Analyzer):
