@@ -99,8 +99,11 @@ def _check_context_manager(parent: Path) -> None:
 
 def _spawn_holder() -> tuple[subprocess.Popen[str], dict[str, object]]:
     """Run a Python process that starts a cluster and waits; return it and what it reported."""
+    # Ctrl-C handled as in a terminal, whatever this run inherited: a shell starting
+    # a job in the background (`cmd &`) ignores SIGINT, and children keep that.
     code = (
-        "import json, sys, time\n"
+        "import json, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from proxy.pgcluster import PgCluster\n"
         "c = PgCluster.start(durable=False)\n"
         "print(json.dumps({'pid': c.pid, 'dir': str(c.base_dir), 'dsn': c.dsn()}), flush=True)\n"
