@@ -43,11 +43,22 @@ _SHAPE_ARGS = ("joins", "group", "having", "distinct", "limit", "offset", "order
 class SemiJoins:
     """Analyzes EXISTS and IN (subquery) for one query's WHERE clause."""
 
-    def __init__(self, meta: Metadata, rel: Relation, outer: Callable[[exp.Column], Typed]) -> None:
+    def __init__(self, meta: Metadata, rel: Relation, outer: Callable[[exp.Column], Typed],
+                 *, public_only: bool = False, aliases: list[int] | None = None) -> None:  # fmt: skip
         self.meta = meta
         self.rel = rel
         self.outer = outer
-        self.count = 0
+        # Inside a subquery, further subqueries may read public tables only: a public
+        # row's presence depends on no unit, so it filters the subquery's rows as a
+        # literal list would (`l_suppkey IN (SELECT s_suppkey FROM supplier WHERE
+        # s_nationkey IN (SELECT n_nationkey FROM nation WHERE ...))`).
+        self.public_only = public_only
+        # The subqueries' aliases (s0, s1, ...), counted across nesting levels.
+        self.aliases = aliases if aliases is not None else [0]
+
+    def _nested(self, resolve: Callable[[exp.Column], Typed]) -> SemiJoins:
+        """What analyzes the subqueries of a subquery whose columns `resolve` reads."""
+        return SemiJoins(self.meta, self.rel, resolve, public_only=True, aliases=self.aliases)
 
     def __call__(self, node: exp.Expression, analyzer: Analyzer) -> Typed:
         """The Typed of an EXISTS or IN (subquery) node of `analyzer`'s clause."""
@@ -74,7 +85,7 @@ class SemiJoins:
         if len(select.expressions) != 1:
             raise RewriteError("42601", "subquery has too many columns")
         x = analyzer.analyze(node.this)
-        inner_analyzer = Analyzer(inner, "a subquery")
+        inner_analyzer = Analyzer(inner, "a subquery", self._nested(inner))
         y = inner_analyzer.analyze(select.expressions[0].unalias())
         having = self._grouping(original, y, inner) if grouped else None
         # A type mismatch (`(a IN (1)) IN (SELECT key ...)`) would fail in PostgreSQL for
@@ -120,7 +131,7 @@ class SemiJoins:
                 raise unsupported(f"correlated scalar subqueries are not supported ({e.message})",
                                   "use a join, or IN (SELECT ...)") from e  # fmt: skip
 
-        analyzer = Analyzer(own, "a scalar subquery")
+        analyzer = Analyzer(own, "a scalar subquery", self._nested(own))
         item = select.expressions[0].unalias()
         if item.find(exp.AggFunc) is not None:
             # An aggregate without GROUP BY: exactly one row (COUNT, SUM, AVG, MIN, MAX).
@@ -188,7 +199,7 @@ class SemiJoins:
                 outer_cols.append(c)
                 return self.outer(c)
 
-        analyzer = Analyzer(resolve, "EXISTS")
+        analyzer = Analyzer(resolve, "EXISTS", self._nested(resolve))
         where = select.args.get("where")
         if where is None:
             raise not_allowed("EXISTS must be correlated with the outer row on its privacy unit", _HINT)
@@ -226,8 +237,10 @@ class SemiJoins:
         if found is None:
             raise RewriteError(UNDEFINED_TABLE, f'relation "{item.name}" does not exist or is not declared')
         name, meta = found
-        alias = f"s{self.count}"
-        self.count += 1
+        if self.public_only and not meta.public:
+            raise unsupported(f'a subquery inside a subquery may read public tables only, not "{name}"', _HINT)
+        alias = f"s{self.aliases[0]}"
+        self.aliases[0] += 1
         cols = {c: column_typed(alias, c, m, meta) for c, m in meta.columns.items()}
         scope: Scope = {(item.alias or item.name).lower(): cols}
         if not item.alias:

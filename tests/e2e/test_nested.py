@@ -159,6 +159,11 @@ def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: Proxy
         "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = 'FRANCE')",
         "SELECT COUNT(*) FROM customer WHERE c_acctbal > (SELECT MAX(s_acctbal) FROM supplier WHERE s_nationkey = 3)",
         "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = 'NOWHERE')",
+        # subqueries over public tables inside subqueries
+        "SELECT COUNT(*) FROM customer WHERE c_nationkey IN (SELECT n_nationkey FROM nation WHERE n_regionkey = "
+        "(SELECT r_regionkey FROM region WHERE r_name = 'ASIA'))",
+        "SELECT COUNT(*) FROM customer c WHERE EXISTS (SELECT 1 FROM nation n WHERE n.n_nationkey = c.c_nationkey "
+        "AND n.n_regionkey IN (SELECT r_regionkey FROM region WHERE r_name LIKE 'A%'))",
     ]
     with connect(proxy, "alice") as conn:
         conn.execute("SET dp.epsilon = 9000")
@@ -172,11 +177,13 @@ def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: Proxy
         before = _spent(conn)
         refused = []
         for q in ("SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT n_nationkey FROM nation WHERE n_name = c_name)",
-                  "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT o_custkey FROM orders WHERE o_orderkey = 1)"):  # fmt: skip
+                  "SELECT COUNT(*) FROM customer WHERE c_nationkey = (SELECT o_custkey FROM orders WHERE o_orderkey = 1)",
+                  "SELECT COUNT(*) FROM orders WHERE o_custkey IN (SELECT c_custkey FROM customer WHERE c_custkey IN "
+                  "(SELECT o_custkey FROM orders WHERE o_totalprice > 5))"):  # fmt: skip
             with pytest.raises(psycopg.Error) as e:
                 conn.execute(q)
             refused.append(e.value.sqlstate)
         assert _spent(conn) == before  # refused before anything is spent
     assert several.value.sqlstate == "21000"
     assert several.value.diag.message_primary == "more than one row returned by a subquery used as an expression"
-    assert refused == ["0A000", "0A000"]
+    assert refused == ["0A000", "0A000", "0A000"]
