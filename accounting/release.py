@@ -158,7 +158,7 @@ def _post_process(plan: DPPlan, records: list[tuple[Any, ...]]) -> list[tuple[An
     position = {n: i for i, n in enumerate(names)}
     direct = [_placeholder(o.expr, position) for o in plan.outputs]
     end = None if plan.limit is None else plan.offset + plan.limit
-    if plan.having is None and not plan.order_by and None not in direct:
+    if plan.having is None and not plan.order_by and None not in direct and not plan.distinct:
         # The common shape: no per-group expression at all.
         return [tuple([r[i] for i in direct]) for r in records[plan.offset : end]]  # type: ignore[index]
     envs: list[dict[str, Any]] = []
@@ -170,13 +170,24 @@ def _post_process(plan: DPPlan, records: list[tuple[Any, ...]]) -> list[tuple[An
     for i, w in enumerate(plan.windows):  # after HAVING, before ORDER BY, as in SQL
         for env, value in zip(envs, window_values(w, envs), strict=True):
             env[f"{WIN_PREFIX}{i}"] = value
+    def output(env: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(env[names[d]] if d is not None else evaluate(o.expr, env)
+                     for d, o in zip(direct, plan.outputs, strict=True))  # fmt: skip
+
+    if plan.distinct:
+        # The first row of each distinct output; ORDER BY reads outputs only (42P10
+        # otherwise), so the kept row sorts where any of its repeats would.
+        kept: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[Any, ...]]] = {}
+        for env in envs:
+            row = output(env)
+            kept.setdefault(tuple(_hashable(v) for v in row), (env, row))
+        pairs = list(kept.values())
+        if plan.order_by:
+            pairs = [pairs[r] for r in _order(plan.order_by, [env for env, _ in pairs])]
+        return [row for _, row in pairs[plan.offset : end]]
     if plan.order_by:
         envs = _sorted(plan, envs)
-    return [
-        tuple(env[names[d]] if d is not None else evaluate(o.expr, env)
-              for d, o in zip(direct, plan.outputs, strict=True))
-        for env in envs[plan.offset : end]
-    ]  # fmt: skip
+    return [output(env) for env in envs[plan.offset : end]]
 
 
 def _placeholder(expr: exp.Expression, position: dict[str, int]) -> int | None:

@@ -179,6 +179,8 @@ class DPPlan:
     reads_clock: bool = False
     # Window functions over the released groups, read by outputs as __w<i>.
     windows: tuple[WindowSpec, ...] = ()
+    # SELECT DISTINCT: repeated output rows are dropped (after windows, before ORDER BY).
+    distinct: bool = False
     # No aggregate, only keys with declared public domains: answered from the metadata
     # (every declared value), without the database or the ledger.
     public_only: bool = False

@@ -154,6 +154,12 @@ def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     having = select.args.get("having")
     having_expr = _post_expr(having.this, b, "HAVING") if having is not None else None
     order_by = _collect_order(select, b, outputs)
+    distinct = select.args.get("distinct") is not None
+    if distinct:
+        # (Without aggregates, DISTINCT was read as the GROUP BY it means, fold.py.)
+        listed = {o.expr.sql(dialect="postgres") for o in outputs}
+        if any(item.expr.sql(dialect="postgres") not in listed for item in order_by):
+            raise RewriteError("42P10", "for SELECT DISTINCT, ORDER BY expressions must appear in select list")
     limit, offset = limit_offset(select)
     _choose_sum_forms(b)
 
@@ -166,6 +172,7 @@ def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
                 sql="", keys=tuple(b.keys), primitives=(), aggregates=(), outputs=tuple(outputs),
                 having=having_expr, order_by=tuple(order_by), limit=limit, offset=offset,
                 fingerprint="", bounding="none", public_only=True, windows=tuple(b.windows),
+                distinct=distinct,
             )  # fmt: skip
         raise not_allowed(
             "the query reads private rows without aggregating them",
@@ -198,6 +205,7 @@ def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
         bounding=b.bounding,
         reads_clock=reads_clock(tree),
         windows=tuple(b.windows),
+        distinct=distinct,
     )
 
 
@@ -246,11 +254,10 @@ def _check_shape(tree: exp.Expression) -> exp.Select:
     ):
         if tree.args.get(arg):
             raise unsupported(f"{what} is not supported on private tables")
-    if tree.args.get("distinct"):
-        raise unsupported(
-            "SELECT DISTINCT is not supported on private tables",
-            "use GROUP BY, or COUNT(DISTINCT col)",
-        )
+    distinct = tree.args.get("distinct")
+    if distinct is not None and distinct.args.get("on") is not None:
+        raise unsupported("SELECT DISTINCT ON is not supported on private tables",
+                          "use GROUP BY, or SELECT DISTINCT over aggregates")  # fmt: skip
     return tree
 
 

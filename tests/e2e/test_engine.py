@@ -630,3 +630,18 @@ def test_offset_and_distribution_windows_over_groups_match_postgres(proxy: Proxy
     with connect(proxy, "alice") as conn, pytest.raises(psycopg.Error) as refused:
         conn.execute("SELECT c_mktsegment, LAG(COUNT(*), c_nationkey) OVER () FROM customer GROUP BY 1")
     assert refused.value.sqlstate == "0A000"
+
+
+def test_select_distinct_over_aggregates_matches_postgres(proxy: ProxyProcess, env: Env) -> None:
+    # customer: one row per unit, so at epsilon 9000 the counts are exact and DISTINCT
+    # over what they compute is PostgreSQL's (windows before it, ORDER BY and LIMIT after).
+    for q in [
+        "SELECT DISTINCT CASE WHEN COUNT(*) > 60 THEN 'many' ELSE 'few' END AS size FROM customer "
+        "GROUP BY c_nationkey ORDER BY 1",
+        "SELECT DISTINCT COUNT(*) / 20 AS h FROM customer GROUP BY c_nationkey ORDER BY h DESC LIMIT 2 OFFSET 1",
+        "SELECT DISTINCT SUM(COUNT(*)) OVER () AS total, COUNT(*) > 0 AS any FROM customer GROUP BY c_mktsegment",
+    ]:
+        got, _, types = at_large_epsilon(proxy, q)
+        want, want_types = exactly(env, q)
+        assert got == want and got, q
+        assert types == want_types, q
