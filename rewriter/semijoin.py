@@ -86,7 +86,13 @@ class SemiJoins:
             raise RewriteError("42601", "subquery has too many columns")
         x = analyzer.analyze(node.this)
         inner_analyzer = Analyzer(inner, "a subquery", self._nested(inner))
-        y = inner_analyzer.analyze(select.expressions[0].unalias())
+        item = select.expressions[0].unalias()
+        aggregate = table.meta.public and not grouped and item.find(exp.AggFunc) is not None
+        if aggregate:
+            # An aggregate of a public table: one public value (`IN (SELECT MIN(s_suppkey) ...)`).
+            y = self._aggregate(item, inner_analyzer)
+        else:
+            y = inner_analyzer.analyze(item)
         having = self._grouping(original, y, inner) if grouped else None
         # A type mismatch (`(a IN (1)) IN (SELECT key ...)`) would fail in PostgreSQL for
         # every row alike: refused here, before anything is charged.
@@ -96,7 +102,7 @@ class SemiJoins:
         if not self._unit_local(x, y, table):
             raise not_allowed(f'IN (SELECT ... FROM "{table.name}") must match on the privacy unit', _HINT)
         cond_sql = cond.sql if cond is not None else None
-        if y.nullable:
+        if y.nullable and not aggregate:
             # One NULL among the subquery's values makes `x NOT IN (...)` NULL for every
             # row not found, whichever unit that NULL belongs to: NULLs are left out (so
             # a row not found is simply not in it; PostgreSQL would give NULL).
@@ -133,13 +139,8 @@ class SemiJoins:
 
         analyzer = Analyzer(own, "a scalar subquery", self._nested(own))
         item = select.expressions[0].unalias()
-        if item.find(exp.AggFunc) is not None:
-            # An aggregate without GROUP BY: exactly one row (COUNT, SUM, AVG, MIN, MAX).
-            aggregates = _HavingAnalyzer(own, analyzer)
-            aggregates.context = "a scalar subquery"
-            y = aggregates.analyze(item)
-        else:
-            y = analyzer.analyze(item)
+        # An aggregate without GROUP BY is exactly one row (COUNT, SUM, AVG, MIN, MAX).
+        y = self._aggregate(item, analyzer) if item.find(exp.AggFunc) is not None else analyzer.analyze(item)
         where = select.args.get("where")
         cond = analyzer.predicate(where.this) if where is not None else None
         cond_sql = cond.sql if cond is not None else None
@@ -156,6 +157,13 @@ class SemiJoins:
         domain = None if y.domain is None else tuple(dict.fromkeys((*y.domain, None)))
         return replace(y, sql=exp.Subquery(this=sub), nullable=True, domain=domain, columns=frozenset(),
                        value=value, lo=lo, hi=hi, unit=False, span=None, span_key=None, constant=False)  # fmt: skip
+
+    @staticmethod
+    def _aggregate(item: exp.Expression, rows: Analyzer) -> Typed:
+        """An aggregate over a public table's rows, as a subquery's one value."""
+        aggregates = _HavingAnalyzer(rows.resolve, rows)
+        aggregates.context = "a subquery over a public table"
+        return aggregates.analyze(item)
 
     def _grouping(self, select: exp.Select, y: Typed, inner: Callable[[exp.Column], Typed]) -> exp.Expression | None:
         """The checked HAVING of `IN (SELECT y FROM t ... GROUP BY y HAVING ...)`.

@@ -187,3 +187,16 @@ def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: Proxy
     assert several.value.sqlstate == "21000"
     assert several.value.diag.message_primary == "more than one row returned by a subquery used as an expression"
     assert refused == ["0A000", "0A000", "0A000"]
+
+
+def test_in_an_aggregate_of_a_public_table(proxy: ProxyProcess, env: Env) -> None:
+    # One public value (NULL over no rows, as in PostgreSQL: then no row is in it).
+    queries = [
+        "SELECT COUNT(*) FROM customer WHERE c_nationkey IN (SELECT MIN(n_nationkey) FROM nation WHERE n_regionkey = 2)",
+        "SELECT COUNT(*) FROM customer WHERE c_nationkey NOT IN (SELECT AVG(n_nationkey) FROM nation WHERE n_regionkey = 9)",
+        "SELECT COUNT(*) FROM customer WHERE c_acctbal > (SELECT AVG(s_acctbal) FROM supplier WHERE s_nationkey = 3)",
+    ]
+    with connect(proxy, "alice") as conn:
+        conn.execute("SET dp.epsilon = 9000")
+        for q in queries:
+            assert conn.execute(q).fetchall() == truth(env.tpch_dsn, q), q
