@@ -13,6 +13,7 @@ from __future__ import annotations
 from calendar import monthrange
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 
 from sqlglot import exp
 
@@ -148,7 +149,7 @@ _TO_CHAR_FIELDS: tuple[tuple[str, Callable[[date], str]], ...] = (
     ("FMMONTH", lambda d: _MONTHS[d.month - 1].upper()),
     ("FMmonth", lambda d: _MONTHS[d.month - 1].lower()),
     ("FMMM", lambda d: str(d.month)),
-    ("FMDD", lambda d: str(d.day)),
+    ("FMDD", lambda d: str(d.day)),  # (the two day fields: _DAILY)
     ("Month", lambda d: _MONTHS[d.month - 1].ljust(9)),
     ("MONTH", lambda d: _MONTHS[d.month - 1].upper().ljust(9)),
     ("month", lambda d: _MONTHS[d.month - 1].lower().ljust(9)),
@@ -161,15 +162,17 @@ _TO_CHAR_FIELDS: tuple[tuple[str, Callable[[date], str]], ...] = (
     ("DD", lambda d: f"{d.day:02d}"),
     ("Q", lambda d: str((d.month - 1) // 3 + 1)),
 )
+_DAILY = frozenset({"FMDD", "DD"})
 _TO_CHAR_SEPARATORS = frozenset(" -/.,:_")
 # Days a domain is read from (about 270 years); wider ranges get no domain.
 _TO_CHAR_MAX_DAYS = 100_000
 
 
-def _to_char_parts(fmt: str) -> list[str | Callable[[date], str]] | None:
-    """A TO_CHAR format as literal text and field renderers; None when it holds a
-    pattern this module does not render exactly."""
+def _to_char_parts(fmt: str) -> tuple[list[str | Callable[[date], str]], bool] | None:
+    """A TO_CHAR format as literal text and field renderers, and whether a field reads
+    the day; None when it holds a pattern this module does not render exactly."""
     parts: list[str | Callable[[date], str]] = []
+    daily = False
     i = 0
     while i < len(fmt):
         ch = fmt[i]
@@ -188,22 +191,27 @@ def _to_char_parts(fmt: str) -> list[str | Callable[[date], str]] | None:
         if field is None:
             return None
         parts.append(field[1])
+        daily = daily or field[0] in _DAILY
         i += len(field[0])
-    return parts
+    return parts, daily
 
 
+@lru_cache(maxsize=256)
 def to_char_domain(fmt: str, first: date, last: date, limit: int) -> tuple[str, ...] | None:
     """Every TO_CHAR(d, fmt) for d in first..last, in the order of the first day giving
-    each (years 1000..9999 only, where YYYY is four digits); None for a format this
-    module does not render, too many values, or too wide a range."""
-    parts = _to_char_parts(fmt)
-    if parts is None or first.year < 1000 or (last - first).days > _TO_CHAR_MAX_DAYS:
+    each (years 1000..9998 only: YYYY is four digits, and the last day has a next); None for a format this
+    module does not render, too many values, or too wide a range. (Cached: a column's
+    declared dates are fixed, and a statement's rewrite should not redo it.)"""
+    parsed = _to_char_parts(fmt)
+    if parsed is None or first.year < 1000 or last.year >= 9999 or (last - first).days > _TO_CHAR_MAX_DAYS:
         return None
+    parts, daily = parsed
     seen: dict[str, None] = {}
-    d = first
+    # Without a day field, every day of a month renders alike: one day per month will do.
+    d = first if daily else first.replace(day=1)
     while d <= last:
-        seen[''.join(p if isinstance(p, str) else p(d) for p in parts)] = None
+        seen["".join(p if isinstance(p, str) else p(d) for p in parts)] = None
         if len(seen) > limit:
             return None
-        d += timedelta(days=1)
+        d = d + timedelta(days=1) if daily else _next("month", d)
     return tuple(seen)

@@ -199,3 +199,16 @@ def test_shifted_spans_move_months_first_and_clamp_the_day() -> None:
     assert shifted_span((jan31, mar31), 1, 0) == (epoch_days(date(1992, 2, 29)), epoch_days(date(1992, 4, 30)))
     assert shifted_span((jan31, mar31), -12, 1) == (epoch_days(date(1991, 2, 1)), epoch_days(date(1991, 4, 1)))
     assert shifted_span((jan31, mar31), 12 * 9000, 0) is None
+
+
+def test_to_char_domains_read_each_month_once_and_stop_short_of_the_last_date() -> None:
+    from rewriter.dates import to_char_domain
+
+    # Without a day field one day per month is read: a partial first and last month count.
+    assert to_char_domain("YYYY-MM", date(1992, 1, 15), date(1992, 3, 2), 10) == ("1992-01", "1992-02", "1992-03")
+    assert to_char_domain("DD", date(1992, 1, 30), date(1992, 2, 2), 10) == ("30", "31", "01", "02")
+    # Too many values, a year PostgreSQL would not write in four digits, or a range
+    # reaching the last date Python holds: no domain (the key stays private), no error.
+    assert to_char_domain("YYYY-MM-DD", date(1992, 1, 1), date(1998, 12, 31), 100) is None
+    assert to_char_domain("YYYY", date(999, 1, 1), date(1001, 1, 1), 10) is None
+    assert to_char_domain("YYYY", date(9990, 1, 1), date(9999, 12, 31), 100) is None
