@@ -525,7 +525,7 @@ class DPEngine:
                     lap("backend")  # issue #8: the wait for the database after the charge
                 except (asyncpg.PostgresError, OSError) as e:
                     # The backend's text may quote private values: never forward it.
-                    raise _failed(e) from e
+                    raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
         finally:
             if backend is not None:
                 _discard(backend)
@@ -829,22 +829,7 @@ async def _fetched(backend: asyncio.Future[Any]) -> Any:
     try:
         return await backend
     except (asyncpg.PostgresError, OSError) as e:
-        raise _failed(e) from e
-
-
-def _failed(e: BaseException) -> ProxyError:
-    """The error an analyst sees when the bounded SQL fails: the database's text is
-    withheld (it may quote private values), except for a fixed-text error that only the
-    analyst's scalar subqueries over public tables can raise (every scalar subquery the
-    rewriter itself writes aggregates, one row)."""
-    if isinstance(e, asyncpg.PostgresError) and e.sqlstate == CARDINALITY_VIOLATION:
-        return ProxyError(CARDINALITY_VIOLATION, "more than one row returned by a subquery used as an expression",
-                          "a scalar subquery over a public table matched several rows (its privacy cost "
-                          "has been charged); add a condition that picks one, or use IN (SELECT ...)")  # fmt: skip
-    return ProxyError(QUERY_FAILED, FAILED_IN_DATABASE)
-
-
-CARDINALITY_VIOLATION = "21000"
+        raise ProxyError(QUERY_FAILED, FAILED_IN_DATABASE) from e
 
 
 def _union_fingerprint(plans: list[DPPlan]) -> str:

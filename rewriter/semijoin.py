@@ -118,9 +118,14 @@ class SemiJoins:
 
     def scalar(self, node: exp.Subquery) -> Typed:
         """A scalar subquery over one public table, a value the same for every row
-        (`n_regionkey = (SELECT r_regionkey FROM region WHERE r_name = 'EUROPE')`): kept
-        in the SQL as PostgreSQL's own scalar subquery (NULL when no row matches;
-        `21000` when several do, which depends on public rows only)."""
+        (`c_acctbal > (SELECT MAX(s_acctbal) FROM supplier)`, `n_regionkey = (SELECT
+        r_regionkey FROM region WHERE r_regionkey = 3)`), kept in the SQL as PostgreSQL's
+        own scalar subquery (NULL when no row matches).
+
+        It must return one row at most: an aggregate, or a lookup that pins a declared
+        unique column to a constant. PostgreSQL runs such a subquery the first time a row
+        reaches it, so its error for several rows (`21000`) would come only when some
+        private row passed the conditions before it: an answer-or-error oracle."""
         select = node.this
         alias, table, inner = self._table(select)
         if not table.meta.public:
@@ -139,9 +144,16 @@ class SemiJoins:
 
         analyzer = Analyzer(own, "a scalar subquery", self._nested(own))
         item = select.expressions[0].unalias()
-        # An aggregate without GROUP BY is exactly one row (COUNT, SUM, AVG, MIN, MAX).
-        y = self._aggregate(item, analyzer) if item.find(exp.AggFunc) is not None else analyzer.analyze(item)
         where = select.args.get("where")
+        if item.find(exp.AggFunc) is not None:
+            y = self._aggregate(item, analyzer)  # without GROUP BY: exactly one row
+        elif where is not None and self._pins_unique(where.this, table, own):
+            y = analyzer.analyze(item)
+        else:
+            raise unsupported(f'a scalar subquery over "{table.name}" must return one row: an aggregate, '
+                              "or a declared unique column equal to a constant",
+                              "use IN (SELECT ...) to match several rows, or an aggregate such as "
+                              "(SELECT MIN(y) FROM t WHERE ...)")  # fmt: skip
         cond = analyzer.predicate(where.this) if where is not None else None
         cond_sql = cond.sql if cond is not None else None
         sub = self._select(y.sql, alias, table, cond_sql)
@@ -157,6 +169,20 @@ class SemiJoins:
         domain = None if y.domain is None else tuple(dict.fromkeys((*y.domain, None)))
         return replace(y, sql=exp.Subquery(this=sub), nullable=True, domain=domain, columns=frozenset(),
                        value=value, lo=lo, hi=hi, unit=False, span=None, span_key=None, constant=False)  # fmt: skip
+
+    @staticmethod
+    def _pins_unique(cond: exp.Expression, table: _Table, resolve: Callable[[exp.Column], Typed]) -> bool:
+        """Whether `cond` holds `unique column = constant` among its AND parts (then
+        the subquery returns at most one row: the key is checked per query)."""
+        for part in conjuncts(cond):
+            if not isinstance(part, exp.EQ):
+                continue
+            for col, other in ((part.this, part.expression), (part.expression, part.this)):
+                if isinstance(col, exp.Column) and isinstance(other, exp.Literal):
+                    base = _base(resolve(col))
+                    if base is not None and table.meta.columns[base[1]].unique:
+                        return True
+        return False
 
     @staticmethod
     def _aggregate(item: exp.Expression, rows: Analyzer) -> Typed:
