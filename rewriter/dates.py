@@ -139,30 +139,54 @@ def shifted_span(span: tuple[int, int], months: int, days: int) -> tuple[int, in
     return out[0], out[1]
 
 
-# TO_CHAR patterns whose text dpproxy renders exactly as PostgreSQL does (English names;
-# the longest match first, as PostgreSQL's keyword table matches). Numeric patterns are
-# accepted in upper case only, and a pattern with anything else gets no domain.
+# TO_CHAR patterns whose text dpproxy renders exactly as PostgreSQL does (English names,
+# padded to 9 characters without FM; ISO years, weeks and days from the ISO calendar, as
+# PostgreSQL's). Numeric patterns are accepted in upper case only, and a pattern with
+# anything else gets no domain.
 _MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
            "September", "October", "November", "December")  # fmt: skip
-_TO_CHAR_FIELDS: tuple[tuple[str, Callable[[date], str]], ...] = (
-    ("FMMonth", lambda d: _MONTHS[d.month - 1]),
-    ("FMMONTH", lambda d: _MONTHS[d.month - 1].upper()),
-    ("FMmonth", lambda d: _MONTHS[d.month - 1].lower()),
-    ("FMMM", lambda d: str(d.month)),
-    ("FMDD", lambda d: str(d.day)),  # (the two day fields: _DAILY)
-    ("Month", lambda d: _MONTHS[d.month - 1].ljust(9)),
-    ("MONTH", lambda d: _MONTHS[d.month - 1].upper().ljust(9)),
-    ("month", lambda d: _MONTHS[d.month - 1].lower().ljust(9)),
-    ("Mon", lambda d: _MONTHS[d.month - 1][:3]),
-    ("MON", lambda d: _MONTHS[d.month - 1][:3].upper()),
-    ("mon", lambda d: _MONTHS[d.month - 1][:3].lower()),
-    ("YYYY", lambda d: f"{d.year:04d}"),
-    ("YY", lambda d: f"{d.year % 100:02d}"),
-    ("MM", lambda d: f"{d.month:02d}"),
-    ("DD", lambda d: f"{d.day:02d}"),
-    ("Q", lambda d: str((d.month - 1) // 3 + 1)),
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _day(d: date) -> str:
+    return _DAYS[d.weekday()]
+
+
+# (pattern, renderer, reads the day): longest first where one pattern starts another.
+_TO_CHAR_FIELDS: tuple[tuple[str, Callable[[date], str], bool], ...] = (
+    ("FMMonth", lambda d: _MONTHS[d.month - 1], False),
+    ("FMMONTH", lambda d: _MONTHS[d.month - 1].upper(), False),
+    ("FMmonth", lambda d: _MONTHS[d.month - 1].lower(), False),
+    ("FMDay", _day, True),
+    ("FMDAY", lambda d: _day(d).upper(), True),
+    ("FMday", lambda d: _day(d).lower(), True),
+    ("FMMM", lambda d: str(d.month), False),
+    ("FMDD", lambda d: str(d.day), True),
+    ("Month", lambda d: _MONTHS[d.month - 1].ljust(9), False),
+    ("MONTH", lambda d: _MONTHS[d.month - 1].upper().ljust(9), False),
+    ("month", lambda d: _MONTHS[d.month - 1].lower().ljust(9), False),
+    ("Mon", lambda d: _MONTHS[d.month - 1][:3], False),
+    ("MON", lambda d: _MONTHS[d.month - 1][:3].upper(), False),
+    ("mon", lambda d: _MONTHS[d.month - 1][:3].lower(), False),
+    ("Day", lambda d: _day(d).ljust(9), True),
+    ("DAY", lambda d: _day(d).upper().ljust(9), True),
+    ("day", lambda d: _day(d).lower().ljust(9), True),
+    ("Dy", lambda d: _day(d)[:3], True),
+    ("DY", lambda d: _day(d)[:3].upper(), True),
+    ("dy", lambda d: _day(d)[:3].lower(), True),
+    ("YYYY", lambda d: f"{d.year:04d}", False),
+    ("YY", lambda d: f"{d.year % 100:02d}", False),
+    ("IYYY", lambda d: f"{d.isocalendar()[0]:04d}", True),
+    ("IW", lambda d: f"{d.isocalendar()[1]:02d}", True),
+    ("ID", lambda d: str(d.isoweekday()), True),
+    ("MM", lambda d: f"{d.month:02d}", False),
+    ("DDD", lambda d: f"{d.timetuple().tm_yday:03d}", True),
+    ("DD", lambda d: f"{d.day:02d}", True),
+    ("D", lambda d: str(d.isoweekday() % 7 + 1), True),  # Sunday is 1
+    ("WW", lambda d: f"{(d.timetuple().tm_yday - 1) // 7 + 1:02d}", True),
+    ("W", lambda d: str((d.day - 1) // 7 + 1), True),
+    ("Q", lambda d: str((d.month - 1) // 3 + 1), False),
 )
-_DAILY = frozenset({"FMDD", "DD"})
 _TO_CHAR_SEPARATORS = frozenset(" -/.,:_")
 # Days a domain is read from (about 270 years); wider ranges get no domain.
 _TO_CHAR_MAX_DAYS = 100_000
@@ -191,7 +215,7 @@ def _to_char_parts(fmt: str) -> tuple[list[str | Callable[[date], str]], bool] |
         if field is None:
             return None
         parts.append(field[1])
-        daily = daily or field[0] in _DAILY
+        daily = daily or field[2]
         i += len(field[0])
     return parts, daily
 

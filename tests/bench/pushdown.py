@@ -51,8 +51,9 @@ QUERIES = {
     "year_declared_dates": "SELECT EXTRACT(YEAR FROM o_orderdate) AS y, COUNT(*) FROM orders GROUP BY 1",
     # The year as text: since TO_CHAR of declared dates lists its values, the pivot plan.
     "year_to_char": "SELECT to_char(o_orderdate, 'YYYY') AS y, COUNT(*) FROM orders GROUP BY 1",
+    # ISO weeks as text: listed too (366 weeks).
+    "week_to_char": "SELECT to_char(o_orderdate, 'IYYY-IW') AS w, COUNT(*) FROM orders GROUP BY 1",
     # Keys without a public domain: each unit's groups limited, then partition selection.
-    "week_private_key": "SELECT to_char(o_orderdate, 'IYYY-IW') AS w, COUNT(*) FROM orders GROUP BY 1",
     "clerk_private_key": "SELECT o_clerk, COUNT(*), AVG(o_totalprice) FROM orders GROUP BY 1",
 }
 

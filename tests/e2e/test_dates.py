@@ -33,9 +33,11 @@ KEYS = [
     # TO_CHAR of the formats rewriter/dates.py renders
     "to_char(o_orderdate, 'YYYY')", "TO_CHAR(o_orderdate, 'YYYY-MM')", "to_char(o_orderdate, 'Mon YYYY')",
     "to_char(o_orderdate, 'YYYY\"Q\"Q')", "to_char(o_orderdate + 1, 'FMMonth')", "to_char(o_orderdate, 'DD/MM/YY')",
+    "to_char(o_orderdate, 'IYYY-IW')", "to_char(o_orderdate, 'Dy')", "to_char(o_orderdate, 'D')",
 ]  # fmt: skip
 TO_CHAR_FORMATS = ["YYYY", "YYYY-MM", "Mon YYYY", 'YYYY"Q"Q', "FMMonth", "Month", "MONTH", "mon", "MON-YY",
-                   "DD.MM.YYYY", "FMDD/FMMM", "Q", "yyyy"]  # fmt: skip
+                   "DD.MM.YYYY", "FMDD/FMMM", "Q", "yyyy", "IYYY-IW", "Day", "DY", "FMday", "D", "ID", "DDD",
+                   "WW", "W", "YYYY-MM-DD", "Dy, DD Mon YYYY"]  # fmt: skip
 
 
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
@@ -77,8 +79,8 @@ def test_to_char_domains_are_postgresql_renderings_of_every_declared_day(env: En
                 "SELECT to_char(d, %s) FROM generate_series(%s::date, %s::date, '1 day') AS d "
                 "GROUP BY 1 ORDER BY min(d)", (fmt, first, last)).fetchall()]  # fmt: skip
             assert list(key.domain) == want, fmt
-    # a pattern it does not render (hours, ISO or plain weeks, day names, digits) keeps partition selection
-    for fmt in ("HH24", "IYYY-IW", "WW", "Day", "YYYYMMDD1"):
+    # a pattern it does not render (hours, Julian days, centuries, localized names, digits) keeps partition selection
+    for fmt in ("HH24", "J", "CC", "TMMonth", "YYYYMMDD1"):
         (key,) = plan_of(f"SELECT to_char(o_orderdate, '{fmt}'), COUNT(*) FROM orders GROUP BY 1").keys
         assert not key.domain, fmt
 

@@ -55,10 +55,10 @@ def test_min_max_of_an_integer_column_keep_its_type(proxy: ProxyProcess, env: En
 def test_min_max_with_private_groups_land_near_the_extremes(proxy: ProxyProcess, env: Env) -> None:
     # orders: 8 of ~15 orders per customer are kept at random, so the bounded extreme is
     # one of the top values, not always the true one; with hundreds of customers per
-    # weekday, all of a weekday's 100 smallest (largest) orders are dropped with
-    # probability below 1e-25. Partition selection releases every weekday.
-    # (Day names: dpproxy lists years and months of the declared dates, not weekdays.)
-    q = ("SELECT to_char(o_orderdate, 'Day') AS y, MIN(o_totalprice), MAX(o_totalprice) "
+    # group, all of a group's 100 smallest (largest) orders are dropped with probability
+    # below 1e-25. Partition selection releases every group: the last digit of the
+    # clerk's number, a key without a declared domain.
+    q = ("SELECT RIGHT(o_clerk, 1) AS y, MIN(o_totalprice), MAX(o_totalprice) "
          "FROM orders GROUP BY y ORDER BY y")  # fmt: skip
     lo_spec, _ = plan_of(q).aggregates
     stride = lo_spec.stride * lo_spec.step
@@ -67,9 +67,9 @@ def test_min_max_with_private_groups_land_near_the_extremes(proxy: ProxyProcess,
         rows = conn.execute(q).fetchall()
     exact = truth(env.tpch_dsn, """
         SELECT y, min(p), max(p), min(p) FILTER (WHERE r_up = 100), max(p) FILTER (WHERE r_down = 100)
-        FROM (SELECT to_char(o_orderdate, 'Day') AS y, o_totalprice AS p,
-                     row_number() OVER (PARTITION BY to_char(o_orderdate, 'Day') ORDER BY o_totalprice) AS r_up,
-                     row_number() OVER (PARTITION BY to_char(o_orderdate, 'Day') ORDER BY o_totalprice DESC) AS r_down
+        FROM (SELECT RIGHT(o_clerk, 1) AS y, o_totalprice AS p,
+                     row_number() OVER (PARTITION BY RIGHT(o_clerk, 1) ORDER BY o_totalprice) AS r_up,
+                     row_number() OVER (PARTITION BY RIGHT(o_clerk, 1) ORDER BY o_totalprice DESC) AS r_down
               FROM orders) o
         GROUP BY y ORDER BY y""")  # fmt: skip
     assert [r[0] for r in rows] == [r[0] for r in exact]
