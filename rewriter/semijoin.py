@@ -29,7 +29,16 @@ from sqlglot import exp
 from rewriter.commajoin import conjuncts
 from rewriter.errors import GROUPING_ERROR, UNDEFINED_TABLE, RewriteError, not_allowed, unsupported
 from rewriter.metadata import Metadata, TableMeta
-from rewriter.rowexpr import INT8_MAX, NUMERIC_KINDS, Analyzer, Typed, describe
+from rewriter.rowexpr import (
+    INT2,
+    INT4,
+    INT8_MAX,
+    INT8_MIN,
+    NUMERIC_KINDS,
+    Analyzer,
+    Typed,
+    describe,
+)
 
 if TYPE_CHECKING:
     from rewriter.relation import Relation, Scope
@@ -326,7 +335,7 @@ class SemiJoins:
 
 
 # The ranges of PostgreSQL's integer types: bounds no row can break.
-_TYPE_RANGES = frozenset((Decimal(-(1 << b)), Decimal((1 << b) - 1)) for b in (15, 31, 63))
+_TYPE_RANGES = frozenset({INT2, INT4, (INT8_MIN, INT8_MAX)})
 
 
 class _HavingAnalyzer(Analyzer):
