@@ -239,3 +239,55 @@ def to_char_domain(fmt: str, first: date, last: date, limit: int) -> tuple[str, 
             return None
         d = d + timedelta(days=1) if daily else _next("month", d)
     return tuple(seen)
+
+
+def _to_char_renderer(fmt: str) -> Callable[[date], str] | None:
+    parsed = _to_char_parts(fmt)
+    if parsed is None:
+        return None
+    parts = parsed[0]
+    return lambda d: "".join(p if isinstance(p, str) else p(d) for p in parts)
+
+
+# EXTRACT(field FROM d) of a date (year >= 1), for the fields whose values are listed.
+_EXTRACT_OF_DAY: dict[str, Callable[[date], int]] = {
+    "year": lambda d: d.year,
+    "isoyear": lambda d: d.isocalendar()[0],
+    "decade": lambda d: _year_like("decade", d.year),
+    "century": lambda d: _year_like("century", d.year),
+    "millennium": lambda d: _year_like("millennium", d.year),
+    "month": lambda d: d.month,
+    "quarter": lambda d: (d.month - 1) // 3 + 1,
+    "day": lambda d: d.day,
+    "dow": lambda d: d.isoweekday() % 7,  # Sunday is 0
+    "isodow": lambda d: d.isoweekday(),
+    "week": lambda d: d.isocalendar()[1],
+}
+
+
+def _trunc_renderer(unit: str) -> Callable[[date], datetime] | None:
+    if unit not in TRUNC_DOMAIN_UNITS:
+        return None
+
+    def render(d: date) -> datetime:
+        t = _truncated(unit, d)
+        return datetime(t.year, t.month, t.day, tzinfo=UTC)
+
+    return render
+
+
+def day_renderer(function: str, argument: str) -> Callable[[date], object] | None:
+    """The value of a key over one date, as PostgreSQL computes it in a UTC session:
+    `function` "date" (the date itself), "extract" (EXTRACT(argument FROM d)), "trunc"
+    (DATE_TRUNC(argument, d): a UTC midnight, as `trunc_domain` lists them) or
+    "to_char" (TO_CHAR(d, argument)). None for the fields, units and formats whose
+    values are not listed."""
+    if function == "date":
+        return lambda d: d
+    if function == "extract":
+        return _EXTRACT_OF_DAY.get(argument)
+    if function == "trunc":
+        return _trunc_renderer(argument)
+    if function == "to_char":
+        return _to_char_renderer(argument)
+    return None

@@ -23,6 +23,7 @@ from sqlglot import exp
 
 from rewriter.commajoin import conjuncts, inner_joins_from_where
 from rewriter.dates import date_literal, epoch_days, trunc_domain
+from rewriter.daykeys import DayKey
 from rewriter.errors import (
     UNDEFINED_COLUMN,
     UNDEFINED_TABLE,
@@ -174,6 +175,7 @@ def column_typed(alias: str, cname: str, cmeta: ColumnMeta, table: TableMeta) ->
             exp.If(this=exp.GT(this=col.copy(), expression=date_literal(last)), true=date_literal(last)),
         ], default=col.copy()))  # fmt: skip
     domain = None
+    by_day = None
     if cmeta.domain is not None:
         domain = tuple(cmeta.domain) + ((None,) if cmeta.nullable and None not in cmeta.domain else ())
     elif cmeta.type == ColumnType.BOOLEAN:
@@ -184,13 +186,14 @@ def column_typed(alias: str, cname: str, cmeta: ColumnMeta, table: TableMeta) ->
         days = trunc_domain("day", *cmeta.date_bounds, MAX_DATE_DOMAIN)
         if days is not None:
             domain = tuple(d.date() for d in days) + ((None,) if cmeta.nullable else ())
+            by_day = DayKey(col, col, *cmeta.date_bounds, "date")
     step = cmeta.step if cmeta.type.is_numeric else None
     return Typed(col, kind, lo, hi, domain, cmeta.nullable, value=value, step=step,
                  unit=cname == table.privacy_unit, pg_type=pg,
                  columns=frozenset({(alias, cname)}),
                  # (only where a clamp is computed: an enforced bound has none to save)
                  int_digits=cmeta.numeric_type[3] if cmeta.numeric_type and cmeta.enforced_by is None
-                 else None, span=span)  # fmt: skip
+                 else None, span=span, by_day=by_day)  # fmt: skip
 
 
 def _num(v: object) -> exp.Expression:

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from sqlglot import exp
@@ -21,6 +22,7 @@ from sqlglot import exp
 from rewriter.bounding import RowTerm, group_bounded_sql, weighted_sql
 from rewriter.colnames import output_name
 from rewriter.dates import days_sql
+from rewriter.daykeys import day_index_sql
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.fold import (
     distinct_as_group_by,
@@ -89,6 +91,7 @@ class _Builder:
     raw_of: dict[str, tuple[str, Decimal, int, int]] = field(default_factory=dict)
     steps_of: dict[str, str] = field(default_factory=dict)  # x column -> its whole steps, from the raw column
     literals: dict[int, list[str]] = field(default_factory=dict)  # key -> domain as SQL
+    day_index: dict[int, str | None] = field(default_factory=dict)  # key -> _day_index
     group_bound: bool = False
     bounding: str = "sampled"  # set by _emit_sql: "weighted", "sampled" or "none"
     windows: list[WindowSpec] = field(default_factory=list)
@@ -1152,6 +1155,12 @@ def _inner_sql(b: _Builder, *, map_keys: bool, filter_keys: bool = True) -> str:
         if key.private or key.domain_sql:
             cols.append(f"{expr} AS k{i}")
             continue
+        by_day = _day_index(b, i)
+        if by_day is not None:  # already the index (NULL outside the domain)
+            cols.append(f"{by_day} AS k{i}")
+            if map_keys or filter_keys:
+                filters.append(f"({by_day}) IS NOT NULL")
+            continue
         if not map_keys and not filter_keys:
             cols.append(f"{expr} AS k{i}")
             continue
@@ -1188,13 +1197,39 @@ def _domain_literals(b: _Builder, i: int) -> list[str]:
     if i not in b.literals:
         t = b.key_typed[i]
         domain = b.keys[i].domain
-        if t.kind != "null" and all(isinstance(v, str) and "\\" not in v for v in domain):
-            # Plain strings: the type is rendered once, the quoting is by hand.
-            typ = exp.DataType.build(t.type_name).sql(dialect="postgres")
-            b.literals[i] = ["CAST('" + str(v).replace("'", "''") + f"' AS {typ})" for v in domain]
-        else:
+        if t.kind == "null":
             b.literals[i] = [_literal(v, t) for v in domain]
+        else:
+            # The type is rendered once and plain values are written by hand: thousands
+            # of listed days through sqlglot took 170 ms.
+            typ = exp.DataType.build(t.type_name).sql(dialect="postgres")
+            b.literals[i] = [_plain_literal(v, typ) or _literal(v, t) for v in domain]
     return b.literals[i]
+
+
+def _plain_literal(v: object, typ: str) -> str | None:
+    """`v` cast to `typ` as `_literal` writes it, for strings without backslashes, dates,
+    timestamps and integers; None for other values."""
+    if isinstance(v, str):
+        return None if "\\" in v else "CAST('" + v.replace("'", "''") + f"' AS {typ})"
+    if isinstance(v, (date, datetime)):
+        return f"CAST('{v}' AS {typ})"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"CAST({v} AS {typ})"
+    return None
+
+
+def _day_index(b: _Builder, i: int) -> str | None:
+    """Listed key `i`'s domain index read by the day of its date (rewriter/daykeys.py),
+    or None when the key is not such a function of a declared date."""
+    if i not in b.day_index:
+        t, key = b.key_typed[i], b.keys[i]
+        by_day = t.by_day
+        b.day_index[i] = None
+        if by_day is not None and by_day.key is t.sql and not (key.private or key.domain_sql):
+            b.day_index[i] = day_index_sql(by_day, key.domain, _domain_literals(b, i),
+                                           t.sql.sql(dialect="postgres"))  # fmt: skip
+    return b.day_index[i]
 
 
 def _pivot_cells(b: _Builder) -> list[tuple[int, ...]] | None:
@@ -1212,6 +1247,9 @@ def _cell_index_sql(b: _Builder) -> str:
     """A row's cell: its keys' domain indexes in row-major order (NULL outside them)."""
     index = ""
     for i, key in enumerate(b.keys):
+        if _day_index(b, i) is not None:
+            index = f"i0.k{i}" if not index else f"({index}) * {len(key.domain)} + i0.k{i}"
+            continue
         lits = _domain_literals(b, i)
         whens = " ".join(f"WHEN {lit} THEN {j}"
                          for j, (v, lit) in enumerate(zip(key.domain, lits, strict=True))
@@ -1227,9 +1265,14 @@ def _map_domain_keys(sql: str, b: _Builder) -> str:
     """Replace raw listed-domain keys of `sql`'s groups by their domain indexes."""
     cols = []
     joins = []
+    listed = []
     for i, key in enumerate(b.keys):
         if key.private or key.domain_sql:
             cols.append(f"a.k{i}")
+            continue
+        if _day_index(b, i) is not None:  # an index already (NULL outside the domain)
+            cols.append(f"a.k{i}")
+            listed.append(f"a.k{i} IS NOT NULL")
             continue
         values = ", ".join(f"({j}, {lit})" for j, lit in enumerate(_domain_literals(b, i)))
         # Hashable (`_same_key`): thousands of listed days matched by IS NOT DISTINCT
@@ -1238,7 +1281,8 @@ def _map_domain_keys(sql: str, b: _Builder) -> str:
         joins.append(f"JOIN (VALUES {values}) AS d{i}(i, v) ON {on}")
         cols.append(f"d{i}.i AS k{i}")
     cols += [f"a.{name}" for name in b.primitives]
-    return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}"
+    where = f" WHERE {' AND '.join(listed)}" if listed else ""
+    return f"SELECT {', '.join(cols)} FROM ({sql}) AS a {' '.join(joins)}{where}"
 
 
 _REFERENCE = re.compile(r'"?([A-Za-z_]\w*)"?\."?([A-Za-z_]\w*)"?')

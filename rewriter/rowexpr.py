@@ -42,6 +42,7 @@ from rewriter.dates import (
     to_char_domain,
     trunc_domain,
 )
+from rewriter.daykeys import DayKey
 from rewriter.errors import GROUPING_ERROR, RewriteError, not_allowed, unsupported
 from rewriter.quantified import expand_quantified
 
@@ -105,6 +106,9 @@ class Typed:
     # EXTRACT(field) of such a date: `sql` (raw) and `value` (clamped) differ, and a cast
     # to an integer keeps both.
     span_key: str | None = None
+    # A function of such a date's day (the date, EXTRACT, DATE_TRUNC, TO_CHAR): as a
+    # group key, its domain index is read by the day (rewriter/daykeys.py).
+    by_day: DayKey | None = None
 
     @property
     def bounded(self) -> bool:
@@ -829,8 +833,9 @@ class Analyzer:
         value = key = None
         if a.span is not None and a.value is not None:
             value, key = exp.Extract(this=exp.var(field.upper()), expression=a.value.copy()), field
+        by_day = _by_day(sql, a, "extract", field) if dom else None
         return Typed(sql, "numeric", lo, hi, dom, True, columns=a.columns, step=Decimal(1),
-                     value=value, span_key=key)  # fmt: skip
+                     value=value, span_key=key, by_day=by_day)  # fmt: skip
 
     def _n_TimestampTrunc(self, n: exp.Expression) -> Typed:
         unit = n.args.get("unit")
@@ -843,6 +848,7 @@ class Analyzer:
             raise RewriteError("42883", f"DATE_TRUNC needs a date or timestamp, not {a.type_name}")
         kind = "timestamptz" if a.kind in ("date", "timestamptz") else "timestamp"
         span = a.span if a.value is not None else None
+        day = a
         a = _date_as_timestamp(a)
         if a.kind in ("timestamp", "timestamptz") and not a.constant:
             # Truncating the first timestamps PostgreSQL holds (4714 BC) leaves its range.
@@ -860,8 +866,9 @@ class Analyzer:
             # Values outside the declared dates truncate outside this list, and are left
             # out where it is a group key's domain.
             dom = _trunc_values(uname, span, kind, a.nullable)
+        by_day = _by_day(sql, day, "trunc", uname) if dom else None
         return Typed(sql, kind, nullable=a.nullable, columns=a.columns, constant=a.constant,
-                     domain=dom)  # fmt: skip
+                     domain=dom, by_day=by_day)  # fmt: skip
 
     _n_DateTrunc = _n_TimestampTrunc
 
@@ -902,10 +909,12 @@ class Analyzer:
         if not (isinstance(fmt, exp.Literal) and fmt.is_string):
             raise unsupported("TO_CHAR needs a string literal as its format")
         dom = _to_char_values(n, a)
+        day = a
         a = _date_as_timestamp(a)
         # Infinite dates and timestamps give NULL.
-        return Typed(exp.TimeToStr(this=a.sql, format=fmt.copy()), "text", nullable=True,
-                     columns=a.columns, domain=dom)  # fmt: skip
+        sql = exp.TimeToStr(this=a.sql, format=fmt.copy())
+        by_day = _by_day(sql, day, "to_char", _to_char_format(n) or "") if dom else None
+        return Typed(sql, "text", nullable=True, columns=a.columns, domain=dom, by_day=by_day)
 
     def _n_WidthBucket(self, n: exp.Expression) -> Typed:
         """WIDTH_BUCKET(x, low, high, count): the bucket index, a small public domain."""
@@ -1173,9 +1182,18 @@ def _extract_spanned(field: str, a: Typed) -> Typed | None:
     if dom is not None and a.nullable:
         dom = (*dom, None)
     var = exp.var(field.upper())
-    return Typed(exp.Extract(this=var, expression=a.sql), "numeric", Decimal(rng[0]), Decimal(rng[1]),
-                 dom, True, columns=a.columns, step=Decimal(1),
-                 value=exp.Extract(this=var.copy(), expression=a.value.copy()), span_key=field)  # fmt: skip
+    sql = exp.Extract(this=var, expression=a.sql)
+    return Typed(sql, "numeric", Decimal(rng[0]), Decimal(rng[1]), dom, True, columns=a.columns,
+                 step=Decimal(1), value=exp.Extract(this=var.copy(), expression=a.value.copy()),
+                 span_key=field, by_day=_by_day(sql, a, "extract", field) if dom else None)  # fmt: skip
+
+
+def _by_day(key: exp.Expression, a: Typed, function: str, argument: str) -> DayKey | None:
+    """How `key`, computed from `a` by `function` (see `dates.day_renderer`), is read by
+    the day: when `a` is a bare date column with declared bounds (else None)."""
+    if a.kind != "date" or a.span is None or not isinstance(a.sql, exp.Column):
+        return None
+    return DayKey(key, a.sql, from_epoch_days(a.span[0]), from_epoch_days(a.span[1]), function, argument)
 
 
 def _to_char_values(n: exp.TimeToStr, a: Typed) -> tuple[object, ...] | None:
@@ -1185,15 +1203,22 @@ def _to_char_values(n: exp.TimeToStr, a: Typed) -> tuple[object, ...] | None:
     date: rows outside the declared bounds fall outside the domain, as for EXTRACT.)"""
     if a.kind != "date" or a.span is None or a.value is None:
         return None
-    # The format as PostgreSQL receives it: sqlglot's round trip of the analyst's.
-    written = Postgres().generator().format_time(n)
-    if written is None or not (written.startswith("'") and written.endswith("'")):
+    fmt = _to_char_format(n)
+    if fmt is None:
         return None
-    fmt = written[1:-1].replace("''", "'")
     values = to_char_domain(fmt, from_epoch_days(a.span[0]), from_epoch_days(a.span[1]), MAX_DATE_DOMAIN)
     if values is None:
         return None
     return (*values, None) if a.nullable else values
+
+
+def _to_char_format(n: exp.TimeToStr) -> str | None:
+    """TO_CHAR's format as PostgreSQL receives it: sqlglot's round trip of the analyst's
+    (None when it is not a plain string)."""
+    written = Postgres().generator().format_time(n)
+    if written is None or not (written.startswith("'") and written.endswith("'")):
+        return None
+    return written[1:-1].replace("''", "'")
 
 
 def _trunc_values(unit: str, span: tuple[int, int], kind: str, nullable: bool) -> tuple[object, ...] | None:

@@ -4,12 +4,19 @@ are the ones PostgreSQL computes, and MIN/MAX of dates come back as dates."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, timedelta
 
 import psycopg
 import pytest
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
+from psycopg.types.datetime import DateLoader, TimestamptzLoader
 
 from proxy.config import BackendConfig
+from rewriter.metadata import Metadata, TableMeta
+from rewriter.parse import parse_one
+from rewriter.rewrite import rewrite
 from tests.e2e.conftest import Env, truth
 from tests.e2e.test_engine import connect
 from tests.support.proxy_process import ProxyProcess
@@ -109,3 +116,74 @@ def test_min_max_median_of_dates_are_dates_near_the_truth(proxy: ProxyProcess, e
     assert abs((median - true_median).days) <= 31, (median, true_median)  # type: ignore[operator]
     assert span == (got_max - got_min).days
     assert having == [("F",), ("O",), ("P",)]
+
+
+# Keys read by the day (rewriter/daykeys.py): every listed EXTRACT field, DATE_TRUNC
+# unit and TO_CHAR format, the date itself, and pairs of them (the pivot's cells).
+DAY_KEYS = [
+    "d", *(f"EXTRACT({f} FROM d)" for f in ("YEAR", "ISOYEAR", "DECADE", "CENTURY", "MILLENNIUM", "MONTH",
+                                           "QUARTER", "DAY", "DOW", "ISODOW", "WEEK")),
+    *(f"DATE_TRUNC('{u}', d)" for u in ("day", "week", "month", "quarter", "year", "decade", "hour")),
+    *(f"to_char(d, '{fmt}')" for fmt in TO_CHAR_FORMATS),
+]  # fmt: skip
+DAY_KEY_PAIRS = [("EXTRACT(YEAR FROM d)", "EXTRACT(MONTH FROM d)"), ("to_char(d, 'Dy')", "EXTRACT(QUARTER FROM d)"),
+                 ("EXTRACT(ISODOW FROM d)", "d IS NULL"), ("DATE_TRUNC('year', d)", "to_char(d, 'IYYY-IW')")]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scratch_days(tpch_dsn: str) -> Iterator[Metadata]:
+    """scratch_days.days: one row per unit, for every day from seven months before the
+    declared 1992-01-01 .. 1998-12-31 to six months after, NULL, both infinities, and
+    dates far before and after (inside the range where dpproxy reads a date as it is);
+    its metadata declares those bounds."""
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS scratch_days CASCADE; CREATE SCHEMA scratch_days")
+        conn.execute("CREATE TABLE scratch_days.days AS SELECT row_number() OVER ()::int AS uid, d::date AS d "
+                     "FROM generate_series(DATE '1991-06-01', DATE '1999-06-30', '1 day') AS d")  # fmt: skip
+        conn.execute("INSERT INTO scratch_days.days VALUES (-1, NULL), (-2, 'infinity'), (-3, '-infinity'), "
+                     "(-4, '2999-06-01 BC'), (-5, '200000-06-15'), (-6, NULL)")  # fmt: skip
+    yield Metadata(dataset="s", tables={"days": TableMeta.model_validate({
+        "schema": "scratch_days", "privacy_unit": "uid", "max_rows": 1, "columns": {
+            "uid": {"type": "integer", "nullable": False},
+            "d": {"type": "date", "lower": "1992-01-01", "upper": "1998-12-31"}}})})  # fmt: skip
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA scratch_days CASCADE")
+
+
+def _or_text(loader: type[Loader]) -> type[Loader]:
+    """`loader`, giving the text of values Python's dates cannot hold (infinity)."""
+
+    class OrText(loader):  # type: ignore[valid-type,misc]
+        def load(self, data: Buffer) -> object:
+            try:
+                return super().load(data)
+            except psycopg.DataError:
+                return bytes(data).decode()
+
+    return OrText
+
+
+@pytest.mark.parametrize("key_list", [(k,) for k in DAY_KEYS] + DAY_KEY_PAIRS, ids=" / ".join)
+def test_keys_read_by_the_day_are_the_groups_of_the_keys_themselves(
+    tpch_dsn: str, scratch_days: Metadata, key_list: tuple[str, ...]
+) -> None:
+    # Days inside the declared bounds read their index from the per-day array; the
+    # others (outside them, infinite, NULL) take the key's own value: every row must
+    # land in the group PostgreSQL gives it, and only groups of listed values count.
+    keys, n = ", ".join(key_list), len(key_list)
+    cols = ", ".join(str(i + 1) for i in range(n))
+    plan = rewrite(parse_one(f"SELECT {keys}, COUNT(*) FROM days GROUP BY {cols}"), scratch_days)
+    assert "::int2[])[" in plan.sql, "the key is not read by the day"
+    s = plan.primitives[0].denominator
+    with psycopg.connect(tpch_dsn, autocommit=True) as conn:
+        for name, value in BackendConfig(dsn="", ledger_dsn="").session_settings().items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        for oid, loader in (("date", DateLoader), ("timestamptz", TimestamptzLoader)):
+            conn.adapters.register_loader(oid, _or_text(loader))
+        got = {tuple(k.domain[j] for k, j in zip(plan.keys, r[:n], strict=True)): r[n]
+               for r in conn.execute(plan.sql).fetchall() if r[n]}  # fmt: skip
+        listed = [set(k.domain) for k in plan.keys]
+        want = {r[:n]: r[n] * s for r in conn.execute(f"SELECT {keys}, COUNT(*) FROM scratch_days.days GROUP BY {cols}")
+                if all(v in dom for v, dom in zip(r[:n], listed, strict=True))}  # fmt: skip
+    assert got == want
+    assert any(None in k for k in got)  # NULL dates: a listed group of their own

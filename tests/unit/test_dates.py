@@ -13,17 +13,22 @@ from sqlglot import exp
 
 from accounting.release import _typed
 from rewriter.dates import (
+    day_renderer,
     epoch_days,
     extract_domain,
     extract_range,
     from_epoch_days,
     shifted_span,
+    to_char_domain,
     trunc_domain,
 )
+from rewriter.daykeys import MAX_INDEXED_DAYS
 from rewriter.errors import RewriteError
 from rewriter.metadata import ColumnMeta, Metadata
 from rewriter.parse import parse_one
 from rewriter.postprocess import PostProcessError, evaluate, infer_type
+from rewriter.rewrite import _literal, _plain_literal
+from rewriter.rowexpr import Typed
 from tests.unit.test_rewriter import META, META_UNDATED, plan
 
 FIRST, LAST = date(1992, 1, 1), date(1998, 12, 31)
@@ -212,3 +217,55 @@ def test_to_char_domains_read_each_month_once_and_stop_short_of_the_last_date() 
     assert to_char_domain("YYYY-MM-DD", date(1992, 1, 1), date(1998, 12, 31), 100) is None
     assert to_char_domain("YYYY", date(999, 1, 1), date(1001, 1, 1), 10) is None
     assert to_char_domain("YYYY", date(9990, 1, 1), date(9999, 12, 31), 100) is None
+
+
+@pytest.mark.parametrize(("function", "argument", "listed"), [
+    ("extract", "year", lambda: extract_domain("year", FIRST, LAST, 100)),
+    ("extract", "isoyear", lambda: extract_domain("isoyear", FIRST, LAST, 100)),
+    ("extract", "month", lambda: tuple(range(1, 13))),
+    ("extract", "dow", lambda: tuple(range(7))),
+    ("trunc", "week", lambda: trunc_domain("week", FIRST, LAST, 10_000)),
+    ("trunc", "quarter", lambda: trunc_domain("quarter", FIRST, LAST, 10_000)),
+    ("to_char", "IYYY-IW", lambda: to_char_domain("IYYY-IW", FIRST, LAST, 10_000)),
+    ("to_char", "Dy DD Mon", lambda: to_char_domain("Dy DD Mon", FIRST, LAST, 10_000)),
+])  # fmt: skip
+def test_each_day_renders_to_a_listed_value_and_every_listed_value_has_a_day(
+    function: str, argument: str, listed: object
+) -> None:
+    # rewriter/daykeys.py indexes each declared day by its key: the keys of the days
+    # must be the listed values (PostgreSQL's own are checked end to end). ISO years
+    # list one more year on either side, whatever the days.
+    render = day_renderer(function, argument)
+    assert render is not None
+    days = [from_epoch_days(d) for d in range(epoch_days(FIRST), epoch_days(LAST) + 1)]
+    values = set(listed()) - ({1991, 1999} if argument == "isoyear" else set())  # type: ignore[operator]
+    assert set(map(render, days)) == values
+
+
+def test_keys_not_listed_have_no_day_renderer() -> None:
+    assert day_renderer("extract", "epoch") is None and day_renderer("extract", "hour") is None
+    assert day_renderer("trunc", "century") is None and day_renderer("to_char", "HH24") is None
+    assert day_renderer("median", "") is None
+
+
+def test_keys_over_long_declared_spans_keep_the_listed_lookup() -> None:
+    short = plan("SELECT EXTRACT(YEAR FROM o_orderdate), COUNT(*) FROM orders GROUP BY 1")
+    assert "::int2[])[" in short.sql
+    days = MAX_INDEXED_DAYS + 1
+    wide = Metadata.model_validate({**META.model_dump(by_alias=True), "tables": {**META.tables, "orders": {
+        **META.tables["orders"].model_dump(by_alias=True), "columns": {
+            **META.tables["orders"].model_dump(by_alias=True)["columns"],
+            "o_orderdate": {"type": "date", "nullable": False, "lower": FIRST.isoformat(),
+                            "upper": from_epoch_days(epoch_days(FIRST) + days - 1).isoformat()}}}}})  # fmt: skip
+    long = plan("SELECT EXTRACT(YEAR FROM o_orderdate), COUNT(*) FROM orders GROUP BY 1", wide)
+    assert "[])[" not in long.sql and "CASE" in long.sql
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("date", date(1992, 1, 1)), ("date", date(1, 1, 1)), ("timestamptz", datetime(1992, 1, 1, tzinfo=UTC)),
+    ("timestamp", datetime(1992, 3, 1, 12, 30)), ("numeric", 1992), ("numeric", -5), ("int", 2**40),
+    ("text", "O'Brien"), ("text", "a b"),
+])  # fmt: skip
+def test_listed_values_written_by_hand_are_sqlglot_renderings(kind: str, value: object) -> None:
+    t = Typed(exp.Null(), kind)
+    assert _plain_literal(value, exp.DataType.build(t.type_name).sql(dialect="postgres")) == _literal(value, t)
