@@ -10,6 +10,7 @@ SQL that bounds contributions per unit after the join and aggregates exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -1203,8 +1204,18 @@ def _domain_literals(b: _Builder, i: int) -> list[str]:
             # The type is rendered once and plain values are written by hand: thousands
             # of listed days through sqlglot took 170 ms.
             typ = exp.DataType.build(t.type_name).sql(dialect="postgres")
-            b.literals[i] = [_plain_literal(v, typ) or _literal(v, t) for v in domain]
+            b.literals[i] = list(_plain_literals(domain, typ) or [_plain_literal(v, typ) or _literal(v, t) for v in domain])
     return b.literals[i]
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_literals(domain: tuple[object, ...], typ: str) -> tuple[str, ...] | None:
+    """A long domain of plain values as literals (`_plain_literal`), or None. (Cached:
+    a declared date column lists the same thousands of days in every statement.)"""
+    if len(domain) < 100:
+        return None
+    out = [lit for v in domain if (lit := _plain_literal(v, typ)) is not None]
+    return tuple(out) if len(out) == len(domain) else None
 
 
 def _plain_literal(v: object, typ: str) -> str | None:
