@@ -1,13 +1,15 @@
 """Pushdown cost: database time of dpproxy's rewritten SQL over the plain query's.
 
 Run: .venv/bin/python -m tests.bench.pushdown [--scale 1] [--runs 5] [--dsn URI]
-     [--work-mem 4MB] [--cluster-by-unit]
+     [--work-mem 4MB] [--cluster-by unit|key]
 
 (`--dsn`: a database that already holds TPC-H, instead of a fresh cluster; `--work-mem`:
 another `backend.work_mem` than dpproxy's default, e.g. PostgreSQL's 4MB, to compare;
-`--cluster-by-unit`: first index each private table on its privacy-unit column and CLUSTER
-it by that index, the physical design the README recommends; it rewrites the tables, so
-with `--dsn` only on a scratch copy.)
+`--cluster-by unit`: first index each private table on its privacy-unit column and
+CLUSTER it by that index, the physical design the README recommends and the demo loader
+gives orders; `--cluster-by key`: CLUSTER each by its primary key instead, the order
+TPC-H generates rows in, where each unit's rows are scattered. Both rewrite the tables,
+so with `--dsn` only on a scratch copy.)
 
 For each TPC-H DP query, the plain SQL (what an analyst would run without dpproxy) and
 the bounded SQL the rewriter emits both run directly on the same PostgreSQL, in the
@@ -27,7 +29,7 @@ import psycopg.sql
 
 from proxy.pgcluster import PgCluster
 from proxy.provision import example_metadata_path
-from proxy.sampledata import load_tpch
+from proxy.sampledata import load_tpch, single_column_index
 from rewriter.metadata import Metadata, load_metadata
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
@@ -92,13 +94,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dsn", help="an existing TPC-H database (no cluster is started)")
     ap.add_argument("--work-mem", help="work_mem for both queries (default: dpproxy's)")
-    ap.add_argument("--cluster-by-unit", action="store_true",
-                    help="index and CLUSTER private tables by their privacy unit first")  # fmt: skip
+    ap.add_argument("--cluster-by", choices=("unit", "key"),
+                    help="CLUSTER private tables by their privacy unit or primary key first")  # fmt: skip
     args = ap.parse_args()
     meta = load_metadata(example_metadata_path())
     if args.dsn:
-        if args.cluster_by_unit:
-            cluster_by_unit(args.dsn, meta)
+        if args.cluster_by:
+            cluster_by(args.dsn, meta, args.cluster_by)
         rows = measure(args.dsn, meta, args.runs, args.work_mem)
     else:
         with PgCluster.start(durable=False, base_dir=Path(tempfile.gettempdir())) as cluster:
@@ -106,12 +108,12 @@ def main() -> None:
                 c.execute("CREATE DATABASE tpch")
             dsn = cluster.dsn("tpch")
             load_tpch(dsn, args.scale, lambda m: print(m, flush=True))
-            if args.cluster_by_unit:
-                cluster_by_unit(dsn, meta)
+            if args.cluster_by:
+                cluster_by(dsn, meta, args.cluster_by)
             rows = measure(dsn, meta, args.runs, args.work_mem)
     where = "the database at --dsn" if args.dsn else f"TPC-H scale {args.scale}"
-    if args.cluster_by_unit:
-        where += ", private tables clustered by privacy unit"
+    if args.cluster_by:
+        where += f", private tables clustered by {'privacy unit' if args.cluster_by == 'unit' else 'primary key'}"
     print(f"\n{where}, median of {args.runs} runs\n")
     print("| query | plain ms | rewritten ms | wall ratio | backend CPU ratio |")
     print("|---|---|---|---|---|")
@@ -120,33 +122,37 @@ def main() -> None:
         print(f"| {name} | {plain:.1f} | {dp:.1f} | {ratio:.2f} | {cpu} |")
 
 
-def cluster_by_unit(dsn: str, meta: Metadata) -> None:
-    """Index each private table on its privacy-unit column (unless that column is a
-    declared key, which has its own index, or an index on it alone exists, as the demo
-    loader makes for orders) and CLUSTER the table by that index, then
-    VACUUM ANALYZE: per-unit grouping then reads each unit's rows together, and a count
-    per unit can come from the index alone."""
+def cluster_by(dsn: str, meta: Metadata, by: str) -> None:
+    """CLUSTER each private table with a privacy-unit column by an index on that column
+    (`by` "unit": made unless one on it alone exists, as the demo loader makes for
+    orders; then per-unit grouping reads each unit's rows together, and a count per unit
+    can come from the index alone) or by its primary key (`by` "key": the order TPC-H
+    generates rows in), then VACUUM ANALYZE. Tables whose unit is a declared key (one
+    row per unit) are left as they are."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for name, table in meta.private_tables().items():
             unit = table.privacy_unit
             if unit is None or table.columns[unit].unique:
                 continue
             target = psycopg.sql.Identifier(table.schema_, name)
+            qualified = f"{table.schema_}.{name}"
             t0 = time.perf_counter()
-            # The loader's index on the unit when there is one (no second copy of it).
-            found = conn.execute(
-                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-                "WHERE i.indrelid = %s::regclass AND a.attname = %s AND i.indnatts = 1",
-                (f"{table.schema_}.{name}", unit),
-            ).fetchone()  # fmt: skip
-            index = psycopg.sql.Identifier(found[0] if found else f"{name}_{unit}_unit")
-            if not found:
-                conn.execute(psycopg.sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                    index, target, psycopg.sql.Identifier(unit)))  # fmt: skip
+            if by == "key":
+                found = conn.execute("SELECT conindid::regclass::text FROM pg_constraint "
+                                     "WHERE conrelid = %s::regclass AND contype = 'p'", (qualified,)).fetchone()  # fmt: skip
+                if found is None:
+                    print(f"{name}: no primary key, left as it is", flush=True)
+                    continue
+                index = psycopg.sql.SQL(found[0])
+            else:
+                existing = single_column_index(conn, qualified, unit)
+                index = psycopg.sql.Identifier(existing or f"{name}_{unit}_unit")
+                if existing is None:
+                    conn.execute(psycopg.sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                        index, target, psycopg.sql.Identifier(unit)))  # fmt: skip
             conn.execute(psycopg.sql.SQL("CLUSTER {} USING {}").format(target, index))
-            print(f"{name}: indexed and clustered by {unit} in {time.perf_counter() - t0:.1f}s",
-                  flush=True)  # fmt: skip
+            print(f"{name}: clustered by its {'primary key' if by == 'key' else unit} in "
+                  f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
         conn.execute("VACUUM ANALYZE")
 
 

@@ -43,10 +43,11 @@ def test_keys_and_comments(tpch_dsn: str) -> None:
     assert comment is not None and all(comment)
 
 
-def test_unit_index_and_frozen_pages(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> None:
-    """orders' privacy-unit column has an index of its own, and COPY FREEZE left every
-    page all-visible (index-only scans need no VACUUM first). A database of its own:
-    other tests' rolled-back rows clear pages' all-visible bits in the shared one."""
+def test_unit_index_clustered_and_all_visible_pages(pg_cluster: PgCluster, unique_name: Callable[[str], str]) -> None:
+    """orders' privacy-unit column has an index of its own, the rows are stored in its
+    order, and every page is all-visible (index-only scans need no VACUUM first). A
+    database of its own: other tests' rolled-back rows clear pages' all-visible bits in
+    the shared one."""
     dbname = unique_name("tpch_frozen")
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
@@ -61,11 +62,16 @@ def test_unit_index_and_frozen_pages(pg_cluster: PgCluster, unique_name: Callabl
             pages = conn.execute(
                 "SELECT relpages, relallvisible FROM pg_class WHERE oid = 'public.orders'::regclass"
             ).fetchone()
+            (out_of_order,) = conn.execute(
+                "SELECT count(*) FROM (SELECT o_custkey, lag(o_custkey) OVER (ORDER BY ctid) AS before "
+                "FROM orders) AS o WHERE o_custkey < before"
+            ).fetchone()  # fmt: skip
     finally:
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
     assert leading == {"o_orderkey", "o_custkey"}
     assert pages is not None and pages[0] > 0 and pages[1] == pages[0]
+    assert out_of_order == 0
 
 
 @pytest.fixture()
