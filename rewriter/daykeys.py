@@ -59,10 +59,31 @@ def day_index_sql(day_key: DayKey, domain: Sequence[object], literals: Sequence[
     first = f"DATE '{day_key.first.isoformat()}'"
     last = f"DATE '{day_key.last.isoformat()}'"
     null_index = str(where[None]) if None in where else "NULL::int"
-    lookup = f"array_position(ARRAY[{', '.join(literals)}], {key_sql}) - 1"
     return (f"CASE WHEN {col} IS NULL THEN {null_index} "
             f"WHEN {col} >= {first} AND {col} <= {last} THEN ({array})[{col} - {first} + 1] "
-            f"ELSE {lookup} END")  # fmt: skip
+            f"ELSE {_outside_lookup(day_key, domain, literals, key_sql)} END")  # fmt: skip
+
+
+# Keys that never decrease as the date grows (the date, its truncations, its years).
+_MONOTONE = {("date", ""), *(("extract", f) for f in ("year", "isoyear", "decade", "century", "millennium"))}
+
+
+def _outside_lookup(day_key: DayKey, domain: Sequence[object], literals: Sequence[str], key_sql: str) -> str:
+    """The index of the key of a date outside the span: its key computed and matched.
+
+    A key that never decreases with the date reaches, outside the span, only the listed
+    values up to the first day's and from the last day's (the period a span starts or
+    ends inside; ISO years listed beyond the span): a CASE over those few. Other keys
+    (months, weekdays, most formats) may take any listed value again."""
+    monotone = (day_key.function, day_key.argument) in _MONOTONE or day_key.function == "trunc"
+    if not monotone:
+        return f"array_position(ARRAY[{', '.join(literals)}], {key_sql}) - 1"
+    render = day_renderer(day_key.function, day_key.argument)
+    assert render is not None
+    low, high = render(day_key.first), render(day_key.last)
+    whens = " ".join(f"WHEN {lit} THEN {j}" for j, (v, lit) in enumerate(zip(domain, literals, strict=True))
+                     if v is not None and (v <= low or v >= high))  # type: ignore[operator]
+    return f"CASE {key_sql} {whens} END" if whens else "NULL::int"
 
 
 @lru_cache(maxsize=128)
