@@ -294,6 +294,11 @@ def _cast(v: Value, to: exp.Expression) -> Value:
         return None
     t = to.this if isinstance(to, exp.DataType) else None
     name = t.name if t is not None else ""
+    if isinstance(v, bool):  # PostgreSQL casts a boolean to integer or text only
+        if name == "INT":
+            return int(v)
+        if name in ("TEXT", "VARCHAR", "CHAR"):
+            v = "true" if v else "false"
     try:
         if name in ("INT", "BIGINT", "SMALLINT"):
             n = int(Decimal(str(v)).to_integral_value(rounding=ROUND_HALF_UP))
@@ -412,11 +417,36 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
             out = _wider(out, infer_type(br, env))
         return out
     if isinstance(n, exp.Cast):
-        name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
-        return {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8",
-                "FLOAT": "float4", "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar",
-                "DATE": "date"}.get(name, "numeric")  # fmt: skip
+        return cast_type(n, infer_type(n.this, env))
     return "text"
+
+
+# Casts after the noise (`_cast`): the type each target gives. PostgreSQL has no cast
+# between dates and numbers, nor from booleans to numbers other than integer.
+_CAST_TYPES = {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8", "FLOAT": "float4",
+               "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar", "DATE": "date", "DECIMAL": "numeric",
+               "NUMERIC": "numeric", "BIGDECIMAL": "numeric"}  # fmt: skip
+_PG_TYPE_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+                  "float8": "double precision", "bool": "boolean", "bpchar": "character"}  # fmt: skip
+
+
+def cast_type(n: exp.Cast, source: str) -> str:
+    """The type of a cast after the noise of a value of type `source`; refused before
+    anything runs (a PostProcessError when the plan is made) where it would
+    fail on every value (PostgreSQL's 42846 where it has no such cast, 0A000 where
+    dpproxy does not cast after the noise)."""
+    name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
+    target = _CAST_TYPES.get(name)
+    if target is None:
+        raise PostProcessError("0A000", f"cast to {n.to.sql(dialect='postgres').lower()} is not supported after noise",
+                               "cast released values to a number type, text or date")  # fmt: skip
+    _type_params(n.to)  # 0A000 for modifiers that are not integers
+    numbers = _NUMERIC_RANK.keys()
+    if (source == "date" and target in numbers or source in numbers and target == "date"
+            or source == "bool" and target not in ("int4", "text", "varchar", "bpchar")):
+        frm, to = (_PG_TYPE_NAMES.get(t, t) for t in (source, target))
+        raise PostProcessError("42846", f"cannot cast type {frm} to {to}")
+    return target
 
 
 def _zero(text: str) -> bool:

@@ -187,3 +187,28 @@ def test_keys_read_by_the_day_are_the_groups_of_the_keys_themselves(
                 if all(v in dom for v, dom in zip(r[:n], listed, strict=True))}  # fmt: skip
     assert got == want
     assert any(None in k for k in got)  # NULL dates: a listed group of their own
+
+
+@pytest.mark.parametrize(("query", "sqlstate"), [
+    ("SELECT ROUND(MIN(o_orderdate)::numeric, 1) FROM orders", "42846"),
+    ("SELECT MAX(o_orderdate)::int FROM orders", "42846"),
+    ("SELECT COUNT(*)::date FROM orders", "42846"),
+    ("SELECT (COUNT(*) > 5)::bigint FROM orders", "42846"),
+    ("SELECT MIN(o_orderdate)::timestamp FROM orders", "0A000"),
+    ("SELECT SUM(o_totalprice)::interval FROM orders", "0A000"),
+])  # fmt: skip
+def test_casts_that_fail_on_every_released_value_are_refused_before_the_charge(
+    proxy: ProxyProcess, query: str, sqlstate: str
+) -> None:
+    # PostgreSQL has no cast between dates and numbers: such a cast after the noise
+    # failed only once the query had run and been charged.
+    with connect(proxy, "alice") as conn:
+        (before,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute(query)
+        assert e.value.sqlstate == sqlstate
+        assert conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone() == (before,)
+        conn.execute("SET dp.epsilon = 9000")
+        row = conn.execute("SELECT MIN(o_orderdate)::text, (COUNT(*) > 5)::int, (COUNT(*) > 5)::text, "
+                           "(COUNT(*) < 5)::char FROM orders").fetchone()  # fmt: skip
+    assert row is not None and row[1:] == (1, "true", "f") and date.fromisoformat(row[0])

@@ -162,6 +162,18 @@ def test_post_processing_of_released_dates_follows_postgresql() -> None:
     for sql, want in (("a - b", "int4"), ("a + 1", "date"), ("CAST(b AS date)", "date")):
         assert infer_type(parse_one(f"SELECT {sql}").expressions[0], types) == want, sql
     assert isinstance(parse_one("SELECT DATE '1995-01-01'").expressions[0], exp.Cast)
+    # No cast between dates and numbers, nor from booleans to numbers but integer: known
+    # before anything runs, as in PostgreSQL (42846).
+    types = {"a": "date", "n": "int8", "f": "float8", "q": "bool"}
+    for sql in ("a::numeric", "CAST(a AS int)", "n::date", "f::date", "q::bigint", "q::numeric", "q::date"):
+        with pytest.raises(PostProcessError) as e:
+            infer_type(parse_one(f"SELECT {sql}").expressions[0], types)
+        assert e.value.sqlstate == "42846", sql
+    with pytest.raises(PostProcessError) as e:
+        infer_type(parse_one("SELECT a::timestamp").expressions[0], types)
+    assert e.value.sqlstate == "0A000"
+    assert infer_type(parse_one("SELECT q::int").expressions[0], types) == "int4"
+    assert _post("CAST(q AS int)", {"q": True}) == 1 and _post("q::text", {"q": False}) == "false"
 
 
 @pytest.mark.parametrize(("key", "first"), [
