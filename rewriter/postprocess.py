@@ -16,14 +16,12 @@ from typing import Any
 
 from sqlglot import exp
 
-from rewriter.errors import RewriteError
+from rewriter.posttypes import PostProcessError, type_params
+
+__all__ = ["DIVISION_BY_ZERO", "PostProcessError", "evaluate"]
 
 Value = Any
 DIVISION_BY_ZERO = "22012"
-
-
-class PostProcessError(RewriteError):
-    """An error computing a post-processed value (it depends on noisy values only)."""
 
 
 def evaluate(node: exp.Expression, env: dict[str, Value]) -> Value:
@@ -89,7 +87,7 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
         v, lo, hi = _eval(n.this, env), _eval(n.args["low"], env), _eval(n.args["high"], env)
         if v is None or lo is None or hi is None:
             return None
-        return _num(lo) <= _num(v) <= _num(hi)
+        return bool(_compare(exp.GTE(), v, lo)) and bool(_compare(exp.LTE(), v, hi))
     if isinstance(n, exp.In):
         v = _eval(n.this, env)
         if v is None:
@@ -100,16 +98,20 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
         a, b = _eval(n.this, env), _eval(n.expression, env)
         return None if a is not None and b is not None and _eq(a, b) else a
     if isinstance(n, exp.Coalesce):
-        for e in [n.this, *n.expressions]:
+        args = [n.this, *n.expressions]
+        for i, e in enumerate(args):
             v = _eval(e, env)
+            if isinstance(v, str):  # an untyped literal takes the other arguments' type
+                others = [_eval(x, env) for x in args[i + 1 :] if not isinstance(x, exp.Literal)]
+                return _like_others([v, *others])[0]
             if v is not None:
                 return v
         return None
     if isinstance(n, (exp.Greatest, exp.Least)):
-        vals = [v for v in (_eval(e, env) for e in [n.this, *n.expressions]) if v is not None]
+        vals = _like_others([v for v in (_eval(e, env) for e in [n.this, *n.expressions]) if v is not None])
         if not vals:
             return None
-        return max(vals, key=_num) if isinstance(n, exp.Greatest) else min(vals, key=_num)
+        return max(vals) if isinstance(n, exp.Greatest) else min(vals)
     if isinstance(n, exp.Case):
         for cond in n.args.get("ifs") or []:
             if _eval(cond.this, env) is True:
@@ -155,18 +157,32 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
     raise PostProcessError("0A000", f"cannot evaluate {type(n).__name__} after noise")
 
 
-def _num(v: Value) -> Value:
-    # Compare ints, Decimals and floats by value, the way PostgreSQL would after casts.
-    if isinstance(v, float) or isinstance(v, (int, Decimal)):
-        return v
-    return v
+def _like_others(vals: list[Value]) -> list[Value]:
+    """`vals` with untyped string literals read as the type of the other values."""
+    ref = next((v for v in vals if v is not None and not isinstance(v, str)), None)
+    return vals if ref is None else [_literal_like(v, ref) for v in vals]
 
 
 def _eq(a: Value, b: Value) -> bool:
+    a, b = _coerced(a, b)
     try:
         return bool(a == b)
     except TypeError:
         return False
+
+
+def _coerced(a: Value, b: Value) -> tuple[Value, Value]:
+    """An untyped string literal compared with a number or a date, read as one (as
+    PostgreSQL resolves it; the plan checked it reads)."""
+    return _literal_like(a, b), _literal_like(b, a)
+
+
+def _literal_like(v: Value, other: Value) -> Value:
+    if not isinstance(v, str):
+        return v
+    if isinstance(other, (int, float, Decimal)) and not isinstance(other, bool):
+        return Decimal(v.strip())
+    return _as_date(v) if _is_date(other) else v
 
 
 def _promote(a: Value, b: Value) -> tuple[Value, Value]:
@@ -252,6 +268,7 @@ def _decimal_div(a: Decimal, b: Decimal) -> Decimal:
 def _compare(n: exp.Expression, a: Value, b: Value) -> Value:
     if a is None or b is None:
         return None
+    a, b = _coerced(a, b)
     if isinstance(a, (int, float, Decimal)) and isinstance(b, (int, float, Decimal)):
         a, b = _promote(a, b)
     elif _is_date(a) or _is_date(b):
@@ -306,7 +323,7 @@ def _cast(v: Value, to: exp.Expression) -> Value:
             if not -(1 << (bits - 1)) <= n < 1 << (bits - 1):
                 raise PostProcessError("22003", f"{_PG_INT_NAMES[name]} out of range")
             return n
-        params = _type_params(to)
+        params = type_params(to)
         if name in ("DECIMAL", "NUMERIC", "BIGDECIMAL"):
             return _numeric_typmod(Decimal(str(v)) if isinstance(v, float) else Decimal(v), params)
         if name == "DOUBLE":
@@ -328,19 +345,6 @@ def _cast(v: Value, to: exp.Expression) -> Value:
     raise PostProcessError("0A000", f"cast to {name.lower()} is not supported after noise")
 
 
-def _type_params(to: exp.Expression) -> list[int]:
-    """A type's integer modifiers (`numeric(10,2)` -> [10, 2]); 0A000 for any other kind."""
-    if not isinstance(to, exp.DataType):
-        return []
-    out = []
-    for param in to.expressions:
-        value = param.this if isinstance(param, exp.DataTypeParam) else param
-        if not (isinstance(value, exp.Literal) and not value.is_string and str(value.this).isdigit()):
-            raise PostProcessError("0A000", f"cast to {to.sql(dialect='postgres')} is not supported after noise")
-        out.append(int(str(value.this)))
-    return out
-
-
 def _numeric_typmod(d: Decimal, params: list[int]) -> Decimal:
     """`d` as numeric(precision, scale): rounded half away from zero to `scale` digits,
     and 22003 if it then needs more than `precision` digits (PostgreSQL's rules)."""
@@ -352,115 +356,3 @@ def _numeric_typmod(d: Decimal, params: list[int]) -> Decimal:
         raise PostProcessError("22003", f"numeric field overflow: numeric({precision},{scale}) must "
                                f"round to an absolute value below 10^{precision - scale}")  # fmt: skip
     return out
-
-
-# --- static types --------------------------------------------------------------------------
-
-_NUMERIC_RANK = {"int2": 0, "int4": 1, "int8": 2, "numeric": 3, "float4": 4, "float8": 5}
-
-
-def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
-    """The PostgreSQL type name of a post-processing expression (for RowDescription)."""
-    if isinstance(n, exp.Column):
-        return env.get(n.name, "text")
-    if isinstance(n, exp.Literal):
-        if n.is_string:
-            return "text"
-        return "int4" if n.this.lstrip("-").isdigit() else "numeric"
-    if isinstance(n, exp.Null):
-        return "text"
-    if isinstance(n, (exp.Boolean, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And,
-                      exp.Or, exp.Not, exp.Is, exp.Between, exp.In)):  # fmt: skip
-        return "bool"
-    if isinstance(n, (exp.Paren, exp.Neg, exp.Abs, exp.Nullif)):
-        return infer_type(n.this, env)
-    if isinstance(n, exp.If):
-        false = n.args.get("false")
-        t = infer_type(n.args["true"], env)
-        return _wider(t, infer_type(false, env)) if false is not None else t
-    if isinstance(n, (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)):
-        divisor = n.expression.unnest() if isinstance(n, (exp.Div, exp.Mod)) else None
-        if isinstance(divisor, exp.Literal) and not divisor.is_string and _zero(divisor.this):
-            # Noisy values are never NULL: this would fail after the charge, every time.
-            raise PostProcessError(DIVISION_BY_ZERO, "division by zero")
-        a, b = infer_type(n.this, env), infer_type(n.expression, env)
-        if "date" in (a, b):  # date - date is whole days; date +/- days a date
-            ints = ("int2", "int4", "int8")
-            if isinstance(n, exp.Sub) and a == b:
-                return "int4"
-            if isinstance(n, (exp.Add, exp.Sub)) and (b in ints or isinstance(n, exp.Add) and a in ints):
-                return "date"
-            op = {exp.Add: "+", exp.Sub: "-", exp.Mul: "*", exp.Div: "/", exp.Mod: "%"}[type(n)]
-            raise PostProcessError("42883", f"operator does not exist: {a} {op} {b}",
-                                   "dates after the noise can be compared, subtracted (whole days) "
-                                   "and shifted by whole days")  # fmt: skip
-        return _wider(a, b)
-    if isinstance(n, (exp.Round, exp.Trunc)) and n.args.get("decimals") is not None:
-        return "numeric"  # round(x, n) and trunc(x, n) exist for numeric only
-    if isinstance(n, (exp.Round, exp.Trunc, exp.Ceil, exp.Floor, exp.Sign)):
-        # PostgreSQL resolves these for integers to their double precision versions.
-        return "numeric" if infer_type(n.this, env) == "numeric" else "float8"
-    if isinstance(n, exp.Sqrt):
-        return "float8"
-    if isinstance(n, (exp.Coalesce, exp.Greatest, exp.Least)):
-        types = [infer_type(e, env) for e in [n.this, *n.expressions]]
-        out = types[0]
-        for t in types[1:]:
-            out = _wider(out, t)
-        return out
-    if isinstance(n, exp.Case):
-        branches = [c.args["true"] for c in n.args.get("ifs") or []]
-        if n.args.get("default") is not None:
-            branches.append(n.args["default"])
-        out = infer_type(branches[0], env) if branches else "text"
-        for br in branches[1:]:
-            out = _wider(out, infer_type(br, env))
-        return out
-    if isinstance(n, exp.Cast):
-        return cast_type(n, infer_type(n.this, env))
-    return "text"
-
-
-# Casts after the noise (`_cast`): the type each target gives. PostgreSQL has no cast
-# between dates and numbers, nor from booleans to numbers other than integer.
-_CAST_TYPES = {"INT": "int4", "BIGINT": "int8", "SMALLINT": "int2", "DOUBLE": "float8", "FLOAT": "float4",
-               "TEXT": "text", "VARCHAR": "varchar", "CHAR": "bpchar", "DATE": "date", "DECIMAL": "numeric",
-               "NUMERIC": "numeric", "BIGDECIMAL": "numeric"}  # fmt: skip
-_PG_TYPE_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
-                  "float8": "double precision", "bool": "boolean", "bpchar": "character"}  # fmt: skip
-
-
-def cast_type(n: exp.Cast, source: str) -> str:
-    """The type of a cast after the noise of a value of type `source`; refused before
-    anything runs (a PostProcessError when the plan is made) where it would
-    fail on every value (PostgreSQL's 42846 where it has no such cast, 0A000 where
-    dpproxy does not cast after the noise)."""
-    name = n.to.this.name if isinstance(n.to, exp.DataType) else ""
-    target = _CAST_TYPES.get(name)
-    if target is None:
-        raise PostProcessError("0A000", f"cast to {n.to.sql(dialect='postgres').lower()} is not supported after noise",
-                               "cast released values to a number type, text or date")  # fmt: skip
-    _type_params(n.to)  # 0A000 for modifiers that are not integers
-    numbers = _NUMERIC_RANK.keys()
-    if (source == "date" and target in numbers or source in numbers and target == "date"
-            or source == "bool" and target not in ("int4", "text", "varchar", "bpchar")):
-        frm, to = (_PG_TYPE_NAMES.get(t, t) for t in (source, target))
-        raise PostProcessError("42846", f"cannot cast type {frm} to {to}")
-    return target
-
-
-def _zero(text: str) -> bool:
-    try:
-        return Decimal(text) == 0
-    except InvalidOperation:
-        return False
-
-
-def _wider(a: str, b: str) -> str:
-    if "float4" in (a, b) and a != b and a in _NUMERIC_RANK and b in _NUMERIC_RANK:
-        return "float8"  # real with anything but real is computed in double precision
-    if a in _NUMERIC_RANK and b in _NUMERIC_RANK:
-        wa = max(_NUMERIC_RANK[a], _NUMERIC_RANK[b])
-        out = next(k for k, v in _NUMERIC_RANK.items() if v == wa)
-        return "int8" if out in ("int2", "int4") and "int8" in (a, b) else out
-    return a if a != "text" else b

@@ -43,7 +43,7 @@ from rewriter.plan import (
     PrimitiveKind,
     WindowSpec,
 )
-from rewriter.postprocess import cast_type, infer_type
+from rewriter.posttypes import infer_type
 from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
 from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe, reads_clock, written_name
 
@@ -443,9 +443,7 @@ def _post_expr(node: exp.Expression, b: _Builder, clause: str) -> exp.Expression
                 f"{describe(n)} is not supported in {clause} over aggregates",
                 "use arithmetic, ROUND, COALESCE, NULLIF, CASE and comparisons over aggregates",
             )
-    types = _types(b)
-    for cast in out.find_all(exp.Cast):  # (a cast inside ROUND or a comparison too)
-        cast_type(cast, infer_type(cast.this, types))
+    infer_type(out, _types(b))  # what would fail on every value is refused now, not after the charge
     return out
 
 

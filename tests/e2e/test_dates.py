@@ -196,12 +196,15 @@ def test_keys_read_by_the_day_are_the_groups_of_the_keys_themselves(
     ("SELECT (COUNT(*) > 5)::bigint FROM orders", "42846"),
     ("SELECT MIN(o_orderdate)::timestamp FROM orders", "0A000"),
     ("SELECT SUM(o_totalprice)::interval FROM orders", "0A000"),
+    ("SELECT ABS(MIN(o_orderdate)) FROM orders", "42883"),
+    ("SELECT COALESCE(MIN(o_orderdate), 0) FROM orders", "42804"),
+    ("SELECT o_orderstatus FROM orders GROUP BY 1 HAVING COUNT(*) AND TRUE", "42804"),
 ])  # fmt: skip
-def test_casts_that_fail_on_every_released_value_are_refused_before_the_charge(
+def test_what_fails_on_every_released_value_is_refused_before_the_charge(
     proxy: ProxyProcess, query: str, sqlstate: str
 ) -> None:
-    # PostgreSQL has no cast between dates and numbers: such a cast after the noise
-    # failed only once the query had run and been charged.
+    # PostgreSQL has no cast between dates and numbers, nor abs() of a date: such
+    # post-processing failed only once the query had run and been charged.
     with connect(proxy, "alice") as conn:
         (before,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
         with pytest.raises(psycopg.Error) as e:

@@ -26,7 +26,8 @@ from rewriter.daykeys import MAX_INDEXED_DAYS
 from rewriter.errors import RewriteError
 from rewriter.metadata import ColumnMeta, Metadata
 from rewriter.parse import parse_one
-from rewriter.postprocess import PostProcessError, evaluate, infer_type
+from rewriter.postprocess import PostProcessError, evaluate
+from rewriter.posttypes import infer_type
 from rewriter.rewrite import _literal, _plain_literal
 from rewriter.rowexpr import Typed
 from tests.unit.test_rewriter import META, META_UNDATED, plan
