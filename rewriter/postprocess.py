@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import struct
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -102,8 +102,7 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
         for i, e in enumerate(args):
             v = _eval(e, env)
             if isinstance(v, str):  # an untyped literal takes the other arguments' type
-                others = [_eval(x, env) for x in args[i + 1 :] if not isinstance(x, exp.Literal)]
-                return _like_others([v, *others])[0]
+                return _like_others([v, *_values_of(args[i + 1 :], env)])[0]
             if v is not None:
                 return v
         return None
@@ -157,6 +156,19 @@ def _eval(n: exp.Expression, env: dict[str, Value]) -> Value:  # noqa: C901 - a 
     raise PostProcessError("0A000", f"cannot evaluate {type(n).__name__} after noise")
 
 
+def _values_of(args: list[exp.Expression], env: dict[str, Value]) -> list[Value]:
+    """The values of `args` that are not literals and evaluate without error (only
+    their types are wanted)."""
+    out = []
+    for a in args:
+        if not isinstance(a, exp.Literal):
+            try:
+                out.append(_eval(a, env))
+            except PostProcessError:
+                continue
+    return out
+
+
 def _like_others(vals: list[Value]) -> list[Value]:
     """`vals` with untyped string literals read as the type of the other values."""
     ref = next((v for v in vals if v is not None and not isinstance(v, str)), None)
@@ -182,6 +194,9 @@ def _literal_like(v: Value, other: Value) -> Value:
         return v
     if isinstance(other, (int, float, Decimal)) and not isinstance(other, bool):
         return Decimal(v.strip())
+    if isinstance(other, datetime):  # a timestamp key (DATE_TRUNC): DP sessions run in UTC
+        moment = datetime.fromisoformat(v.strip())
+        return moment.replace(tzinfo=UTC) if other.tzinfo is not None and moment.tzinfo is None else moment
     return _as_date(v) if _is_date(other) else v
 
 

@@ -11,7 +11,7 @@ operator or function it lacks, 42804 for mismatched types, 42846 for a cast it l
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from sqlglot import exp
@@ -243,10 +243,12 @@ def _literal_as(n: exp.Expression, t: str) -> None:
                 raise InvalidOperation
         elif t == "date":
             date.fromisoformat(text)
+        elif t in ("timestamp", "timestamptz"):
+            datetime.fromisoformat(text)
         elif t == "bool" and text.lower() not in ("t", "f", "true", "false", "yes", "no", "on", "off", "1", "0"):
             raise InvalidOperation
     except (InvalidOperation, ValueError) as e:
-        state = "22007" if t == "date" else "22P02"
+        state = "22007" if t in ("date", "timestamp", "timestamptz") else "22P02"
         raise PostProcessError(state, f'invalid input syntax for type {pg_name(t)}: "{n.this}"') from e
 
 

@@ -4,7 +4,7 @@ and what PostgreSQL accepts is typed as PostgreSQL types it."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -29,7 +29,7 @@ def _type(sql: str) -> str:
     ("k + 1", "42883"), ("q * 2", "42883"), ("ROUND(x, 1.5)", "42883"), ("ABS(k)", "42883"),
     ("GREATEST(d, 0)", "42804"), ("COALESCE(d, 0)", "42804"), ("CASE WHEN n > 1 THEN d ELSE 0 END", "42804"),
     ("n AND TRUE", "42804"), ("NOT n", "42804"), ("n IS TRUE", "42804"), ("CASE WHEN n THEN 1 END", "42804"),
-    ("d > 'soon'", "22007"), ("n > 'abc'", "22P02"), ("n = '1.5'", "22P02"), ("ROUND(x, 'F')", "22P02"),
+    ("d > 'soon'", "22007"), ("t = 'May'", "22007"), ("n > 'abc'", "22P02"), ("n = '1.5'", "22P02"), ("ROUND(x, 'F')", "22P02"),
     ("d::numeric", "42846"), ("n::date", "42846"), ("q::bigint", "42846"), ("d::timestamp", "0A000"),
     ("n + '1'", "0A000"), ("t - t", "0A000"), ("n / 0", "22012"),
 ])  # fmt: skip
@@ -54,8 +54,9 @@ def test_what_postgresql_accepts_is_typed_as_it_types_it(sql: str, want: str) ->
 
 
 def test_untyped_literals_compare_as_the_other_side_after_the_noise() -> None:
-    env = {"d": date(1995, 3, 1), "n": 7, "z": None}
+    env = {"d": date(1995, 3, 1), "n": 7, "z": None, "t": datetime(1995, 1, 1, tzinfo=UTC)}
     for sql, want in (("d IN ('1995-03-01')", True), ("n IN ('7', '8')", True), ("n > '5'", True),
+                      ("t = '1995-01-01'", True), ("COALESCE(z, '1995-02-01', t)", datetime(1995, 2, 1, tzinfo=UTC)),
                       ("d BETWEEN '1995-01-01' AND '1995-12-31'", True), ("NULLIF(n, '7')", None),
                       ("LEAST(d, '1990-01-01')", date(1990, 1, 1)), ("COALESCE(z, '5', n)", 5)):  # fmt: skip
         assert evaluate(parse_one(f"SELECT {sql}").expressions[0], env) == want, sql
