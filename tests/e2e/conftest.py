@@ -73,3 +73,19 @@ def audited(
     name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     with ops_proxy(pg_cluster, env.config, name, unique_name) as running:
         yield running
+
+
+def spent(conn: psycopg.Connection) -> tuple[Decimal, int]:
+    """The connected analyst's spent epsilon and charged query count (dp.budget)."""
+    row = conn.execute("SELECT spent_epsilon, queries_charged FROM dp.budget").fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def refused_free(conn: psycopg.Connection, query: str) -> str:
+    """The SQLSTATE `query` is refused with, checking that nothing was spent on it."""
+    before = spent(conn)
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute(query)
+    assert spent(conn) == before, f"{query} was charged before it was refused"
+    return str(info.value.sqlstate)

@@ -17,7 +17,7 @@ from proxy.config import BackendConfig
 from rewriter.metadata import Metadata, TableMeta
 from rewriter.parse import parse_one
 from rewriter.rewrite import rewrite
-from tests.e2e.conftest import Env, truth
+from tests.e2e.conftest import Env, refused_free, truth
 from tests.e2e.test_engine import connect
 from tests.support.proxy_process import ProxyProcess
 from tests.unit.test_corpus import plan_of
@@ -206,11 +206,7 @@ def test_what_fails_on_every_released_value_is_refused_before_the_charge(
     # PostgreSQL has no cast between dates and numbers, nor abs() of a date: such
     # post-processing failed only once the query had run and been charged.
     with connect(proxy, "alice") as conn:
-        (before,) = conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone()  # type: ignore[misc]
-        with pytest.raises(psycopg.Error) as e:
-            conn.execute(query)
-        assert e.value.sqlstate == sqlstate
-        assert conn.execute("SELECT spent_epsilon FROM dp.budget").fetchone() == (before,)
+        assert refused_free(conn, query) == sqlstate
         conn.execute("SET dp.epsilon = 9000")
         row = conn.execute("SELECT MIN(o_orderdate)::text, (COUNT(*) > 5)::int, (COUNT(*) > 5)::text, "
                            "(COUNT(*) < 5)::char FROM orders").fetchone()  # fmt: skip

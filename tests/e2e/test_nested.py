@@ -10,17 +10,11 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from tests.e2e.conftest import Env, truth
+from tests.e2e.conftest import Env, refused_free, spent, truth
 from tests.e2e.test_engine import connect
 from tests.support.proxy_process import ProxyProcess
 
 ABOVE_AVERAGE = "SELECT COUNT(*) FROM customer WHERE c_acctbal > (SELECT AVG(c_acctbal) FROM customer)"
-
-
-def _spent(conn: psycopg.Connection) -> tuple[Decimal, int]:
-    row = conn.execute("SELECT spent_epsilon, queries_charged FROM dp.budget").fetchone()
-    assert row is not None
-    return row[0], row[1]
 
 
 def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
@@ -30,10 +24,10 @@ def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
     # 0 except with probability below 1e-100) for whatever value the AVG released.
     with connect(proxy, "alice") as conn:
         conn.execute("SET dp.epsilon = 9000")
-        before = _spent(conn)
+        before = spent(conn)
         ((count,),) = conn.execute(ABOVE_AVERAGE).fetchall()
         notice = conn.notices[-1]  # type: ignore[attr-defined]
-        after = _spent(conn)
+        after = spent(conn)
     match = re.search(r"noisy values: (-?[0-9.]+)\)", notice)
     assert match and "over 2 releases" in notice, notice
     released = Decimal(match.group(1))
@@ -46,7 +40,7 @@ def test_the_released_value_filters_the_outer_query_and_one_charge_pays_both(
         conn.execute("SET dp.epsilon = 9000")
         assert conn.execute(ABOVE_AVERAGE).fetchall() == [(count,)]
         assert "cache hit, epsilon 0 spent" in conn.notices[-1]  # type: ignore[attr-defined]
-        assert _spent(conn) == after
+        assert spent(conn) == after
 
 
 def test_dates_constant_arithmetic_and_bind_parameters(proxy: ProxyProcess) -> None:
@@ -65,9 +59,9 @@ def test_dates_constant_arithmetic_and_bind_parameters(proxy: ProxyProcess) -> N
 
 def test_explain_lists_both_releases_and_spends_nothing(proxy: ProxyProcess) -> None:
     with connect(proxy, "dave") as conn:
-        before = _spent(conn)
+        before = spent(conn)
         text = "\n".join(r[0] for r in conn.execute(f"EXPLAIN {ABOVE_AVERAGE}").fetchall())
-        assert _spent(conn) == before
+        assert spent(conn) == before
     assert "2 releases, each with 1/2 of epsilon" in text
     assert "[1] Output AVG(c_acctbal)" in text and "$1::numeric" in text.split("[2] Rewritten SQL:")[1]
 
@@ -83,11 +77,7 @@ def test_what_cannot_be_planned_first_is_refused_before_any_charge(
     proxy: ProxyProcess, sql: str, sqlstate: str
 ) -> None:
     with connect(proxy, "dave") as conn:
-        before = _spent(conn)
-        with pytest.raises(psycopg.Error) as info:
-            conn.execute(sql)
-        assert info.value.sqlstate == sqlstate, info.value.diag.message_primary
-        assert _spent(conn) == before
+        assert refused_free(conn, sql) == sqlstate
 
 
 Q22 = """select cntrycode, count(*) as numcust, sum(c_acctbal) as totacctbal
@@ -124,12 +114,12 @@ def test_a_share_of_the_total_is_post_processing_of_two_releases(proxy: ProxyPro
          "GROUP BY 1 HAVING COUNT(*) > (SELECT COUNT(*) FROM customer) / 10 ORDER BY 1")  # fmt: skip
     with connect(proxy, "alice") as conn:
         conn.execute("SET dp.epsilon = 9000")
-        before = _spent(conn)
+        before = spent(conn)
         cur = conn.execute(q)
         rows = cur.fetchall()
         assert cur.description is not None and [d.type_code for d in cur.description] == [25, 1700]
         assert "over 3 releases" in conn.notices[-1]  # type: ignore[attr-defined]
-        assert _spent(conn) == (before[0] + 9000, before[1] + 1)
+        assert spent(conn) == (before[0] + 9000, before[1] + 1)
     assert rows == truth(env.tpch_dsn, q) and len(rows) == 5
 
 
@@ -171,7 +161,7 @@ def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: Proxy
         for q in queries:
             assert conn.execute(q).fetchall() == truth(env.tpch_dsn, q), q
             assert "over 2 releases" not in conn.notices[-1]  # type: ignore[attr-defined]
-        before = _spent(conn)
+        before = spent(conn)
         refused = []
         for q in (
             # Several rows could match: PostgreSQL would raise only once some private
@@ -185,7 +175,7 @@ def test_scalar_subqueries_over_public_tables_are_values_in_the_sql(proxy: Proxy
             with pytest.raises(psycopg.Error) as e:
                 conn.execute(q)
             refused.append(e.value.sqlstate)
-        assert _spent(conn) == before  # refused before anything is spent
+        assert spent(conn) == before  # refused before anything is spent
     assert refused == ["0A000"] * 4
 
 
