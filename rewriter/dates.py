@@ -105,7 +105,9 @@ TRUNC_DOMAIN_UNITS = frozenset({"microseconds", "milliseconds", "second", "minut
                                 "day", "week", "month", "quarter", "year", "decade"})  # fmt: skip
 
 
-@lru_cache(maxsize=256)
+# Few entries: a shifted date (d + 1, d + 2...) is a span of its own, and a list of
+# 10,000 days holds about half a megabyte, so the caches stay bounded whatever is sent.
+@lru_cache(maxsize=32)
 def trunc_domain(unit: str, first: date, last: date, limit: int) -> tuple[datetime, ...] | None:
     """Every DATE_TRUNC(unit, d) for d in first..last, as the timestamptz values a UTC
     session computes (midnights UTC), when there are at most `limit` (None otherwise).
@@ -222,7 +224,7 @@ def _to_char_parts(fmt: str) -> tuple[list[str | Callable[[date], str]], bool] |
     return parts, daily
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=64)
 def to_char_domain(fmt: str, first: date, last: date, limit: int) -> tuple[str, ...] | None:
     """Every TO_CHAR(d, fmt) for d in first..last, in the order of the first day giving
     each (years 1000..9998 only: YYYY is four digits, and the last day has a next); None for a format this

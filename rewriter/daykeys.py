@@ -86,7 +86,7 @@ def _outside_lookup(day_key: DayKey, domain: Sequence[object], literals: Sequenc
     return f"CASE {key_sql} {whens} END" if whens else "NULL::int"
 
 
-@lru_cache(maxsize=128)
+@lru_cache(maxsize=32)
 def _day_array(function: str, argument: str, first: date, last: date, domain: tuple[object, ...]) -> str | None:
     """The SQL array of each declared day's index in `domain` (NULL where its key is
     not listed). Cached: rendering thousands of days costs milliseconds, and a column's

@@ -1209,7 +1209,7 @@ def _domain_literals(b: _Builder, i: int) -> list[str]:
     return b.literals[i]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=32)
 def _plain_literals(domain: tuple[object, ...], typ: str) -> tuple[str, ...] | None:
     """A long domain of plain values as literals (`_plain_literal`), or None. (Cached:
     a declared date column lists the same thousands of days in every statement.)"""
