@@ -269,29 +269,34 @@ _EXTRACT_OF_DAY: dict[str, Callable[[date], int]] = {
 }
 
 
-def _trunc_renderer(unit: str) -> Callable[[date], datetime] | None:
+def _trunc_renderer(unit: str, function: str) -> Callable[[date], object] | None:
     if unit not in TRUNC_DOMAIN_UNITS:
         return None
+    zone = UTC if function == "trunc" else None
 
-    def render(d: date) -> datetime:
+    def render(d: date) -> object:
         t = _truncated(unit, d)
-        return datetime(t.year, t.month, t.day, tzinfo=UTC)
+        return t if function == "trunc_date" else datetime(t.year, t.month, t.day, tzinfo=zone)
 
     return render
 
 
 def day_renderer(function: str, argument: str) -> Callable[[date], object] | None:
     """The value of a key over one date, as PostgreSQL computes it in a UTC session:
-    `function` "date" (the date itself), "extract" (EXTRACT(argument FROM d)), "trunc"
-    (DATE_TRUNC(argument, d): a UTC midnight, as `trunc_domain` lists them) or
+    `function` "date" (the date itself), "timestamp" (the date cast to timestamp),
+    "extract" (EXTRACT(argument FROM d)), "trunc" (DATE_TRUNC(argument, d): a UTC
+    midnight, as `trunc_domain` lists them), "trunc_naive" (the same of the date cast
+    to timestamp: a midnight without zone), "trunc_date" (either cast back to date) or
     "to_char" (TO_CHAR(d, argument)). None for the fields, units and formats whose
     values are not listed."""
     if function == "date":
         return lambda d: d
+    if function == "timestamp":
+        return lambda d: datetime(d.year, d.month, d.day)
     if function == "extract":
         return _EXTRACT_OF_DAY.get(argument)
-    if function == "trunc":
-        return _trunc_renderer(argument)
+    if function in ("trunc", "trunc_naive", "trunc_date"):
+        return _trunc_renderer(argument, function)
     if function == "to_char":
         return _to_char_renderer(argument)
     return None

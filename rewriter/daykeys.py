@@ -65,7 +65,8 @@ def day_index_sql(day_key: DayKey, domain: Sequence[object], literals: Sequence[
 
 
 # Keys that never decrease as the date grows (the date, its truncations, its years).
-_MONOTONE = {("date", ""), *(("extract", f) for f in ("year", "isoyear", "decade", "century", "millennium"))}
+_MONOTONE = {("date", ""), ("timestamp", ""),
+             *(("extract", f) for f in ("year", "isoyear", "decade", "century", "millennium"))}
 
 
 def _outside_lookup(day_key: DayKey, domain: Sequence[object], literals: Sequence[str], key_sql: str) -> str:
@@ -75,7 +76,7 @@ def _outside_lookup(day_key: DayKey, domain: Sequence[object], literals: Sequenc
     values up to the first day's and from the last day's (the period a span starts or
     ends inside; ISO years listed beyond the span): a CASE over those few. Other keys
     (months, weekdays, most formats) may take any listed value again."""
-    monotone = (day_key.function, day_key.argument) in _MONOTONE or day_key.function == "trunc"
+    monotone = (day_key.function, day_key.argument) in _MONOTONE or day_key.function.startswith("trunc")
     if not monotone:
         return f"array_position(ARRAY[{', '.join(literals)}], {key_sql}) - 1"
     render = day_renderer(day_key.function, day_key.argument)

@@ -777,6 +777,7 @@ class Analyzer:
             if a.kind not in TEMPORAL_KINDS:
                 raise unsupported(f"a cast of {a.type_name} to {to.lower()} can fail for some rows")
             if a.kind == "date" and target != "date" or a.kind != "date" and target == "date":
+                day = a
                 span = a.span if a.value is not None and target == "timestamp" else None
                 value = exp.Cast(this=a.value.copy(), to=sqlto.copy()) if span and a.value else None
                 a = _date_as_timestamp(a) if target != "date" else a
@@ -784,9 +785,9 @@ class Analyzer:
                 dom = None
                 if target == "date" and a.domain is not None:
                     dom = _dedup(tuple(v.date() if isinstance(v, datetime) else v for v in a.domain))
-                return Typed(exp.Cast(this=a.sql, to=sqlto), target, nullable=a.nullable,
-                             columns=a.columns, constant=a.constant, domain=dom, span=span,
-                             value=value)  # fmt: skip
+                sql = exp.Cast(this=a.sql, to=sqlto)
+                return Typed(sql, target, nullable=a.nullable, columns=a.columns, constant=a.constant,
+                             domain=dom, span=span, value=value, by_day=_cast_by_day(sql, a, day, target))  # fmt: skip
             return replace(a, sql=exp.Cast(this=a.sql, to=sqlto), kind=target, unit=False)
         if to == "BOOLEAN" and a.kind == "bool":
             return a
@@ -1190,10 +1191,30 @@ def _extract_spanned(field: str, a: Typed) -> Typed | None:
 
 def _by_day(key: exp.Expression, a: Typed, function: str, argument: str) -> DayKey | None:
     """How `key`, computed from `a` by `function` (see `dates.day_renderer`), is read by
-    the day: when `a` is a bare date column with declared bounds (else None)."""
-    if a.kind != "date" or a.span is None or not isinstance(a.sql, exp.Column):
+    the day: when `a` is a bare date column with declared bounds, or such a column cast
+    to timestamp (Metabase's `date_trunc('month', CAST(d AS timestamp))`); else None."""
+    if a.span is None:
         return None
-    return DayKey(key, a.sql, from_epoch_days(a.span[0]), from_epoch_days(a.span[1]), function, argument)
+    if a.kind == "date" and isinstance(a.sql, exp.Column):
+        column = a.sql
+    elif a.by_day is not None and a.by_day.key is a.sql and a.by_day.function == "timestamp":
+        column, function = a.by_day.date_sql, "trunc_naive" if function == "trunc" else function
+    else:
+        return None
+    return DayKey(key, column, from_epoch_days(a.span[0]), from_epoch_days(a.span[1]), function, argument)
+
+
+def _cast_by_day(key: exp.Expression, a: Typed, before: Typed, target: str) -> DayKey | None:
+    """The day map of a cast between dates and timestamps (`before`: the value cast,
+    `a`: it as the cast reads it): a declared date as timestamp, or DATE_TRUNC of one
+    back to date (`CAST(DATE_TRUNC('week', d) AS DATE)`)."""
+    if target == "timestamp" and before.kind == "date" and isinstance(before.sql, exp.Column) and before.span:
+        return DayKey(key, before.sql, from_epoch_days(before.span[0]), from_epoch_days(before.span[1]),
+                      "timestamp")  # fmt: skip
+    by_day = a.by_day
+    if target == "date" and by_day is not None and by_day.key is a.sql and by_day.function in ("trunc", "trunc_naive"):
+        return DayKey(key, by_day.date_sql, by_day.first, by_day.last, "trunc_date", by_day.argument)
+    return None
 
 
 def _to_char_values(n: exp.TimeToStr, a: Typed) -> tuple[object, ...] | None:

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.abc import Buffer
 from psycopg.adapt import Loader
-from psycopg.types.datetime import DateLoader, TimestamptzLoader
+from psycopg.types.datetime import DateLoader, TimestampLoader, TimestamptzLoader
 
 from proxy.config import BackendConfig
 from rewriter.metadata import Metadata, TableMeta
@@ -125,6 +125,10 @@ DAY_KEYS = [
                                            "QUARTER", "DAY", "DOW", "ISODOW", "WEEK")),
     *(f"DATE_TRUNC('{u}', d)" for u in ("day", "week", "month", "quarter", "year", "decade", "hour")),
     *(f"to_char(d, '{fmt}')" for fmt in TO_CHAR_FORMATS),
+    # through casts: Metabase's date_trunc of the date as timestamp, and back to date
+    "DATE_TRUNC('month', CAST(d AS timestamp))", "CAST(DATE_TRUNC('week', d) AS DATE)",
+    "DATE_TRUNC('quarter', d)::date", "DATE_TRUNC('week', CAST(d AS timestamp))::date",
+    "EXTRACT(YEAR FROM CAST(d AS timestamp))", "EXTRACT(DOW FROM d::timestamp)",
 ]  # fmt: skip
 DAY_KEY_PAIRS = [("EXTRACT(YEAR FROM d)", "EXTRACT(MONTH FROM d)"), ("to_char(d, 'Dy')", "EXTRACT(QUARTER FROM d)"),
                  ("EXTRACT(ISODOW FROM d)", "d IS NULL"), ("DATE_TRUNC('year', d)", "to_char(d, 'IYYY-IW')")]  # fmt: skip
@@ -178,7 +182,7 @@ def test_keys_read_by_the_day_are_the_groups_of_the_keys_themselves(
     with psycopg.connect(tpch_dsn, autocommit=True) as conn:
         for name, value in BackendConfig(dsn="", ledger_dsn="").session_settings().items():
             conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-        for oid, loader in (("date", DateLoader), ("timestamptz", TimestamptzLoader)):
+        for oid, loader in (("date", DateLoader), ("timestamp", TimestampLoader), ("timestamptz", TimestamptzLoader)):
             conn.adapters.register_loader(oid, _or_text(loader))
         got = {tuple(k.domain[j] for k, j in zip(plan.keys, r[:n], strict=True)): r[n]
                for r in conn.execute(plan.sql).fetchall() if r[n]}  # fmt: skip
