@@ -47,6 +47,15 @@ def infer_type(n: exp.Expression, env: dict[str, str]) -> str:
     return "text" if t == _UNKNOWN else t
 
 
+def require_boolean(n: exp.Expression, env: dict[str, str], what: str) -> None:
+    """42804 unless `n` is a boolean (or NULL), as PostgreSQL requires of `what`'s
+    argument (HAVING: a count there would drop every group instead of failing)."""
+    if isinstance(n.unnest(), exp.Literal) and n.unnest().is_string:
+        raise PostProcessError("0A000", f"a string literal as the argument of {what} is not supported",
+                               "write TRUE or FALSE")  # fmt: skip
+    _boolean(n, env, what)
+
+
 def cast_type(n: exp.Cast, source: str) -> str:
     """The type of a cast, after the noise, of a value of type `source`; PostProcessError
     where it would fail on every value (PostgreSQL's 42846 where it has no such cast,

@@ -43,7 +43,7 @@ from rewriter.plan import (
     PrimitiveKind,
     WindowSpec,
 )
-from rewriter.posttypes import infer_type
+from rewriter.posttypes import infer_type, require_boolean
 from rewriter.relation import FromResolver, Relation, Scope, bind_units, lookup
 from rewriter.rowexpr import NUMERIC_KINDS, Analyzer, Typed, describe, reads_clock, written_name
 
@@ -157,6 +157,8 @@ def _rewrite(tree: exp.Expression, meta: Metadata) -> DPPlan:
     outputs = _collect_outputs(select, b)
     having = select.args.get("having")
     having_expr = _post_expr(having.this, b, "HAVING") if having is not None else None
+    if having_expr is not None:
+        require_boolean(having_expr, _types(b), "HAVING")
     order_by = _collect_order(select, b, outputs)
     distinct = select.args.get("distinct") is not None
     if distinct:

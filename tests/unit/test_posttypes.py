@@ -68,3 +68,11 @@ def test_having_and_order_by_are_checked_when_the_plan_is_made() -> None:
               "SELECT o_orderstatus FROM orders GROUP BY 1 HAVING COUNT(*) AND TRUE"):  # fmt: skip
         with pytest.raises(PostProcessError):
             plan(q)
+    # HAVING itself must be a condition: a count there would have dropped every group.
+    for q, state in (("SELECT o_orderstatus FROM orders GROUP BY 1 HAVING COUNT(*)", "42804"),
+                     ("SELECT o_orderstatus FROM orders GROUP BY 1 HAVING MIN(o_orderdate)", "42804"),
+                     ("SELECT o_orderstatus FROM orders GROUP BY 1 HAVING 'yes'", "0A000")):  # fmt: skip
+        with pytest.raises(PostProcessError) as e:
+            plan(q)
+        assert e.value.sqlstate == state, q
+    assert plan("SELECT o_orderstatus FROM orders GROUP BY 1 HAVING COUNT(*) > 5 OR NULL").having is not None
